@@ -1,0 +1,324 @@
+"""Configuration: the SPEC's YAML, then SECRETS_BRIDGE_* environment overrides.
+
+Owns parsing and validation only; every error becomes one `ConfigError` line naming the field
+path (`secrets.db.mode: ...`). It never echoes an input value, since a value may be a credential.
+Each provider section is validated by that provider's own model, imported only when named.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from bridge.errors import ConfigError
+from bridge.provider import Provider, ProviderSettings, provider_class
+
+DEFAULT_CONFIG = "secrets-bridge.yaml"
+#: the metadata file kept beside the secrets (names and versions, never values)
+STATE_FILE = ".secrets-bridge-state.json"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> float:
+    """`500ms`, `30s`, `5m`, `1h`, `1h30m` or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            parts = _DURATION_PART.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise ValueError(f"invalid duration {text!r}: use 500ms, 30s, 5m, 1h or seconds") from None
+            seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    else:
+        raise ValueError("expected a duration such as 30s, 5m or 1h")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def parse_mode(value: Any) -> int:
+    """`"0400"` (string) or YAML octal `0400`; a bare decimal that reads like octal is refused."""
+    if isinstance(value, bool):
+        raise ValueError("expected an octal file mode such as \"0400\"")
+    if isinstance(value, str):
+        try:
+            mode = int(value.strip(), 8)
+        except ValueError:
+            raise ValueError(f"invalid file mode {value!r}: use an octal string such as \"0400\"") from None
+    elif isinstance(value, int):
+        # YAML reads 0400 as octal (256) but 400 as decimal: 400 is almost surely a mistake.
+        if value >= 8 and set(str(value)) <= set("01234567") and len(str(value)) >= 3:
+            raise ValueError(f"mode {value} is a decimal number; write it as octal: \"0{value}\"")
+        mode = value
+    else:
+        raise ValueError("expected an octal file mode such as \"0400\"")
+    if not 0 <= mode <= 0o7777:
+        raise ValueError("file mode out of range (0000-7777)")
+    return mode
+
+
+def _version_text(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a version id")
+    return str(value) if isinstance(value, int) else value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Mode = Annotated[int, BeforeValidator(parse_mode)]
+Version = Annotated[str, BeforeValidator(_version_text)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileDefaults(_Model):
+    mode: Mode = 0o444
+    uid: int | None = Field(default=None, ge=0)
+    gid: int | None = Field(default=None, ge=0)
+
+
+class SecretConfig(_Model):
+    """One secret entry; the key in `secrets:` is its target file name."""
+
+    provider: str
+    ref: str = Field(min_length=1)
+    key: str | None = None
+    version: Version | None = None
+    encoding: Literal["base64"] | None = None
+    format: Literal["pem"] | None = None
+    mode: Mode | None = None
+    uid: int | None = Field(default=None, ge=0)
+    gid: int | None = Field(default=None, ge=0)
+    optional: bool = False
+    refresh_interval: Duration | None = None
+
+
+class HttpHook(_Model):
+    url: str
+    method: Literal["GET", "POST", "PUT"] = "POST"
+
+
+class OnChange(_Model):
+    """One notification run after a commit that changed any of `secrets` (default: any)."""
+
+    secrets: list[str] | None = None
+    signal: str | None = None
+    pid_file: Path | None = None
+    exec: list[str] | None = Field(default=None, min_length=1)
+    http: HttpHook | None = None
+    timeout: Duration = 10.0
+
+    @model_validator(mode="after")
+    def _one_action(self) -> OnChange:
+        actions = [a for a in ("signal", "exec", "http") if getattr(self, a) is not None]
+        if len(actions) != 1:
+            raise ValueError("give exactly one of signal, exec or http")
+        if self.signal is not None and self.pid_file is None:
+            raise ValueError("signal needs pid_file")
+        return self
+
+
+class BridgeConfig(BaseSettings):
+    """The whole configuration file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SECRETS_BRIDGE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    output_dir: Path = Path("/run/secrets")
+    refresh_interval: Duration = Field(default=300.0, gt=0)
+    jitter: float = Field(default=0.1, ge=0, le=1)
+    max_staleness: Duration = Field(default=3600.0, gt=0)
+    require_tmpfs: bool = True
+    defaults: FileDefaults = FileDefaults()
+    listen: str | None = "0.0.0.0:9098"
+    cleanup_on_exit: bool = False
+    providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    secrets: dict[str, SecretConfig] = Field(default_factory=dict)
+    on_change: list[OnChange] = Field(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML arrives as init kwargs; the environment overrides it.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _check_targets(self) -> BridgeConfig:
+        seen: dict[str, str] = {}
+        for name, secret in self.secrets.items():
+            normal = check_target(name)
+            if normal in seen:
+                raise _FieldError(("secrets", name), f"same target as {seen[normal]!r}")
+            seen[normal] = name
+            if secret.provider not in self.providers:
+                raise _FieldError(("secrets", name, "provider"), f"no provider named {secret.provider!r}")
+        targets = set(seen)
+        for normal in targets:
+            parent = posixpath.dirname(normal)
+            while parent:
+                if parent in targets:
+                    raise _FieldError(("secrets", seen[normal]), f"{seen[parent]!r} is a file, not a folder")
+                parent = posixpath.dirname(parent)
+        for i, hook in enumerate(self.on_change):
+            for name in hook.secrets or ():
+                if name not in self.secrets:
+                    raise _FieldError(("on_change", str(i), "secrets"), f"no secret named {name!r}")
+        for name, section in self.providers.items():
+            if not isinstance(section.get("type"), str):
+                raise _FieldError(("providers", name, "type"), "missing provider type")
+        return self
+
+    def mode_of(self, secret: SecretConfig) -> int:
+        return self.defaults.mode if secret.mode is None else secret.mode
+
+    def owner_of(self, secret: SecretConfig) -> tuple[int, int]:
+        """uid/gid, defaulting to the bridge's own."""
+        uid = secret.uid if secret.uid is not None else self.defaults.uid
+        gid = secret.gid if secret.gid is not None else self.defaults.gid
+        return (os.getuid() if uid is None else uid, os.getgid() if gid is None else gid)
+
+    def interval_of(self, secret: SecretConfig) -> float:
+        return self.refresh_interval if secret.refresh_interval is None else secret.refresh_interval
+
+
+class _FieldError(ValueError):
+    """A validation error raised with its own field path (outside pydantic's loc)."""
+
+    def __init__(self, loc: tuple[str, ...], message: str) -> None:
+        super().__init__(f"{'.'.join(loc)}: {message}")
+
+
+def check_target(name: str) -> str:
+    """Validate a target file name and return it normalised."""
+    if not name or name.startswith("/"):
+        raise _FieldError(("secrets", name), "target must be a relative path")
+    parts = name.split("/")
+    if any(p == ".." for p in parts):
+        raise _FieldError(("secrets", name), "target must not contain '..'")
+    if name.startswith(".."):
+        raise _FieldError(("secrets", name), "target must not begin with '..' (reserved for generations)")
+    normal = posixpath.normpath(name)
+    if normal in (".", STATE_FILE) or "\0" in name:
+        raise _FieldError(("secrets", name), "target name is reserved or empty")
+    return normal
+
+
+class Config:
+    """A validated configuration: the settings plus each provider's validated section."""
+
+    def __init__(self, settings: BridgeConfig, providers: dict[str, tuple[type[Provider], ProviderSettings]]):
+        self.settings = settings
+        self.providers = providers
+
+    def build_providers(self) -> dict[str, Provider]:
+        return {name: cls(name, section) for name, (cls, section) in self.providers.items()}
+
+
+def config_path(cli_value: str | None) -> Path:
+    return Path(cli_value or os.environ.get("SECRETS_BRIDGE_CONFIG") or DEFAULT_CONFIG)
+
+
+def load_config(path: Path) -> Config:
+    """Read, validate and return the configuration, or raise one-line `ConfigError`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path} (use --config or SECRETS_BRIDGE_CONFIG)") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    return parse_config(text, source=str(path))
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML: {_yaml_problem(exc)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    settings = _validate(lambda: BridgeConfig(**data), ())
+    providers: dict[str, tuple[type[Provider], ProviderSettings]] = {}
+    for name, section in settings.providers.items():
+        try:
+            cls = provider_class(section["type"])
+        except ConfigError as exc:
+            raise ConfigError(f"providers.{name}.type: {exc}") from None
+        parsed = _validate(lambda cls=cls, section=section: cls.Settings(**section), ("providers", name))
+        providers[name] = (cls, parsed)
+    return Config(settings, providers)
+
+
+def _validate(build: Any, prefix: tuple[str, ...]) -> Any:
+    try:
+        return build()
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, prefix)) from None
+    except _FieldError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _describe(exc: ValidationError, prefix: tuple[str, ...]) -> str:
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False):
+        loc = ".".join(str(p) for p in (*prefix, *err["loc"]))
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif err["type"] == "missing":
+            message = "required field missing"
+        else:
+            message = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"{loc}: {message}" if loc else message)
+    more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+    return lines[0] + more
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}: {problem}" if mark else problem
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (a silently overridden secret is a bug)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        if key in mapping:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        mapping[key] = loader.construct_object(value_node, deep=deep)  # type: ignore[no-untyped-call]
+    return mapping
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)

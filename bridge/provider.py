@@ -1,0 +1,131 @@
+"""The one interface every backend implements, and how backends are found.
+
+A provider fetches a reference (at its pin, or the latest) and returns bytes plus the resolved
+version id; it answers a cheap "current version" question; it closes. It never writes files,
+never logs a value, and raises only `ProviderError` subclasses (translated from its SDK in one
+place). Batch methods exist so a backend with batch APIs (AWS) can serve many secrets per call;
+the defaults loop over the single-item methods.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from bridge.errors import ConfigError, ProviderError
+from bridge.metrics import PROVIDER_REQUESTS
+
+ENTRY_POINT_GROUP = "secrets_bridge.providers"
+
+#: the pip extra that brings each built-in provider's SDK
+_EXTRAS = {"vault": "vault", "aws-secretsmanager": "aws", "azure-keyvault": "azure"}
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to fetch: a provider-native ref, at a pinned version or (None) the latest."""
+
+    ref: str
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One fetched value. The value is never part of the repr."""
+
+    value: bytes = field(repr=False)
+    #: the resolved version id, the unit of change; None when the backend has no versions
+    version: str | None
+    content_type: str | None = None
+    #: when the value stops being valid (lease end, secret expiry), epoch seconds
+    expires_at: float | None = None
+
+
+#: what a batch call returns per item
+Outcome = Fetched | ProviderError
+VersionOutcome = str | None | ProviderError
+
+
+class ProviderSettings(BaseModel):
+    """Base of each provider's own config model: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+
+
+class Provider:
+    """Base class of a backend. Subclasses set `Settings` and implement `fetch`."""
+
+    Settings: ClassVar[type[ProviderSettings]] = ProviderSettings
+
+    def __init__(self, name: str, settings: Any) -> None:
+        self.name = name
+        self.settings = settings
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    def fetch(self, request: Request) -> Fetched:
+        """Fetch one value; raise a `ProviderError` subclass."""
+        raise NotImplementedError
+
+    def current_version(self, ref: str) -> str | None:
+        """The latest version id of `ref`, as cheaply as the backend allows.
+
+        None means the backend cannot tell without a fetch (the engine then fetches and
+        compares content)."""
+        return self.fetch(Request(ref)).version
+
+    def fetch_many(self, requests: Sequence[Request]) -> dict[Request, Outcome]:
+        """Fetch several values; an error for one item does not fail the others."""
+        out: dict[Request, Outcome] = {}
+        for request in dict.fromkeys(requests):
+            try:
+                out[request] = self.fetch(request)
+            except ProviderError as exc:
+                out[request] = exc.at(provider=self.name, ref=request.ref, version=request.version)
+        return out
+
+    def current_versions(self, refs: Sequence[str]) -> dict[str, VersionOutcome]:
+        """The cheap change check for several refs."""
+        out: dict[str, VersionOutcome] = {}
+        for ref in dict.fromkeys(refs):
+            try:
+                out[ref] = self.current_version(ref)
+            except ProviderError as exc:
+                out[ref] = exc.at(provider=self.name, ref=ref)
+        return out
+
+    def close(self) -> None:
+        """Release connections and background work."""
+
+    def count(self, operation: str, outcome: str) -> None:
+        """Count one backend API call by operation and outcome (ok or an error code)."""
+        PROVIDER_REQUESTS.labels(provider=self.name, operation=operation, outcome=outcome).inc()
+
+
+def provider_class(type_name: str) -> type[Provider]:
+    """Import the provider registered under `type_name`, and only that one."""
+    found = entry_points(group=ENTRY_POINT_GROUP, name=type_name)
+    if not found:
+        known = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+        raise ConfigError(f"unknown provider type {type_name!r} (known: {', '.join(known)})")
+    (ep,) = tuple(found)[:1]
+    try:
+        module = importlib.import_module(ep.module)
+    except ModuleNotFoundError as exc:
+        extra = _EXTRAS.get(type_name)
+        hint = f"pip install 'secrets-bridge[{extra}]'" if extra else "install its package"
+        raise ConfigError(
+            f"provider type {type_name!r} needs the missing module {exc.name!r}: {hint}"
+        ) from None
+    cls = getattr(module, ep.attr)
+    if not (isinstance(cls, type) and issubclass(cls, Provider)):
+        raise ConfigError(f"entry point {type_name!r} is not a secrets-bridge Provider")
+    return cls

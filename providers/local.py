@@ -1,0 +1,76 @@
+"""Local sources for development parity with Compose: `file` (a file under base_dir) and `env`.
+
+The version id of a local value is its modification time (file) or absent (env), so the engine
+compares content for `env`. Neither provider ever logs or echoes the value.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bridge.errors import AccessDenied, ConfigError, SecretNotFound, Unavailable
+from bridge.provider import Fetched, Provider, ProviderSettings, Request
+
+
+class FileSettings(ProviderSettings):
+    type: str = "file"
+    base_dir: Path = Path(".")
+
+
+class FileProvider(Provider):
+    """`ref` is a path relative to `base_dir` (Compose's `secrets: x: file:`)."""
+
+    Settings = FileSettings
+    settings: FileSettings
+
+    def _path(self, ref: str) -> Path:
+        path = Path(ref)
+        if path.is_absolute() or ".." in path.parts:
+            raise ConfigError(f"providers.{self.name}: ref {ref!r} must be relative to base_dir, without '..'")
+        return self.settings.base_dir / path
+
+    def fetch(self, request: Request) -> Fetched:
+        path = self._path(request.ref)
+        try:
+            data = path.read_bytes()
+            version = str(os.stat(path).st_mtime_ns)
+        except FileNotFoundError:
+            raise SecretNotFound("no such file", provider=self.name, ref=request.ref) from None
+        except PermissionError:
+            raise AccessDenied("permission denied", provider=self.name, ref=request.ref) from None
+        except OSError as exc:
+            raise Unavailable(exc.strerror or "cannot read", provider=self.name, ref=request.ref) from None
+        if request.version is not None and request.version != version:
+            raise SecretNotFound("a file keeps only its latest version", provider=self.name,
+                                 ref=request.ref, version=request.version)
+        return Fetched(data, version)
+
+    def current_version(self, ref: str) -> str | None:
+        try:
+            return str(os.stat(self._path(ref)).st_mtime_ns)
+        except FileNotFoundError:
+            raise SecretNotFound("no such file", provider=self.name, ref=ref) from None
+        except OSError as exc:
+            raise Unavailable(exc.strerror or "cannot stat", provider=self.name, ref=ref) from None
+
+
+class EnvSettings(ProviderSettings):
+    type: str = "env"
+
+
+class EnvProvider(Provider):
+    """`ref` is an environment variable name (Compose's `secrets: x: environment:`)."""
+
+    Settings = EnvSettings
+
+    def fetch(self, request: Request) -> Fetched:
+        value = os.environ.get(request.ref)
+        if value is None:
+            raise SecretNotFound("environment variable not set", provider=self.name, ref=request.ref)
+        return Fetched(value.encode(), None)
+
+    def current_version(self, ref: str) -> str | None:
+        if ref not in os.environ:
+            raise SecretNotFound("environment variable not set", provider=self.name, ref=ref)
+        return None
