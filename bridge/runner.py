@@ -1,0 +1,92 @@
+"""The long-running `run` command: sync, serve the endpoints, keep in step, reload on SIGHUP.
+
+SIGTERM/SIGINT only set an event, so the commit in progress always finishes before exit. A config
+reload is validated first; an invalid one is logged and the running config stays.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+from bridge.config import Config, load_config
+from bridge.engine import Engine
+from bridge.errors import BridgeError, WriteError
+from bridge.notify import Notifier
+from bridge.server import HealthServer
+
+log = logging.getLogger("secrets_bridge.run")
+
+
+class Runner:
+    def __init__(self, config_path: Path, config: Config) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.reload_requested = False
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        log.info("received %s: finishing the current cycle", signal.Signals(signum).name)
+        self.stop.set()
+        self.wake.set()
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self.reload_requested = True
+        self.wake.set()
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        engine = self._start(self.config)
+        server = None
+        if self.config.settings.listen:
+            try:
+                server = HealthServer(engine, self.config.settings.listen)
+            except OSError as exc:
+                raise WriteError(f"listen: cannot bind {self.config.settings.listen}: {exc.strerror}") from None
+            server.start()
+        try:
+            while not self.stop.is_set():
+                engine.run(self.wake)
+                self.wake.clear()
+                if self.reload_requested and not self.stop.is_set():
+                    self.reload_requested = False
+                    engine = self._reload(engine, server)
+        finally:
+            if server is not None:
+                server.stop()
+            if self.config.settings.cleanup_on_exit:
+                engine.writer.clear()
+                log.info("removed the secrets from %s (cleanup_on_exit)", self.config.settings.output_dir)
+            engine.close()
+        log.info("stopped")
+        return 0
+
+    def _start(self, config: Config) -> Engine:
+        engine = Engine(config, on_commit=Notifier(config.settings.on_change))
+        engine.start()
+        result = engine.sync()
+        log.info("initial sync: %d secrets, %d failed", len(config.settings.secrets), len(result.failed))
+        return engine
+
+    def _reload(self, engine: Engine, server: HealthServer | None) -> Engine:
+        try:
+            config = load_config(self.config_path)
+        except BridgeError as exc:
+            log.error("config reload rejected, keeping the running config: %s", exc)
+            return engine
+        if config.settings.output_dir != self.config.settings.output_dir:
+            log.error("config reload rejected: output_dir cannot change while running")
+            return engine
+        log.info("config reloaded from %s", self.config_path)
+        engine.close()
+        self.config = config
+        new = self._start(config)
+        if server is not None:
+            server.httpd.RequestHandlerClass.engine = new  # type: ignore[attr-defined]
+        return new

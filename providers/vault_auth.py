@@ -1,0 +1,165 @@
+"""Vault/OpenBao authentication: the config models of each method, login, and token renewal.
+
+Tokens are renewed when a third of their TTL is left; when renewal fails the bridge logs in
+again (Vault Agent's auto-auth behaves the same). No token, secret id or JWT is ever logged or
+put in a message or repr (they are held as SecretStr or read from files when needed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from bridge.errors import AccessDenied
+
+log = logging.getLogger("secrets_bridge.providers.vault")
+
+K8S_TOKEN_PATH = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+class _Auth(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TokenAuth(_Auth):
+    """A token from `token_file` (re-read when it changes), else $VAULT_TOKEN / $BAO_TOKEN."""
+
+    method: Literal["token"] = "token"
+    token_file: Path | None = None
+
+
+class AppRoleAuth(_Auth):
+    method: Literal["approle"]
+    role_id: SecretStr | None = None
+    role_id_file: Path | None = None
+    secret_id: SecretStr | None = None
+    secret_id_file: Path | None = None
+    mount: str = "approle"
+
+    @model_validator(mode="after")
+    def _one_each(self) -> AppRoleAuth:
+        if (self.role_id is None) == (self.role_id_file is None):
+            raise ValueError("give one of role_id or role_id_file")
+        if self.secret_id is not None and self.secret_id_file is not None:
+            raise ValueError("give secret_id or secret_id_file, not both")
+        return self
+
+
+class JwtAuth(_Auth):
+    method: Literal["jwt"]
+    role: str
+    jwt_file: Path
+    mount: str = "jwt"
+
+
+class KubernetesAuth(_Auth):
+    method: Literal["kubernetes"]
+    role: str
+    jwt_file: Path = K8S_TOKEN_PATH
+    mount: str = "kubernetes"
+
+
+AuthConfig = Annotated[TokenAuth | AppRoleAuth | JwtAuth | KubernetesAuth, Field(discriminator="method")]
+
+
+def _read(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise AccessDenied(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+class TokenKeeper:
+    """Holds the client's token: logs in, renews before expiry, logs in again when renewal fails."""
+
+    def __init__(self, client: Any, auth: TokenAuth | AppRoleAuth | JwtAuth | KubernetesAuth) -> None:
+        self.client = client
+        self.auth = auth
+        self._expires_at: float | None = None  # monotonic; None = does not expire
+        self._ttl = 0.0
+        self._renewable = False
+        self._token_file_stamp: int | None = None
+        self._logged_in = False
+
+    def ensure(self) -> None:
+        """Make sure the client carries a live token before a request."""
+        if isinstance(self.auth, TokenAuth):
+            self._use_static_token()
+            return
+        if not self._logged_in:
+            self.login()
+            return
+        if self._expires_at is None:
+            return
+        left = self._expires_at - time.monotonic()
+        if left > self._ttl / 3:
+            return
+        if self._renewable and left > 0:
+            try:
+                self._remember(self.client.auth.token.renew_self()["auth"])
+                log.debug("vault token renewed")
+                return
+            except Exception:
+                log.info("vault token renewal failed; logging in again")
+        self.login()
+
+    def invalidate(self) -> None:
+        """The server refused the token: log in again before the next request."""
+        self._logged_in = False
+        self._token_file_stamp = None
+
+    def login(self) -> None:
+        from hvac import exceptions  # the provider module imports hvac first, with its extra hint
+
+        auth = self.auth
+        try:
+            if isinstance(auth, AppRoleAuth):
+                role_id = auth.role_id.get_secret_value() if auth.role_id else _read(auth.role_id_file, "role_id_file")  # type: ignore[arg-type]
+                secret_id = (auth.secret_id.get_secret_value() if auth.secret_id
+                             else _read(auth.secret_id_file, "secret_id_file") if auth.secret_id_file else None)
+                result = self.client.auth.approle.login(role_id=role_id, secret_id=secret_id, mount_point=auth.mount)
+            elif isinstance(auth, JwtAuth):
+                jwt = _read(auth.jwt_file, "jwt_file")
+                result = self.client.auth.jwt.jwt_login(role=auth.role, jwt=jwt, path=auth.mount)
+            elif isinstance(auth, KubernetesAuth):
+                jwt = _read(auth.jwt_file, "jwt_file")
+                result = self.client.auth.kubernetes.login(role=auth.role, jwt=jwt, mount_point=auth.mount)
+            else:
+                self._use_static_token()
+                return
+        except exceptions.VaultError as exc:
+            reason = ", ".join(exc.errors or []) or type(exc).__name__
+            raise AccessDenied(f"{auth.method} login failed: {reason}") from None
+        self._remember(result["auth"])
+        self._logged_in = True
+        log.info("logged in to vault with %s (token ttl %ds)", auth.method, int(self._ttl))
+
+    def _remember(self, auth: dict[str, Any]) -> None:
+        self.client.token = auth["client_token"]
+        self._ttl = float(auth.get("lease_duration") or 0)
+        self._renewable = bool(auth.get("renewable"))
+        self._expires_at = time.monotonic() + self._ttl if self._ttl > 0 else None
+
+    def _use_static_token(self) -> None:
+        auth = self.auth
+        if isinstance(auth, TokenAuth) and auth.token_file is not None:
+            try:
+                stamp = os.stat(auth.token_file).st_mtime_ns
+            except OSError as exc:
+                raise AccessDenied(f"cannot read token_file {auth.token_file}: {exc.strerror}") from None
+            if stamp != self._token_file_stamp:
+                self.client.token = _read(auth.token_file, "token_file")
+                self._token_file_stamp = stamp
+            return
+        if self._logged_in:
+            return
+        token = os.environ.get("VAULT_TOKEN") or os.environ.get("BAO_TOKEN")
+        if not token:
+            raise AccessDenied("no token: set auth.token_file, VAULT_TOKEN or BAO_TOKEN, or another auth method")
+        self.client.token = token
+        self._logged_in = True
