@@ -40,11 +40,8 @@ class FileSpec:
 
     content: bytes = field(repr=False)
     mode: int = 0o444
-    uid: int = -1
-    gid: int = -1
-
-    def owner(self) -> tuple[int, int]:
-        return (os.getuid() if self.uid < 0 else self.uid, os.getgid() if self.gid < 0 else self.gid)
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
 
 
 class Writer:
@@ -88,10 +85,14 @@ class Writer:
         with self._dir() as dfd:
             old = _current_generation(dfd)
             gen = self._write_generation(dfd, files)
+            self._step("generation_written")
             _unlink(dfd, _DATA_TMP)
             os.symlink(gen, _DATA_TMP, dir_fd=dfd)
+            self._step("data_tmp_linked")
             os.rename(_DATA_TMP, DATA_LINK, src_dir_fd=dfd, dst_dir_fd=dfd)  # the commit point
+            self._step("committed")
             self._sync_visible_links(dfd, {name.split("/", 1)[0] for name in files})
+            self._step("links_synced")
             if old is not None and old != gen:
                 _remove(dfd, old)
         return True
@@ -114,6 +115,9 @@ class Writer:
             os.rename(_STATE_TMP, name, src_dir_fd=dfd, dst_dir_fd=dfd)
 
     # -- internals -------------------------------------------------------------------------
+
+    def _step(self, name: str) -> None:
+        """A named point between two steps of a commit (tests crash the process here)."""
 
     @contextlib.contextmanager
     def _dir(self) -> Iterator[int]:
@@ -143,6 +147,7 @@ class Writer:
             os.fchmod(gfd, 0o755)
             for name, spec in sorted(files.items()):
                 _write_file(gfd, name, spec)
+                self._step("file_written")
         except OSError as exc:
             os.close(gfd)
             _remove(dfd, gen)
@@ -165,6 +170,7 @@ class Writer:
             tmp = f"..link_{top.replace('/', '_')}"
             _unlink(dfd, tmp)
             os.symlink(target, tmp, dir_fd=dfd)
+            self._step("link_tmp_made")
             os.rename(tmp, top, src_dir_fd=dfd, dst_dir_fd=dfd)  # replaces a planted file or link
         for name in os.listdir(dfd):
             if name in tops or name.startswith(".."):
@@ -223,7 +229,7 @@ def _write_file(gfd: int, name: str, spec: FileSpec) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(leaf, flags, spec.mode & 0o777, dir_fd=parent)  # never wider than final
         try:
-            uid, gid = spec.owner()
+            uid, gid = spec.uid, spec.gid
             if (uid, gid) != (os.getuid(), os.getgid()):
                 try:
                     os.fchown(fd, uid, gid)

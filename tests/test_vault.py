@@ -1,0 +1,223 @@
+"""The Vault/OpenBao provider against a real OpenBao dev server."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from pathlib import Path
+
+import jwt as pyjwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from bridge.errors import AccessDenied, SecretNotFound
+from bridge.provider import Request
+from providers.vault import VaultProvider, VaultSettings
+from tests.conformance import ProviderConformance, read, unique_text
+
+POLICY = 'path "secret/*" { capabilities = ["read", "list"] }\npath "kv1/*" { capabilities = ["read"] }'
+
+
+class VaultBackend:
+    """Writes through OpenBao's own API with the root token."""
+
+    text_fields = {"key": "value"}
+    binary_fields = {"key": "value", "encoding": "base64"}
+
+    def __init__(self, openbao) -> None:
+        self.openbao = openbao
+        self.client = openbao.client()
+
+    def new_ref(self) -> str:
+        return f"secret/conformance/{uuid.uuid4().hex}"
+
+    def _write(self, ref: str, data: dict) -> str:
+        path = ref.removeprefix("secret/")
+        result = self.client.secrets.kv.v2.create_or_update_secret(path=path, secret=data, mount_point="secret")
+        return str(result["data"]["version"])
+
+    def put(self, ref: str, value: str) -> str:
+        return self._write(ref, {"value": value})
+
+    def put_binary(self, ref: str, data: bytes) -> str:
+        return self._write(ref, {"value": base64.b64encode(data).decode()})
+
+    def credentials(self) -> list[str]:
+        return [self.openbao.root_token]
+
+
+def _provider(openbao, **auth) -> VaultProvider:
+    settings = VaultSettings(type="vault", address=openbao.address, auth=auth or {"method": "token"})
+    return VaultProvider("vault", settings)
+
+
+@pytest.fixture
+def provider(openbao, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("VAULT_TOKEN", openbao.root_token)
+    p = _provider(openbao)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def backend(openbao) -> VaultBackend:
+    return VaultBackend(openbao)
+
+
+class TestVaultConformance(ProviderConformance):
+    """The shared provider cases, on KV v2."""
+
+
+@pytest.fixture(scope="module")
+def kv1(openbao) -> str:
+    client = openbao.client()
+    if "kv1/" not in client.sys.list_mounted_secrets_engines()["data"]:
+        client.sys.enable_secrets_engine("kv", path="kv1", options={"version": "1"})
+    return "kv1"
+
+
+def test_kv1_found_automatically(provider: VaultProvider, openbao, kv1: str) -> None:
+    """A KV v1 mount is detected; the map is written as compact JSON and has no version."""
+    openbao.client().secrets.kv.v1.create_or_update_secret(path="app/one", secret={"b": "2", "a": "1"},
+                                                            mount_point=kv1)
+    content, fetched = read(provider, "kv1/app/one", None, {})
+    assert content == b'{"a":"1","b":"2"}'
+    assert fetched.version is None
+    assert provider.current_versions(["kv1/app/one"])["kv1/app/one"] is None
+
+
+def test_nested_mount_path(provider: VaultProvider, openbao) -> None:
+    """A KV v2 mount with a slash in its path is found from the ref."""
+    client = openbao.client()
+    if "team/kv/" not in client.sys.list_mounted_secrets_engines()["data"]:
+        client.sys.enable_secrets_engine("kv", path="team/kv", options={"version": "2"})
+    client.secrets.kv.v2.create_or_update_secret(path="x/y", secret={"k": "v"}, mount_point="team/kv")
+    content, fetched = read(provider, "team/kv/x/y", None, {"key": "k"})
+    assert (content, fetched.version) == (b"v", "1")
+
+
+def test_deleted_version_pin_is_not_found(provider: VaultProvider, backend: VaultBackend) -> None:
+    """A pinned version that was deleted is SecretNotFound, never an empty value."""
+    ref = backend.new_ref()
+    v1 = backend.put(ref, unique_text())
+    backend.put(ref, unique_text())
+    backend.client.secrets.kv.v2.delete_secret_versions(path=ref.removeprefix("secret/"), versions=[int(v1)])
+    with pytest.raises(SecretNotFound):
+        read(provider, ref, v1, backend.text_fields)
+
+
+def test_missing_token_is_access_denied(openbao) -> None:
+    """Without any token the provider says how to give one."""
+    p = _provider(openbao)
+    outcome = p.fetch_many([Request("secret/anything")])[Request("secret/anything")]
+    assert isinstance(outcome, AccessDenied)
+    assert "VAULT_TOKEN" in str(outcome)
+
+
+def test_bad_token_is_access_denied(openbao, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token the server refuses maps to AccessDenied and the message does not carry it."""
+    monkeypatch.setenv("VAULT_TOKEN", "not-a-real-token-123")
+    p = _provider(openbao)
+    outcome = p.fetch_many([Request("secret/anything")])[Request("secret/anything")]
+    assert isinstance(outcome, AccessDenied)
+    assert "not-a-real-token-123" not in str(outcome) + repr(outcome)
+
+
+def _approle(openbao, name: str, **role) -> tuple[str, str]:
+    client = openbao.client()
+    if "approle/" not in client.sys.list_auth_methods()["data"]:
+        client.sys.enable_auth_method("approle")
+    client.sys.create_or_update_policy("bridge-read", POLICY)
+    client.auth.approle.create_or_update_approle(name, token_policies=["bridge-read"], **role)
+    role_id = client.auth.approle.read_role_id(name)["data"]["role_id"]
+    secret_id = client.auth.approle.generate_secret_id(name)["data"]["secret_id"]
+    return role_id, secret_id
+
+
+def test_approle_login_from_files(openbao, backend: VaultBackend, tmp_path: Path) -> None:
+    """AppRole with role_id_file/secret_id_file logs in and reads."""
+    role_id, secret_id = _approle(openbao, "bridge")
+    (tmp_path / "role-id").write_text(role_id)
+    (tmp_path / "secret-id").write_text(secret_id + "\n")
+    ref = backend.new_ref()
+    value = unique_text()
+    backend.put(ref, value)
+    p = _provider(openbao, method="approle", role_id_file=str(tmp_path / "role-id"),
+                  secret_id_file=str(tmp_path / "secret-id"))
+    content, _ = read(p, ref, None, backend.text_fields)
+    assert content == value.encode()
+    assert secret_id not in repr(p.settings) + str(p.settings)
+
+
+def test_approle_wrong_secret_id(openbao) -> None:
+    """A wrong secret id is AccessDenied naming the method, not the secret id."""
+    role_id, _ = _approle(openbao, "bridge")
+    p = _provider(openbao, method="approle", role_id=role_id, secret_id="wrong-secret-id-xyz")
+    outcome = p.fetch_many([Request("secret/x")])[Request("secret/x")]
+    assert isinstance(outcome, AccessDenied)
+    assert "approle login failed" in str(outcome)
+    assert "wrong-secret-id-xyz" not in str(outcome) + repr(p.settings)
+
+
+def test_token_renewed_then_login_again(openbao, backend: VaultBackend) -> None:
+    """Short-lived tokens are renewed and, past their max TTL, replaced by a new login."""
+    role_id, secret_id = _approle(openbao, "short", token_ttl="2s", token_max_ttl="4s")
+    ref = backend.new_ref()
+    backend.put(ref, "v")
+    p = _provider(openbao, method="approle", role_id=role_id, secret_id=secret_id)
+    tokens = []
+    deadline = time.monotonic() + 7
+    while time.monotonic() < deadline:
+        content, _ = read(p, ref, None, backend.text_fields)
+        assert content == b"v"
+        tokens.append(p._client.token)
+        time.sleep(0.4)
+    assert len(set(tokens)) >= 2  # a new login after the max TTL
+    # The first token was renewed while it lived: it served for longer than its 2s TTL.
+    assert tokens.count(tokens[0]) * 0.4 > 2.0
+
+
+@pytest.fixture(scope="module")
+def jwt_signer(openbao):
+    """OpenBao's jwt auth trusting a key that the test signs with."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    client = openbao.client()
+    if "jwt/" not in client.sys.list_auth_methods()["data"]:
+        client.sys.enable_auth_method("jwt")
+    client.sys.create_or_update_policy("bridge-read", POLICY)
+    client.write("auth/jwt/config", jwt_validation_pubkeys=[public_pem])
+    client.write("auth/jwt/role/bridge", role_type="jwt", user_claim="sub", bound_audiences=["bridge"],
+                 token_policies=["bridge-read"], token_ttl="1h")
+
+    def sign(**claims) -> str:
+        now = int(time.time())
+        body = {"sub": "app", "aud": "bridge", "iat": now, "nbf": now, "exp": now + 300, **claims}
+        return pyjwt.encode(body, key, algorithm="RS256")
+
+    return sign
+
+
+def test_jwt_login(openbao, backend: VaultBackend, jwt_signer, tmp_path: Path) -> None:
+    """A JWT signed by a trusted key logs in through the jwt method."""
+    token_file = tmp_path / "jwt"
+    token_file.write_text(jwt_signer())
+    ref = backend.new_ref()
+    value = unique_text()
+    backend.put(ref, value)
+    p = _provider(openbao, method="jwt", role="bridge", jwt_file=str(token_file))
+    content, _ = read(p, ref, None, backend.text_fields)
+    assert content == value.encode()
+
+
+def test_jwt_wrong_audience_denied(openbao, jwt_signer, tmp_path: Path) -> None:
+    """A JWT for another audience is refused as AccessDenied, without echoing the JWT."""
+    token = jwt_signer(aud="someone-else")
+    (tmp_path / "jwt").write_text(token)
+    p = _provider(openbao, method="jwt", role="bridge", jwt_file=str(tmp_path / "jwt"))
+    outcome = p.fetch_many([Request("secret/x")])[Request("secret/x")]
+    assert isinstance(outcome, AccessDenied)
+    assert token not in str(outcome)

@@ -1,0 +1,224 @@
+"""The atomic writer: layout, modes, no-op commits, symlink safety, tmpfs check, crash repair."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bridge.errors import WriteError
+from bridge.writer import DATA_LINK, FileSpec, Writer, is_memory_backed
+
+
+@pytest.fixture
+def shm_dir(tmp_path: Path):
+    """A directory on tmpfs (/dev/shm), as /run/secrets is in a container."""
+    base = Path("/dev/shm")
+    if not base.is_dir() or not is_memory_backed(base):
+        pytest.skip("no tmpfs at /dev/shm")
+    d = base / f"sb-test-{os.getpid()}-{tmp_path.name}"
+    d.mkdir()
+    yield d
+    subprocess.run(["rm", "-rf", str(d)], check=False)
+
+
+def _generations(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir() if p.name.startswith("..") and p.name != DATA_LINK)
+
+
+def test_layout_and_modes(tmp_path: Path) -> None:
+    """Files land in one generation behind ..data with visible links and the configured modes."""
+    w = Writer(tmp_path, require_tmpfs=False)
+    w.prepare()
+    assert w.commit({"db": FileSpec(b"pw", 0o400), "tls/cert.pem": FileSpec(b"cert", 0o444)})
+    assert os.readlink(tmp_path / "db") == "..data/db"
+    assert os.readlink(tmp_path / "tls") == "..data/tls"
+    assert (tmp_path / "db").read_bytes() == b"pw"
+    assert (tmp_path / "tls" / "cert.pem").read_bytes() == b"cert"
+    assert stat.S_IMODE(os.stat(tmp_path / "db").st_mode) == 0o400
+    assert len(_generations(tmp_path)) == 1
+
+
+def test_unchanged_content_makes_no_generation(tmp_path: Path) -> None:
+    """Committing identical files is a no-op: same generation, returns False."""
+    w = Writer(tmp_path, require_tmpfs=False)
+    w.prepare()
+    files = {"a": FileSpec(b"1", 0o444)}
+    assert w.commit(files)
+    before = os.readlink(tmp_path / DATA_LINK)
+    assert not w.commit(dict(files))
+    assert os.readlink(tmp_path / DATA_LINK) == before
+
+
+def test_change_replaces_generation_and_removes_old(tmp_path: Path) -> None:
+    """A change makes a new generation, drops the old one, and removes links of removed names."""
+    w = Writer(tmp_path, require_tmpfs=False)
+    w.prepare()
+    w.commit({"a": FileSpec(b"1"), "b": FileSpec(b"2")})
+    old = os.readlink(tmp_path / DATA_LINK)
+    w.commit({"a": FileSpec(b"1b")})
+    assert os.readlink(tmp_path / DATA_LINK) != old
+    assert _generations(tmp_path) == [os.readlink(tmp_path / DATA_LINK)]
+    assert not (tmp_path / "b").is_symlink()
+    assert (tmp_path / "a").read_bytes() == b"1b"
+
+
+def test_mode_change_alone_is_a_change(tmp_path: Path) -> None:
+    """A new mode with the same content still commits."""
+    w = Writer(tmp_path, require_tmpfs=False)
+    w.prepare()
+    w.commit({"a": FileSpec(b"1", 0o444)})
+    assert w.commit({"a": FileSpec(b"1", 0o400)})
+    assert stat.S_IMODE(os.stat(tmp_path / "a").st_mode) == 0o400
+
+
+def test_umask_does_not_narrow_or_widen(tmp_path: Path) -> None:
+    """The final mode is exactly the configured one whatever the umask."""
+    old = os.umask(0o077)
+    try:
+        w = Writer(tmp_path, require_tmpfs=False)
+        w.prepare()
+        w.commit({"a": FileSpec(b"1", 0o444)})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "a").st_mode) == 0o444
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="chown needs root")
+def test_owner(tmp_path: Path) -> None:
+    """Files get the configured uid/gid."""
+    w = Writer(tmp_path, require_tmpfs=False)
+    w.prepare()
+    w.commit({"a": FileSpec(b"1", 0o400, 999, 998)})
+    st = os.stat(tmp_path / "a")
+    assert (st.st_uid, st.st_gid) == (999, 998)
+
+
+def test_planted_symlink_is_not_followed(tmp_path: Path) -> None:
+    """A symlink planted at a secret's name is replaced, and its target is never written."""
+    out, victim = tmp_path / "out", tmp_path / "victim"
+    out.mkdir()
+    victim.write_text("untouched")
+    (out / "db").symlink_to(victim)
+    w = Writer(out, require_tmpfs=False)
+    w.prepare()
+    w.commit({"db": FileSpec(b"secret")})
+    assert victim.read_text() == "untouched"
+    assert os.readlink(out / "db") == "..data/db"
+
+
+def test_disk_backed_dir_refused(tmp_path: Path) -> None:
+    """With require_tmpfs a disk directory is refused, saying how to fix it."""
+    if is_memory_backed(tmp_path):
+        pytest.skip("tmp_path is itself on tmpfs here")
+    with pytest.raises(WriteError, match="tmpfs.*require_tmpfs: false"):
+        Writer(tmp_path, require_tmpfs=True).prepare()
+
+
+def test_tmpfs_dir_accepted(shm_dir: Path) -> None:
+    """A tmpfs directory passes the check and is written."""
+    w = Writer(shm_dir, require_tmpfs=True)
+    w.prepare()
+    assert w.commit({"a": FileSpec(b"1")})
+
+
+def test_clear_removes_everything(tmp_path: Path) -> None:
+    """clear() removes links and generations (cleanup_on_exit)."""
+    w = Writer(tmp_path, require_tmpfs=False)
+    w.prepare()
+    w.commit({"a": FileSpec(b"1"), "d/b": FileSpec(b"2")})
+    w.clear()
+    assert list(tmp_path.iterdir()) == []
+
+
+READER = textwrap.dedent("""
+    import os, sys, time
+    out, names, seconds = sys.argv[1], sys.argv[2].split(","), float(sys.argv[3])
+    reads, seen, deadline = 0, set(), time.monotonic() + seconds
+    print("READY", flush=True)
+    while time.monotonic() < deadline and not os.path.exists(os.path.join(out, "..stop")):
+        for name in names:
+            try:
+                data = open(os.path.join(out, name), "rb").read()
+            except OSError as exc:
+                print(f"MISSING {name} {exc}", flush=True); sys.exit(1)
+            head, _, body = data.partition(b":")
+            if not data or not head.isdigit() or len(body) != int(head):
+                print(f"PARTIAL {name} {len(data)}", flush=True); sys.exit(1)
+            reads += 1
+            seen.add(data[:16])
+    print(f"OK {reads} {len(seen)}", flush=True)
+""")
+
+
+@pytest.mark.slow
+def test_reader_never_sees_partial_or_missing(shm_dir: Path) -> None:
+    """A reader process reading every file during 1,000 commits never sees a partial, empty or missing file."""
+    names = ["a", "b", "sub/c"]
+    w = Writer(shm_dir, require_tmpfs=True)
+    w.prepare()
+
+    def files(i: int) -> dict[str, FileSpec]:
+        out = {}
+        for k, name in enumerate(names):
+            body = bytes([65 + (i + k) % 26]) * (1 + (i * 7919 + k * 104729) % 20000)
+            out[name] = FileSpec(str(len(body)).encode() + b":" + body)
+        return out
+
+    w.commit(files(0))
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(shm_dir), ",".join(names), "120"],
+                              stdout=subprocess.PIPE, text=True)
+    assert reader.stdout is not None and reader.stdout.readline().strip() == "READY"
+    try:
+        for i in range(1, 1001):
+            assert w.commit(files(i))
+            assert reader.poll() is None, reader.stdout.read() if reader.stdout else ""
+    finally:
+        (shm_dir / "..stop").touch()
+        out, _ = reader.communicate(timeout=30)
+    assert reader.returncode == 0, out
+    _, reads, distinct = out.split()
+    assert int(reads) > 1000 and int(distinct) > 50  # it really read throughout, across generations
+    assert len([g for g in _generations(shm_dir) if g != "..stop"]) == 1
+
+
+CRASHER = textwrap.dedent("""
+    import os, signal, sys
+    from bridge.writer import FileSpec, Writer
+    class Crashing(Writer):
+        def _step(self, name):
+            if name == sys.argv[2]:
+                os.kill(os.getpid(), signal.SIGKILL)
+    w = Crashing(__import__("pathlib").Path(sys.argv[1]), require_tmpfs=False)
+    w.commit({"a": FileSpec(b"new-a"), "new": FileSpec(b"new-n"), "d/c": FileSpec(b"new-c")})
+""")
+
+STEPS = ["file_written", "generation_written", "data_tmp_linked", "committed", "link_tmp_made", "links_synced"]
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_crash_between_steps_is_repaired(tmp_path: Path, step: str) -> None:
+    """After a kill at any step, prepare() leaves the old or the new generation whole, and no leftovers."""
+    w = Writer(tmp_path, require_tmpfs=False)
+    w.prepare()
+    w.commit({"a": FileSpec(b"old-a"), "gone": FileSpec(b"old-g"), "d/c": FileSpec(b"old-c")})
+    proc = subprocess.run([sys.executable, "-c", CRASHER, str(tmp_path), step], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    Writer(tmp_path, require_tmpfs=False).prepare()
+    current = Writer(tmp_path, require_tmpfs=False).current()
+    old = {"a": b"old-a", "gone": b"old-g", "d/c": b"old-c"}
+    new = {"a": b"new-a", "new": b"new-n", "d/c": b"new-c"}
+    contents = {name: spec.content for name, spec in current.items()}
+    assert contents in (old, new)
+    for name, data in contents.items():
+        assert (tmp_path / name).read_bytes() == data  # every visible path resolves
+    visible = {p.name for p in tmp_path.iterdir() if not p.name.startswith("..")}
+    assert visible == {n.split("/")[0] for n in contents}
+    assert len(_generations(tmp_path)) == 1
+    assert not (tmp_path / "..data_tmp").exists()
