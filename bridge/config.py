@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import signal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -50,6 +51,10 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
+class _DecimalInt(int):
+    """An integer the YAML file wrote in decimal (so a mode written as 400 can be refused)."""
+
+
 def parse_mode(value: Any) -> int:
     """`"0400"` (string) or YAML octal `0400`; a bare decimal that reads like octal is refused."""
     if isinstance(value, bool):
@@ -60,10 +65,10 @@ def parse_mode(value: Any) -> int:
         except ValueError:
             raise ValueError(f"invalid file mode {value!r}: use an octal string such as \"0400\"") from None
     elif isinstance(value, int):
-        # YAML reads 0400 as octal (256) but 400 as decimal: 400 is almost surely a mistake.
-        if value >= 8 and set(str(value)) <= set("01234567") and len(str(value)) >= 3:
+        # YAML reads 0400 as octal but 400 as decimal (0620): a decimal mode is almost surely a mistake.
+        if isinstance(value, _DecimalInt) and value >= 8:
             raise ValueError(f"mode {value} is a decimal number; write it as octal: \"0{value}\"")
-        mode = value
+        mode = int(value)
     else:
         raise ValueError("expected an octal file mode such as \"0400\"")
     if not 0 <= mode <= 0o7777:
@@ -128,8 +133,12 @@ class OnChange(_Model):
         actions = [a for a in ("signal", "exec", "http") if getattr(self, a) is not None]
         if len(actions) != 1:
             raise ValueError("give exactly one of signal, exec or http")
-        if self.signal is not None and self.pid_file is None:
-            raise ValueError("signal needs pid_file")
+        if self.signal is not None:
+            if self.pid_file is None:
+                raise ValueError("signal needs pid_file")
+            name = self.signal.upper() if self.signal.upper().startswith("SIG") else f"SIG{self.signal.upper()}"
+            if name not in signal.Signals.__members__:
+                raise ValueError(f"unknown signal {self.signal!r}")
         return self
 
 
@@ -321,4 +330,11 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
     return mapping
 
 
+def _construct_int(loader: _StrictLoader, node: yaml.ScalarNode) -> int:
+    value: int = loader.construct_yaml_int(node)  # type: ignore[no-untyped-call]
+    digits = str(node.value).replace("_", "").lstrip("+-")
+    return _DecimalInt(value) if digits.isdigit() and not digits.startswith("0") else value
+
+
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)

@@ -183,7 +183,13 @@ class Engine:
                     outcomes[tracked.name] = None
                 else:
                     to_fetch.append(tracked)
-        to_fetch += [t for t in group if t not in checkable]
+        for tracked in group:
+            if tracked in checkable:
+                continue
+            if not force and tracked.pinned and tracked.content is not None and tracked.error is None:
+                outcomes[tracked.name] = None  # a written pin does not change
+            else:
+                to_fetch.append(tracked)
         if to_fetch:
             requests = {t.name: Request(t.config.ref, t.config.version) for t in to_fetch}
             fetched = provider.fetch_many(list(requests.values()))

@@ -37,7 +37,8 @@ class Notifier:
     def _run(self, hook: OnChange, changed: list[str]) -> None:
         if hook.signal is not None and hook.pid_file is not None:
             pid = int(hook.pid_file.read_text().strip())
-            signum = signal.Signals[hook.signal if hook.signal.startswith("SIG") else f"SIG{hook.signal}"]
+            name = hook.signal.upper()
+            signum = signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
             os.kill(pid, signum)
             log.info("on_change: sent %s to pid %d", signum.name, pid)
         elif hook.exec is not None:

@@ -1,0 +1,235 @@
+"""The CLI as a user runs it: subprocesses against a real OpenBao, scanned for leaks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bridge.writer import is_memory_backed
+from tests.servers import free_port, venv_binary
+
+
+@pytest.fixture
+def out_dir(tmp_path: Path):
+    """An output directory on tmpfs, so the default require_tmpfs: true holds."""
+    if not is_memory_backed(Path("/dev/shm")):
+        pytest.skip("no tmpfs at /dev/shm")
+    d = Path("/dev/shm") / f"sb-cli-{uuid.uuid4().hex}"
+    yield d
+    subprocess.run(["rm", "-rf", str(d)], check=False)
+
+
+class Bridge:
+    """Runs secrets-bridge with a config and a token, and keeps everything it printed."""
+
+    def __init__(self, openbao, config: Path) -> None:
+        self.config = config
+        self.env = {**os.environ, "VAULT_ADDR": openbao.address, "VAULT_TOKEN": openbao.root_token}
+        self.printed: list[str] = []
+
+    def __call__(self, *args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([venv_binary("secrets-bridge"), "--config", str(self.config), *args],
+                              env=self.env, capture_output=True, text=True, timeout=60)
+        self.printed += [proc.stdout, proc.stderr]
+        if check is not None:
+            assert proc.returncode == check, proc.stderr
+        return proc
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([venv_binary("secrets-bridge"), "--config", str(self.config), *args, "run"],
+                                env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def stop(self, proc: subprocess.Popen[str]) -> int:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        self.printed.append(out)
+        return proc.returncode
+
+
+def _wait(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _put(openbao, path: str, **data: str) -> int:
+    result = openbao.client().secrets.kv.v2.create_or_update_secret(path=path, secret=data, mount_point="secret")
+    return int(result["data"]["version"])
+
+
+def _config(path: Path, out_dir: Path, port: int | None, extra: str = "") -> Path:
+    listen = f'"127.0.0.1:{port}"' if port else "null"
+    path.write_text(f"""
+output_dir: {out_dir}
+refresh_interval: 1s
+listen: {listen}
+providers:
+  vault: {{type: vault}}
+{extra}""")
+    return path
+
+
+def test_sync_run_rotate_ls_inspect(openbao, out_dir: Path, tmp_path: Path) -> None:
+    """The core scenario: sync three Vault secrets, rotate under `run`, pinned stays, ls/inspect, no leaks."""
+    app = f"app-{uuid.uuid4().hex[:8]}"
+    p1, p2 = f"pw1-{uuid.uuid4().hex}", f"pw2-{uuid.uuid4().hex}"
+    _put(openbao, f"{app}/db", username="app", password=p1)
+    port = free_port()
+    config = _config(tmp_path / "c.yaml", out_dir, port, f"""
+secrets:
+  db_password: {{provider: vault, ref: secret/{app}/db, key: password, mode: "0400"}}
+  db.json: {{provider: vault, ref: secret/{app}/db}}
+  db_v1: {{provider: vault, ref: secret/{app}/db, key: password, version: 1, mode: 0440}}
+""")
+    bridge = Bridge(openbao, config)
+    bridge("sync")
+    assert (out_dir / "db_password").read_text() == p1
+    assert json.loads((out_dir / "db.json").read_text()) == {"password": p1, "username": "app"}
+    assert (os.stat(out_dir / "db_password").st_mode & 0o777, os.stat(out_dir / "db_v1").st_mode & 0o777) == (
+        0o400, 0o440)
+
+    proc = bridge.start()
+    try:
+        assert _wait(lambda: _get(port, "/readyz")[0] == 200)
+        _put(openbao, f"{app}/db", username="app", password=p2)
+        assert _wait(lambda: (out_dir / "db_password").read_text() == p2, timeout=8)
+        assert json.loads((out_dir / "db.json").read_text())["password"] == p2
+        assert (out_dir / "db_v1").read_text() == p1
+        metrics = _get(port, "/metrics")[1]
+        assert "secrets_bridge_provider_requests_total" in metrics
+        bridge.printed.append(metrics)
+    finally:
+        assert bridge.stop(proc) == 0
+
+    table = bridge("ls").stdout
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
+    assert rows["db_password"][3] == "2" and rows["db_v1"][3] == "1"
+    (doc,) = json.loads(bridge("inspect", "db_v1").stdout)
+    assert (doc["version"], doc["pinned_version"], doc["mode"], doc["size"]) == ("1", "1", "0440", len(p1))
+    assert bridge("inspect", "nope", check=1).stderr.count("\n") == 1
+
+    state = (out_dir / ".secrets-bridge-state.json").read_text()
+    for text in [*bridge.printed, state]:
+        for secret in (p1, p2, openbao.root_token):
+            assert secret not in text
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def test_typo_exits_2_with_one_line(openbao, out_dir: Path, tmp_path: Path) -> None:
+    """A config typo exits 2 with one line and no traceback, and writes nothing."""
+    config = _config(tmp_path / "c.yaml", out_dir, None, "secrets:\n  a: {provider: vault, ref: secret/x, kee: y}\n")
+    for command in ("sync", "run", "check"):
+        proc = Bridge(openbao, config)(command, check=2)
+        assert proc.stderr.strip() == "secrets-bridge: secrets.a.kee: unknown field"
+        assert "Traceback" not in proc.stderr
+    assert not out_dir.exists()
+
+
+def test_sync_partial_failure(openbao, out_dir: Path, tmp_path: Path) -> None:
+    """sync exits 1 when a required secret fails and still writes the rest; optional ones don't count."""
+    app = f"app-{uuid.uuid4().hex[:8]}"
+    _put(openbao, f"{app}/ok", value="fine")
+    config = _config(tmp_path / "c.yaml", out_dir, None, f"""
+secrets:
+  ok: {{provider: vault, ref: secret/{app}/ok, key: value}}
+  gone: {{provider: vault, ref: secret/{app}/missing}}
+  maybe: {{provider: vault, ref: secret/{app}/missing2, optional: true}}
+""")
+    proc = Bridge(openbao, config)("sync", check=1)
+    assert (out_dir / "ok").read_text() == "fine"
+    assert not (out_dir / "gone").exists()
+    assert f"secret/{app}/missing" in proc.stderr and "not_found" in proc.stderr
+
+
+def test_check_writes_nothing(openbao, out_dir: Path, tmp_path: Path) -> None:
+    """check resolves every version into a table and writes no file."""
+    app = f"app-{uuid.uuid4().hex[:8]}"
+    value = f"v-{uuid.uuid4().hex}"
+    _put(openbao, f"{app}/a", value=value)
+    _put(openbao, f"{app}/a", value=value + "2")
+    config = _config(tmp_path / "c.yaml", out_dir, None, f"""
+secrets:
+  a: {{provider: vault, ref: secret/{app}/a, key: value}}
+  b: {{provider: vault, ref: secret/{app}/a, version: 1}}
+""")
+    proc = Bridge(openbao, config)("check")
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[1:]}
+    assert rows["a"][3:] == ["2", "ok"] and rows["b"][3:] == ["1", "ok"]
+    assert value not in proc.stdout + proc.stderr
+    assert not out_dir.exists()
+
+
+def test_ls_without_state(openbao, out_dir: Path, tmp_path: Path) -> None:
+    """ls before any sync exits 2 saying what to do."""
+    config = _config(tmp_path / "c.yaml", out_dir, None)
+    assert "run `secrets-bridge sync` first" in Bridge(openbao, config)("ls", check=2).stderr
+
+
+def test_disk_output_dir_refused(openbao, tmp_path: Path) -> None:
+    """The default require_tmpfs refuses a disk directory with a hint, exit 1."""
+    if is_memory_backed(tmp_path):
+        pytest.skip("tmp_path is on tmpfs")
+    config = _config(tmp_path / "c.yaml", tmp_path / "out", None, "secrets: {}\n")
+    proc = Bridge(openbao, config)("sync", check=1)
+    assert "mount -t tmpfs" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_version_flag() -> None:
+    """--version prints the version and exits 0."""
+    proc = subprocess.run([venv_binary("secrets-bridge"), "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("secrets-bridge ")
+
+
+def test_on_change_exec_and_sighup_reload(openbao, out_dir: Path, tmp_path: Path) -> None:
+    """A change runs the exec hook without the bridge's token; SIGHUP applies a valid config, rejects a bad one."""
+    app = f"app-{uuid.uuid4().hex[:8]}"
+    _put(openbao, f"{app}/a", value="one")
+    marker = tmp_path / "hook.out"
+    hook = tmp_path / "hook.py"
+    hook.write_text("import os, sys\nopen(sys.argv[1], 'a').write(os.environ['SECRETS_BRIDGE_CHANGED'] + "
+                    "('|TOKEN' if any('TOKEN' in k for k in os.environ) else '') + '\\n')\n")
+    base = f"""
+secrets:
+  a: {{provider: vault, ref: secret/{app}/a, key: value}}
+on_change:
+  - {{exec: ["{sys.executable}", "{hook}", "{marker}"]}}
+"""
+    config = _config(tmp_path / "c.yaml", out_dir, None, base)
+    bridge = Bridge(openbao, config)
+    proc = bridge.start()
+    try:
+        assert _wait(lambda: marker.exists() and marker.read_text() == "a\n")
+        _config(config, out_dir, None, base + "  - {bogus: 1}\n")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        _put(openbao, f"{app}/b", value="two")
+        _config(config, out_dir, None, base.replace("on_change:", f"  b: {{provider: vault, ref: secret/{app}/b, key: value}}\non_change:"))
+        proc.send_signal(signal.SIGHUP)
+        assert _wait(lambda: (out_dir / "b").exists() and (out_dir / "b").read_text() == "two")
+        assert (out_dir / "a").read_text() == "one"
+    finally:
+        assert bridge.stop(proc) == 0
+    log = bridge.printed[-1]
+    assert "config reload rejected" in log and "on_change.1.bogus: unknown field" in log
+    assert marker.read_text().splitlines() == ["a", "b"]

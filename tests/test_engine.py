@@ -1,0 +1,221 @@
+"""The engine, with an in-memory fake of our own Provider interface (the wire is tested per provider)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bridge.config import parse_config
+from bridge.engine import Engine
+from bridge.errors import SecretNotFound, Unavailable
+from bridge.provider import Fetched, Provider, ProviderSettings, Request
+
+
+class FakeProvider(Provider):
+    """Versions per ref in memory; counts calls; can be told to fail."""
+
+    def __init__(self) -> None:
+        super().__init__("fake", ProviderSettings(type="fake"))
+        self.versions: dict[str, list[bytes]] = {}
+        self.fetches: list[Request] = []
+        self.checks: list[list[str]] = []
+        self.failure: Exception | None = None
+
+    def put(self, ref: str, value: bytes) -> None:
+        self.versions.setdefault(ref, []).append(value)
+
+    def fetch(self, request: Request) -> Fetched:
+        self.fetches.append(request)
+        if self.failure is not None:
+            raise self.failure
+        history = self.versions.get(request.ref)
+        if not history:
+            raise SecretNotFound("no such secret")
+        index = len(history) if request.version is None else int(request.version)
+        if not 1 <= index <= len(history):
+            raise SecretNotFound("no such version")
+        return Fetched(history[index - 1], str(index))
+
+    def current_versions(self, refs):
+        self.checks.append(list(refs))
+        return super().current_versions(refs)
+
+    def current_version(self, ref: str) -> str | None:
+        if self.failure is not None:
+            raise self.failure
+        if ref not in self.versions:
+            raise SecretNotFound("no such secret")
+        return str(len(self.versions[ref]))
+
+
+def make_engine(tmp_path: Path, secrets: str, **top) -> tuple[Engine, FakeProvider]:
+    fields = {"output_dir": tmp_path, "require_tmpfs": "false", "refresh_interval": "1s", "jitter": 0, **top}
+    text = ("".join(f"{k}: {v}\n" for k, v in fields.items())
+            + f"providers:\n  fake: {{type: env}}\nsecrets:\n{secrets}")
+    config = parse_config(text)
+    fake = FakeProvider()
+    engine = Engine(config, providers={"fake": fake})
+    engine.start()
+    return engine, fake
+
+
+SECRETS = """  a: {provider: fake, ref: r1}
+  b: {provider: fake, ref: r1, version: 1}
+  c: {provider: fake, ref: r2, mode: "0400"}
+"""
+
+
+def test_sync_writes_all_in_one_commit(tmp_path: Path) -> None:
+    """sync fetches every secret and commits them together."""
+    engine, fake = make_engine(tmp_path, SECRETS)
+    fake.put("r1", b"one")
+    fake.put("r2", b"two")
+    result = engine.sync()
+    assert sorted(result.changed) == ["a", "b", "c"] and not result.failed
+    assert (tmp_path / "a").read_bytes() == b"one" and (tmp_path / "c").read_bytes() == b"two"
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("..2")]) == 1
+
+
+def test_cheap_check_then_fetch_only_changed(tmp_path: Path) -> None:
+    """A cycle checks unpinned secrets in one batch call and fetches only what moved; pins stay."""
+    engine, fake = make_engine(tmp_path, SECRETS)
+    fake.put("r1", b"one")
+    fake.put("r2", b"two")
+    engine.sync()
+    fake.fetches.clear()
+    engine.cycle(engine._tracked.values())
+    assert fake.fetches == [] and fake.checks[-1] == ["r1", "r2"]
+    fake.put("r1", b"one-v2")
+    result = engine.cycle(engine._tracked.values())
+    assert fake.fetches == [Request("r1")]
+    assert result.changed == ["a"]
+    assert (tmp_path / "a").read_bytes() == b"one-v2" and (tmp_path / "b").read_bytes() == b"one"
+
+
+def test_pinned_not_polled(tmp_path: Path) -> None:
+    """A pinned secret that was written is never due again."""
+    engine, fake = make_engine(tmp_path, "  b: {provider: fake, ref: r1, version: 1}\n")
+    fake.put("r1", b"one")
+    engine.sync()
+    assert engine._tracked["b"].next_due == float("inf")
+
+
+def test_failure_keeps_last_good_file_and_logs_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A failing provider leaves the files; the failure is logged when it starts and when it ends."""
+    caplog.set_level(logging.INFO, logger="secrets_bridge")
+    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
+    fake.put("r1", b"one")
+    engine.sync()
+    fake.failure = Unavailable("server error")
+    for _ in range(5):
+        result = engine.cycle(engine._tracked.values())
+        assert "a" in result.failed
+    assert (tmp_path / "a").read_bytes() == b"one"
+    assert len([r for r in caplog.records if "server error" in r.getMessage()]) == 1
+    fake.failure = None
+    engine.cycle(engine._tracked.values())
+    assert len([r for r in caplog.records if "recovered after 5 attempts" in r.getMessage()]) == 1
+
+
+def test_backoff_grows_and_honours_retry_after(tmp_path: Path) -> None:
+    """Retries back off exponentially, capped, and never sooner than retry_after."""
+    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n", refresh_interval="60s")
+    fake.failure = Unavailable("busy")
+    delays = []
+    for _ in range(4):
+        now = time.monotonic()
+        engine.cycle(engine._tracked.values())
+        delays.append(engine._tracked["a"].next_due - now)
+    assert delays[0] < delays[1] < delays[2] < delays[3]
+    fake.failure = Unavailable("throttled", retry_after=30)
+    now = time.monotonic()
+    engine.cycle(engine._tracked.values())
+    assert engine._tracked["a"].next_due - now >= 30
+
+
+def test_deleted_upstream_keeps_file(tmp_path: Path) -> None:
+    """A secret deleted upstream keeps its last good file and is reported."""
+    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
+    fake.put("r1", b"one")
+    engine.sync()
+    del fake.versions["r1"]
+    result = engine.cycle(engine._tracked.values())
+    assert isinstance(result.failed["a"], SecretNotFound)
+    assert (tmp_path / "a").read_bytes() == b"one"
+
+
+def test_readiness(tmp_path: Path) -> None:
+    """Ready only when every required secret is written; optional ones do not block."""
+    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n  o: {provider: fake, ref: nope, optional: true}\n")
+    assert not engine.ready()
+    fake.put("r1", b"one")
+    engine.sync()
+    assert engine.ready() and engine.missing_required() == []
+
+
+def test_stale_after_max_staleness(tmp_path: Path) -> None:
+    """A secret failing for longer than max_staleness makes the bridge not ready."""
+    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n", max_staleness="100ms")
+    fake.put("r1", b"one")
+    engine.sync()
+    fake.failure = Unavailable("down")
+    engine.cycle(engine._tracked.values())
+    time.sleep(0.2)
+    assert engine.stale() == ["a"] and not engine.ready()
+
+
+def test_restart_keeps_files_when_provider_down(tmp_path: Path) -> None:
+    """A restart with the provider down keeps the files from the previous run."""
+    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
+    fake.put("r1", b"one")
+    engine.sync()
+    engine2, fake2 = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
+    fake2.failure = Unavailable("down")
+    result = engine2.sync()
+    assert "a" in result.failed and engine2.ready()
+    assert (tmp_path / "a").read_bytes() == b"one"
+
+
+def test_removed_secret_leaves_directory(tmp_path: Path) -> None:
+    """A secret no longer in the config is removed at the next commit."""
+    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n  b: {provider: fake, ref: r1}\n")
+    fake.put("r1", b"one")
+    engine.sync()
+    engine2, fake2 = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
+    fake2.put("r1", b"one")
+    assert engine2.sync().changed == ["b"]
+    assert not (tmp_path / "b").exists()
+
+
+def test_run_loop_rotates_and_stops(tmp_path: Path) -> None:
+    """run() picks up a new version within the interval and returns when stopped."""
+    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n", refresh_interval="200ms")
+    fake.put("r1", b"one")
+    engine.sync()
+    stop = threading.Event()
+    thread = threading.Thread(target=engine.run, args=(stop,))
+    thread.start()
+    try:
+        fake.put("r1", b"two")
+        deadline = time.monotonic() + 5
+        while (tmp_path / "a").read_bytes() != b"two" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (tmp_path / "a").read_bytes() == b"two"
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_group_shares_one_schedule(tmp_path: Path) -> None:
+    """Secrets of one provider and interval come due together, so their check is one batch."""
+    secrets = "".join(f"  s{i}: {{provider: fake, ref: r{i}}}\n" for i in range(10))
+    engine, fake = make_engine(tmp_path, secrets, jitter="0.5")
+    for i in range(10):
+        fake.put(f"r{i}", b"x")
+    engine.sync()
+    assert len({t.next_due for t in engine._tracked.values()}) == 1
