@@ -224,7 +224,8 @@ on_change:
         proc.send_signal(signal.SIGHUP)
         time.sleep(1)
         _put(openbao, f"{app}/b", value="two")
-        _config(config, out_dir, None, base.replace("on_change:", f"  b: {{provider: vault, ref: secret/{app}/b, key: value}}\non_change:"))
+        entry_b = f"  b: {{provider: vault, ref: secret/{app}/b, key: value}}\n"
+        _config(config, out_dir, None, base.replace("on_change:", entry_b + "on_change:"))
         proc.send_signal(signal.SIGHUP)
         assert _wait(lambda: (out_dir / "b").exists() and (out_dir / "b").read_text() == "two")
         assert (out_dir / "a").read_text() == "one"

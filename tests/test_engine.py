@@ -150,7 +150,8 @@ def test_deleted_upstream_keeps_file(tmp_path: Path) -> None:
 
 def test_readiness(tmp_path: Path) -> None:
     """Ready only when every required secret is written; optional ones do not block."""
-    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n  o: {provider: fake, ref: nope, optional: true}\n")
+    secrets = "  a: {provider: fake, ref: r1}\n  o: {provider: fake, ref: nope, optional: true}\n"
+    engine, fake = make_engine(tmp_path, secrets)
     assert not engine.ready()
     fake.put("r1", b"one")
     engine.sync()
