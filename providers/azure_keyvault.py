@@ -1,0 +1,330 @@
+"""Azure Key Vault secrets (`type: azure-keyvault`), through azure-keyvault-secrets and azure-identity.
+
+`ref` is the secret name, `version` a Key Vault version id (absent: the current version). A fetch
+returns the value's bytes, the version id, the secret's content type (so `format: pem` can turn a
+certificate's PKCS#12 into PEM) and its expiry. The SDK's own retries are off: the engine is the one
+place that retries. Every SDK error goes through `_translate`, which keeps server text out of
+messages except Key Vault's own 403 reason. Never logs, stores or repr()s a value, token or credential.
+
+The cheap change check. Key Vault's list operation (`GET /secrets`, 25 a page) returns each secret's
+base id *without* the version and the current version's attributes (REST reference: "only the base
+secret identifier and its attributes are provided"). So the list cannot name the version; it can
+only prove that nothing changed. A secret read once (one GET: its version and attributes) is
+"settled" when that read happened at least `_SETTLE_SECONDS` after the version's `updated` second,
+by the server's own `Date` header: any later write would then carry a later `updated`. For settled
+secrets, one list page that shows the same attributes confirms the version we have; anything else
+(new attributes, unsettled, absent from the listing) costs one GET of that secret.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field, field_validator
+
+from bridge.errors import AccessDenied, ProviderError, SecretNotFound, Unavailable
+from bridge.provider import Fetched, Provider, ProviderSettings, Request, VersionOutcome
+from providers._azure_credential import CountedCredential, CredentialSettings, DefaultCredentialSettings
+
+if TYPE_CHECKING:
+    from azure.keyvault.secrets import KeyVaultSecret, SecretClient, SecretProperties
+
+log = logging.getLogger(__name__)
+
+#: how long after a version's `updated` second a read must happen for a listing to vouch for it
+_SETTLE_SECONDS = 2
+#: Key Vault's largest list page
+_PAGE_SIZE = 25
+_SECRET_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
+_AADSTS = re.compile(r"AADSTS\d+")
+#: what a 403's innererror code means, in the operator's words
+_FORBIDDEN_REASONS = {
+    "SecretDisabled": "the secret (or this version) is disabled",
+    "AccessDenied": "the identity lacks the secrets/get permission (access policy or RBAC role)",
+    "ForbiddenByPolicy": "the identity lacks the secrets/get permission (access policy)",
+    "ForbiddenByRbac": "the identity lacks a Key Vault Secrets User role assignment",
+    "ForbiddenByFirewall": "the vault's firewall refuses this client's address",
+    "ForbiddenByConnection": "the vault refuses public access; use its private endpoint",
+}
+
+
+class KeyVaultSettings(ProviderSettings):
+    type: str = "azure-keyvault"
+    vault_url: str
+    credential: CredentialSettings = DefaultCredentialSettings()
+    #: the Microsoft Entra ID host for sovereign clouds, e.g. https://login.microsoftonline.us
+    authority_host: str | None = None
+    #: a PEM bundle trusted instead of the system roots, for the vault and the identity endpoints
+    ca_cert: Path | None = None
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @field_validator("vault_url", "authority_host")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https://[^/\s]+/?$", value):
+            raise ValueError("must be an https:// URL with no path, e.g. https://my-vault.vault.azure.net")
+        return value.rstrip("/") if value else value
+
+
+@dataclass(frozen=True)
+class _Observation:
+    """What one GET of the current version told us (never the value)."""
+
+    version: str
+    fingerprint: tuple[Any, ...]
+    #: the read happened late enough after `updated` that an unchanged listing proves no new version
+    settled: bool
+
+
+class KeyVaultProvider(Provider):
+    """One vault; `ref` is a secret name."""
+
+    Settings = KeyVaultSettings
+    settings: KeyVaultSettings
+
+    def __init__(self, name: str, settings: Any) -> None:
+        super().__init__(name, settings)
+        self._client: SecretClient | None = None
+        self._credential: CountedCredential | None = None
+        self._lock = threading.Lock()
+        self._seen: dict[str, _Observation] = {}  # lower-case name -> last current-version read
+        self._expiry_warned: set[tuple[str, str]] = set()
+        self._list_allowed = True
+
+    # -- the interface ---------------------------------------------------------------------------
+
+    def fetch(self, request: Request) -> Fetched:
+        secret, server_time = self._get(request.ref, request.version)
+        props = secret.properties
+        version = props.version or ""
+        if request.version is None:
+            self._observe(request.ref, props, server_time)
+        expires_at = props.expires_on.timestamp() if props.expires_on else None
+        if expires_at is not None and expires_at < server_time and (request.ref, version) not in self._expiry_warned:
+            self._expiry_warned.add((request.ref, version))
+            log.warning("%s: secret %s version %s expired at %s; Key Vault still serves it, so it is written",
+                        self.name, request.ref, version, props.expires_on.isoformat() if props.expires_on else "")
+        value = (secret.value or "").encode("utf-8")
+        return Fetched(value, version, content_type=props.content_type, expires_at=expires_at)
+
+    def current_version(self, ref: str) -> str | None:
+        secret, server_time = self._get(ref, None)
+        return self._observe(ref, secret.properties, server_time).version
+
+    def current_versions(self, refs: Sequence[str]) -> dict[str, VersionOutcome]:
+        """One listing vouches for settled secrets; the rest (and any that changed) cost one GET each."""
+        refs = list(dict.fromkeys(refs))
+        out: dict[str, VersionOutcome] = {}
+        with self._lock:
+            settled = {ref.lower(): obs for ref in refs if (obs := self._seen.get(ref.lower())) and obs.settled}
+        # A listing only pays off when it can stand in for two or more GETs.
+        if len(settled) >= 2 and self._list_allowed:
+            listed = self._list_fingerprints(set(settled))
+            for ref in refs:
+                obs = settled.get(ref.lower())
+                if obs is not None and listed.get(ref.lower()) == obs.fingerprint:
+                    out[ref] = obs.version
+        for ref in refs:
+            if ref not in out:
+                try:
+                    out[ref] = self.current_version(ref)
+                except ProviderError as exc:
+                    out[ref] = exc.at(provider=self.name, ref=ref)
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            client, credential = self._client, self._credential
+            self._client = self._credential = None
+        if client is not None:
+            client.close()
+        if credential is not None:
+            credential.close()
+
+    # -- SDK calls -------------------------------------------------------------------------------
+
+    def _secret_client(self) -> SecretClient:
+        with self._lock:
+            if self._client is None:
+                from azure.keyvault.secrets import SecretClient  # lazy: the SDK is an optional extra
+
+                from providers._azure_credential import build_credential
+
+                s = self.settings
+                transport: dict[str, Any] = {
+                    "retry_total": 0,  # the engine is the one place that retries
+                    "connection_timeout": min(10.0, s.timeout_seconds),
+                    "read_timeout": s.timeout_seconds,
+                }
+                if s.ca_cert is not None:
+                    transport["connection_verify"] = str(s.ca_cert)
+                inner = build_credential(s.credential, authority_host=s.authority_host, transport=transport)
+                self._credential = CountedCredential(inner, self.count)
+                self._client = SecretClient(s.vault_url, self._credential, **transport)
+            return self._client
+
+    def _get(self, ref: str, version: str | None) -> tuple[KeyVaultSecret, float]:
+        """GET one secret (latest or pinned) and the server's clock at the time."""
+        if not _SECRET_NAME.match(ref):
+            raise SecretNotFound("not a valid Key Vault secret name (1-127 letters, digits and dashes)",
+                                 provider=self.name, ref=ref, version=version)
+        dates: list[str] = []
+
+        def remember_date(response: Any) -> None:
+            dates.append(response.http_response.headers.get("Date", ""))
+
+        try:
+            secret = self._secret_client().get_secret(ref, version, raw_response_hook=remember_date)
+        except Exception as exc:
+            error = self._translate(exc, ref, version)
+            self.count("get_secret", error.code)
+            raise error from None
+        self.count("get_secret", "ok")
+        return secret, _server_time(dates[-1] if dates else "")
+
+    def _list_fingerprints(self, wanted: set[str]) -> dict[str, tuple[Any, ...]]:
+        """Fingerprints of the wanted names from the vault listing, paging only while it still pays."""
+        found: dict[str, tuple[Any, ...]] = {}
+        pages = 0
+        try:
+            for page in self._pages():
+                pages += 1
+                for props in page:
+                    if props.name and props.name.lower() in wanted:
+                        found[props.name.lower()] = _fingerprint(props)
+                unseen = len(wanted) - len(found)
+                # Stop when every name is found, or when GETs for the rest cost no more than paging on.
+                if unseen == 0 or pages >= unseen:
+                    break
+        except ProviderError as exc:
+            self.count("list_secrets", exc.code)
+            if not self._list_allowed:
+                log.info("%s: cannot list secrets (%s); using one read per secret from now on",
+                         self.name, exc.message)
+        return found
+
+    def _pages(self) -> Iterator[list[SecretProperties]]:
+        pager = self._secret_client().list_properties_of_secrets(max_page_size=_PAGE_SIZE).by_page()
+        while True:
+            try:
+                page = list(next(pager))
+            except StopIteration:
+                return
+            except Exception as exc:
+                if getattr(exc, "status_code", None) == 403:
+                    # No secrets/list permission: per-secret reads work without it, so stop listing.
+                    self._list_allowed = False
+                raise self._translate(exc, "", None) from None
+            self.count("list_secrets", "ok")
+            yield page
+
+    def _observe(self, ref: str, props: SecretProperties, server_time: float) -> _Observation:
+        updated = props.updated_on.timestamp() if props.updated_on else server_time
+        obs = _Observation(props.version or "", _fingerprint(props),
+                           settled=server_time - updated >= _SETTLE_SECONDS)
+        with self._lock:
+            self._seen[ref.lower()] = obs
+        return obs
+
+    # -- errors ----------------------------------------------------------------------------------
+
+    def _translate(self, exc: Exception, ref: str, version: str | None) -> ProviderError:
+        """Every SDK and transport error, mapped to the core's taxonomy. Messages carry no value or token."""
+        from azure.core.exceptions import (
+            ClientAuthenticationError,
+            HttpResponseError,
+            ServiceRequestError,
+            ServiceResponseError,
+        )
+
+        where: dict[str, Any] = {"provider": self.name, "ref": ref, "version": version}
+        if isinstance(exc, ProviderError):  # raised by our own credential setup
+            return exc.at(provider=self.name, ref=ref, version=version)
+        if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
+            return Unavailable(f"cannot reach the vault or identity endpoint ({type(exc).__name__})", **where)
+        if isinstance(exc, ClientAuthenticationError) and not _from_vault(exc, self.settings.vault_url):
+            kind = self._credential.kind if self._credential else "credential"
+            aadsts = _AADSTS.search(str(exc.message or ""))
+            detail = f": {aadsts.group(0)}" if aadsts else ""
+            if type(exc).__name__ == "CredentialUnavailableError":
+                return AccessDenied(f"{kind} found no usable identity in this environment", **where)
+            return AccessDenied(f"{kind} could not obtain a token{detail}", **where)
+        if isinstance(exc, HttpResponseError):
+            status = exc.status_code or 0
+            code, inner, message = _error_body(exc)
+            retry_after = _retry_after(exc)
+            if status == 404:
+                return SecretNotFound(f"{code or 'SecretNotFound'}: no such secret or version", **where)
+            if status == 403:
+                reason = _FORBIDDEN_REASONS.get(inner or "", message or "forbidden")
+                return AccessDenied(f"403 {inner or code or 'Forbidden'}: {reason}", **where)
+            if status == 401:
+                return AccessDenied("401: the vault rejected the token (wrong tenant, or no access)", **where)
+            if status == 400:
+                return SecretNotFound(f"400 {code or 'BadParameter'}: the vault refuses this name or version",
+                                      **where)
+            if status == 429:
+                return Unavailable(f"429 {code or 'Throttled'}: throttled by the vault", retry_after=retry_after,
+                                   **where)
+            if status >= 500:
+                return Unavailable(f"{status} {code or 'ServerError'}: vault error", retry_after=retry_after,
+                                   **where)
+            return ProviderError(f"unexpected HTTP {status} {code or ''}".rstrip(), **where)
+        return Unavailable(f"unexpected {type(exc).__name__} from the Azure SDK", **where)
+
+
+def _fingerprint(props: SecretProperties) -> tuple[Any, ...]:
+    return (props.updated_on, props.enabled, props.expires_on, props.not_before, props.content_type)
+
+
+def _server_time(date_header: str) -> float:
+    try:
+        return parsedate_to_datetime(date_header).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return time.time() - _SETTLE_SECONDS  # no Date: assume our clock, but never settle early
+
+
+def _from_vault(exc: Any, vault_url: str) -> bool:
+    """Whether an authentication error is the vault's own 401 (not the identity endpoint's)."""
+    response = getattr(exc, "response", None)
+    request = getattr(response, "request", None)
+    return bool(request is not None and str(getattr(request, "url", "")).startswith(vault_url))
+
+
+def _error_body(exc: Any) -> tuple[str | None, str | None, str | None]:
+    """(code, innererror code, message) of a Key Vault error body; the message is one short line."""
+    try:
+        body = json.loads(exc.response.text())
+        error = body["error"]
+        inner = (error.get("innererror") or {}).get("code")
+        message = str(error.get("message") or "").splitlines()[0][:300] or None
+        return error.get("code"), inner, message
+    except Exception:
+        return None, None, None
+
+
+def _retry_after(exc: Any) -> float | None:
+    headers: Callable[[str], str | None] = getattr(getattr(exc, "response", None), "headers", {}).get
+    for name, scale in (("retry-after-ms", 0.001), ("x-ms-retry-after-ms", 0.001), ("Retry-After", 1.0)):
+        value = headers(name)
+        if not value:
+            continue
+        try:
+            return max(0.0, float(value) * scale)
+        except ValueError:
+            try:
+                when: datetime = parsedate_to_datetime(value)
+            except (TypeError, ValueError, IndexError):
+                continue
+            return max(0.0, when.timestamp() - time.time())
+    return None

@@ -1,0 +1,554 @@
+"""Azure Key Vault provider against the fake TLS Key Vault and identity server (real SDK, real HTTPS)."""
+
+# The fixtures are imported from tests/azure_fixtures.py (no conftest, so no other module sees the
+# Azure environment); pytest then passes them by the same names, which pyflakes calls redefinition.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import (
+    BestAvailableEncryption,
+    NoEncryption,
+    load_pem_private_key,
+    pkcs12,
+)
+from pydantic import ValidationError
+
+from bridge.config import parse_config
+from bridge.engine import Engine
+from bridge.errors import AccessDenied, SecretNotFound, Unavailable
+from bridge.metrics import PROVIDER_REQUESTS
+from bridge.provider import Request
+from providers.azure_keyvault import KeyVaultProvider
+from tests.azure_fake import VAULT_RESOURCE, VAULT_SCOPE, FakeKeyVault
+from tests.azure_fixtures import (  # noqa: F401 - fixtures
+    VAULT_URL,
+    KeyVaultBackend,
+    azure_env,
+    backend,
+    ca_file,
+    fake,
+    make_provider,
+    provider,
+)
+from tests.conformance import ProviderConformance, read, unique_text
+
+MakeProvider = Callable[..., KeyVaultProvider]
+
+
+class TestKeyVaultConformance(ProviderConformance):
+    """The shared provider cases, with the default credential chain (AZURE_* service principal)."""
+
+
+def _gets(fake: FakeKeyVault, vault: str, name: str) -> int:
+    return sum(1 for m, p, s in fake.requests(vault) if m == "GET" and p.startswith(f"/secrets/{name}/") and s != 401)
+
+
+def _lists(fake: FakeKeyVault, vault: str) -> int:
+    return sum(1 for m, p, _ in fake.requests(vault) if m == "GET" and p == "/secrets")
+
+
+# -- credentials ------------------------------------------------------------------------------------
+
+
+def test_default_chain_uses_environment_service_principal(
+    make_provider: MakeProvider, backend: KeyVaultBackend, fake: FakeKeyVault
+) -> None:
+    """DefaultAzureCredential takes the AZURE_* client secret, answers the vault's challenge, and reads."""
+    ref = backend.new_ref()
+    backend.put(ref, "from-env")
+    before = len(fake.token_requests())
+    assert make_provider().fetch(Request(ref)).value == b"from-env"
+    (token_request,) = fake.token_requests()[before:]
+    assert (token_request.kind, token_request.client_id, token_request.scope) == (
+        "client_secret", "env-client", VAULT_SCOPE)
+    assert token_request.granted
+
+
+def test_client_secret_from_file(
+    make_provider: MakeProvider, backend: KeyVaultBackend, fake: FakeKeyVault, tmp_path: Path
+) -> None:
+    """An explicit client_secret credential reads its secret from client_secret_file."""
+    client_id, secret = fake.add_client()
+    secret_file = tmp_path / "client-secret"
+    secret_file.write_text(secret + "\n")
+    ref = backend.new_ref()
+    backend.put(ref, "via-file")
+    provider = make_provider(credential={"method": "client_secret", "tenant_id": fake.tenant_id,
+                                         "client_id": client_id, "client_secret_file": str(secret_file)})
+    assert provider.fetch(Request(ref)).value == b"via-file"
+    assert [t.client_id for t in fake.token_requests() if t.kind == "client_secret"][-1] == client_id
+
+
+def test_wrong_client_secret_is_access_denied_without_the_secret(
+    make_provider: MakeProvider, backend: KeyVaultBackend, fake: FakeKeyVault
+) -> None:
+    """A refused client secret is AccessDenied naming the AADSTS code; neither secret shows anywhere."""
+    client_id, _ = fake.add_client()
+    wrong = "cs~wrong-" + uuid.uuid4().hex
+    provider = make_provider(credential={"method": "client_secret", "tenant_id": fake.tenant_id,
+                                         "client_id": client_id, "client_secret": wrong})
+    ref = backend.new_ref()
+    backend.put(ref, "x")
+    with pytest.raises(AccessDenied) as info:
+        provider.fetch(Request(ref))
+    text = str(info.value) + repr(info.value) + repr(provider.settings) + str(provider.settings)
+    assert "AADSTS7000215" in str(info.value)
+    assert ref in str(info.value)
+    for credential in [wrong, *fake.credentials()]:
+        assert credential not in text
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_workload_identity_explicit(
+    make_provider: MakeProvider, backend: KeyVaultBackend, fake: FakeKeyVault, tmp_path: Path
+) -> None:
+    """workload_identity posts the federated token file as a client assertion and reads."""
+    client_id, token = fake.add_federated()
+    token_file = tmp_path / "azure-identity-token"
+    token_file.write_text(token)
+    ref = backend.new_ref()
+    backend.put(ref, "federated")
+    provider = make_provider(credential={"method": "workload_identity", "tenant_id": fake.tenant_id,
+                                         "client_id": client_id, "token_file": str(token_file)})
+    assert provider.fetch(Request(ref)).value == b"federated"
+    last = fake.token_requests()[-1]
+    assert (last.kind, last.client_id, last.granted) == ("workload_identity", client_id, True)
+
+
+def test_workload_identity_as_aks_injects_it(
+    make_provider: MakeProvider, backend: KeyVaultBackend, fake: FakeKeyVault, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On AKS the webhook's AZURE_* variables suffice, for `workload_identity` and the default chain."""
+    client_id, token = fake.add_federated()
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
+    monkeypatch.delenv("AZURE_CLIENT_SECRET")
+    monkeypatch.setenv("AZURE_CLIENT_ID", client_id)
+    monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", str(token_file))
+    ref = backend.new_ref()
+    backend.put(ref, "aks")
+    for credential in ("workload_identity", "default"):
+        before = len(fake.token_requests())
+        assert make_provider(credential=credential).fetch(Request(ref)).value == b"aks"
+        kinds = [t.kind for t in fake.token_requests()[before:]]
+        assert kinds == ["workload_identity"]
+
+
+@pytest.mark.parametrize("user_assigned", [False, True])
+def test_managed_identity(
+    make_provider: MakeProvider, backend: KeyVaultBackend, fake: FakeKeyVault, user_assigned: bool
+) -> None:
+    """managed_identity asks IDENTITY_ENDPOINT (with X-IDENTITY-HEADER) for the vault resource and reads."""
+    client_id = str(uuid.uuid4()) if user_assigned else None
+    fake.enable_managed_identity(client_id)
+    ref = backend.new_ref()
+    backend.put(ref, "msi")
+    credential = {"method": "managed_identity", "client_id": client_id} if client_id else "managed_identity"
+    assert make_provider(credential=credential).fetch(Request(ref)).value == b"msi"
+    last = fake.token_requests()[-1]
+    assert (last.kind, last.client_id, last.scope, last.granted) == (
+        "managed_identity", client_id, VAULT_RESOURCE, True)
+
+
+def test_default_chain_falls_to_managed_identity_never_imds(
+    make_provider: MakeProvider, backend: KeyVaultBackend, fake: FakeKeyVault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without AZURE_* secrets the default chain reaches managed identity at the fake, never 169.254.169.254."""
+    for name in ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_ID"):
+        monkeypatch.delenv(name)
+    ref = backend.new_ref()
+    backend.put(ref, "chain")
+    assert make_provider().fetch(Request(ref)).value == b"chain"
+    assert fake.token_requests()[-1].kind == "managed_identity"
+    assert all(host.endswith(".vault.azure.net") or host.startswith("login.") for host in fake.connect_hosts)
+
+
+def test_sovereign_authority_host(
+    make_provider: MakeProvider, backend: KeyVaultBackend, fake: FakeKeyVault
+) -> None:
+    """authority_host sends token requests to that cloud's login host."""
+    client_id, secret = fake.add_client()
+    ref = backend.new_ref()
+    backend.put(ref, "gov")
+    provider = make_provider(authority_host="https://login.microsoftonline.us",
+                             credential={"method": "client_secret", "tenant_id": fake.tenant_id,
+                                         "client_id": client_id, "client_secret": secret})
+    assert provider.fetch(Request(ref)).value == b"gov"
+    assert "login.microsoftonline.us" in fake.connect_hosts
+
+
+def test_token_expiry_and_renewal(make_provider: MakeProvider, backend: KeyVaultBackend, fake: FakeKeyVault) -> None:
+    """A short-lived token is renewed: after it expires the next read asks for a second token and succeeds."""
+    client_id, secret = fake.add_client()
+    ref = backend.new_ref()
+    backend.put(ref, "renewed")
+    provider = make_provider(credential={"method": "client_secret", "tenant_id": fake.tenant_id,
+                                         "client_id": client_id, "client_secret": secret})
+    fake.state.token_lifetime_seconds = 1
+    try:
+        assert provider.fetch(Request(ref)).value == b"renewed"
+        time.sleep(1.2)
+        assert provider.fetch(Request(ref)).value == b"renewed"
+    finally:
+        fake.state.token_lifetime_seconds = 3600
+    mine = [t for t in fake.token_requests() if t.client_id == client_id]
+    assert len(mine) >= 2 and all(t.granted for t in mine)
+    issued = [exp for exp, subject in fake.state.tokens.values() if subject == f"app:{client_id}"]
+    assert min(issued) < time.time() <= max(issued) + 1  # the first expired before the second was used
+
+
+# -- reading ------------------------------------------------------------------------------------------
+
+
+def test_version_pin_and_rotation(provider: KeyVaultProvider, backend: KeyVaultBackend) -> None:
+    """A pin keeps its value across rotations while the latest follows, and the cheap check sees each one."""
+    ref = backend.new_ref()
+    v1 = backend.put(ref, "one")
+    assert provider.current_versions([ref])[ref] == v1
+    v2 = backend.put(ref, "two")
+    assert provider.current_versions([ref])[ref] == v2
+    assert provider.fetch(Request(ref, v1)).value == b"one"
+    latest = provider.fetch(Request(ref))
+    assert (latest.value, latest.version) == (b"two", v2)
+
+
+def test_missing_pinned_version(provider: KeyVaultProvider, backend: KeyVaultBackend) -> None:
+    """A pin to a version that does not exist is SecretNotFound naming ref and version."""
+    ref = backend.new_ref()
+    backend.put(ref, "x")
+    missing = uuid.uuid4().hex
+    with pytest.raises(SecretNotFound) as info:
+        provider.fetch(Request(ref, missing))
+    assert ref in str(info.value) and missing in str(info.value)
+
+
+def test_invalid_name_makes_no_request(provider: KeyVaultProvider, fake: FakeKeyVault) -> None:
+    """A ref that cannot be a Key Vault name is SecretNotFound before any request."""
+    before = len(fake.requests())
+    with pytest.raises(SecretNotFound, match="not a valid Key Vault secret name"):
+        provider.fetch(Request("app/db_password"))
+    assert len(fake.requests()) == before
+
+
+def test_json_key(provider: KeyVaultProvider, backend: KeyVaultBackend) -> None:
+    """`key` picks one field of a JSON secret."""
+    ref = backend.new_ref()
+    backend.put(ref, json.dumps({"username": "app", "password": "pw-123"}), content_type="application/json")
+    content, fetched = read(provider, ref, None, {"key": "password"})
+    assert content == b"pw-123"
+    assert fetched.content_type == "application/json"
+
+
+def _pfx(ca: trustme.CA) -> tuple[bytes, x509.Certificate]:
+    leaf = ca.issue_cert("site.example.com")
+    key = load_pem_private_key(leaf.private_key_pem.bytes(), None)
+    cert, *chain = [x509.load_pem_x509_certificate(b.bytes()) for b in leaf.cert_chain_pems]
+    chain.append(x509.load_pem_x509_certificate(ca.cert_pem.bytes()))
+    return pkcs12.serialize_key_and_certificates(None, key, cert, chain, NoEncryption()), cert  # type: ignore[arg-type]
+
+
+def test_certificate_pfx_written_as_pem(
+    provider: KeyVaultProvider, backend: KeyVaultBackend, tmp_path: Path
+) -> None:
+    """A Key Vault certificate (base64 PKCS#12 secret) becomes PEM key + chain that a TLS server loads."""
+    import base64
+
+    pfx, cert = _pfx(trustme.CA())
+    ref = backend.new_ref()
+    backend.put(ref, base64.b64encode(pfx).decode(), content_type="application/x-pkcs12")
+    content, fetched = read(provider, ref, None, {"format": "pem"})
+    assert fetched.content_type == "application/x-pkcs12"
+    assert content.startswith(b"-----BEGIN PRIVATE KEY-----")
+    certs = x509.load_pem_x509_certificates(content)
+    assert certs[0] == cert and len(certs) >= 2
+    pem_file = tmp_path / "site.pem"
+    pem_file.write_bytes(content)
+    ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(pem_file)  # key matches cert
+
+
+def test_password_protected_pfx_is_refused(provider: KeyVaultProvider, backend: KeyVaultBackend) -> None:
+    """A PKCS#12 with a password (not what Key Vault exports) is a clear error, not garbage PEM."""
+    import base64
+
+    from bridge.extract import ExtractError
+
+    pfx = pkcs12.serialize_key_and_certificates(
+        None, *_key_and_cert(), None, BestAvailableEncryption(b"pw"))
+    ref = backend.new_ref()
+    backend.put(ref, base64.b64encode(pfx).decode(), content_type="application/x-pkcs12")
+    with pytest.raises(ExtractError, match="PKCS#12"):
+        read(provider, ref, None, {"format": "pem"})
+
+
+def _key_and_cert() -> tuple[object, x509.Certificate]:
+    leaf = trustme.CA().issue_cert("x.example.com")
+    return (load_pem_private_key(leaf.private_key_pem.bytes(), None),
+            x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()))
+
+
+def test_pem_certificate_passes_through(provider: KeyVaultProvider, backend: KeyVaultBackend) -> None:
+    """A certificate stored as application/x-pem-file is written as it is."""
+    leaf = trustme.CA().issue_cert("pem.example.com")
+    pem = (leaf.private_key_pem.bytes() + b"".join(b.bytes() for b in leaf.cert_chain_pems)).decode()
+    ref = backend.new_ref()
+    backend.put(ref, pem, content_type="application/x-pem-file")
+    content, _ = read(provider, ref, None, {"format": "pem"})
+    assert content == pem.encode()
+
+
+def test_expired_secret_is_served_with_a_warning(
+    provider: KeyVaultProvider, backend: KeyVaultBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Key Vault serves an expired secret: it is returned with expires_at and one warning without the value."""
+    ref = backend.new_ref()
+    value = unique_text()
+    expired = datetime.now(UTC) - timedelta(days=1)
+    backend.client.set_secret(ref, value, expires_on=expired)
+    with caplog.at_level(logging.WARNING, logger="providers.azure_keyvault"):
+        first = provider.fetch(Request(ref))
+        provider.fetch(Request(ref))
+    assert first.value == value.encode()
+    assert first.expires_at == pytest.approx(expired.timestamp(), abs=1)
+    warnings = [r for r in caplog.records if r.name == "providers.azure_keyvault"]
+    assert len(warnings) == 1 and "expired" in warnings[0].getMessage()
+    assert value not in caplog.text
+
+
+# -- errors --------------------------------------------------------------------------------------------
+
+
+def test_disabled_secret_is_access_denied(provider: KeyVaultProvider, backend: KeyVaultBackend) -> None:
+    """A disabled secret is AccessDenied saying so, for fetch and for the cheap check."""
+    ref = backend.new_ref()
+    backend.put(ref, "off")
+    backend.client.update_secret_properties(ref, enabled=False)
+    with pytest.raises(AccessDenied, match=r"SecretDisabled: the secret .* is disabled"):
+        provider.fetch(Request(ref))
+    outcome = provider.current_versions([ref])[ref]
+    assert isinstance(outcome, AccessDenied) and ref in str(outcome)
+
+
+def test_no_get_permission_is_access_denied(
+    provider: KeyVaultProvider, backend: KeyVaultBackend, fake: FakeKeyVault
+) -> None:
+    """A 403 AccessDenied names the missing permission."""
+    ref = backend.new_ref()
+    backend.put(ref, "locked")
+    fake.deny(ref)
+    with pytest.raises(AccessDenied, match="secrets/get permission"):
+        provider.fetch(Request(ref))
+
+
+def test_throttling_carries_retry_after_and_is_not_retried(
+    provider: KeyVaultProvider, backend: KeyVaultBackend, fake: FakeKeyVault
+) -> None:
+    """429 Throttled with Retry-After is Unavailable(retry_after) after exactly one request (no SDK retry)."""
+    ref = backend.new_ref()
+    backend.put(ref, "busy")
+    provider.fetch(Request(ref))  # challenge and token done
+    before = _gets(fake, VAULT_URL, ref)
+    fake.fail_next(1, 429, retry_after=7)
+    with pytest.raises(Unavailable) as info:
+        provider.fetch(Request(ref))
+    assert info.value.retry_after == 7.0
+    assert "Throttled" in str(info.value)
+    assert [s for m, p, s in fake.requests(VAULT_URL) if p == f"/secrets/{ref}/"][-1] == 429
+    assert _gets(fake, VAULT_URL, ref) == before + 1
+    assert provider.fetch(Request(ref)).value == b"busy"
+
+
+def test_server_error_is_unavailable(
+    provider: KeyVaultProvider, backend: KeyVaultBackend, fake: FakeKeyVault
+) -> None:
+    """A 5xx is Unavailable after one request, and counted in the metrics by outcome."""
+    def counted() -> tuple[float, ...]:
+        return tuple(PROVIDER_REQUESTS.labels(provider=provider.name, operation=op, outcome=outcome)._value.get()
+                     for op, outcome in (("get_secret", "ok"), ("get_secret", "unavailable"), ("get_token", "ok")))
+
+    before = counted()
+    ref = backend.new_ref()
+    backend.put(ref, "flaky")
+    provider.fetch(Request(ref))
+    fake.fail_next(1, 503)
+    with pytest.raises(Unavailable) as info:
+        provider.fetch(Request(ref))
+    assert info.value.retry_after is None
+    assert "503" in str(info.value)
+    gets_ok, gets_unavailable, tokens_ok = (a - b for a, b in zip(counted(), before, strict=True))
+    assert (gets_ok, gets_unavailable, tokens_ok) == (1, 1, 1)
+
+
+# -- the cheap change check -----------------------------------------------------------------------------
+
+
+def _vault(fake: FakeKeyVault, names: list[str], age_seconds: int = 60) -> tuple[str, dict[str, str]]:
+    url = f"https://kv-{uuid.uuid4().hex[:12]}.vault.azure.net"
+    return url, {n: fake.set_secret(url, n, unique_text(), age_seconds=age_seconds) for n in names}
+
+
+def test_cheap_check_one_list_page_for_settled_secrets(make_provider: MakeProvider, fake: FakeKeyVault) -> None:
+    """Secrets read once are confirmed by one list page, with no GET; a rotation costs one GET of that secret."""
+    url, versions = _vault(fake, ["alpha", "beta", "gamma"])
+    provider = make_provider(vault_url=url)
+    for name in versions:
+        provider.fetch(Request(name))
+    gets = {n: _gets(fake, url, n) for n in versions}
+    assert provider.current_versions(list(versions)) == versions
+    assert _lists(fake, url) == 1
+    assert {n: _gets(fake, url, n) for n in versions} == gets
+
+    rotated = fake.set_secret(url, "beta", "new value")
+    assert provider.current_versions(list(versions)) == {**versions, "beta": rotated}
+    assert _lists(fake, url) == 2
+    assert {n: _gets(fake, url, n) for n in versions} == {**gets, "beta": gets["beta"] + 1}
+
+
+def test_cheap_check_never_trusts_a_same_second_read(make_provider: MakeProvider, fake: FakeKeyVault) -> None:
+    """A version read in the second it was written is re-read (a same-second rotation has the same `updated`)."""
+    url, versions = _vault(fake, ["one", "two"], age_seconds=0)
+    provider = make_provider(vault_url=url)
+    for name in versions:
+        provider.fetch(Request(name))
+    fresh = fake.set_secret(url, "two", "same second")
+    assert provider.current_versions(list(versions)) == {**versions, "two": fresh}
+    assert _lists(fake, url) == 0
+
+
+def test_cheap_check_stops_paging_when_gets_are_cheaper(make_provider: MakeProvider, fake: FakeKeyVault) -> None:
+    """With the wanted secrets deep in a large vault, paging stops and each is read directly."""
+    url, versions = _vault(fake, [f"s{i:03d}" for i in range(100)])
+    provider = make_provider(vault_url=url)
+    wanted = ["s098", "s099"]
+    for name in wanted:
+        provider.fetch(Request(name))
+    assert provider.current_versions(wanted) == {n: versions[n] for n in wanted}
+    assert _lists(fake, url) == 2  # not the 4 pages a full listing takes
+    assert all(_gets(fake, url, n) == 2 for n in wanted)
+
+
+def test_cheap_check_reports_a_deleted_secret(make_provider: MakeProvider, fake: FakeKeyVault) -> None:
+    """A name absent from the listing is read directly and reported as not found."""
+    url, versions = _vault(fake, ["kept", "other"])
+    provider = make_provider(vault_url=url)
+    for name in versions:
+        provider.fetch(Request(name))
+    fake.state.vaults[url.removeprefix("https://")].pop("other")
+    out = provider.current_versions(["kept", "other"])
+    assert out["kept"] == versions["kept"]
+    assert isinstance(out["other"], SecretNotFound)
+
+
+def test_cheap_check_without_list_permission(
+    make_provider: MakeProvider, fake: FakeKeyVault, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without secrets/list the check reads each secret, says so once, and stops trying to list."""
+    url, versions = _vault(fake, ["left", "right"])
+    provider = make_provider(vault_url=url)
+    for name in versions:
+        provider.fetch(Request(name))
+    fake.state.list_denied = True
+    try:
+        with caplog.at_level(logging.INFO, logger="providers.azure_keyvault"):
+            assert provider.current_versions(list(versions)) == versions
+            assert provider.current_versions(list(versions)) == versions
+    finally:
+        fake.state.list_denied = False
+    assert [s for m, p, s in fake.requests(url) if p == "/secrets"] == [403]
+    assert all(_gets(fake, url, n) == 3 for n in versions)
+    assert len([r for r in caplog.records if "cannot list" in r.getMessage()]) == 1
+
+
+# -- through the engine ----------------------------------------------------------------------------------
+
+
+def _engine(tmp_path: Path, ca_file: Path, secrets: str) -> Engine:
+    text = (f"output_dir: {tmp_path / 'out'}\nrequire_tmpfs: false\nrefresh_interval: 1s\njitter: 0\n"
+            f"providers:\n  azure: {{type: azure-keyvault, vault_url: '{VAULT_URL}', ca_cert: '{ca_file}'}}\n"
+            f"secrets:\n{secrets}")
+    engine = Engine(parse_config(text))
+    engine.start()
+    return engine
+
+
+def test_engine_writes_pem_json_key_and_pin(
+    backend: KeyVaultBackend, ca_file: Path, tmp_path: Path
+) -> None:
+    """One sync writes a PFX certificate as PEM, a JSON field and a pinned version, from the YAML config."""
+    import base64
+
+    cert_ref, db_ref, pin_ref = backend.new_ref(), backend.new_ref(), backend.new_ref()
+    pfx, cert = _pfx(trustme.CA())
+    backend.put(cert_ref, base64.b64encode(pfx).decode(), content_type="application/x-pkcs12")
+    backend.put(db_ref, json.dumps({"password": "pw-9"}))
+    v1 = backend.put(pin_ref, "first")
+    backend.put(pin_ref, "second")
+    engine = _engine(tmp_path, ca_file, (
+        f"  tls/site.pem: {{provider: azure, ref: {cert_ref}, format: pem}}\n"
+        f"  db_password: {{provider: azure, ref: {db_ref}, key: password}}\n"
+        f"  pinned: {{provider: azure, ref: {pin_ref}, version: {v1}}}\n"))
+    try:
+        result = engine.sync()
+    finally:
+        engine.close()
+    assert result.failed == {}
+    out = tmp_path / "out"
+    assert x509.load_pem_x509_certificates((out / "tls/site.pem").read_bytes())[0] == cert
+    assert (out / "db_password").read_bytes() == b"pw-9"
+    assert (out / "pinned").read_bytes() == b"first"
+
+
+def test_engine_waits_at_least_retry_after(
+    backend: KeyVaultBackend, fake: FakeKeyVault, ca_file: Path, tmp_path: Path
+) -> None:
+    """A throttled check keeps the file and schedules the secret no sooner than Retry-After, after one request."""
+    ref = backend.new_ref()
+    backend.put(ref, "steady")
+    engine = _engine(tmp_path, ca_file, f"  app: {{provider: azure, ref: {ref}}}\n")
+    try:
+        engine.sync()
+        before = _gets(fake, VAULT_URL, ref)
+        fake.fail_next(1, 429, retry_after=30)
+        now = time.monotonic()
+        result = engine.cycle(list(engine._tracked.values()))
+        (tracked,) = engine._tracked.values()
+    finally:
+        engine.close()
+    assert isinstance(result.failed["app"], Unavailable)
+    assert tracked.next_due - now >= 30
+    assert _gets(fake, VAULT_URL, ref) == before + 1
+    assert (tmp_path / "out" / "app").read_bytes() == b"steady"
+
+
+# -- settings -------------------------------------------------------------------------------------------
+
+
+def test_settings_validation() -> None:
+    """vault_url must be https; exactly one client secret source; a shorthand method string; unknown fields fail."""
+    settings = KeyVaultProvider.Settings
+    with pytest.raises(ValidationError, match="https://"):
+        settings(type="azure-keyvault", vault_url="http://kv.vault.azure.net")
+    with pytest.raises(ValidationError, match="exactly one"):
+        settings(type="azure-keyvault", vault_url=VAULT_URL,
+                 credential={"method": "client_secret", "tenant_id": "t", "client_id": "c"})
+    with pytest.raises(ValidationError):
+        settings(type="azure-keyvault", vault_url=VAULT_URL, credential={"method": "managed_identity", "x": 1})
+    parsed = settings(type="azure-keyvault", vault_url=VAULT_URL + "/", credential="managed_identity")
+    assert parsed.vault_url == VAULT_URL and parsed.credential.method == "managed_identity"
+    literal = settings(type="azure-keyvault", vault_url=VAULT_URL, credential={
+        "method": "client_secret", "tenant_id": "t", "client_id": "c", "client_secret": "cs~hidden"})
+    assert "cs~hidden" not in repr(literal) + str(literal) + repr(KeyVaultProvider("a", literal))
+
