@@ -1,7 +1,9 @@
-"""The long-running `run` command: sync, serve the endpoints, keep in step, reload on SIGHUP.
+"""The long-running `run` command: sync, serve the endpoints, keep in step, reload the config.
 
-SIGTERM/SIGINT only set an event, so the commit in progress always finishes before exit. A config
-reload is validated first; an invalid one is logged and the running config stays.
+SIGTERM/SIGINT only set an event, so the commit in progress always finishes before exit. The
+config is reloaded on SIGHUP or when its file changes (watched with watchdog, which also sees a
+Kubernetes ConfigMap's symlink swap); a reload is validated first, an invalid one is logged and the
+running config stays.
 """
 
 from __future__ import annotations
@@ -9,8 +11,12 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 from types import FrameType
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
 
 from bridge.config import Config, load_config
 from bridge.engine import Engine
@@ -19,6 +25,20 @@ from bridge.notify import Notifier
 from bridge.server import HealthServer
 
 log = logging.getLogger("secrets_bridge.run")
+
+#: wait this long after a file event before reading, so an editor's write is complete
+RELOAD_SETTLE_SECONDS = 0.3
+
+
+class _ConfigWatch(FileSystemEventHandler):
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        self.runner.reload_requested = True
+        self.runner.wake.set()
 
 
 class Runner:
@@ -43,6 +63,10 @@ class Runner:
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
         engine = self._start(self.config)
+        watcher = Observer()
+        watcher.schedule(_ConfigWatch(self), str(self.config_path.resolve().parent), recursive=False)
+        watcher.daemon = True
+        watcher.start()
         server = None
         if self.config.settings.listen:
             try:
@@ -55,9 +79,11 @@ class Runner:
                 engine.run(self.wake)
                 self.wake.clear()
                 if self.reload_requested and not self.stop.is_set():
+                    time.sleep(RELOAD_SETTLE_SECONDS)
                     self.reload_requested = False
                     engine = self._reload(engine, server)
         finally:
+            watcher.stop()
             if server is not None:
                 server.stop()
             if self.config.settings.cleanup_on_exit:
@@ -80,6 +106,8 @@ class Runner:
         except BridgeError as exc:
             log.error("config reload rejected, keeping the running config: %s", exc)
             return engine
+        if config.settings == self.config.settings:
+            return engine  # the file was touched but says the same
         if config.settings.output_dir != self.config.settings.output_dir:
             log.error("config reload rejected: output_dir cannot change while running")
             return engine

@@ -90,8 +90,7 @@ class TokenKeeper:
         """Make sure the client carries a live token before a request."""
         if isinstance(self.auth, TokenAuth):
             self._use_static_token()
-            return
-        if not self._logged_in:
+        elif not self._logged_in:
             self.login()
             return
         if self._expires_at is None:
@@ -105,7 +104,11 @@ class TokenKeeper:
                 log.debug("vault token renewed")
                 return
             except Exception:
-                log.info("vault token renewal failed; logging in again")
+                log.info("vault token renewal failed")
+        if isinstance(self.auth, TokenAuth):
+            self._expires_at = None  # a given token cannot be replaced here; the server will refuse it
+            return
+        log.info("logging in to vault again")
         self.login()
 
     def invalidate(self) -> None:
@@ -155,6 +158,7 @@ class TokenKeeper:
             if stamp != self._token_file_stamp:
                 self.client.token = _read(auth.token_file, "token_file")
                 self._token_file_stamp = stamp
+                self._learn_ttl()
             return
         if self._logged_in:
             return
@@ -163,3 +167,14 @@ class TokenKeeper:
             raise AccessDenied("no token: set auth.token_file, VAULT_TOKEN or BAO_TOKEN, or another auth method")
         self.client.token = token
         self._logged_in = True
+        self._learn_ttl()
+
+    def _learn_ttl(self) -> None:
+        """A given token may be renewable: learn its TTL so it is renewed like a login's."""
+        try:
+            data = self.client.auth.token.lookup_self()["data"]
+        except Exception:
+            self._expires_at = None  # the request itself will report a refused token
+            return
+        self._remember({"client_token": self.client.token, "lease_duration": data.get("ttl"),
+                        "renewable": data.get("renewable")})

@@ -221,3 +221,33 @@ def test_jwt_wrong_audience_denied(openbao, jwt_signer, tmp_path: Path) -> None:
     outcome = p.fetch_many([Request("secret/x")])[Request("secret/x")]
     assert isinstance(outcome, AccessDenied)
     assert token not in str(outcome)
+
+
+def test_given_token_is_renewed(openbao, backend: VaultBackend, tmp_path: Path) -> None:
+    """A renewable token from token_file is renewed before it expires, so it keeps working."""
+    client = openbao.client()
+    client.sys.create_or_update_policy("bridge-read", POLICY)
+    token = client.auth.token.create(policies=["bridge-read"], ttl="3s", renewable=True)["auth"]["client_token"]
+    (tmp_path / "token").write_text(token)
+    ref = backend.new_ref()
+    backend.put(ref, "v")
+    p = _provider(openbao, method="token", token_file=str(tmp_path / "token"))
+    deadline = time.monotonic() + 7
+    while time.monotonic() < deadline:
+        assert read(p, ref, None, backend.text_fields)[0] == b"v"
+        time.sleep(0.4)
+    assert client.auth.token.lookup(token)["data"]["ttl"] >= 1  # alive well past its 3s TTL
+
+
+def test_token_file_change_is_picked_up(openbao, backend: VaultBackend, tmp_path: Path) -> None:
+    """A token_file rewritten by another process (e.g. Vault Agent) is used from then on."""
+    client = openbao.client()
+    client.sys.create_or_update_policy("bridge-read", POLICY)
+    ref = backend.new_ref()
+    backend.put(ref, "v")
+    (tmp_path / "token").write_text("revoked-or-wrong")
+    p = _provider(openbao, method="token", token_file=str(tmp_path / "token"))
+    assert isinstance(p.fetch_many([Request(ref)])[Request(ref)], AccessDenied)
+    time.sleep(0.01)
+    (tmp_path / "token").write_text(client.auth.token.create(policies=["bridge-read"])["auth"]["client_token"])
+    assert read(p, ref, None, backend.text_fields)[0] == b"v"
