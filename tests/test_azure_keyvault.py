@@ -533,6 +533,36 @@ def test_engine_waits_at_least_retry_after(
     assert (tmp_path / "out" / "app").read_bytes() == b"steady"
 
 
+def test_cli_sync_and_check_leak_nothing(
+    backend: KeyVaultBackend, fake: FakeKeyVault, ca_file: Path, tmp_path: Path
+) -> None:
+    """`secrets-bridge sync` then `check` against the vault exit 0, write the file, and print no value or credential."""
+    import os
+    import subprocess
+
+    from tests.servers import venv_binary
+
+    ref = backend.new_ref()
+    value = unique_text()
+    backend.put(ref, value)
+    config = tmp_path / "bridge.yaml"
+    config.write_text(
+        f"output_dir: {tmp_path / 'out'}\nrequire_tmpfs: false\nlisten: null\n"
+        f"providers:\n  azure: {{type: azure-keyvault, vault_url: '{VAULT_URL}', ca_cert: '{ca_file}'}}\n"
+        f"secrets:\n  app_secret: {{provider: azure, ref: {ref}}}\n")
+    outputs = []
+    for command in ("sync", "check"):
+        proc = subprocess.run([venv_binary("secrets-bridge"), "--config", str(config), command],
+                              env=dict(os.environ), capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout + proc.stderr)
+    assert (tmp_path / "out" / "app_secret").read_text() == value
+    for text in outputs:
+        assert value not in text
+        for credential in fake.credentials():
+            assert credential not in text
+
+
 # -- settings -------------------------------------------------------------------------------------------
 
 
