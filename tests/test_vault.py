@@ -251,3 +251,71 @@ def test_token_file_change_is_picked_up(openbao, backend: VaultBackend, tmp_path
     time.sleep(0.01)
     (tmp_path / "token").write_text(client.auth.token.create(policies=["bridge-read"])["auth"]["client_token"])
     assert read(p, ref, None, backend.text_fields)[0] == b"v"
+
+
+@pytest.fixture(scope="module")
+def kubernetes_api(openbao):
+    """A minimal Kubernetes TokenReview endpoint that OpenBao's kubernetes auth calls over HTTP."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import trustme
+
+    reviewed: list[str] = []
+
+    class TokenReview(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            claims = pyjwt.decode(body["spec"]["token"], options={"verify_signature": False})
+            sa = claims["kubernetes.io"]["serviceaccount"]
+            reviewed.append(sa["name"])
+            status = {"authenticated": True, "audiences": body["spec"].get("audiences") or [],
+                      "user": {"username": f"system:serviceaccount:{claims['kubernetes.io']['namespace']}:{sa['name']}",
+                               "uid": sa["uid"], "groups": ["system:serviceaccounts"]}}
+            out = json.dumps({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                              "status": status}).encode()
+            self.send_response(201)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), TokenReview)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = openbao.client()
+    if "kubernetes/" not in client.sys.list_auth_methods()["data"]:
+        client.sys.enable_auth_method("kubernetes")
+    client.sys.create_or_update_policy("bridge-read", POLICY)
+    client.write("auth/kubernetes/config", kubernetes_host=f"http://127.0.0.1:{server.server_port}",
+                 disable_local_ca_jwt=True, kubernetes_ca_cert=trustme.CA().cert_pem.bytes().decode())
+    client.write("auth/kubernetes/role/web", bound_service_account_names=["web"],
+                 bound_service_account_namespaces=["default"], token_policies=["bridge-read"])
+    yield reviewed
+    server.shutdown()
+
+
+def test_kubernetes_login(openbao, backend: VaultBackend, kubernetes_api, tmp_path: Path) -> None:
+    """The kubernetes method sends the service-account token, which the cluster reviews, and reads."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = int(time.time())
+    identity = {"namespace": "default", "serviceaccount": {"name": "web", "uid": "u-1"}}
+    claims = {"iss": "https://kubernetes.default.svc", "sub": "system:serviceaccount:default:web",
+              "aud": ["vault"], "iat": now, "exp": now + 600, "kubernetes.io": identity}
+    sa_token = pyjwt.encode(claims, key, algorithm="RS256")
+    (tmp_path / "token").write_text(sa_token)
+    ref = backend.new_ref()
+    value = unique_text()
+    backend.put(ref, value)
+    p = _provider(openbao, method="kubernetes", role="web", jwt_file=str(tmp_path / "token"))
+    assert read(p, ref, None, backend.text_fields)[0] == value.encode()
+    assert kubernetes_api == ["web"]
+
+
+def test_kubernetes_default_token_path() -> None:
+    """The kubernetes method reads the pod's service-account token by default."""
+    settings = VaultSettings(type="vault", address="http://x", auth={"method": "kubernetes", "role": "web"})
+    assert str(settings.auth.jwt_file) == "/var/run/secrets/kubernetes.io/serviceaccount/token"
