@@ -1,0 +1,322 @@
+"""AWS Secrets Manager provider (`type: aws-secretsmanager`), built to stay cheap at scale.
+
+- values: `BatchGetSecretValue` for up to 20 latest secrets per call, `GetSecretValue` for pins and
+  for whatever a batch cannot return;
+- change check: `ListSecrets` pages (100 secrets each, with their `SecretVersionsToStages`), falling
+  back to one `DescribeSecret` per secret where a listing cannot answer or IAM denies it;
+- every API call is counted by operation and outcome; botocore's retries are off, so the engine's
+  backoff is the one place that retries; after a throttle or outage, a batch stops calling AWS.
+
+It returns raw values (SecretString as UTF-8, SecretBinary as bytes); the core applies `key`,
+`encoding` and `format`. It never logs a value, a token or a credential.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import Field, SecretStr, model_validator
+
+from bridge.errors import ProviderError, SecretNotFound, Unavailable
+from bridge.provider import Fetched, Outcome, Provider, ProviderSettings, Request, VersionOutcome
+from providers._aws_calls import base_session, error_from_code, open_client, translate_error
+
+log = logging.getLogger(__name__)
+
+CURRENT = "AWSCURRENT"
+#: the service's limits: secrets per BatchGetSecretValue call, entries per ListSecrets page
+BATCH_SIZE = 20
+PAGE_SIZE = 100
+#: how long to keep using DescribeSecret after IAM denied ListSecrets before asking again
+_LIST_RETRY_SECONDS = 3600.0
+_VERSION_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+#: an ARN's random 6-character suffix, so a partial ARN (without it) matches too
+_ARN_SUFFIX = re.compile(r"-[A-Za-z0-9]{6}$")
+
+
+class SecretsManagerSettings(ProviderSettings):
+    """`providers.<name>` for `type: aws-secretsmanager`; credentials come from the standard chain."""
+
+    type: str = "aws-secretsmanager"
+    #: default: AWS_REGION / AWS_DEFAULT_REGION / the profile's region
+    region: str | None = None
+    #: a VPC endpoint or a test server; default: the region's public endpoint
+    endpoint_url: str | None = Field(default=None, pattern=r"^https?://")
+    #: assume this role with the chain's credentials (STS honours AWS_ENDPOINT_URL_STS)
+    role_arn: str | None = Field(default=None, pattern=r"^arn:[\w-]+:iam::\d{12}:role/")
+    external_id: SecretStr | None = None
+    session_name: str = Field(default="secrets-bridge", pattern=r"^[\w+=,.@-]{2,64}$")
+    #: a profile of the shared config/credentials files
+    profile: str | None = None
+    timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _external_id_needs_role(self) -> SecretsManagerSettings:
+        if self.external_id is not None and self.role_arn is None:
+            raise ValueError("external_id needs role_arn")
+        return self
+
+
+class SecretsManagerProvider(Provider):
+    """`ref` is a secret name or ARN; `version` a VersionId (UUID) or a staging label."""
+
+    Settings = SecretsManagerSettings
+    settings: SecretsManagerSettings
+
+    def __init__(self, name: str, settings: SecretsManagerSettings) -> None:
+        super().__init__(name, settings)
+        # Fails fast (ConfigError) on an unknown profile or a missing region; no network here.
+        _, self._region = base_session(settings.profile, settings.region, where=f"providers.{name}")
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+        self._batch_usable = True
+        self._list_denied_at: float | None = None
+        #: ListSecrets pages the last listing took: below that many refs, DescribeSecret is cheaper
+        self._list_pages = 1
+
+    # -- the Provider interface -------------------------------------------------------------
+
+    def fetch(self, request: Request) -> Fetched:
+        params: dict[str, Any] = {"SecretId": request.ref}
+        if request.version is not None:
+            params["VersionId" if _VERSION_ID.match(request.version) else "VersionStage"] = request.version
+        response = self._call("GetSecretValue", request.ref, request.version, params)
+        return _fetched(response, self.name, request)
+
+    def current_version(self, ref: str) -> str | None:
+        response = self._call("DescribeSecret", ref, None, {"SecretId": ref})
+        if response.get("DeletedDate") is not None:
+            raise SecretNotFound("DescribeSecret: secret is marked for deletion", provider=self.name, ref=ref)
+        current = _current_of(response.get("VersionIdsToStages"))
+        if current is None:
+            raise SecretNotFound(f"DescribeSecret: no {CURRENT} version", provider=self.name, ref=ref)
+        return current
+
+    def fetch_many(self, requests: Sequence[Request]) -> dict[Request, Outcome]:
+        """Latest values in batches of 20; pins and leftovers one by one; stop calling on a throttle."""
+        unique = list(dict.fromkeys(requests))
+        out: dict[Request, Outcome] = {}
+        latest = [r for r in unique if r.version in (None, CURRENT)]
+        singles = [r for r in unique if r.version not in (None, CURRENT)]
+        if len(latest) < 2 or not self._batch_usable:
+            singles = latest + singles
+            latest = []
+        stop: Unavailable | None = None
+        for chunk in _chunks(latest, BATCH_SIZE):
+            if stop is not None or not self._batch_usable:
+                singles.extend(chunk)
+                continue
+            singles.extend(self._fetch_batch(chunk, out))
+            stop = _first_unavailable(out.get(r) for r in chunk)
+        for request in singles:
+            if stop is not None:
+                out[request] = self._copy(stop, request.ref, request.version)
+                continue
+            outcome: Outcome
+            try:
+                outcome = self.fetch(request)
+            except ProviderError as exc:
+                outcome = exc.at(provider=self.name, ref=request.ref, version=request.version)
+            out[request] = outcome
+            stop = outcome if isinstance(outcome, Unavailable) else None
+        return {r: out[r] for r in unique}
+
+    def current_versions(self, refs: Sequence[str]) -> dict[str, VersionOutcome]:
+        """The VersionId holding AWSCURRENT for each ref, from ListSecrets pages where that is cheaper."""
+        unique = list(dict.fromkeys(refs))
+        out: dict[str, VersionOutcome] = {}
+        if len(unique) > self._list_pages and self._list_allowed():
+            try:
+                out.update(self._list_current(unique))
+            except Unavailable as exc:
+                return {ref: self._copy(exc, ref, None) for ref in unique}
+            except ProviderError as exc:
+                self._list_refused(exc)
+        stop: Unavailable | None = None
+        for ref in unique:
+            if ref in out:
+                continue
+            if stop is not None:
+                out[ref] = self._copy(stop, ref, None)
+                continue
+            outcome: VersionOutcome
+            try:
+                outcome = self.current_version(ref)
+            except ProviderError as exc:
+                outcome = exc.at(provider=self.name, ref=ref)
+            out[ref] = outcome
+            stop = outcome if isinstance(outcome, Unavailable) else None
+        return {ref: out[ref] for ref in unique}
+
+    def close(self) -> None:
+        with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    # -- batching ---------------------------------------------------------------------------
+
+    def _fetch_batch(self, chunk: list[Request], out: dict[Request, Outcome]) -> list[Request]:
+        """Fill `out` from one BatchGetSecretValue; return what must be fetched one by one."""
+        ids = [r.ref for r in chunk]
+        values: list[dict[str, Any]] = []
+        errors: dict[str, dict[str, Any]] = {}
+        token: str | None = None
+        try:
+            for _ in range(len(ids)):  # NextToken only when a response is too large; bounded anyway
+                params: dict[str, Any] = {"SecretIdList": ids}
+                if token:
+                    params["NextToken"] = token
+                response = self._call("BatchGetSecretValue", f"{len(ids)} secrets", None, params)
+                values.extend(response.get("SecretValues", []))
+                errors.update({str(e.get("SecretId")): e for e in response.get("Errors", [])})
+                token = response.get("NextToken")
+                if not token:
+                    break
+        except Unavailable as exc:
+            for request in chunk:
+                out[request] = self._copy(exc, request.ref, request.version)
+            return []
+        except ProviderError as exc:
+            self._batch_refused(exc)
+            return chunk
+        by_key = {key: value for value in values for key in _keys_of(value)}
+        leftovers = []
+        for request in chunk:
+            if request.ref in errors:
+                item = errors[request.ref]
+                out[request] = error_from_code(
+                    str(item.get("ErrorCode", "")), str(item.get("Message", "")),
+                    operation="BatchGetSecretValue", provider=self.name,
+                    ref=request.ref, version=request.version,
+                )
+            elif request.ref in by_key:
+                try:
+                    out[request] = _fetched(by_key[request.ref], self.name, request)
+                except ProviderError as exc:
+                    out[request] = exc
+            else:
+                leftovers.append(request)
+        return leftovers
+
+    def _list_current(self, refs: list[str]) -> dict[str, VersionOutcome]:
+        """Page through ListSecrets until every ref is seen; unseen refs are left to DescribeSecret."""
+        wanted = set(refs)
+        found: dict[str, VersionOutcome] = {}
+        token: str | None = None
+        pages = 0
+        while True:
+            params: dict[str, Any] = {"MaxResults": PAGE_SIZE}
+            if token:
+                params["NextToken"] = token
+            response = self._call("ListSecrets", "", None, params)
+            pages += 1
+            for entry in response.get("SecretList", []):
+                current = _current_of(entry.get("SecretVersionsToStages"))
+                if current is None:
+                    continue  # left for DescribeSecret, which can say why
+                for key in _keys_of(entry):
+                    if key in wanted:
+                        found[key] = current
+            token = response.get("NextToken")
+            if not token or len(found) == len(wanted):
+                break
+        self._list_pages = pages if not token else max(pages, self._list_pages)
+        return found
+
+    def _list_allowed(self) -> bool:
+        denied_at = self._list_denied_at
+        return denied_at is None or time.monotonic() - denied_at > _LIST_RETRY_SECONDS
+
+    def _list_refused(self, exc: ProviderError) -> None:
+        if self._list_denied_at is None:
+            log.warning(
+                "%s: ListSecrets refused (%s); checking each secret with DescribeSecret instead "
+                "(one call per secret per cycle; allow secretsmanager:ListSecrets to need ~1 per 100)",
+                self.name, exc.code,
+            )
+        self._list_denied_at = time.monotonic()
+
+    def _batch_refused(self, exc: ProviderError) -> None:
+        if self._batch_usable:
+            log.warning(
+                "%s: BatchGetSecretValue refused (%s); fetching one secret per call from now on "
+                "(allow secretsmanager:BatchGetSecretValue to need ~1 call per 20 secrets)",
+                self.name, exc.code,
+            )
+        self._batch_usable = False
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def _call(self, operation: str, ref: str, version: str | None, params: dict[str, Any]) -> dict[str, Any]:
+        """One counted API call; botocore errors leave as core errors naming provider, ref, version."""
+        try:
+            client = self._connected()
+            method: Callable[..., dict[str, Any]] = getattr(client, _snake(operation))
+            response = method(**params)
+        except (BotoCoreError, ClientError) as exc:
+            error = translate_error(exc, provider=self.name, ref=ref, version=version, operation=operation)
+            self.count(operation, error.code)
+            raise error from None
+        self.count(operation, "ok")
+        return response
+
+    def _connected(self) -> Any:
+        with self._client_lock:
+            if self._client is None:
+                s = self.settings
+                self._client = open_client(
+                    profile=s.profile, region=self._region, endpoint_url=s.endpoint_url, role_arn=s.role_arn,
+                    external_id=s.external_id.get_secret_value() if s.external_id is not None else None,
+                    session_name=s.session_name, timeout_seconds=s.timeout_seconds,
+                )
+            return self._client
+
+    def _copy(self, exc: ProviderError, ref: str, version: str | None) -> ProviderError:
+        """The same failure for another item of a batch that was not attempted."""
+        retry_after = exc.retry_after
+        return type(exc)(exc.message, provider=self.name, ref=ref, version=version, retry_after=retry_after)
+
+
+def _fetched(response: dict[str, Any], provider: str, request: Request) -> Fetched:
+    if response.get("SecretString") is not None:
+        value = str(response["SecretString"]).encode("utf-8")
+    elif response.get("SecretBinary") is not None:
+        value = bytes(response["SecretBinary"])
+    else:
+        version = request.version
+        raise SecretNotFound("version holds no value", provider=provider, ref=request.ref, version=version)
+    return Fetched(value, str(response["VersionId"]))
+
+
+def _current_of(versions_to_stages: dict[str, list[str]] | None) -> str | None:
+    return next((v for v, stages in (versions_to_stages or {}).items() if CURRENT in stages), None)
+
+
+def _keys_of(entry: dict[str, Any]) -> Iterator[str]:
+    """The refs that name this secret: its name, its ARN and the ARN without its random suffix."""
+    for key in ("Name", "ARN"):
+        if entry.get(key):
+            yield str(entry[key])
+    if entry.get("ARN"):
+        yield _ARN_SUFFIX.sub("", str(entry["ARN"]))
+
+
+def _first_unavailable(outcomes: Iterable[object]) -> Unavailable | None:
+    return next((o for o in outcomes if isinstance(o, Unavailable)), None)
+
+
+def _chunks(items: list[Request], size: int) -> Iterator[list[Request]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _snake(operation: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", operation).lower()
+

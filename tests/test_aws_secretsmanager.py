@@ -1,0 +1,359 @@
+"""The AWS Secrets Manager provider against a real moto server, over HTTP, on loopback only.
+
+API calls are counted outside the code under test, by a counting proxy in front of moto.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from bridge.config import parse_config
+from bridge.errors import AccessDenied, ConfigError, ProviderError, SecretNotFound, Unavailable
+from bridge.extract import extract
+from bridge.metrics import REGISTRY
+from bridge.provider import Fetched, Request
+from providers.aws_secretsmanager import SecretsManagerProvider, SecretsManagerSettings
+from tests.aws_counting_proxy import CountingProxy, free_port, start_moto, stop
+from tests.conformance import ProviderConformance
+
+ACCESS_KEY_ID = "AKIABRIDGETESTKEY001"
+SECRET_ACCESS_KEY = "bridge-test-secret-access-key-do-not-leak"
+REGION = "us-east-1"
+#: a region of its own for the 500-secret tests, since ListSecrets lists every secret of a region
+SCALE_REGION = "ap-southeast-2"
+SCALE_N = 500
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    process, url = start_moto()
+    try:
+        yield url
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Dummy credentials and no way to reach anything but loopback, for this module only."""
+    nowhere = tmp_path_factory.mktemp("aws") / "absent"
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith("AWS_") or name.lower() in ("http_proxy", "https_proxy", "all_proxy"):
+                mp.delenv(name)
+        mp.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
+        mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
+        mp.setenv("AWS_DEFAULT_REGION", REGION)
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        mp.setenv("AWS_CONFIG_FILE", str(nowhere))
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(nowhere))
+        mp.setenv("NO_PROXY", "127.0.0.1,localhost")
+        yield
+
+
+@pytest.fixture(scope="module")
+def proxy(moto_url: str) -> Iterator[CountingProxy]:
+    counting = CountingProxy(moto_url)
+    yield counting
+    counting.close()
+
+
+@pytest.fixture
+def counted(proxy: CountingProxy) -> Iterator[CountingProxy]:
+    """The proxy with its counts and failures cleared before and after the test."""
+    proxy.reset()
+    yield proxy
+    proxy.reset()
+
+
+def sm(url: str, region: str = REGION) -> Any:
+    """A plain boto3 client writing straight to moto (the test's side, not the provider's)."""
+    return boto3.client("secretsmanager", endpoint_url=url, region_name=region)
+
+
+def make_provider(url: str, region: str = REGION, **fields: Any) -> SecretsManagerProvider:
+    settings = SecretsManagerSettings(region=region, endpoint_url=url, **fields)
+    return SecretsManagerProvider("aws", settings)
+
+
+class MotoBackend:
+    text_fields: dict[str, Any] = {}
+    binary_fields: dict[str, Any] = {}
+
+    def __init__(self, url: str) -> None:
+        self.client = sm(url)
+
+    def new_ref(self) -> str:
+        return f"conformance/{uuid.uuid4().hex}"
+
+    def _write(self, ref: str, **value: Any) -> str:
+        try:
+            return str(self.client.put_secret_value(SecretId=ref, **value)["VersionId"])
+        except self.client.exceptions.ResourceNotFoundException:
+            return str(self.client.create_secret(Name=ref, **value)["VersionId"])
+
+    def put(self, ref: str, value: str) -> str:
+        return self._write(ref, SecretString=value)
+
+    def put_binary(self, ref: str, data: bytes) -> str:
+        return self._write(ref, SecretBinary=data)
+
+    def credentials(self) -> list[str]:
+        return [ACCESS_KEY_ID, SECRET_ACCESS_KEY, "bridge-external-id-0451"]
+
+
+class TestConformance(ProviderConformance):
+    @pytest.fixture
+    def provider(self, moto_url: str) -> Iterator[SecretsManagerProvider]:
+        aws = make_provider(moto_url, role_arn=None)
+        yield aws
+        aws.close()
+
+    @pytest.fixture
+    def backend(self, moto_url: str) -> MotoBackend:
+        return MotoBackend(moto_url)
+
+
+def requests_total(operation: str, outcome: str) -> float:
+    """The core's provider request counter, as /metrics would show it."""
+    labels = {"provider": "aws", "operation": operation, "outcome": outcome}
+    return REGISTRY.get_sample_value("secrets_bridge_provider_requests_total", labels) or 0.0
+
+
+def value_of(outcome: Fetched | ProviderError) -> bytes:
+    assert isinstance(outcome, Fetched), outcome
+    return outcome.value
+
+
+def test_labels_follow_rotation_and_version_pin_stays(moto_url: str) -> None:
+    """AWSCURRENT/AWSPREVIOUS/custom labels follow a rotation side by side; a VersionId pin stays put."""
+    client, aws = sm(moto_url), make_provider(moto_url)
+    ref = f"rotation/{uuid.uuid4().hex}"
+    v1 = client.create_secret(Name=ref, SecretString='{"token": "one"}')["VersionId"]
+    v2 = client.put_secret_value(SecretId=ref, SecretString='{"token": "two"}')["VersionId"]
+    client.update_secret_version_stage(SecretId=ref, VersionStage="BLUE", MoveToVersionId=v1)
+    wanted = [Request(ref, "AWSCURRENT"), Request(ref, "AWSPREVIOUS"), Request(ref, v1), Request(ref, "BLUE")]
+
+    def files() -> list[tuple[bytes, str | None]]:
+        got = aws.fetch_many(wanted)
+        return [(extract(f, key="token", encoding=None, fmt=None), f.version)
+                for f in (got[r] for r in wanted) if isinstance(f, Fetched)]
+
+    assert files() == [(b"two", v2), (b"one", v1), (b"one", v1), (b"one", v1)]
+    v3 = client.put_secret_value(SecretId=ref, SecretString='{"token": "three"}')["VersionId"]
+    assert files() == [(b"three", v3), (b"two", v2), (b"one", v1), (b"one", v1)]
+    assert aws.current_versions([ref]) == {ref: v3}
+
+
+def test_web_identity_credentials(moto_url: str, counted: CountingProxy, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE (EKS IRSA) get temporary credentials from STS."""
+    ref = f"irsa/{uuid.uuid4().hex}"
+    sm(moto_url).create_secret(Name=ref, SecretString="irsa-value")
+    token = tmp_path / "token"
+    token.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQifQ.c2ln")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/bridge-irsa")
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", counted.url)
+    aws = make_provider(counted.url)
+    assert value_of(aws.fetch_many([Request(ref)])[Request(ref)]) == b"irsa-value"
+    assert counted.counts["AssumeRoleWithWebIdentity"] == 1
+    (signer,) = counted.key_ids["GetSecretValue"]
+    assert signer.startswith("ASIA")  # temporary credentials, not a static key
+
+
+def test_role_arn_is_assumed_with_external_id(moto_url: str, counted: CountingProxy,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """role_arn assumes a role with the chain's credentials; external_id never shows in a repr."""
+    ref = f"role/{uuid.uuid4().hex}"
+    sm(moto_url).create_secret(Name=ref, SecretString="role-value")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", counted.url)
+    aws = make_provider(counted.url, role_arn="arn:aws:iam::123456789012:role/reader",
+                        external_id=SecretStr("bridge-external-id-0451"), session_name="bridge-test")
+    assert value_of(aws.fetch_many([Request(ref)])[Request(ref)]) == b"role-value"
+    assert counted.counts["AssumeRole"] == 1
+    assert counted.key_ids["AssumeRole"] == {ACCESS_KEY_ID}
+    assert all(k.startswith("ASIA") for k in counted.key_ids["GetSecretValue"])
+    assert "bridge-external-id-0451" not in repr(aws.settings) + str(aws.settings)
+
+
+@pytest.fixture(scope="module")
+def scale_refs(moto_url: str) -> list[str]:
+    """500 secrets in a region of their own; every fifth ref is given as an ARN, the rest by name."""
+    client = sm(moto_url, SCALE_REGION)
+
+    refs = []
+    for i in range(SCALE_N):  # one at a time: moto_server can answer 500 to concurrent CreateSecret calls
+        made = client.create_secret(Name=f"scale/{i:04d}", SecretString=f"value-{i}")
+        refs.append(str(made["ARN"] if i % 5 == 0 else made["Name"]))
+    return refs
+
+
+def test_cold_fetch_of_500_uses_batches(counted: CountingProxy, scale_refs: list[str]) -> None:
+    """A cold fetch of 500 secrets makes at most 25 BatchGetSecretValue calls and no GetSecretValue."""
+    aws = make_provider(counted.url, SCALE_REGION)
+    got = aws.fetch_many([Request(ref) for ref in scale_refs])
+    values = [value_of(got[Request(ref)]) for ref in scale_refs]
+    assert values == [f"value-{i}".encode() for i in range(SCALE_N)]
+    assert counted.counts["BatchGetSecretValue"] <= 25
+    assert counted.counts["GetSecretValue"] == 0
+
+
+def test_steady_state_check_of_500_lists_pages(counted: CountingProxy, moto_url: str,
+                                               scale_refs: list[str]) -> None:
+    """One refresh cycle over 500 unchanged secrets makes at most 5 ListSecrets calls and no value call."""
+    aws = make_provider(counted.url, SCALE_REGION)
+    fetched = aws.fetch_many([Request(ref) for ref in scale_refs])
+    counted.reset()
+    versions = aws.current_versions(scale_refs)
+    assert versions == {ref: value.version for ref, value in ((r.ref, fetched[r]) for r in fetched)
+                        if isinstance(value, Fetched)}
+    assert counted.counts["ListSecrets"] <= 5
+    assert counted.value_calls() == 0 and counted.counts["DescribeSecret"] == 0
+    moved = sm(moto_url, SCALE_REGION).put_secret_value(SecretId="scale/0007", SecretString="rotated")
+    changed = {ref for ref, v in aws.current_versions(scale_refs).items() if v != versions[ref]}
+    assert changed == {"scale/0007"}
+    assert aws.current_versions(["scale/0007"]) == {"scale/0007": moved["VersionId"]}
+
+
+def test_throttling_is_unavailable_and_stops_calls(moto_url: str, counted: CountingProxy) -> None:
+    """ThrottlingException gives Unavailable for every item after one request: no SDK retry, no fan-out."""
+    client = sm(moto_url)
+    refs = [f"throttle/{uuid.uuid4().hex}" for _ in range(45)]
+    for ref in refs:
+        client.create_secret(Name=ref, SecretString="x")
+    aws = make_provider(counted.url)
+    before = requests_total("BatchGetSecretValue", "unavailable")
+    counted.fail["*"] = (400, "ThrottlingException", None)
+    got = aws.fetch_many([Request(ref) for ref in refs] + [Request(refs[0], "AWSPREVIOUS")])
+    assert all(isinstance(o, Unavailable) for o in got.values())
+    assert sum(counted.counts.values()) == 1
+    assert requests_total("BatchGetSecretValue", "unavailable") == before + 1
+    assert "ThrottlingException" in str(got[Request(refs[3])]) and refs[3] in str(got[Request(refs[3])])
+    versions = aws.current_versions(refs)
+    assert all(isinstance(o, Unavailable) for o in versions.values())
+    assert counted.counts["ListSecrets"] == 1 and counted.counts["DescribeSecret"] == 0
+    counted.fail["*"] = (400, "ThrottlingException", "7")
+    single = aws.fetch_many([Request(refs[0])])[Request(refs[0])]
+    assert isinstance(single, Unavailable) and single.retry_after == 7.0
+    assert counted.counts["GetSecretValue"] == 1
+
+
+def test_list_denied_falls_back_to_describe_logged_once(moto_url: str, counted: CountingProxy,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Where IAM denies ListSecrets, DescribeSecret answers per secret and the fallback is logged once."""
+    client = sm(moto_url)
+    refs = [f"nolist/{uuid.uuid4().hex}" for _ in range(3)]
+    expected = {ref: client.create_secret(Name=ref, SecretString="x")["VersionId"] for ref in refs}
+    aws = make_provider(counted.url)
+    counted.fail["ListSecrets"] = (400, "AccessDeniedException", None)
+    with caplog.at_level(logging.WARNING):
+        assert aws.current_versions(refs) == expected
+        assert aws.current_versions(refs) == expected
+    assert counted.counts["ListSecrets"] == 1 and counted.counts["DescribeSecret"] == 6
+    assert sum("ListSecrets refused" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_batch_denied_falls_back_to_get_logged_once(moto_url: str, counted: CountingProxy,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Where BatchGetSecretValue is denied, GetSecretValue fetches each secret and that is logged once."""
+    client = sm(moto_url)
+    refs = [f"nobatch/{uuid.uuid4().hex}" for _ in range(3)]
+    for i, ref in enumerate(refs):
+        client.create_secret(Name=ref, SecretString=f"v{i}")
+    aws = make_provider(counted.url)
+    counted.fail["BatchGetSecretValue"] = (400, "AccessDeniedException", None)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            got = aws.fetch_many([Request(ref) for ref in refs])
+            assert [value_of(got[Request(ref)]) for ref in refs] == [b"v0", b"v1", b"v2"]
+    assert counted.counts["BatchGetSecretValue"] == 1 and counted.counts["GetSecretValue"] == 6
+    assert sum("BatchGetSecretValue refused" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_batch_mixes_found_missing_arn_and_partial_arn(moto_url: str, counted: CountingProxy) -> None:
+    """Names, full and partial ARNs share one batch and one listing; a missing secret fails alone."""
+    client = sm(moto_url)
+    made = [client.create_secret(Name=f"mixed/{uuid.uuid4().hex}", SecretString=f"m{i}") for i in range(3)]
+    partial = made[2]["ARN"][:-7]
+    missing = f"mixed/{uuid.uuid4().hex}"
+    requests = [Request(made[0]["Name"]), Request(made[1]["ARN"]), Request(partial), Request(missing)]
+    aws = make_provider(counted.url)
+    got = aws.fetch_many(requests)
+    assert [value_of(got[r]) for r in requests[:3]] == [b"m0", b"m1", b"m2"]
+    assert isinstance(got[requests[3]], SecretNotFound) and missing in str(got[requests[3]])
+    assert counted.counts == {"BatchGetSecretValue": 1}
+    counted.reset()
+    versions = aws.current_versions([r.ref for r in requests])
+    assert [versions[r.ref] for r in requests[:3]] == [m["VersionId"] for m in made]
+    assert isinstance(versions[missing], SecretNotFound)
+    assert counted.counts == {"ListSecrets": 1, "DescribeSecret": 1}  # only the missing one is described
+
+
+def test_deleted_and_missing_versions_are_not_found(moto_url: str) -> None:
+    """A secret marked for deletion and a pinned VersionId that never existed are SecretNotFound."""
+    client, aws = sm(moto_url), make_provider(moto_url)
+    gone = f"deleted/{uuid.uuid4().hex}"
+    client.create_secret(Name=gone, SecretString="x")
+    client.delete_secret(SecretId=gone, RecoveryWindowInDays=7)
+    assert isinstance(aws.fetch_many([Request(gone)])[Request(gone)], SecretNotFound)
+    assert isinstance(aws.current_versions([gone])[gone], SecretNotFound)
+    ref = f"pinned/{uuid.uuid4().hex}"
+    client.create_secret(Name=ref, SecretString="x")
+    absent = str(uuid.uuid4())
+    outcome = aws.fetch_many([Request(ref, absent)])[Request(ref, absent)]
+    assert isinstance(outcome, SecretNotFound) and absent in str(outcome)
+
+
+def test_access_denied_names_ref_not_credentials(moto_url: str, counted: CountingProxy) -> None:
+    """AccessDeniedException and DecryptionFailure are AccessDenied naming the ref, without credentials."""
+    ref = f"denied/{uuid.uuid4().hex}"
+    sm(moto_url).create_secret(Name=ref, SecretString="denied-value")
+    aws = make_provider(counted.url)
+    for code in ("AccessDeniedException", "DecryptionFailure"):
+        counted.fail["GetSecretValue"] = (400, code, None)
+        outcome = aws.fetch_many([Request(ref)])[Request(ref)]
+        assert isinstance(outcome, AccessDenied) and ref in str(outcome) and code in str(outcome)
+        for text in (str(outcome), repr(outcome)):
+            assert ACCESS_KEY_ID not in text and SECRET_ACCESS_KEY not in text and "denied-value" not in text
+
+
+def test_unreachable_endpoint_is_unavailable() -> None:
+    """A closed port is Unavailable at once (no SDK retries), not a hang or a botocore exception."""
+    aws = make_provider(f"http://127.0.0.1:{free_port()}", timeout_seconds=2)
+    outcome = aws.fetch_many([Request("anything")])[Request("anything")]
+    assert isinstance(outcome, Unavailable) and "anything" in str(outcome)
+
+
+def test_settings_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unknown fields, external_id without role_arn, a missing region or profile are config errors."""
+    with pytest.raises(ValidationError):
+        SecretsManagerSettings(region=REGION, regoin="typo")  # type: ignore[call-arg]
+    with pytest.raises(ValidationError):
+        SecretsManagerSettings(region=REGION, external_id=SecretStr("x"))
+    with pytest.raises(ConfigError, match="profile"):
+        SecretsManagerProvider("aws", SecretsManagerSettings(region=REGION, profile="nope"))
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    with pytest.raises(ConfigError, match="region"):
+        SecretsManagerProvider("aws", SecretsManagerSettings())
+
+
+def test_config_type_loads_this_provider(moto_url: str) -> None:
+    """`type: aws-secretsmanager` in the YAML finds this class through the entry point."""
+    config = parse_config(
+        f"providers:\n  aws: {{type: aws-secretsmanager, region: eu-west-1, endpoint_url: '{moto_url}'}}\n"
+        "secrets:\n  api_key: {provider: aws, ref: prod/api-key, key: token, version: AWSPREVIOUS}\n"
+    )
+    built = config.build_providers()["aws"]
+    assert isinstance(built, SecretsManagerProvider) and built.settings.region == "eu-west-1"
