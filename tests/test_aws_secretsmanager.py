@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from bridge.config import parse_config
+from bridge.engine import Engine
 from bridge.errors import AccessDenied, ConfigError, ProviderError, SecretNotFound, Unavailable
 from bridge.extract import extract
 from bridge.metrics import REGISTRY
@@ -357,3 +359,32 @@ def test_config_type_loads_this_provider(moto_url: str) -> None:
     )
     built = config.build_providers()["aws"]
     assert isinstance(built, SecretsManagerProvider) and built.settings.region == "eu-west-1"
+
+
+def test_engine_keeps_files_and_backs_off_when_throttled(moto_url: str, counted: CountingProxy,
+                                                         tmp_path: Path) -> None:
+    """Through the engine: a throttled cycle costs one request, keeps the files and waits Retry-After."""
+    client = sm(moto_url)
+    refs = [f"engine/{uuid.uuid4().hex}" for _ in range(3)]
+    for i, ref in enumerate(refs):
+        client.create_secret(Name=ref, SecretString=f"good-{i}")
+    secrets = "".join(f"  s{i}: {{provider: aws, ref: {ref}}}\n" for i, ref in enumerate(refs))
+    config = parse_config(
+        f"output_dir: {tmp_path}\nrequire_tmpfs: false\nrefresh_interval: 1s\njitter: 0\nlisten: null\n"
+        f"providers:\n  aws: {{type: aws-secretsmanager, region: {REGION}, endpoint_url: '{counted.url}'}}\n"
+        f"secrets:\n{secrets}"
+    )
+    engine = Engine(config)
+    engine.start()
+    try:
+        assert not engine.sync().failed
+        counted.reset()
+        counted.fail["*"] = (400, "ThrottlingException", "30")
+        result = engine.cycle(list(engine._tracked.values()))
+        assert sorted(result.failed) == ["s0", "s1", "s2"]
+        assert all(isinstance(e, Unavailable) for e in result.failed.values())
+        assert sum(counted.counts.values()) == 1  # one ListSecrets, no fan-out, no SDK retry
+        assert [(tmp_path / f"s{i}").read_text() for i in range(3)] == ["good-0", "good-1", "good-2"]
+        assert all(t.next_due >= time.monotonic() + 25 for t in engine._tracked.values())
+    finally:
+        engine.close()
