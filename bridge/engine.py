@@ -46,7 +46,6 @@ class _Tracked:
     error: ProviderError | None = None
     failing_since: float | None = None
     updated: float | None = None
-    checked: float | None = None
 
     @property
     def pinned(self) -> bool:
@@ -77,6 +76,9 @@ class Engine:
         self.on_commit = on_commit
         self.heartbeat = time.monotonic()
         self._group_due: dict[tuple[str, float], float] = {}
+        self._committed: dict[str, FileSpec] | None = None  # None: compare with the disk first
+        self._saved: dict[str, SecretRecord] | None = None
+        self._started = False
         self._tracked = {name: _Tracked(name, secret) for name, secret in self.settings.secrets.items()}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -84,6 +86,7 @@ class Engine:
     def start(self) -> None:
         """Prepare the directory and take the files already there as the last good content."""
         self.writer.prepare()
+        self._started = True
         on_disk = self.writer.current()
         previous = self.state.load()
         for name, tracked in self._tracked.items():
@@ -95,8 +98,14 @@ class Engine:
                     tracked.updated = record.updated_epoch()
 
     def close(self) -> None:
+        """Close the providers; remove replaced generations once readers are past them."""
         for provider in self.providers.values():
             provider.close()
+        if self._started:
+            pending = self.writer.prune()
+            while pending is not None:
+                time.sleep(pending)
+                pending = self.writer.prune()
 
     def sync(self) -> CycleResult:
         """One pass: fetch every secret, commit once."""
@@ -110,8 +119,10 @@ class Engine:
             due = [t for t in self._tracked.values() if t.next_due <= now]
             if due:
                 self.cycle(due)
+            prune_in = self.writer.prune()
             wake = min((t.next_due for t in self._tracked.values()), default=math.inf)
-            stop.wait(max(0.0, min(wake - time.monotonic(), HEARTBEAT_SECONDS)))
+            wait = min(wake - time.monotonic(), HEARTBEAT_SECONDS, math.inf if prune_in is None else prune_in)
+            stop.wait(max(0.0, wait))
 
     # -- health ----------------------------------------------------------------------------
 
@@ -140,7 +151,6 @@ class Engine:
         failed: dict[str, ProviderError] = {}
         for name, outcome in outcomes.items():
             tracked = self._tracked[name]
-            tracked.checked = time.time()
             if isinstance(outcome, ProviderError):
                 failed[name] = outcome
                 self._fail(tracked, outcome, now)
@@ -159,8 +169,10 @@ class Engine:
             self._succeed(tracked, now)
 
         changed = self._commit()
-        if changed or outcomes:
-            self.state.save(self._records(), self.config)
+        records = self._records()
+        if records != self._saved:
+            self.state.save(records, self.config)
+            self._saved = records
         if changed and self.on_commit is not None:
             self.on_commit(changed)
         return CycleResult(changed, failed)
@@ -203,11 +215,13 @@ class Engine:
             if tracked.content is not None:
                 uid, gid = self.settings.owner_of(tracked.config)
                 files[tracked.name] = FileSpec(tracked.content, self.settings.mode_of(tracked.config), uid, gid)
-        before = self.writer.current()
-        if not self.writer.commit(files):
+        if files == self._committed:
+            return []  # nothing moved since the last commit: leave the directory alone
+        changed = self.writer.commit(files)
+        self._committed = files
+        if not changed:
             return []
         COMMITS.inc()
-        changed = sorted(n for n in set(files) | set(before) if files.get(n) != before.get(n))
         stamp = time.time()
         for name in changed:
             if name in self._tracked:
@@ -260,6 +274,6 @@ class Engine:
         return {
             t.name: SecretRecord.of(t.name, t.config, self.config, version=t.version,
                                     size=None if t.content is None else len(t.content),
-                                    updated=t.updated, checked=t.checked, error=t.error)
+                                    updated=t.updated, error=t.error)
             for t in self._tracked.values()
         }

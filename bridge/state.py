@@ -37,7 +37,6 @@ class SecretRecord:
     uid: int
     gid: int
     updated: str | None
-    checked: str | None
     error: dict[str, str | None] | None
 
     @classmethod
@@ -50,7 +49,6 @@ class SecretRecord:
         version: str | None,
         size: int | None,
         updated: float | None,
-        checked: float | None,
         error: ProviderError | None,
     ) -> SecretRecord:
         settings = config.settings
@@ -68,7 +66,6 @@ class SecretRecord:
             uid=uid,
             gid=gid,
             updated=_iso(updated),
-            checked=_iso(checked),
             error=None if error is None else {"code": error.code, "message": str(error)},
         )
 

@@ -7,11 +7,13 @@
 It never leaves a partial file, never creates a file wider than its final mode, never follows a
 symlink inside the output directory (every operation goes through directory file descriptors
 with O_NOFOLLOW), and never writes when the content is unchanged. Names beginning with `..` are
-its own; at start it removes leftovers of a crash at any step.
+its own; at start it removes leftovers of a crash at any step. A replaced generation is removed
+after a short grace period, so a reader resolving a path at the moment of a commit still finds it.
 """
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import ctypes
 import ctypes.util
@@ -27,6 +29,8 @@ from pathlib import Path
 from bridge.errors import WriteError
 
 DATA_LINK = "..data"
+#: how long a replaced generation stays for readers that were resolving paths through it
+GENERATION_GRACE_SECONDS = 1.0
 _DATA_TMP = "..data_tmp"
 _STATE_TMP = "..state_tmp"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -78,10 +82,13 @@ class Writer:
             finally:
                 os.close(gfd)
 
-    def commit(self, files: Mapping[str, FileSpec]) -> bool:
-        """Make `files` the whole visible content in one rename. False when nothing changed."""
-        if self.current() == dict(files):
-            return False
+    def commit(self, files: Mapping[str, FileSpec]) -> list[str]:
+        """Make `files` the whole visible content in one rename; return the names that changed
+        (added, removed or different), empty when nothing did and nothing was written."""
+        before = self.current()
+        changed = sorted(n for n in set(files) | set(before) if files.get(n) != before.get(n))
+        if not changed:
+            return []
         with self._dir() as dfd:
             old = _current_generation(dfd)
             gen = self._write_generation(dfd, files)
@@ -93,9 +100,33 @@ class Writer:
             self._step("committed")
             self._sync_visible_links(dfd, {name.split("/", 1)[0] for name in files})
             self._step("links_synced")
-            if old is not None and old != gen:
-                _remove(dfd, old)
-        return True
+            self._prune(dfd, GENERATION_GRACE_SECONDS)
+        return changed
+
+    def prune(self, grace_seconds: float = GENERATION_GRACE_SECONDS) -> float | None:
+        """Remove generations replaced more than `grace_seconds` ago.
+
+        A reader that resolved `..data` just before a commit is still walking the old
+        generation's path for a moment; removing it at once would show that reader a missing
+        file. Returns the seconds until the next replaced generation may go, None if none is left."""
+        with self._dir() as dfd:
+            return self._prune(dfd, grace_seconds)
+
+    def _prune(self, dfd: int, grace_seconds: float) -> float | None:
+        current = _current_generation(dfd)
+        if current is None:
+            return None
+        # Only generations older than the current one were ever committed (prepare() removes the
+        # rest); each was replaced when its successor was created, which the successor's name records.
+        older = sorted(n for n in os.listdir(dfd) if n.startswith("..") and _stamp(n) is not None and n < current)
+        now, wait = time.time(), None
+        for gen, successor in zip(older, [*older[1:], current], strict=False):
+            age = now - (_stamp(successor) or now)
+            if age >= grace_seconds:
+                _remove(dfd, gen)
+            else:
+                wait = min(wait or grace_seconds, grace_seconds - age)
+        return wait
 
     def clear(self) -> None:
         """Remove every file the writer made (Docker removes secrets when a task stops)."""
@@ -193,6 +224,15 @@ class Writer:
             finally:
                 os.close(gfd)
         self._sync_visible_links(dfd, tops)
+
+
+def _stamp(name: str) -> float | None:
+    """The creation time a generation's name records (`..2026_11_28_02_10_00.123456789`)."""
+    try:
+        whole, _, fraction = name[2:].partition(".")
+        return calendar.timegm(time.strptime(whole, "%Y_%m_%d_%H_%M_%S")) + int(fraction) / 1e9
+    except ValueError:
+        return None
 
 
 def _current_generation(dfd: int) -> str | None:

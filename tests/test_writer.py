@@ -57,14 +57,18 @@ def test_unchanged_content_makes_no_generation(tmp_path: Path) -> None:
 
 
 def test_change_replaces_generation_and_removes_old(tmp_path: Path) -> None:
-    """A change makes a new generation, drops the old one, and removes links of removed names."""
+    """A change makes a new generation, removes links of removed names, and the old one after a grace."""
     w = Writer(tmp_path, require_tmpfs=False)
     w.prepare()
     w.commit({"a": FileSpec(b"1"), "b": FileSpec(b"2")})
     old = os.readlink(tmp_path / DATA_LINK)
-    w.commit({"a": FileSpec(b"1b")})
-    assert os.readlink(tmp_path / DATA_LINK) != old
-    assert _generations(tmp_path) == [os.readlink(tmp_path / DATA_LINK)]
+    assert w.commit({"a": FileSpec(b"1b")}) == ["a", "b"]
+    new = os.readlink(tmp_path / DATA_LINK)
+    assert new != old
+    assert _generations(tmp_path) == [old, new]  # kept for readers mid-lookup
+    assert 0 < w.prune(grace_seconds=60) <= 60
+    assert w.prune(grace_seconds=0) is None
+    assert _generations(tmp_path) == [new]
     assert not (tmp_path / "b").is_symlink()
     assert (tmp_path / "a").read_bytes() == b"1b"
 
@@ -185,6 +189,7 @@ def test_reader_never_sees_partial_or_missing(shm_dir: Path) -> None:
     assert reader.returncode == 0, out
     _, reads, distinct = out.split()
     assert int(reads) > 1000 and int(distinct) > 50  # it really read throughout, across generations
+    w.prune(grace_seconds=0)
     assert len([g for g in _generations(shm_dir) if g != "..stop"]) == 1
 
 
