@@ -113,6 +113,8 @@ secrets:
     finally:
         assert bridge.stop(proc) == 0
 
+    bridge("--debug", "sync")  # debug output is scanned too
+    bridge("--debug", "check")
     table = bridge("ls").stdout
     rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
     assert rows["db_password"][3] == "2" and rows["db_v1"][3] == "1"

@@ -319,3 +319,19 @@ def test_kubernetes_default_token_path() -> None:
     """The kubernetes method reads the pod's service-account token by default."""
     settings = VaultSettings(type="vault", address="http://x", auth={"method": "kubernetes", "role": "web"})
     assert str(settings.auth.jwt_file) == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def test_namespace(openbao, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`namespace` reads from an OpenBao namespace, where the same path outside it differs."""
+    client = openbao.client()
+    name = f"ns{uuid.uuid4().hex[:8]}"
+    client.sys.create_namespace(name)
+    inner = openbao.client()
+    inner.adapter.namespace = name
+    inner.sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
+    inner.secrets.kv.v2.create_or_update_secret(path="scoped", secret={"value": "inside"}, mount_point="secret")
+    monkeypatch.setenv("VAULT_TOKEN", openbao.root_token)
+    p = VaultProvider("vault", VaultSettings(type="vault", address=openbao.address, namespace=name))
+    assert read(p, "secret/scoped", None, {"key": "value"})[0] == b"inside"
+    outside = _provider(openbao)
+    assert isinstance(outside.fetch_many([Request("secret/scoped")])[Request("secret/scoped")], SecretNotFound)
