@@ -62,59 +62,60 @@ class Runner:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
-        engine = self._start(self.config)
+        self.engine = self._engine(self.config)
+        server = None
+        if self.config.settings.listen:
+            try:
+                server = HealthServer(lambda: self.engine, self.config.settings.listen)
+            except OSError as exc:
+                raise WriteError(f"listen: cannot bind {self.config.settings.listen}: {exc.strerror}") from None
+            server.start()  # before the first sync, so probes see "alive, not ready yet"
         watcher = Observer()
         watcher.schedule(_ConfigWatch(self), str(self.config_path.resolve().parent), recursive=False)
         watcher.daemon = True
         watcher.start()
-        server = None
-        if self.config.settings.listen:
-            try:
-                server = HealthServer(engine, self.config.settings.listen)
-            except OSError as exc:
-                raise WriteError(f"listen: cannot bind {self.config.settings.listen}: {exc.strerror}") from None
-            server.start()
         try:
+            self._initial_sync(self.engine)
             while not self.stop.is_set():
-                engine.run(self.wake)
+                self.engine.run(self.wake)
                 self.wake.clear()
                 if self.reload_requested and not self.stop.is_set():
                     time.sleep(RELOAD_SETTLE_SECONDS)
                     self.reload_requested = False
-                    engine = self._reload(engine, server)
+                    self._reload()
         finally:
             watcher.stop()
             if server is not None:
                 server.stop()
             if self.config.settings.cleanup_on_exit:
-                engine.writer.clear()
+                self.engine.writer.clear()
                 log.info("removed the secrets from %s (cleanup_on_exit)", self.config.settings.output_dir)
-            engine.close()
+            self.engine.close()
         log.info("stopped")
         return 0
 
-    def _start(self, config: Config) -> Engine:
+    def _engine(self, config: Config) -> Engine:
         engine = Engine(config, on_commit=Notifier(config.settings.on_change))
         engine.start()
-        result = engine.sync()
-        log.info("initial sync: %d secrets, %d failed", len(config.settings.secrets), len(result.failed))
         return engine
 
-    def _reload(self, engine: Engine, server: HealthServer | None) -> Engine:
+    def _initial_sync(self, engine: Engine) -> None:
+        result = engine.sync()
+        log.info("sync: %d secrets, %d failed", len(engine.settings.secrets), len(result.failed))
+
+    def _reload(self) -> None:
         try:
             config = load_config(self.config_path)
         except BridgeError as exc:
             log.error("config reload rejected, keeping the running config: %s", exc)
-            return engine
+            return
         if config.settings == self.config.settings:
-            return engine  # the file was touched but says the same
+            return  # the file was touched but says the same
         if config.settings.output_dir != self.config.settings.output_dir:
             log.error("config reload rejected: output_dir cannot change while running")
-            return engine
+            return
         log.info("config reloaded from %s", self.config_path)
-        engine.close()
+        self.engine.close()
         self.config = config
-        new = self._start(config)
-        if server is not None:
-            server.httpd.RequestHandlerClass.engine = new  # type: ignore[attr-defined]
-        return new
+        self.engine = self._engine(config)
+        self._initial_sync(self.engine)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -28,10 +29,11 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 class HealthServer:
-    def __init__(self, engine: Engine, listen: str) -> None:
-        self.engine = engine
+    """Serves the endpoints for whichever engine `current_engine` returns (it changes on reload)."""
+
+    def __init__(self, current_engine: Callable[[], Engine], listen: str) -> None:
         host, port = parse_listen(listen)
-        handler = type("Handler", (_Handler,), {"engine": engine})
+        handler = type("Handler", (_Handler,), {"current_engine": staticmethod(current_engine)})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
@@ -51,16 +53,17 @@ class HealthServer:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    engine: Engine
+    current_engine: Callable[[], Engine]
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
+        engine = self.current_engine()
         if path == "/healthz":
-            age = time.monotonic() - self.engine.heartbeat
+            age = time.monotonic() - engine.heartbeat
             ok = age < HEALTHY_WITHIN_SECONDS
             self._send(200 if ok else 503, "ok\n" if ok else f"loop stalled for {age:.0f}s\n")
         elif path == "/readyz":
-            missing, stale = self.engine.missing_required(), self.engine.stale()
+            missing, stale = engine.missing_required(), engine.stale()
             if not missing and not stale:
                 self._send(200, "ok\n")
             else:
