@@ -90,7 +90,6 @@ class Writer:
         if not changed:
             return []
         with self._dir() as dfd:
-            old = _current_generation(dfd)
             gen = self._write_generation(dfd, files)
             self._step("generation_written")
             _unlink(dfd, _DATA_TMP)
