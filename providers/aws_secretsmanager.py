@@ -27,7 +27,7 @@ from bridge.errors import ProviderError, SecretNotFound, Unavailable
 from bridge.provider import Fetched, Outcome, Provider, ProviderSettings, Request, VersionOutcome
 from providers._aws_calls import base_session, error_from_code, open_client, translate_error
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("secrets_bridge.providers.aws_secretsmanager")
 
 CURRENT = "AWSCURRENT"
 #: the service's limits: secrets per BatchGetSecretValue call, entries per ListSecrets page

@@ -39,7 +39,7 @@ from providers._azure_credential import CountedCredential, CredentialSettings, D
 if TYPE_CHECKING:
     from azure.keyvault.secrets import KeyVaultSecret, SecretClient, SecretProperties
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("secrets_bridge.providers.azure_keyvault")
 
 #: how long after a version's `updated` second a read must happen for a listing to vouch for it
 _SETTLE_SECONDS = 2

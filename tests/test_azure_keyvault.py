@@ -319,12 +319,12 @@ def test_expired_secret_is_served_with_a_warning(
     value = unique_text()
     expired = datetime.now(UTC) - timedelta(days=1)
     backend.client.set_secret(ref, value, expires_on=expired)
-    with caplog.at_level(logging.WARNING, logger="providers.azure_keyvault"):
+    with caplog.at_level(logging.WARNING, logger="secrets_bridge.providers.azure_keyvault"):
         first = provider.fetch(Request(ref))
         provider.fetch(Request(ref))
     assert first.value == value.encode()
     assert first.expires_at == pytest.approx(expired.timestamp(), abs=1)
-    warnings = [r for r in caplog.records if r.name == "providers.azure_keyvault"]
+    warnings = [r for r in caplog.records if r.name == "secrets_bridge.providers.azure_keyvault"]
     assert len(warnings) == 1 and "expired" in warnings[0].getMessage()
     assert value not in caplog.text
 
@@ -463,7 +463,7 @@ def test_cheap_check_without_list_permission(
         provider.fetch(Request(name))
     fake.state.list_denied = True
     try:
-        with caplog.at_level(logging.INFO, logger="providers.azure_keyvault"):
+        with caplog.at_level(logging.INFO, logger="secrets_bridge.providers.azure_keyvault"):
             assert provider.current_versions(list(versions)) == versions
             assert provider.current_versions(list(versions)) == versions
     finally:
