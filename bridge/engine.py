@@ -47,9 +47,8 @@ class _Tracked:
     failing_since: float | None = None
     updated: float | None = None
 
-    @property
-    def pinned(self) -> bool:
-        return self.config.version is not None
+    #: pinned to a version that never moves (not a label): not polled once written
+    fixed: bool = False
 
 
 @dataclass
@@ -79,7 +78,11 @@ class Engine:
         self._committed: dict[str, FileSpec] | None = None  # None: compare with the disk first
         self._saved: dict[str, SecretRecord] | None = None
         self._started = False
-        self._tracked = {name: _Tracked(name, secret) for name, secret in self.settings.secrets.items()}
+        self._tracked = {
+            name: _Tracked(name, secret, fixed=secret.version is not None
+                           and not self.providers[secret.provider].moves(secret.version))
+            for name, secret in self.settings.secrets.items()
+        }
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -183,12 +186,12 @@ class Engine:
         A None outcome means "checked, unchanged"."""
         outcomes: dict[str, Outcome | None] = {}
         to_fetch: list[_Tracked] = []
-        checkable = [t for t in group if not force and not t.pinned and t.content is not None
+        checkable = [t for t in group if not force and not t.fixed and t.content is not None
                      and t.version is not None and t.error is None]
         if checkable:
-            current = provider.current_versions([t.config.ref for t in checkable])
+            current = provider.resolve_versions([Request(t.config.ref, t.config.version) for t in checkable])
             for tracked in checkable:
-                latest = current.get(tracked.config.ref)
+                latest = current.get(Request(tracked.config.ref, tracked.config.version))
                 if isinstance(latest, ProviderError):
                     outcomes[tracked.name] = latest
                 elif latest is not None and latest == tracked.version:
@@ -198,8 +201,8 @@ class Engine:
         for tracked in group:
             if tracked in checkable:
                 continue
-            if not force and tracked.pinned and tracked.content is not None and tracked.error is None:
-                outcomes[tracked.name] = None  # a written pin does not change
+            if not force and tracked.fixed and tracked.content is not None and tracked.error is None:
+                outcomes[tracked.name] = None  # a written fixed pin does not change
             else:
                 to_fetch.append(tracked)
         if to_fetch:
@@ -237,7 +240,7 @@ class Engine:
                      now - (tracked.failing_since or now))
             SECRET_ERRORS.remove(tracked.name, tracked.error.code)
         tracked.error, tracked.failing_since, tracked.attempts = None, None, 0
-        if tracked.pinned:
+        if tracked.fixed:
             tracked.next_due = math.inf  # not polled until its pin changes
             return
         interval = self.settings.interval_of(tracked.config)

@@ -102,6 +102,28 @@ class Provider:
                 out[ref] = exc.at(provider=self.name, ref=ref)
         return out
 
+    def moves(self, version: str) -> bool:
+        """Whether a pinned `version` names a pointer that can move to another version (an AWS
+        staging label), so the engine keeps checking it. Version ids and numbers never move."""
+        return False
+
+    def resolve_versions(self, requests: Sequence[Request]) -> dict[Request, VersionOutcome]:
+        """The engine's change check: the version id each request points at now (the latest for
+        an unpinned request, the target of a moving pin). Defaults to `current_versions` for the
+        unpinned and a fetch for moving pins; a backend that can answer both cheaply overrides it."""
+        unique = list(dict.fromkeys(requests))
+        latest = self.current_versions([r.ref for r in unique if r.version is None])
+        out: dict[Request, VersionOutcome] = {}
+        for request in unique:
+            if request.version is None:
+                out[request] = latest[request.ref]
+                continue
+            try:
+                out[request] = self.fetch(request).version
+            except ProviderError as exc:
+                out[request] = exc.at(provider=self.name, ref=request.ref, version=request.version)
+        return out
+
     def close(self) -> None:
         """Release connections and background work."""
 

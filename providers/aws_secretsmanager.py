@@ -90,13 +90,14 @@ class SecretsManagerProvider(Provider):
         return _fetched(response, self.name, request)
 
     def current_version(self, ref: str) -> str | None:
-        response = self._call("DescribeSecret", ref, None, {"SecretId": ref})
-        if response.get("DeletedDate") is not None:
-            raise SecretNotFound("DescribeSecret: secret is marked for deletion", provider=self.name, ref=ref)
-        current = _current_of(response.get("VersionIdsToStages"))
-        if current is None:
+        holder = _holder(self._describe_stages(ref), CURRENT)
+        if holder is None:
             raise SecretNotFound(f"DescribeSecret: no {CURRENT} version", provider=self.name, ref=ref)
-        return current
+        return holder
+
+    def moves(self, version: str) -> bool:
+        """A staging label moves with every rotation; a VersionId never does."""
+        return not _VERSION_ID.match(version)
 
     def fetch_many(self, requests: Sequence[Request]) -> dict[Request, Outcome]:
         """Latest values in batches of 20; pins and leftovers one by one; stop calling on a throttle."""
@@ -129,11 +130,36 @@ class SecretsManagerProvider(Provider):
 
     def current_versions(self, refs: Sequence[str]) -> dict[str, VersionOutcome]:
         """The VersionId holding AWSCURRENT for each ref, from ListSecrets pages where that is cheaper."""
+        requests = [Request(ref) for ref in dict.fromkeys(refs)]
+        resolved = self.resolve_versions(requests)
+        return {r.ref: resolved[r] for r in requests}
+
+    def resolve_versions(self, requests: Sequence[Request]) -> dict[Request, VersionOutcome]:
+        """The VersionId each request points at now: AWSCURRENT's, or its staging label's, from the
+        same listing (one ListSecrets page per 100 secrets answers unpinned and label-pinned alike)."""
+        unique = list(dict.fromkeys(requests))
+        stages = self._stages([r.ref for r in unique])
+        out: dict[Request, VersionOutcome] = {}
+        for request in unique:
+            found = stages[request.ref]
+            if isinstance(found, ProviderError):
+                out[request] = self._copy(found, request.ref, request.version)
+            elif request.version is not None and not self.moves(request.version):
+                out[request] = request.version  # a VersionId pin is its own answer
+            else:
+                label = request.version or CURRENT
+                out[request] = _holder(found, label) or SecretNotFound(
+                    f"no version has the staging label {label}", provider=self.name, ref=request.ref,
+                    version=request.version)
+        return out
+
+    def _stages(self, refs: Sequence[str]) -> dict[str, dict[str, list[str]] | ProviderError]:
+        """Each ref's versions-to-staging-labels map, from ListSecrets where cheaper, else DescribeSecret."""
         unique = list(dict.fromkeys(refs))
-        out: dict[str, VersionOutcome] = {}
+        out: dict[str, dict[str, list[str]] | ProviderError] = {}
         if len(unique) > self._list_pages and self._list_allowed():
             try:
-                out.update(self._list_current(unique))
+                out.update(self._list_stages(unique))
             except Unavailable as exc:
                 return {ref: self._copy(exc, ref, None) for ref in unique}
             except ProviderError as exc:
@@ -145,14 +171,18 @@ class SecretsManagerProvider(Provider):
             if stop is not None:
                 out[ref] = self._copy(stop, ref, None)
                 continue
-            outcome: VersionOutcome
             try:
-                outcome = self.current_version(ref)
+                out[ref] = self._describe_stages(ref)
             except ProviderError as exc:
-                outcome = exc.at(provider=self.name, ref=ref)
-            out[ref] = outcome
-            stop = outcome if isinstance(outcome, Unavailable) else None
+                out[ref] = exc.at(provider=self.name, ref=ref)
+                stop = exc if isinstance(exc, Unavailable) else None
         return {ref: out[ref] for ref in unique}
+
+    def _describe_stages(self, ref: str) -> dict[str, list[str]]:
+        response = self._call("DescribeSecret", ref, None, {"SecretId": ref})
+        if response.get("DeletedDate") is not None:
+            raise SecretNotFound("DescribeSecret: secret is marked for deletion", provider=self.name, ref=ref)
+        return dict(response.get("VersionIdsToStages") or {})
 
     def close(self) -> None:
         with self._client_lock:
@@ -205,10 +235,10 @@ class SecretsManagerProvider(Provider):
                 leftovers.append(request)
         return leftovers
 
-    def _list_current(self, refs: list[str]) -> dict[str, VersionOutcome]:
+    def _list_stages(self, refs: list[str]) -> dict[str, dict[str, list[str]] | ProviderError]:
         """Page through ListSecrets until every ref is seen; unseen refs are left to DescribeSecret."""
         wanted = set(refs)
-        found: dict[str, VersionOutcome] = {}
+        found: dict[str, dict[str, list[str]] | ProviderError] = {}
         token: str | None = None
         pages = 0
         while True:
@@ -218,12 +248,12 @@ class SecretsManagerProvider(Provider):
             response = self._call("ListSecrets", "", None, params)
             pages += 1
             for entry in response.get("SecretList", []):
-                current = _current_of(entry.get("SecretVersionsToStages"))
-                if current is None:
+                stages = dict(entry.get("SecretVersionsToStages") or {})
+                if _holder(stages, CURRENT) is None:
                     continue  # left for DescribeSecret, which can say why
                 for key in _keys_of(entry):
                     if key in wanted:
-                        found[key] = current
+                        found[key] = stages
             token = response.get("NextToken")
             if not token or len(found) == len(wanted):
                 break
@@ -295,8 +325,9 @@ def _fetched(response: dict[str, Any], provider: str, request: Request) -> Fetch
     return Fetched(value, str(response["VersionId"]))
 
 
-def _current_of(versions_to_stages: dict[str, list[str]] | None) -> str | None:
-    return next((v for v, stages in (versions_to_stages or {}).items() if CURRENT in stages), None)
+def _holder(versions_to_stages: dict[str, list[str]], label: str) -> str | None:
+    """The VersionId carrying `label`, if any."""
+    return next((v for v, stages in versions_to_stages.items() if label in stages), None)
 
 
 def _keys_of(entry: dict[str, Any]) -> Iterator[str]:

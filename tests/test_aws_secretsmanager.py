@@ -388,3 +388,45 @@ def test_engine_keeps_files_and_backs_off_when_throttled(moto_url: str, counted:
         assert all(t.next_due >= time.monotonic() + 25 for t in engine._tracked.values())
     finally:
         engine.close()
+
+
+def test_engine_label_pins_follow_rotation(moto_url: str, counted: CountingProxy, tmp_path: Path) -> None:
+    """Through the engine: AWSPREVIOUS and custom-label files follow a rotation, a VersionId pin stays,
+    and the one change check that sees it is a single ListSecrets page."""
+    client = sm(moto_url)
+    ref = f"engine-labels/{uuid.uuid4().hex}"
+    v1 = client.create_secret(Name=ref, SecretString="one")["VersionId"]
+    client.put_secret_value(SecretId=ref, SecretString="two")
+    client.update_secret_version_stage(SecretId=ref, VersionStage="BLUE", MoveToVersionId=v1)
+    others = [f"engine-labels/{uuid.uuid4().hex}" for _ in range(2)]
+    for other in others:
+        client.create_secret(Name=other, SecretString="x")
+    secrets = (f"  current: {{provider: aws, ref: {ref}}}\n"
+               f"  previous: {{provider: aws, ref: {ref}, version: AWSPREVIOUS}}\n"
+               f"  first: {{provider: aws, ref: {ref}, version: {v1}}}\n"
+               f"  blue: {{provider: aws, ref: {ref}, version: BLUE}}\n"
+               + "".join(f"  o{i}: {{provider: aws, ref: {o}}}\n" for i, o in enumerate(others)))
+    config = parse_config(
+        f"output_dir: {tmp_path}\nrequire_tmpfs: false\nrefresh_interval: 1s\njitter: 0\nlisten: null\n"
+        f"providers:\n  aws: {{type: aws-secretsmanager, region: {REGION}, endpoint_url: '{counted.url}'}}\n"
+        f"secrets:\n{secrets}"
+    )
+    engine = Engine(config)
+    engine.start()
+    try:
+        assert not engine.sync().failed
+        read = lambda: {n: (tmp_path / n).read_text() for n in ("current", "previous", "first", "blue")}  # noqa: E731
+        assert read() == {"current": "two", "previous": "one", "first": "one", "blue": "one"}
+        client.put_secret_value(SecretId=ref, SecretString="three")
+        v4 = client.put_secret_value(SecretId=ref, SecretString="four")["VersionId"]
+        client.update_secret_version_stage(SecretId=ref, VersionStage="BLUE", MoveToVersionId=v4, RemoveFromVersionId=v1)
+        counted.reset()
+        result = engine.cycle(list(engine._tracked.values()))
+        assert not result.failed
+        assert read() == {"current": "four", "previous": "three", "first": "one", "blue": "four"}
+        assert counted.counts.get("ListSecrets", 0) >= 1 and counted.counts.get("DescribeSecret", 0) == 0
+        counted.reset()
+        assert engine.cycle(list(engine._tracked.values())).changed == []
+        assert set(counted.counts) == {"ListSecrets"}  # nothing moved: no value calls at all
+    finally:
+        engine.close()
