@@ -415,11 +415,14 @@ def test_engine_label_pins_follow_rotation(moto_url: str, counted: CountingProxy
     engine.start()
     try:
         assert not engine.sync().failed
-        read = lambda: {n: (tmp_path / n).read_text() for n in ("current", "previous", "first", "blue")}  # noqa: E731
+        def read() -> dict[str, str]:
+            return {n: (tmp_path / n).read_text() for n in ("current", "previous", "first", "blue")}
+
         assert read() == {"current": "two", "previous": "one", "first": "one", "blue": "one"}
         client.put_secret_value(SecretId=ref, SecretString="three")
         v4 = client.put_secret_value(SecretId=ref, SecretString="four")["VersionId"]
-        client.update_secret_version_stage(SecretId=ref, VersionStage="BLUE", MoveToVersionId=v4, RemoveFromVersionId=v1)
+        client.update_secret_version_stage(SecretId=ref, VersionStage="BLUE", MoveToVersionId=v4,
+                                           RemoveFromVersionId=v1)
         counted.reset()
         result = engine.cycle(list(engine._tracked.values()))
         assert not result.failed
