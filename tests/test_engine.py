@@ -35,10 +35,13 @@ class FakeProvider(Provider):
         history = self.versions.get(request.ref)
         if not history:
             raise SecretNotFound("no such secret")
-        index = len(history) if request.version is None else int(request.version)
+        index = {None: len(history), "prev": len(history) - 1}.get(request.version) or int(request.version or 0)
         if not 1 <= index <= len(history):
             raise SecretNotFound("no such version")
         return Fetched(history[index - 1], str(index))
+
+    def moves(self, version: str) -> bool:
+        return version == "prev"  # a label, like AWSPREVIOUS
 
     def current_versions(self, refs):
         self.checks.append(list(refs))
@@ -220,3 +223,17 @@ def test_group_shares_one_schedule(tmp_path: Path) -> None:
         fake.put(f"r{i}", b"x")
     engine.sync()
     assert len({t.next_due for t in engine._tracked.values()}) == 1
+
+
+def test_moving_pin_is_polled_and_follows(tmp_path: Path) -> None:
+    """A pin the provider says moves (a label) is checked each cycle and follows; a fixed pin is not."""
+    secrets = "  p: {provider: fake, ref: r1, version: prev}\n  f: {provider: fake, ref: r1, version: 1}\n"
+    engine, fake = make_engine(tmp_path, secrets)
+    fake.put("r1", b"one")
+    fake.put("r1", b"two")
+    engine.sync()
+    assert engine._tracked["p"].next_due < float("inf") and engine._tracked["f"].next_due == float("inf")
+    fake.put("r1", b"three")
+    fake.fetches.clear()
+    assert engine.cycle(engine._tracked.values()).changed == ["p"]
+    assert (tmp_path / "p").read_bytes() == b"two" and (tmp_path / "f").read_bytes() == b"one"
