@@ -8,6 +8,7 @@ with jitter, honouring a provider's retry_after. It never logs a value.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -16,9 +17,10 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from bridge.config import Config, SecretConfig
-from bridge.errors import ProviderError
+from bridge.errors import ProviderError, Unavailable
 from bridge.extract import extract
 from bridge.metrics import COMMITS, SECRET_ERRORS
 from bridge.provider import Fetched, Outcome, Provider, Request
@@ -26,6 +28,7 @@ from bridge.state import SecretRecord, State
 from bridge.writer import FileSpec, Writer
 
 log = logging.getLogger("secrets_bridge.engine")
+T = TypeVar("T")
 
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 300.0
@@ -66,11 +69,13 @@ class Engine:
         *,
         providers: dict[str, Provider] | None = None,
         on_commit: Callable[[list[str]], None] | None = None,
+        writer: Writer | None = None,
     ) -> None:
         self.config = config
         self.settings = config.settings
         self.providers = providers if providers is not None else config.build_providers()
-        self.writer = Writer(self.settings.output_dir, require_tmpfs=self.settings.require_tmpfs)
+        # A reload hands the running engine's writer (and its hold on the directory) to the next.
+        self.writer = writer or Writer(self.settings.output_dir, require_tmpfs=self.settings.require_tmpfs)
         self.state = State(self.writer)
         self.on_commit = on_commit
         self.heartbeat = time.monotonic()
@@ -100,15 +105,21 @@ class Engine:
                     tracked.version = record.version
                     tracked.updated = record.updated_epoch()
 
-    def close(self) -> None:
-        """Close the providers; remove replaced generations once readers are past them."""
+    def close(self, *, release: bool = True) -> None:
+        """Close the providers; remove replaced generations once readers are past them; let the
+        directory go (unless the writer passes to a reloaded engine)."""
         for provider in self.providers.values():
             provider.close()
+        for tracked in self._tracked.values():
+            if tracked.error is not None:
+                SECRET_ERRORS.remove(tracked.name, tracked.error.code)
         if self._started:
             pending = self.writer.prune()
             while pending is not None:
                 time.sleep(pending)
                 pending = self.writer.prune()
+            if release:
+                self.writer.release()
 
     def sync(self) -> CycleResult:
         """One pass: fetch every secret, commit once."""
@@ -122,6 +133,8 @@ class Engine:
             due = [t for t in self._tracked.values() if t.next_due <= now]
             if due:
                 self.cycle(due)
+            for provider in self.providers.values():
+                self._guarded(provider, provider.maintain)  # e.g. renew a token between cycles
             prune_in = self.writer.prune()
             wake = min((t.next_due for t in self._tracked.values()), default=math.inf)
             wait = min(wake - time.monotonic(), HEARTBEAT_SECONDS, math.inf if prune_in is None else prune_in)
@@ -149,7 +162,13 @@ class Engine:
         for tracked in due:
             by_provider[tracked.config.provider].append(tracked)
         for provider_name, group in by_provider.items():
-            outcomes.update(self._fetch_changed(self.providers[provider_name], group, force))
+            self.heartbeat = time.monotonic()  # a slow provider is not a stalled loop
+            provider = self.providers[provider_name]
+            found = self._guarded(provider, functools.partial(self._fetch_changed, provider, group, force))
+            if isinstance(found, ProviderError):
+                outcomes.update({t.name: found for t in group})
+            else:
+                outcomes.update(found)
 
         failed: dict[str, ProviderError] = {}
         for name, outcome in outcomes.items():
@@ -179,6 +198,17 @@ class Engine:
         if changed and self.on_commit is not None:
             self.on_commit(changed)
         return CycleResult(changed, failed)
+
+    def _guarded(self, provider: Provider, call: Callable[[], T]) -> T | ProviderError:
+        """Run a provider call; an unexpected exception (a provider bug, an odd server answer) is
+        an Unavailable for its secrets, never the end of the bridge."""
+        try:
+            return call()
+        except ProviderError as exc:
+            return exc
+        except Exception as exc:
+            log.debug("provider %s raised", provider.name, exc_info=True)
+            return Unavailable(f"internal error ({type(exc).__name__})", provider=provider.name)
 
     def _fetch_changed(self, provider: Provider, group: list[_Tracked], force: bool) -> dict[str, Outcome | None]:
         """The cheap check for unpinned secrets with content; a fetch for the rest and the changed.
@@ -263,7 +293,7 @@ class Engine:
         tracked.error = error
         tracked.attempts += 1
         cap = min(BACKOFF_CAP_SECONDS, max(self.settings.interval_of(tracked.config), BACKOFF_BASE_SECONDS))
-        delay = min(cap, BACKOFF_BASE_SECONDS * error.backoff_factor * 2 ** (tracked.attempts - 1))
+        delay = min(cap, BACKOFF_BASE_SECONDS * error.backoff_factor * 2 ** min(tracked.attempts - 1, 30))
         delay = self._jittered(delay)
         if error.retry_after is not None:
             delay = max(delay, error.retry_after)

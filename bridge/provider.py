@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from bridge.errors import ConfigError, ProviderError
+from bridge.errors import ConfigError, ProviderError, Unavailable
 from bridge.metrics import PROVIDER_REQUESTS
 
 ENTRY_POINT_GROUP = "secrets_bridge.providers"
@@ -83,23 +83,32 @@ class Provider:
         return self.fetch(Request(ref)).version
 
     def fetch_many(self, requests: Sequence[Request]) -> dict[Request, Outcome]:
-        """Fetch several values; an error for one item does not fail the others."""
+        """Fetch several values; an error for one item does not fail the others, but once the
+        backend is unavailable the rest are not tried (each would wait out its own timeout)."""
         out: dict[Request, Outcome] = {}
+        down: Unavailable | None = None
         for request in dict.fromkeys(requests):
             try:
+                if down is not None:
+                    raise Unavailable(down.message, retry_after=down.retry_after)
                 out[request] = self.fetch(request)
             except ProviderError as exc:
                 out[request] = exc.at(provider=self.name, ref=request.ref, version=request.version)
+                down = exc if isinstance(exc, Unavailable) else down
         return out
 
     def current_versions(self, refs: Sequence[str]) -> dict[str, VersionOutcome]:
-        """The cheap change check for several refs."""
+        """The cheap change check for several refs; stops calling once the backend is unavailable."""
         out: dict[str, VersionOutcome] = {}
+        down: Unavailable | None = None
         for ref in dict.fromkeys(refs):
             try:
+                if down is not None:
+                    raise Unavailable(down.message, retry_after=down.retry_after)
                 out[ref] = self.current_version(ref)
             except ProviderError as exc:
                 out[ref] = exc.at(provider=self.name, ref=ref)
+                down = exc if isinstance(exc, Unavailable) else down
         return out
 
     def moves(self, version: str) -> bool:
@@ -123,6 +132,10 @@ class Provider:
             except ProviderError as exc:
                 out[request] = exc.at(provider=self.name, ref=request.ref, version=request.version)
         return out
+
+    def maintain(self) -> None:
+        """Called every few seconds between cycles: keep credentials alive (renew a token before
+        it expires) so a long refresh interval never lets them lapse. Default: nothing."""
 
     def close(self) -> None:
         """Release connections and background work."""

@@ -20,9 +20,10 @@ from watchdog.observers import Observer
 
 from bridge.config import Config, load_config
 from bridge.engine import Engine
-from bridge.errors import BridgeError, WriteError
+from bridge.errors import BridgeError, ConfigError, WriteError
 from bridge.notify import Notifier
 from bridge.server import HealthServer
+from bridge.writer import Writer
 
 log = logging.getLogger("secrets_bridge.run")
 
@@ -71,7 +72,9 @@ class Runner:
                 raise WriteError(f"listen: cannot bind {self.config.settings.listen}: {exc.strerror}") from None
             server.start()  # before the first sync, so probes see "alive, not ready yet"
         watcher = Observer()
-        watcher.schedule(_ConfigWatch(self), str(self.config_path.resolve().parent), recursive=False)
+        # The folder as named, not resolved: a ConfigMap swaps its `..data` link there, while the
+        # folder a resolved path points into is deleted at the next update.
+        watcher.schedule(_ConfigWatch(self), str(self.config_path.absolute().parent), recursive=False)
         watcher.daemon = True
         watcher.start()
         try:
@@ -94,8 +97,8 @@ class Runner:
         log.info("stopped")
         return 0
 
-    def _engine(self, config: Config) -> Engine:
-        engine = Engine(config, on_commit=Notifier(config.settings.on_change))
+    def _engine(self, config: Config, writer: Writer | None = None) -> Engine:
+        engine = Engine(config, on_commit=Notifier(config.settings.on_change), writer=writer)
         engine.start()
         return engine
 
@@ -104,18 +107,18 @@ class Runner:
         log.info("sync: %d secrets, %d failed", len(engine.settings.secrets), len(result.failed))
 
     def _reload(self) -> None:
+        """Validate and build the new config's engine first; only then replace the running one."""
         try:
             config = load_config(self.config_path)
+            if config.settings == self.config.settings:
+                return  # the file was touched but says the same
+            if config.settings.output_dir != self.config.settings.output_dir:
+                raise ConfigError("output_dir cannot change while running")
+            new = self._engine(config, writer=self.engine.writer)
         except BridgeError as exc:
             log.error("config reload rejected, keeping the running config: %s", exc)
             return
-        if config.settings == self.config.settings:
-            return  # the file was touched but says the same
-        if config.settings.output_dir != self.config.settings.output_dir:
-            log.error("config reload rejected: output_dir cannot change while running")
-            return
         log.info("config reloaded from %s", self.config_path)
-        self.engine.close()
-        self.config = config
-        self.engine = self._engine(config)
-        self._initial_sync(self.engine)
+        self.engine.close(release=False)
+        self.config, self.engine = config, new
+        self._initial_sync(new)

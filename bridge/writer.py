@@ -13,11 +13,11 @@ after a short grace period, so a reader resolving a path at the moment of a comm
 
 from __future__ import annotations
 
-import calendar
 import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
 import shutil
 import stat
@@ -54,21 +54,53 @@ class Writer:
     def __init__(self, output_dir: Path, *, require_tmpfs: bool = True) -> None:
         self.output_dir = output_dir
         self.require_tmpfs = require_tmpfs
+        self._lock_fd: int | None = None
+        #: generations this writer replaced, with the monotonic time of the replacement
+        self._replaced: dict[str, float] = {}
 
     def prepare(self) -> None:
-        """Create the directory if needed, check it is in memory, and repair any crash leftovers."""
-        try:
-            self.output_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise WriteError(f"cannot create output_dir {self.output_dir}: {exc.strerror}") from None
+        """Create the directory if needed, check it is in memory, take it for this process (one
+        writer per directory), and repair any crash leftovers."""
+        if not self.output_dir.exists():
+            try:
+                self.output_dir.mkdir(mode=0o755, parents=True)
+                self.output_dir.chmod(0o755)  # mkdir's mode is narrowed by the umask
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise WriteError(f"cannot create output_dir {self.output_dir}: {exc.strerror}") from None
         if self.require_tmpfs and not is_memory_backed(self.output_dir):
             raise WriteError(
                 f"output_dir {self.output_dir} is on a disk-backed filesystem; mount a tmpfs there "
                 f"(Compose: a tmpfs volume; Kubernetes: emptyDir with medium: Memory; by hand: "
                 f"mount -t tmpfs tmpfs {self.output_dir}) or set require_tmpfs: false"
             )
+        self._lock()
         with self._dir() as dfd:
             self._repair(dfd)
+
+    def release(self) -> None:
+        """Let another process write the directory."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+
+    def _lock(self) -> None:
+        if self._lock_fd is not None:
+            return
+        try:
+            fd = os.open(self.output_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise WriteError(f"cannot open output_dir {self.output_dir}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise WriteError(
+                f"another secrets-bridge is writing {self.output_dir}; one writer per directory "
+                f"(stop it, or give this one its own output_dir)"
+            ) from None
+        self._lock_fd = fd
 
     def current(self) -> dict[str, FileSpec]:
         """The files of the committed generation (empty when there is none)."""
@@ -89,7 +121,9 @@ class Writer:
         changed = sorted(n for n in set(files) | set(before) if files.get(n) != before.get(n))
         if not changed:
             return []
+        self._lock()
         with self._dir() as dfd:
+            old = _current_generation(dfd)
             gen = self._write_generation(dfd, files)
             self._step("generation_written")
             _unlink(dfd, _DATA_TMP)
@@ -99,6 +133,8 @@ class Writer:
             self._step("committed")
             self._sync_visible_links(dfd, {name.split("/", 1)[0] for name in files})
             self._step("links_synced")
+            if old is not None:
+                self._replaced[old] = time.monotonic()
             self._prune(dfd, GENERATION_GRACE_SECONDS)
         return changed
 
@@ -112,17 +148,14 @@ class Writer:
             return self._prune(dfd, grace_seconds)
 
     def _prune(self, dfd: int, grace_seconds: float) -> float | None:
-        current = _current_generation(dfd)
-        if current is None:
-            return None
-        # Only generations older than the current one were ever committed (prepare() removes the
-        # rest); each was replaced when its successor was created, which the successor's name records.
-        older = sorted(n for n in os.listdir(dfd) if n.startswith("..") and _stamp(n) is not None and n < current)
-        now, wait = time.time(), None
-        for gen, successor in zip(older, [*older[1:], current], strict=False):
-            age = now - (_stamp(successor) or now)
+        # Ages come from this process's monotonic clock, so a wall-clock step cannot keep old
+        # values on the tmpfs; generations this process did not replace were removed by prepare().
+        now, wait = time.monotonic(), None
+        for gen, replaced_at in list(self._replaced.items()):
+            age = now - replaced_at
             if age >= grace_seconds:
                 _remove(dfd, gen)
+                del self._replaced[gen]
             else:
                 wait = min(wait or grace_seconds, grace_seconds - age)
         return wait
@@ -172,17 +205,20 @@ class Writer:
                 break
             except FileExistsError:
                 continue
-        gfd = os.open(gen, _DIR_FLAGS, dir_fd=dfd)
         try:
-            os.fchmod(gfd, 0o755)
-            for name, spec in sorted(files.items()):
-                _write_file(gfd, name, spec)
-                self._step("file_written")
-        except OSError as exc:
-            os.close(gfd)
-            _remove(dfd, gen)
-            raise WriteError(f"cannot write generation in {self.output_dir}: {exc.strerror}") from None
-        os.close(gfd)
+            gfd = os.open(gen, _DIR_FLAGS, dir_fd=dfd)
+            try:
+                os.fchmod(gfd, 0o755)
+                for name, spec in sorted(files.items()):
+                    _write_file(gfd, name, spec)
+                    self._step("file_written")
+            finally:
+                os.close(gfd)
+        except BaseException as exc:
+            _remove(dfd, gen)  # never leave a partial generation behind
+            if isinstance(exc, OSError):
+                raise WriteError(f"cannot write generation in {self.output_dir}: {exc.strerror}") from None
+            raise
         return gen
 
     def _sync_visible_links(self, dfd: int, tops: set[str]) -> None:
@@ -225,15 +261,6 @@ class Writer:
         self._sync_visible_links(dfd, tops)
 
 
-def _stamp(name: str) -> float | None:
-    """The creation time a generation's name records (`..2026_11_28_02_10_00.123456789`)."""
-    try:
-        whole, _, fraction = name[2:].partition(".")
-        return calendar.timegm(time.strptime(whole, "%Y_%m_%d_%H_%M_%S")) + int(fraction) / 1e9
-    except ValueError:
-        return None
-
-
 def _current_generation(dfd: int) -> str | None:
     try:
         target = os.readlink(DATA_LINK, dir_fd=dfd)
@@ -263,6 +290,7 @@ def _write_file(gfd: int, name: str, spec: FileSpec) -> None:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(folder, 0o755, dir_fd=parent)
             child = os.open(folder, _DIR_FLAGS, dir_fd=parent)
+            os.fchmod(child, 0o755)  # mkdir's mode is narrowed by the umask
             os.close(parent)
             parent = child
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC

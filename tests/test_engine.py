@@ -177,6 +177,7 @@ def test_restart_keeps_files_when_provider_down(tmp_path: Path) -> None:
     engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
     fake.put("r1", b"one")
     engine.sync()
+    engine.close()
     engine2, fake2 = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
     fake2.failure = Unavailable("down")
     result = engine2.sync()
@@ -189,6 +190,7 @@ def test_removed_secret_leaves_directory(tmp_path: Path) -> None:
     engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n  b: {provider: fake, ref: r1}\n")
     fake.put("r1", b"one")
     engine.sync()
+    engine.close()
     engine2, fake2 = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
     fake2.put("r1", b"one")
     assert engine2.sync().changed == ["b"]
@@ -237,3 +239,33 @@ def test_moving_pin_is_polled_and_follows(tmp_path: Path) -> None:
     fake.fetches.clear()
     assert engine.cycle(engine._tracked.values()).changed == ["p"]
     assert (tmp_path / "p").read_bytes() == b"two" and (tmp_path / "f").read_bytes() == b"one"
+
+
+def test_unexpected_provider_exception_is_unavailable(tmp_path: Path) -> None:
+    """A provider bug (any exception) fails its secrets as unavailable; the bridge goes on."""
+    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
+    fake.put("r1", b"one")
+    engine.sync()
+    fake.failure = KeyError("odd server answer")
+    result = engine.cycle(engine._tracked.values())
+    assert isinstance(result.failed["a"], Unavailable) and "KeyError" in str(result.failed["a"])
+    assert (tmp_path / "a").read_bytes() == b"one"
+
+
+def test_backoff_survives_long_outages(tmp_path: Path) -> None:
+    """Thousands of failures in a row keep a bounded backoff (no overflow)."""
+    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
+    fake.failure = Unavailable("down")
+    engine._tracked["a"].attempts = 5000
+    now = time.monotonic()
+    engine.cycle(engine._tracked.values())
+    assert engine._tracked["a"].next_due - now <= 2.0  # capped at the 1s interval, plus jitter
+
+
+def test_batch_stops_after_unavailable(tmp_path: Path) -> None:
+    """Once the backend is unavailable, the rest of a batch is not tried (no timeout per secret)."""
+    secrets = "".join(f"  s{i}: {{provider: fake, ref: r{i}}}\n" for i in range(5))
+    engine, fake = make_engine(tmp_path, secrets)
+    fake.failure = Unavailable("down")
+    result = engine.sync()
+    assert len(result.failed) == 5 and len(fake.fetches) == 1

@@ -213,10 +213,12 @@ def test_crash_between_steps_is_repaired(tmp_path: Path, step: str) -> None:
     w = Writer(tmp_path, require_tmpfs=False)
     w.prepare()
     w.commit({"a": FileSpec(b"old-a"), "gone": FileSpec(b"old-g"), "d/c": FileSpec(b"old-c")})
+    w.release()
     proc = subprocess.run([sys.executable, "-c", CRASHER, str(tmp_path), step], check=False)
     assert proc.returncode == -signal.SIGKILL
-    Writer(tmp_path, require_tmpfs=False).prepare()
-    current = Writer(tmp_path, require_tmpfs=False).current()
+    repaired = Writer(tmp_path, require_tmpfs=False)
+    repaired.prepare()  # the killed process's lock went with it
+    current = repaired.current()
     old = {"a": b"old-a", "gone": b"old-g", "d/c": b"old-c"}
     new = {"a": b"new-a", "new": b"new-n", "d/c": b"new-c"}
     contents = {name: spec.content for name, spec in current.items()}
@@ -227,3 +229,41 @@ def test_crash_between_steps_is_repaired(tmp_path: Path, step: str) -> None:
     assert visible == {n.split("/")[0] for n in contents}
     assert len(_generations(tmp_path)) == 1
     assert not (tmp_path / "..data_tmp").exists()
+
+
+def test_one_writer_per_directory(tmp_path: Path) -> None:
+    """A second writer on the same directory is refused while the first holds it."""
+    first = Writer(tmp_path, require_tmpfs=False)
+    first.prepare()
+    with pytest.raises(WriteError, match="another secrets-bridge is writing"):
+        Writer(tmp_path, require_tmpfs=False).prepare()
+    first.release()
+    Writer(tmp_path, require_tmpfs=False).prepare()
+
+
+def test_failed_write_leaves_no_partial_generation(tmp_path: Path) -> None:
+    """A generation that cannot be written (here: a name too long) is removed, and the old one stays."""
+    w = Writer(tmp_path, require_tmpfs=False)
+    w.prepare()
+    w.commit({"a": FileSpec(b"1")})
+    before = sorted(p.name for p in tmp_path.iterdir())
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        with pytest.raises(WriteError):
+            w.commit({"a": FileSpec(b"2"), "b/c": FileSpec(b"3"), "b/" + "x" * 300: FileSpec(b"4")})
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert len(os.listdir("/proc/self/fd")) == fds
+    assert (tmp_path / "a").read_bytes() == b"1"
+
+
+def test_folders_readable_under_strict_umask(tmp_path: Path) -> None:
+    """Folders are 0755 whatever the umask, so an app of another uid can reach its files."""
+    old = os.umask(0o077)
+    try:
+        w = Writer(tmp_path / "out", require_tmpfs=False)
+        w.prepare()
+        w.commit({"tls/cert.pem": FileSpec(b"c", 0o444)})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "out").st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(tmp_path / "out" / "tls").st_mode) == 0o755
