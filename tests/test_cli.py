@@ -235,3 +235,59 @@ on_change:
     log = bridge.printed[-1]
     assert "config reload rejected" in log and "on_change.1.bogus: unknown field" in log
     assert marker.read_text().splitlines() == ["a", "b"]
+
+
+def test_reload_that_cannot_build_keeps_running(openbao, out_dir: Path, tmp_path: Path) -> None:
+    """A config that validates but whose provider cannot be built (AWS without a region) is rejected;
+    the running config keeps syncing."""
+    app = f"app-{uuid.uuid4().hex[:8]}"
+    _put(openbao, f"{app}/a", value="one")
+    base = f"secrets:\n  a: {{provider: vault, ref: secret/{app}/a, key: value}}\n"
+    config = _config(tmp_path / "c.yaml", out_dir, None, base)
+    bridge = Bridge(openbao, config)
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE"):
+        bridge.env.pop(name, None)
+    bridge.env["AWS_CONFIG_FILE"] = str(tmp_path / "no-aws-config")
+    proc = bridge.start()
+    try:
+        assert _wait(lambda: (out_dir / "a").exists())
+        config.write_text(config.read_text().replace("providers:\n", "providers:\n  aws: {type: aws-secretsmanager}\n"))
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.5)
+        _put(openbao, f"{app}/a", value="two")
+        assert _wait(lambda: (out_dir / "a").read_text() == "two")
+    finally:
+        assert bridge.stop(proc) == 0
+    assert "config reload rejected" in bridge.printed[-1] and "region" in bridge.printed[-1]
+
+
+def test_configmap_style_updates_are_all_seen(openbao, out_dir: Path, tmp_path: Path) -> None:
+    """A config mounted like a ConfigMap (a link into a `..data` folder swapped on update) is reloaded
+    on every update, not only the first."""
+    app = f"app-{uuid.uuid4().hex[:8]}"
+    for name in ("a", "b", "c"):
+        _put(openbao, f"{app}/{name}", value=name)
+    mount = tmp_path / "configmap"
+    mount.mkdir()
+
+    def publish(version: int, names: list[str]) -> None:
+        folder = mount / f"..v{version}"
+        folder.mkdir()
+        secrets = "".join(f"  {n}: {{provider: vault, ref: secret/{app}/{n}, key: value}}\n" for n in names)
+        _config(folder / "config.yaml", out_dir, None, "secrets:\n" + secrets)
+        (mount / "..data_tmp").symlink_to(folder.name)
+        os.replace(mount / "..data_tmp", mount / "..data")
+        if not (mount / "config.yaml").is_symlink():
+            (mount / "config.yaml").symlink_to("..data/config.yaml")
+
+    publish(1, ["a"])
+    bridge = Bridge(openbao, mount / "config.yaml")
+    proc = bridge.start()
+    try:
+        assert _wait(lambda: (out_dir / "a").exists())
+        publish(2, ["a", "b"])
+        assert _wait(lambda: (out_dir / "b").exists())
+        publish(3, ["a", "b", "c"])
+        assert _wait(lambda: (out_dir / "c").exists())
+    finally:
+        assert bridge.stop(proc) == 0
