@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,7 @@ class VaultProvider(Provider):
                                    namespace=settings.namespace, session=session)
         self._tokens = TokenKeeper(self._client, settings.auth)
         self._mounts: dict[str, _Mount] = {}
+        self._no_metadata: set[str] = set()  # mounts whose metadata the policy does not let us read
 
     def close(self) -> None:
         self._client.adapter.close()
@@ -97,12 +99,27 @@ class VaultProvider(Provider):
 
     def current_version(self, ref: str) -> str | None:
         mount, path = self._split(ref)
-        if mount.kv_version == 1:
-            return None
+        if mount.kv_version == 1 or mount.path in self._no_metadata:
+            return None  # the engine fetches and compares content
         request = Request(ref)
-        meta = self._call("read_metadata", request, lambda: self._client.secrets.kv.v2.read_secret_metadata(
-            path=path, mount_point=mount.path))["data"]
+        try:
+            meta = self._call("read_metadata", request, lambda: self._client.secrets.kv.v2.read_secret_metadata(
+                path=path, mount_point=mount.path))["data"]
+        except AccessDenied:
+            # Common policies grant only `<mount>/data/*`: read values and compare instead.
+            self._no_metadata.add(mount.path)
+            log.warning("%s: no read access to %s/metadata/*; checking for changes by reading values "
+                        "(grant it to check versions cheaply)", self.name, mount.path)
+            return None
         return str(meta["current_version"])
+
+    def maintain(self) -> None:
+        """Renew the token between cycles, so a long refresh interval never lets it lapse."""
+        if self._tokens.in_use():
+            try:
+                self._tokens.ensure()
+            except (hvac_errors.VaultError, requests.RequestException, AccessDenied) as exc:
+                log.debug("%s: token upkeep failed (%s)", self.name, type(exc).__name__)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -119,9 +136,13 @@ class VaultProvider(Provider):
             mount = _Mount(info["path"].strip("/"), int((info.get("options") or {}).get("version") or 1))
             if info.get("type") not in ("kv", "generic"):
                 raise SecretNotFound(f"{mount.path}/ is a {info.get('type')} mount, not KV")
-        except AccessDenied:
-            # Policies may deny the mount lookup; assume the first path segment is a KV v2 mount.
+        except AccessDenied as exc:
+            if not self._tokens.in_use():
+                raise  # no working token yet: nothing learnt about the mount
+            # A working token whose policy denies the mount lookup: assume the first path segment
+            # is a KV v2 mount (what `vault kv get` falls back to as well).
             mount = _Mount(ref.split("/", 1)[0], 2)
+            log.info("%s: mount lookup refused (%s); assuming %s/ is KV v2", self.name, exc.message, mount.path)
         self._mounts[mount.path] = mount
         if not ref.startswith(mount.path + "/"):
             raise SecretNotFound(f"ref names the mount {mount.path}/ but no secret in it")
@@ -153,10 +174,16 @@ def _encode(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
 
+def _one_line(text: str) -> str:
+    """Vault wraps errors as "1 error occurred:\n\t* permission denied\n\n": keep the reason."""
+    text = re.sub(r"^\d+ errors? occurred:\s*", "", text.strip())
+    return " ".join(text.replace("* ", "").split())
+
+
 def _translate(exc: Exception) -> ProviderError:
     """The one place hvac and transport errors become the bridge's taxonomy."""
     if isinstance(exc, hvac_errors.VaultError):
-        reason = ", ".join(str(e) for e in (exc.errors or [])) or type(exc).__name__
+        reason = _one_line(", ".join(str(e) for e in (exc.errors or []))) or type(exc).__name__
         if isinstance(exc, hvac_errors.InvalidPath):
             return SecretNotFound(f"not found ({reason})" if exc.errors else "not found")
         if isinstance(exc, hvac_errors.Forbidden | hvac_errors.Unauthorized):

@@ -111,6 +111,10 @@ class TokenKeeper:
         log.info("logging in to vault again")
         self.login()
 
+    def in_use(self) -> bool:
+        """A token has been obtained (logged in, or taken from the file or environment)."""
+        return self._logged_in or self._token_file_stamp is not None
+
     def invalidate(self) -> None:
         """The server refused the token: log in again before the next request."""
         self._logged_in = False
@@ -136,7 +140,7 @@ class TokenKeeper:
                 self._use_static_token()
                 return
         except exceptions.VaultError as exc:
-            reason = ", ".join(exc.errors or []) or type(exc).__name__
+            reason = " ".join(", ".join(str(e) for e in exc.errors or []).split()) or type(exc).__name__
             raise AccessDenied(f"{auth.method} login failed: {reason}") from None
         self._remember(result["auth"])
         self._logged_in = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -335,3 +336,56 @@ def test_namespace(openbao, monkeypatch: pytest.MonkeyPatch) -> None:
     assert read(p, "secret/scoped", None, {"key": "value"})[0] == b"inside"
     outside = _provider(openbao)
     assert isinstance(outside.fetch_many([Request("secret/scoped")])[Request("secret/scoped")], SecretNotFound)
+
+
+def test_token_kept_alive_between_cycles(openbao, backend: VaultBackend, tmp_path: Path) -> None:
+    """maintain() (called by the engine every few seconds) renews a token across a gap with no
+    requests longer than its TTL."""
+    client = openbao.client()
+    client.sys.create_or_update_policy("bridge-read", POLICY)
+    token = client.auth.token.create(policies=["bridge-read"], ttl="3s", renewable=True)["auth"]["client_token"]
+    (tmp_path / "token").write_text(token)
+    ref = backend.new_ref()
+    backend.put(ref, "v")
+    p = _provider(openbao, method="token", token_file=str(tmp_path / "token"))
+    assert read(p, ref, None, backend.text_fields)[0] == b"v"
+    for _ in range(12):  # 6 s without a single read
+        p.maintain()
+        time.sleep(0.5)
+    assert read(p, ref, None, backend.text_fields)[0] == b"v"
+
+
+def test_data_only_policy_falls_back_to_reading_values(openbao, backend: VaultBackend, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A policy granting only secret/data/* makes the check read values (logged once), not fail."""
+    client = openbao.client()
+    client.sys.create_or_update_policy("data-only", 'path "secret/data/*" { capabilities = ["read"] }')
+    (tmp_path / "token").write_text(client.auth.token.create(policies=["data-only"])["auth"]["client_token"])
+    ref = backend.new_ref()
+    backend.put(ref, "v")
+    p = _provider(openbao, method="token", token_file=str(tmp_path / "token"))
+    with caplog.at_level(logging.WARNING, logger="secrets_bridge"):
+        for _ in range(3):
+            assert p.current_versions([ref]) == {ref: None}
+    assert read(p, ref, None, backend.text_fields)[0] == b"v"
+    assert sum("metadata" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_mount_not_guessed_without_a_token(openbao, monkeypatch: pytest.MonkeyPatch, kv1: str) -> None:
+    """A first request without a working token teaches nothing about mounts: once a token exists,
+    a KV v1 mount is still found."""
+    openbao.client().secrets.kv.v1.create_or_update_secret(path="late", secret={"k": "v"}, mount_point=kv1)
+    p = _provider(openbao)
+    assert isinstance(p.fetch_many([Request("kv1/late")])[Request("kv1/late")], AccessDenied)
+    monkeypatch.setenv("VAULT_TOKEN", openbao.root_token)
+    assert read(p, "kv1/late", None, {"key": "k"})[0] == b"v"
+
+
+def test_errors_are_one_line(openbao, backend: VaultBackend, tmp_path: Path) -> None:
+    """Vault's multi-line error text becomes one line."""
+    client = openbao.client()
+    client.sys.create_or_update_policy("nothing", 'path "nope/*" { capabilities = ["read"] }')
+    (tmp_path / "token").write_text(client.auth.token.create(policies=["nothing"])["auth"]["client_token"])
+    p = _provider(openbao, method="token", token_file=str(tmp_path / "token"))
+    outcome = p.fetch_many([Request("secret/x")])[Request("secret/x")]
+    assert isinstance(outcome, AccessDenied) and "\n" not in str(outcome) and "permission denied" in str(outcome)
