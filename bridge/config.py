@@ -25,6 +25,8 @@ DEFAULT_CONFIG = "secrets-bridge.yaml"
 #: the metadata file kept beside the secrets (names and versions, never values)
 STATE_FILE = ".secrets-bridge-state.json"
 
+#: the shortest refresh interval (a smaller one would be a busy loop against the vault)
+MIN_REFRESH_SECONDS = 0.1
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -71,8 +73,8 @@ def parse_mode(value: Any) -> int:
         mode = int(value)
     else:
         raise ValueError("expected an octal file mode such as \"0400\"")
-    if not 0 <= mode <= 0o7777:
-        raise ValueError("file mode out of range (0000-7777)")
+    if not 0 <= mode <= 0o777:
+        raise ValueError("file mode out of range (0000-0777; set-id and sticky bits make no sense on a secret)")
     return mode
 
 
@@ -110,7 +112,7 @@ class SecretConfig(_Model):
     uid: int | None = Field(default=None, ge=0)
     gid: int | None = Field(default=None, ge=0)
     optional: bool = False
-    refresh_interval: Duration | None = None
+    refresh_interval: Duration | None = Field(default=None, ge=MIN_REFRESH_SECONDS)
 
 
 class HttpHook(_Model):
@@ -153,7 +155,7 @@ class BridgeConfig(BaseSettings):
     )
 
     output_dir: Path = Path("/run/secrets")
-    refresh_interval: Duration = Field(default=300.0, gt=0)
+    refresh_interval: Duration = Field(default=300.0, ge=MIN_REFRESH_SECONDS)
     jitter: float = Field(default=0.1, ge=0, le=1)
     max_staleness: Duration = Field(default=3600.0, gt=0)
     require_tmpfs: bool = True
@@ -178,20 +180,14 @@ class BridgeConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _check_targets(self) -> BridgeConfig:
-        seen: dict[str, str] = {}
         for name, secret in self.secrets.items():
-            normal = check_target(name)
-            if normal in seen:
-                raise _FieldError(("secrets", name), f"same target as {seen[normal]!r}")
-            seen[normal] = name
+            check_target(name)
             if secret.provider not in self.providers:
                 raise _FieldError(("secrets", name, "provider"), f"no provider named {secret.provider!r}")
-        targets = set(seen)
-        for normal in targets:
-            parent = posixpath.dirname(normal)
+            parent = posixpath.dirname(name)
             while parent:
-                if parent in targets:
-                    raise _FieldError(("secrets", seen[normal]), f"{seen[parent]!r} is a file, not a folder")
+                if parent in self.secrets:
+                    raise _FieldError(("secrets", name), f"{parent!r} is a file, not a folder")
                 parent = posixpath.dirname(parent)
         for i, hook in enumerate(self.on_change):
             for name in hook.secrets or ():
@@ -222,8 +218,8 @@ class _FieldError(ValueError):
         super().__init__(f"{'.'.join(loc)}: {message}")
 
 
-def check_target(name: str) -> str:
-    """Validate a target file name and return it normalised."""
+def check_target(name: str) -> None:
+    """Validate a target file name: relative, in normal form, outside the writer's `..` names."""
     if not name or name.startswith("/"):
         raise _FieldError(("secrets", name), "target must be a relative path")
     parts = name.split("/")
@@ -231,10 +227,10 @@ def check_target(name: str) -> str:
         raise _FieldError(("secrets", name), "target must not contain '..'")
     if name.startswith(".."):
         raise _FieldError(("secrets", name), "target must not begin with '..' (reserved for generations)")
-    normal = posixpath.normpath(name)
-    if normal in (".", STATE_FILE) or "\0" in name:
-        raise _FieldError(("secrets", name), "target name is reserved or empty")
-    return normal
+    if any(p in ("", ".") for p in parts):
+        raise _FieldError(("secrets", name), "target must not have empty or '.' parts (write it as a/b)")
+    if name == STATE_FILE or "\0" in name:
+        raise _FieldError(("secrets", name), "target name is reserved")
 
 
 class Config:
@@ -272,6 +268,9 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping")
+    for key in data:
+        if not isinstance(key, str):
+            raise ConfigError(f"{key}: unknown field")
     settings = _validate(lambda: BridgeConfig(**data), ())
     providers: dict[str, tuple[type[Provider], ProviderSettings]] = {}
     for name, section in settings.providers.items():

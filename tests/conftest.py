@@ -50,6 +50,6 @@ def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBao]:
 def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """No credential chain may leave loopback or pick up the developer's own settings."""
     for name in list(os.environ):
-        if name.startswith(("VAULT_", "BAO_", "SECRETS_BRIDGE_")):
+        if name.startswith(("VAULT_", "BAO_", "SECRETS_BRIDGE_")) or name.lower() in ("http_proxy", "https_proxy"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")

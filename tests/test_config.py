@@ -52,7 +52,11 @@ def test_yaml_octal_mode() -> None:
     ("  x/../y: {provider: dev, ref: a}", "must not contain '..'"),
     ("  ..data: {provider: dev, ref: a}", "must not begin with '..'"),
     ("  ...x: {provider: dev, ref: a}", "must not begin with '..'"),
-    ("  a: {provider: dev, ref: a}\n  ./a: {provider: dev, ref: b}", "same target as 'a'"),
+    ("  ./a: {provider: dev, ref: b}", "must not have empty or '.' parts"),
+    ("  tls//cert.pem: {provider: dev, ref: b}", "must not have empty or '.' parts"),
+    ("  tls/: {provider: dev, ref: b}", "must not have empty or '.' parts"),
+    ("  a: {provider: dev, ref: a, refresh_interval: 0}", "secrets.a.refresh_interval: Input should be greater"),
+    ("  a: {provider: dev, ref: a, mode: '04755'}", "secrets.a.mode: file mode out of range"),
     ("  a: {provider: dev, ref: a}\n  a/b: {provider: dev, ref: b}", "'a' is a file, not a folder"),
     ("  a: {provider: dev, ref: a}\n  a: {provider: dev, ref: b}", "duplicate key 'a'"),
     ("  a: {provider: dev, ref: a, refresh_interval: soon}", "secrets.a.refresh_interval: invalid duration"),
@@ -136,3 +140,9 @@ def test_unknown_signal() -> None:
     """A misspelt signal name is refused at load time."""
     with pytest.raises(ConfigError, match="unknown signal 'SIGHOP'"):
         parse_config("on_change:\n  - {signal: SIGHOP, pid_file: /run/x.pid}\n")
+
+
+def test_non_string_top_level_key() -> None:
+    """A number as a top-level key is an unknown field, not a crash."""
+    with pytest.raises(ConfigError, match="^1: unknown field$"):
+        parse_config("1: 2\n")
