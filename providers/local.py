@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bridge.errors import AccessDenied, ConfigError, SecretNotFound, Unavailable
+from bridge.errors import AccessDenied, SecretNotFound, Unavailable
 from bridge.provider import Fetched, Provider, ProviderSettings, Request
 
 
@@ -27,7 +27,7 @@ class FileProvider(Provider):
     def _path(self, ref: str) -> Path:
         path = Path(ref)
         if path.is_absolute() or ".." in path.parts:
-            raise ConfigError(f"providers.{self.name}: ref {ref!r} must be relative to base_dir, without '..'")
+            raise SecretNotFound("ref must be a path relative to base_dir, without '..'", provider=self.name, ref=ref)
         return self.settings.base_dir / path
 
     def fetch(self, request: Request) -> Fetched:

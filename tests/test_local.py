@@ -10,7 +10,7 @@ import pytest
 
 from bridge.config import parse_config
 from bridge.engine import Engine
-from bridge.errors import ConfigError, SecretNotFound
+from bridge.errors import SecretNotFound
 from bridge.provider import Request
 from providers.local import EnvProvider, EnvSettings, FileProvider, FileSettings
 
@@ -42,7 +42,7 @@ def test_file_missing_and_escaping(tmp_path: Path) -> None:
     p = FileProvider("dev", FileSettings(base_dir=tmp_path))
     with pytest.raises(SecretNotFound, match="dev: nope: no such file"):
         p.fetch(Request("nope"))
-    with pytest.raises(ConfigError):
+    with pytest.raises(SecretNotFound, match="relative to base_dir"):
         p.fetch(Request("../etc/passwd"))
 
 
