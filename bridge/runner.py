@@ -92,6 +92,7 @@ class Runner:
                 server.stop()
             if self.config.settings.cleanup_on_exit:
                 self.engine.writer.clear()
+                self.engine.state.path.unlink(missing_ok=True)
                 log.info("removed the secrets from %s (cleanup_on_exit)", self.config.settings.output_dir)
             self.engine.close()
         log.info("stopped")

@@ -10,7 +10,8 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bridge.config import STATE_FILE, Config, SecretConfig
 from bridge.errors import ProviderError
@@ -83,7 +84,7 @@ class State:
         self.writer = writer
 
     @property
-    def path(self) -> Any:
+    def path(self) -> Path:
         return self.writer.output_dir / STATE_FILE
 
     def load(self) -> dict[str, SecretRecord]:
@@ -98,7 +99,7 @@ class State:
         self.writer.write_state(STATE_FILE, json.dumps(doc, indent=2).encode() + b"\n")
 
 
-def read_state(path: Any) -> dict[str, SecretRecord]:
+def read_state(path: Path) -> dict[str, SecretRecord]:
     """Records from a state file; empty when there is none or it is unreadable."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))

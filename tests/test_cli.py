@@ -291,3 +291,32 @@ def test_configmap_style_updates_are_all_seen(openbao, out_dir: Path, tmp_path: 
         assert _wait(lambda: (out_dir / "c").exists())
     finally:
         assert bridge.stop(proc) == 0
+
+
+def test_cleanup_on_exit_removes_files(openbao, out_dir: Path, tmp_path: Path) -> None:
+    """With cleanup_on_exit, SIGTERM leaves the output directory empty, as Docker does on task stop."""
+    app = f"app-{uuid.uuid4().hex[:8]}"
+    _put(openbao, f"{app}/a", value="one")
+    config = _config(tmp_path / "c.yaml", out_dir, None,
+                     f"cleanup_on_exit: true\nsecrets:\n  a: {{provider: vault, ref: secret/{app}/a, key: value}}\n")
+    bridge = Bridge(openbao, config)
+    proc = bridge.start()
+    assert _wait(lambda: (out_dir / "a").exists())
+    assert bridge.stop(proc) == 0
+    assert list(out_dir.iterdir()) == []
+
+
+def test_second_writer_refused(openbao, out_dir: Path, tmp_path: Path) -> None:
+    """A `sync` while `run` holds the directory is refused in one line, and the files stay."""
+    app = f"app-{uuid.uuid4().hex[:8]}"
+    _put(openbao, f"{app}/a", value="one")
+    entry = f"secrets:\n  a: {{provider: vault, ref: secret/{app}/a, key: value}}\n"
+    bridge = Bridge(openbao, _config(tmp_path / "c.yaml", out_dir, None, entry))
+    proc = bridge.start()
+    try:
+        assert _wait(lambda: (out_dir / "a").exists())
+        refused = bridge("sync", check=1)
+        assert "another secrets-bridge is writing" in refused.stderr and refused.stderr.count("\n") == 1
+        assert (out_dir / "a").read_text() == "one"
+    finally:
+        assert bridge.stop(proc) == 0
