@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -39,6 +40,9 @@ def test_kubernetes_manifests_validate() -> None:
 
 def _configs() -> list[tuple[str, str]]:
     found = [(str(p.relative_to(ROOT)), p.read_text()) for p in sorted((ROOT / "examples").glob("*.yaml"))]
+    for doc in sorted(ROOT.glob("*.md")) + sorted((ROOT / "docs").glob("*.md")):
+        blocks = re.findall(r"```yaml\n(.*?)```", doc.read_text(), re.S)
+        found += [(f"{doc.relative_to(ROOT)}#{i}", block) for i, block in enumerate(blocks) if "secrets:" in block]
     for manifest in sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml")):
         for doc in yaml.safe_load_all(manifest.read_text()):
             if doc and doc.get("kind") == "ConfigMap":
@@ -49,6 +53,6 @@ def _configs() -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize(("where", "text"), _configs(), ids=[w for w, _ in _configs()])
 def test_example_configs_are_valid(where: str, text: str) -> None:
-    """Each example config and ConfigMap config passes the bridge's own validation."""
+    """Each example config, ConfigMap config and YAML block of the docs passes the bridge's own validation."""
     config = parse_config(text, source=where)
     assert config.settings.secrets
