@@ -10,10 +10,10 @@ the defaults loop over the single-item methods.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -21,6 +21,8 @@ from bridge.errors import ConfigError, ProviderError, Unavailable
 from bridge.metrics import PROVIDER_REQUESTS
 
 ENTRY_POINT_GROUP = "secrets_bridge.providers"
+K = TypeVar("K")
+V = TypeVar("V")
 
 #: the pip extra that brings each built-in provider's SDK
 _EXTRAS = {"vault": "vault", "aws-secretsmanager": "aws", "azure-keyvault": "azure"}
@@ -85,29 +87,24 @@ class Provider:
     def fetch_many(self, requests: Sequence[Request]) -> dict[Request, Outcome]:
         """Fetch several values; an error for one item does not fail the others, but once the
         backend is unavailable the rest are not tried (each would wait out its own timeout)."""
-        out: dict[Request, Outcome] = {}
-        down: Unavailable | None = None
-        for request in dict.fromkeys(requests):
-            try:
-                if down is not None:
-                    raise Unavailable(down.message, retry_after=down.retry_after)
-                out[request] = self.fetch(request)
-            except ProviderError as exc:
-                out[request] = exc.at(provider=self.name, ref=request.ref, version=request.version)
-                down = exc if isinstance(exc, Unavailable) else down
-        return out
+        return self._each([(r, r) for r in requests], self.fetch)
 
     def current_versions(self, refs: Sequence[str]) -> dict[str, VersionOutcome]:
         """The cheap change check for several refs; stops calling once the backend is unavailable."""
-        out: dict[str, VersionOutcome] = {}
+        return self._each([(ref, Request(ref)) for ref in refs], lambda r: self.current_version(r.ref))
+
+    def _each(self, items: Sequence[tuple[K, Request]], call: Callable[[Request], V]) -> dict[K, V | ProviderError]:
+        """Call once per distinct item; a ProviderError is that item's outcome; after an
+        Unavailable the remaining items get a copy of it without calling the backend."""
+        out: dict[K, V | ProviderError] = {}
         down: Unavailable | None = None
-        for ref in dict.fromkeys(refs):
+        for key, request in dict(items).items():
             try:
                 if down is not None:
                     raise Unavailable(down.message, retry_after=down.retry_after)
-                out[ref] = self.current_version(ref)
+                out[key] = call(request)
             except ProviderError as exc:
-                out[ref] = exc.at(provider=self.name, ref=ref)
+                out[key] = exc.at(provider=self.name, ref=request.ref, version=request.version)
                 down = exc if isinstance(exc, Unavailable) else down
         return out
 
@@ -122,16 +119,8 @@ class Provider:
         unpinned and a fetch for moving pins; a backend that can answer both cheaply overrides it."""
         unique = list(dict.fromkeys(requests))
         latest = self.current_versions([r.ref for r in unique if r.version is None])
-        out: dict[Request, VersionOutcome] = {}
-        for request in unique:
-            if request.version is None:
-                out[request] = latest[request.ref]
-                continue
-            try:
-                out[request] = self.fetch(request).version
-            except ProviderError as exc:
-                out[request] = exc.at(provider=self.name, ref=request.ref, version=request.version)
-        return out
+        moving = self._each([(r, r) for r in unique if r.version is not None], lambda r: self.fetch(r).version)
+        return {r: latest[r.ref] if r.version is None else moving[r] for r in unique}
 
     def maintain(self) -> None:
         """Called every few seconds between cycles: keep credentials alive (renew a token before
