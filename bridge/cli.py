@@ -86,6 +86,8 @@ def cmd_sync(config: Config) -> int:
         result = engine.sync()
     finally:
         engine.close()
+    if result.write_error is not None:
+        raise result.write_error
     required = [n for n in result.failed if not config.settings.secrets[n].optional]
     written = len(config.settings.secrets) - len(result.failed)
     log.info("sync: %d written or unchanged, %d failed", written, len(result.failed))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from bridge.config import Config, SecretConfig
-from bridge.errors import ProviderError, Unavailable
+from bridge.errors import ProviderError, Unavailable, WriteError
 from bridge.extract import extract
 from bridge.metrics import COMMITS, SECRET_ERRORS
 from bridge.provider import Fetched, Outcome, Provider, Request
@@ -60,6 +60,7 @@ class CycleResult:
 
     changed: list[str]
     failed: dict[str, ProviderError]
+    write_error: WriteError | None = None
 
 
 class Engine:
@@ -83,6 +84,7 @@ class Engine:
         self._committed: dict[str, FileSpec] | None = None  # None: compare with the disk first
         self._saved: dict[str, SecretRecord] | None = None
         self._started = False
+        self._write_failing = False
         self._tracked = {
             name: _Tracked(name, secret, fixed=secret.version is not None
                            and not self.providers[secret.provider].moves(secret.version))
@@ -190,14 +192,28 @@ class Engine:
                 tracked.version = outcome.version
             self._succeed(tracked, now)
 
-        changed = self._commit()
+        try:
+            changed = self._commit()
+            write_error = None
+            if self._write_failing:
+                log.info("commits to %s work again", self.settings.output_dir)
+                self._write_failing = False
+        except WriteError as exc:
+            # e.g. the tmpfs is full: the last generation stays whole; try again next cycle.
+            if not self._write_failing:
+                log.error("cannot commit to %s: %s; the last generation stays", self.settings.output_dir, exc)
+                self._write_failing = True
+            changed, write_error, self._committed = [], exc, None
         records = self._records()
         if records != self._saved:
-            self.state.save(records, self.config)
-            self._saved = records
+            try:
+                self.state.save(records, self.config)
+                self._saved = records
+            except WriteError as exc:
+                log.warning("cannot write the state file: %s", exc)
         if changed and self.on_commit is not None:
             self.on_commit(changed)
-        return CycleResult(changed, failed)
+        return CycleResult(changed, failed, write_error)
 
     def _guarded(self, provider: Provider, call: Callable[[], T]) -> T | ProviderError:
         """Run a provider call; an unexpected exception (a provider bug, an odd server answer) is

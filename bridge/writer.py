@@ -171,11 +171,15 @@ class Writer:
     def write_state(self, name: str, data: bytes) -> None:
         """Atomically replace the metadata file `name` beside the secrets."""
         with self._dir() as dfd:
-            _unlink(dfd, _STATE_TMP)
-            fd = os.open(_STATE_TMP, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dfd)
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            os.rename(_STATE_TMP, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            try:
+                _unlink(dfd, _STATE_TMP)
+                fd = os.open(_STATE_TMP, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dfd)
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data)
+                os.rename(_STATE_TMP, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except OSError as exc:
+                _unlink(dfd, _STATE_TMP)
+                raise WriteError(f"cannot write {name} in {self.output_dir}: {exc.strerror}") from None
 
     # -- internals -------------------------------------------------------------------------
 

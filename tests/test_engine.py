@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -269,3 +271,31 @@ def test_batch_stops_after_unavailable(tmp_path: Path) -> None:
     fake.failure = Unavailable("down")
     result = engine.sync()
     assert len(result.failed) == 5 and len(fake.fetches) == 1
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path):
+    """A 64 KiB tmpfs, to fill up (needs root, as in CI)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                      capture_output=True, check=False).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_tmpfs_keeps_last_generation(tiny_tmpfs: Path) -> None:
+    """When the tmpfs is full the commit fails, the last good files stay, and the next cycle retries."""
+    engine, fake = make_engine(tiny_tmpfs, "  a: {provider: fake, ref: r1}\n", require_tmpfs="true")
+    fake.put("r1", b"small")
+    assert engine.sync().changed == ["a"]
+    fake.put("r1", b"x" * 200_000)
+    result = engine.cycle(engine._tracked.values())
+    assert result.write_error is not None and result.changed == []
+    assert (tiny_tmpfs / "a").read_bytes() == b"small"
+    assert [p.name for p in tiny_tmpfs.iterdir() if p.name.startswith("..2")] == [os.readlink(tiny_tmpfs / "..data")]
+    fake.put("r1", b"fits again")
+    assert engine.cycle(engine._tracked.values()).changed == ["a"]
+    assert (tiny_tmpfs / "a").read_bytes() == b"fits again"
+    engine.close()
