@@ -2,7 +2,7 @@
 
 Imported by tests/test_azure_keyvault.py (no conftest). The proxy and AZURE_* variables are set per
 test with monkeypatch, so no other test module sees them. IDENTITY_ENDPOINT always points at the
-fake, so no credential ever probes the instance metadata address (169.254.169.254).
+fake, so no credential ever probes the cloud instance metadata service (IMDS).
 """
 
 from __future__ import annotations
