@@ -15,7 +15,8 @@ from bridge import __version__
 from bridge.config import STATE_FILE, Config, config_path, load_config
 from bridge.engine import Engine
 from bridge.errors import BridgeError, ConfigError, ProviderError
-from bridge.provider import Request
+from bridge.extract import extract
+from bridge.provider import Outcome, Request
 from bridge.runner import Runner
 from bridge.state import read_state
 
@@ -95,28 +96,33 @@ def cmd_sync(config: Config) -> int:
 
 
 def cmd_check(config: Config) -> int:
-    """Resolve every secret's version without writing; print a table without values."""
+    """Fetch every secret as `sync` would (batched per provider) and apply `key`, `encoding` and
+    `format`, but write nothing; print each resolved version or error, never a value."""
     providers = config.build_providers()
-    rows, failed = [], False
+    secrets = config.settings.secrets
+    outcomes: dict[str, Outcome] = {}
     try:
-        for name, secret in config.settings.secrets.items():
-            provider = providers[secret.provider]
-            try:
-                version = secret.version
-                if version is None:
-                    version = provider.current_version(secret.ref)
-                if version is None or secret.version is not None:
-                    fetched = provider.fetch(Request(secret.ref, secret.version))
-                    version = fetched.version or "-"
-                status = "ok"
-            except ProviderError as exc:
-                exc.at(provider=secret.provider, ref=secret.ref, version=secret.version)
-                version, status = secret.version or "-", f"{exc.code}: {exc}"
-                failed = failed or not secret.optional
-            rows.append((name, secret.provider, secret.ref, version, status))
+        for provider_name, provider in providers.items():
+            mine = {n: Request(s.ref, s.version) for n, s in secrets.items() if s.provider == provider_name}
+            fetched = provider.fetch_many(list(mine.values())) if mine else {}
+            outcomes.update({n: fetched[r] for n, r in mine.items()})
     finally:
         for provider in providers.values():
             provider.close()
+    rows, failed = [], False
+    for name, secret in secrets.items():
+        outcome = outcomes[name]
+        version, status = secret.version or "-", "ok"
+        try:
+            if isinstance(outcome, ProviderError):
+                raise outcome
+            extract(outcome, key=secret.key, encoding=secret.encoding, fmt=secret.format)
+            version = outcome.version or "-"
+        except ProviderError as exc:
+            exc.at(provider=secret.provider, ref=secret.ref, version=secret.version)
+            status = f"{exc.code}: {exc}"
+            failed = failed or not secret.optional
+        rows.append((name, secret.provider, secret.ref, version, status))
     _table(("NAME", "PROVIDER", "REF", "VERSION", "STATUS"), rows)
     return 1 if failed else 0
 

@@ -320,3 +320,13 @@ def test_second_writer_refused(openbao, out_dir: Path, tmp_path: Path) -> None:
         assert (out_dir / "a").read_text() == "one"
     finally:
         assert bridge.stop(proc) == 0
+
+
+def test_check_reports_a_missing_key(openbao, out_dir: Path, tmp_path: Path) -> None:
+    """check applies `key` as sync would: a key the secret lacks fails the check (exit 1), named."""
+    app = f"app-{uuid.uuid4().hex[:8]}"
+    _put(openbao, f"{app}/a", value="v")
+    config = _config(tmp_path / "c.yaml", out_dir, None,
+                     f"secrets:\n  a: {{provider: vault, ref: secret/{app}/a, key: passwrd}}\n")
+    proc = Bridge(openbao, config)("check", check=1)
+    assert "bad_value" in proc.stdout and "'passwrd'" in proc.stdout
