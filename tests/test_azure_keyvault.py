@@ -167,7 +167,7 @@ def test_managed_identity(
 def test_default_chain_falls_to_managed_identity_never_imds(
     make_provider: MakeProvider, backend: KeyVaultBackend, fake: FakeKeyVault, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without AZURE_* secrets the default chain reaches managed identity at the fake, never the instance metadata service."""
+    """Without AZURE_* secrets the default chain reaches managed identity at the fake, never IMDS."""
     for name in ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_ID"):
         monkeypatch.delenv(name)
     ref = backend.new_ref()
