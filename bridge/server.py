@@ -4,6 +4,7 @@ written and none stale), /metrics (Prometheus). Responses name secrets, never va
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -34,7 +35,9 @@ class HealthServer:
     def __init__(self, current_engine: Callable[[], Engine], listen: str) -> None:
         host, port = parse_listen(listen)
         handler = type("Handler", (_Handler,), {"current_engine": staticmethod(current_engine)})
-        self.httpd = ThreadingHTTPServer((host, port), handler)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server = type("Server", (ThreadingHTTPServer,), {"address_family": family})
+        self.httpd = server((host, port), handler)
         self.httpd.daemon_threads = True
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
 
