@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from bridge.config import Config, SecretConfig
 from bridge.errors import ProviderError, Unavailable, WriteError
-from bridge.extract import extract
+from bridge.extract import ExtractError, extract
 from bridge.metrics import COMMITS, SECRET_ERRORS
 from bridge.provider import Fetched, Outcome, Provider, Request
 from bridge.state import SecretRecord, State
@@ -184,9 +184,11 @@ class Engine:
                     tracked.content = extract(
                         outcome, key=tracked.config.key, encoding=tracked.config.encoding, fmt=tracked.config.format
                     )
-                except ProviderError as exc:
-                    failed[name] = exc.at(provider=tracked.config.provider, ref=tracked.config.ref,
-                                          version=outcome.version)
+                except Exception as exc:
+                    error = exc if isinstance(exc, ProviderError) else ExtractError(
+                        f"cannot use the value ({type(exc).__name__})")  # never the exception text
+                    failed[name] = error.at(provider=tracked.config.provider, ref=tracked.config.ref,
+                                            version=outcome.version)
                     self._fail(tracked, failed[name], now)
                     continue
                 tracked.version = outcome.version

@@ -54,12 +54,10 @@ def to_pem(data: bytes, content_type: str | None) -> bytes:
     """PKCS#12 (raw or base64) to PEM: private key, then certificate, then the chain."""
     if content_type == "application/x-pem-file" or data.lstrip().startswith(b"-----BEGIN"):
         return data
-    from cryptography.hazmat.primitives.serialization import (  # lazy: only certificates need it
-        Encoding,
-        NoEncryption,
-        PrivateFormat,
-        pkcs12,
-    )
+    try:  # lazy: only certificates need it
+        from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, pkcs12
+    except ModuleNotFoundError:
+        raise ExtractError("format: pem needs the cryptography package (pip install cryptography)") from None
 
     try:
         raw = data if data[:1] == b"\x30" else base64.b64decode(b"".join(data.split()), validate=True)
