@@ -194,8 +194,9 @@ class Writer:
             raise WriteError(f"cannot open output_dir {self.output_dir}: {exc.strerror}") from None
         try:
             yield dfd
-        except PermissionError as exc:
-            raise WriteError(f"{self.output_dir}: permission denied ({exc.filename or 'output_dir'})") from None
+        except OSError as exc:  # full tmpfs, permissions, a folder where a link belongs, ...
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise WriteError(f"{self.output_dir}: {exc.strerror or type(exc).__name__}{where}") from None
         finally:
             os.close(dfd)
 
