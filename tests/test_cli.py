@@ -330,3 +330,25 @@ def test_check_reports_a_missing_key(openbao, out_dir: Path, tmp_path: Path) -> 
                      f"secrets:\n  a: {{provider: vault, ref: secret/{app}/a, key: passwrd}}\n")
     proc = Bridge(openbao, config)("check", check=1)
     assert "bad_value" in proc.stdout and "'passwrd'" in proc.stdout
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="switching to the app's uid needs root")
+def test_app_uid_reads_only_its_files(openbao, out_dir: Path, tmp_path: Path) -> None:
+    """An application running as another uid (a container sharing the tmpfs) reads the file given to
+    its uid with mode 0400, and not one left to root."""
+    app = f"app-{uuid.uuid4().hex[:8]}"
+    _put(openbao, f"{app}/a", value="for-the-app")
+    config = _config(tmp_path / "c.yaml", out_dir, None, f"""
+secrets:
+  mine: {{provider: vault, ref: secret/{app}/a, key: value, mode: "0400", uid: 999, gid: 999}}
+  tls/root_only: {{provider: vault, ref: secret/{app}/a, key: value, mode: "0400"}}
+""")
+    Bridge(openbao, config)("sync")
+
+    def read_as_app(name: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["cat", str(out_dir / name)], capture_output=True, text=True,
+                              user=999, group=999, extra_groups=[], check=False)
+
+    assert read_as_app("mine").stdout == "for-the-app"
+    denied = read_as_app("tls/root_only")
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
