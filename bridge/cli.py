@@ -29,16 +29,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.debug)
     path = config_path(args.config)
     try:
-        if args.command == "ls":
-            return cmd_ls(load_config(path))
-        if args.command == "inspect":
-            return cmd_inspect(load_config(path), args.name)
         config = load_config(path)
         if args.command == "run":
             return Runner(path, config).run()
-        if args.command == "sync":
-            return cmd_sync(config)
-        return cmd_check(config)
+        if args.command == "inspect":
+            return cmd_inspect(config, args.name)
+        return {"sync": cmd_sync, "check": cmd_check, "ls": cmd_ls}[args.command](config)
     except BridgeError as exc:
         if args.debug:
             log.exception("failed")
