@@ -361,6 +361,18 @@ def test_config_type_loads_this_provider(moto_url: str) -> None:
     assert isinstance(built, SecretsManagerProvider) and built.settings.region == "eu-west-1"
 
 
+def _engine(tmp_path: Path, url: str, secrets: str) -> Engine:
+    """A started engine writing to tmp_path, with one `aws` provider at `url`."""
+    config = parse_config(
+        f"output_dir: {tmp_path}\nrequire_tmpfs: false\nrefresh_interval: 1s\njitter: 0\nlisten: null\n"
+        f"providers:\n  aws: {{type: aws-secretsmanager, region: {REGION}, endpoint_url: '{url}'}}\n"
+        f"secrets:\n{secrets}"
+    )
+    engine = Engine(config)
+    engine.start()
+    return engine
+
+
 def test_engine_keeps_files_and_backs_off_when_throttled(moto_url: str, counted: CountingProxy,
                                                          tmp_path: Path) -> None:
     """Through the engine: a throttled cycle costs one request, keeps the files and waits Retry-After."""
@@ -369,13 +381,7 @@ def test_engine_keeps_files_and_backs_off_when_throttled(moto_url: str, counted:
     for i, ref in enumerate(refs):
         client.create_secret(Name=ref, SecretString=f"good-{i}")
     secrets = "".join(f"  s{i}: {{provider: aws, ref: {ref}}}\n" for i, ref in enumerate(refs))
-    config = parse_config(
-        f"output_dir: {tmp_path}\nrequire_tmpfs: false\nrefresh_interval: 1s\njitter: 0\nlisten: null\n"
-        f"providers:\n  aws: {{type: aws-secretsmanager, region: {REGION}, endpoint_url: '{counted.url}'}}\n"
-        f"secrets:\n{secrets}"
-    )
-    engine = Engine(config)
-    engine.start()
+    engine = _engine(tmp_path, counted.url, secrets)
     try:
         assert not engine.sync().failed
         counted.reset()
@@ -406,13 +412,7 @@ def test_engine_label_pins_follow_rotation(moto_url: str, counted: CountingProxy
                f"  first: {{provider: aws, ref: {ref}, version: {v1}}}\n"
                f"  blue: {{provider: aws, ref: {ref}, version: BLUE}}\n"
                + "".join(f"  o{i}: {{provider: aws, ref: {o}}}\n" for i, o in enumerate(others)))
-    config = parse_config(
-        f"output_dir: {tmp_path}\nrequire_tmpfs: false\nrefresh_interval: 1s\njitter: 0\nlisten: null\n"
-        f"providers:\n  aws: {{type: aws-secretsmanager, region: {REGION}, endpoint_url: '{counted.url}'}}\n"
-        f"secrets:\n{secrets}"
-    )
-    engine = Engine(config)
-    engine.start()
+    engine = _engine(tmp_path, counted.url, secrets)
     try:
         assert not engine.sync().failed
         def read() -> dict[str, str]:

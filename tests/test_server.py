@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -10,15 +9,8 @@ import pytest
 
 from bridge.errors import ConfigError
 from bridge.server import HealthServer, parse_listen
+from tests.test_cli import _get
 from tests.test_engine import make_engine
-
-
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 def test_endpoints(tmp_path: Path) -> None:

@@ -49,6 +49,16 @@ class VaultBackend:
         return [self.openbao.root_token]
 
 
+def _token_file(openbao, tmp_path: Path, policy: str, **create) -> str:
+    """A token with only `policy`, written to tmp_path/token; returns the token."""
+    client = openbao.client()
+    name = f"p{uuid.uuid4().hex[:8]}"
+    client.sys.create_or_update_policy(name, policy)
+    token = client.auth.token.create(policies=[name], **create)["auth"]["client_token"]
+    (tmp_path / "token").write_text(token)
+    return token
+
+
 def _provider(openbao, **auth) -> VaultProvider:
     settings = VaultSettings(type="vault", address=openbao.address, auth=auth or {"method": "token"})
     return VaultProvider("vault", settings)
@@ -227,9 +237,7 @@ def test_jwt_wrong_audience_denied(openbao, jwt_signer, tmp_path: Path) -> None:
 def test_given_token_is_renewed(openbao, backend: VaultBackend, tmp_path: Path) -> None:
     """A renewable token from token_file is renewed before it expires, so it keeps working."""
     client = openbao.client()
-    client.sys.create_or_update_policy("bridge-read", POLICY)
-    token = client.auth.token.create(policies=["bridge-read"], ttl="3s", renewable=True)["auth"]["client_token"]
-    (tmp_path / "token").write_text(token)
+    token = _token_file(openbao, tmp_path, POLICY, ttl="3s", renewable=True)
     ref = backend.new_ref()
     backend.put(ref, "v")
     p = _provider(openbao, method="token", token_file=str(tmp_path / "token"))
@@ -341,10 +349,7 @@ def test_namespace(openbao, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_token_kept_alive_between_cycles(openbao, backend: VaultBackend, tmp_path: Path) -> None:
     """maintain() (called by the engine every few seconds) renews a token across a gap with no
     requests longer than its TTL."""
-    client = openbao.client()
-    client.sys.create_or_update_policy("bridge-read", POLICY)
-    token = client.auth.token.create(policies=["bridge-read"], ttl="3s", renewable=True)["auth"]["client_token"]
-    (tmp_path / "token").write_text(token)
+    _token_file(openbao, tmp_path, POLICY, ttl="3s", renewable=True)
     ref = backend.new_ref()
     backend.put(ref, "v")
     p = _provider(openbao, method="token", token_file=str(tmp_path / "token"))
@@ -358,9 +363,7 @@ def test_token_kept_alive_between_cycles(openbao, backend: VaultBackend, tmp_pat
 def test_data_only_policy_falls_back_to_reading_values(openbao, backend: VaultBackend, tmp_path: Path,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     """A policy granting only secret/data/* makes the check read values (logged once), not fail."""
-    client = openbao.client()
-    client.sys.create_or_update_policy("data-only", 'path "secret/data/*" { capabilities = ["read"] }')
-    (tmp_path / "token").write_text(client.auth.token.create(policies=["data-only"])["auth"]["client_token"])
+    _token_file(openbao, tmp_path, 'path "secret/data/*" { capabilities = ["read"] }')
     ref = backend.new_ref()
     backend.put(ref, "v")
     p = _provider(openbao, method="token", token_file=str(tmp_path / "token"))
@@ -383,9 +386,7 @@ def test_mount_not_guessed_without_a_token(openbao, monkeypatch: pytest.MonkeyPa
 
 def test_errors_are_one_line(openbao, backend: VaultBackend, tmp_path: Path) -> None:
     """Vault's multi-line error text becomes one line."""
-    client = openbao.client()
-    client.sys.create_or_update_policy("nothing", 'path "nope/*" { capabilities = ["read"] }')
-    (tmp_path / "token").write_text(client.auth.token.create(policies=["nothing"])["auth"]["client_token"])
+    _token_file(openbao, tmp_path, 'path "nope/*" { capabilities = ["read"] }')
     p = _provider(openbao, method="token", token_file=str(tmp_path / "token"))
     outcome = p.fetch_many([Request("secret/x")])[Request("secret/x")]
     assert isinstance(outcome, AccessDenied) and "\n" not in str(outcome) and "permission denied" in str(outcome)
