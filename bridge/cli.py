@@ -72,7 +72,7 @@ def _setup_logging(debug: bool) -> None:
     )
     # Only our own loggers go to debug: SDK debug logs can carry request headers.
     logging.getLogger("secrets_bridge").setLevel(logging.DEBUG if debug else logging.INFO)
-    for noisy in ("urllib3", "botocore", "azure", "hvac"):
+    for noisy in ("urllib3", "botocore", "boto3", "azure", "msal", "hvac", "watchdog"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
