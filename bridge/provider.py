@@ -10,7 +10,8 @@ the defaults loop over the single-item methods.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, TypeVar
@@ -30,10 +31,22 @@ _EXTRAS = {"vault": "vault", "aws-secretsmanager": "aws", "azure-keyvault": "azu
 
 @dataclass(frozen=True)
 class Request:
-    """What to fetch: a provider-native ref, at a pinned version or (None) the latest."""
+    """What to fetch: a provider-native ref, at a pinned version or (None) the latest.
+
+    `params` are write parameters (Vault's `vault write` fields: `pki/issue/<role>` takes a
+    common_name) as canonical JSON text, so a Request stays hashable and two entries naming the
+    same (ref, version, params) are one fetch unit."""
 
     ref: str
     version: str | None = None
+    params: str | None = None
+
+    @staticmethod
+    def canonical_params(params: Mapping[str, Any] | None) -> str | None:
+        return None if params is None else json.dumps(params, sort_keys=True, separators=(",", ":"))
+
+    def params_dict(self) -> dict[str, Any]:
+        return {} if self.params is None else dict(json.loads(self.params))
 
 
 @dataclass(frozen=True)
@@ -44,8 +57,15 @@ class Fetched:
     #: the resolved version id, the unit of change; None when the backend has no versions
     version: str | None
     content_type: str | None = None
-    #: when the value stops being valid (lease end, secret expiry), epoch seconds
+    #: when the value stops being valid (lease end, certificate expiry, secret expiry), epoch seconds
     expires_at: float | None = None
+    #: a leased value (Vault dynamic secrets): the lease to renew, look up or revoke
+    lease_id: str | None = None
+    #: the lease's TTL as granted with this value, seconds
+    lease_seconds: float | None = None
+    renewable: bool = False
+    #: when the value (or its last renewal) was obtained, epoch seconds
+    obtained_at: float | None = None
 
 
 #: what a batch call returns per item
