@@ -14,9 +14,7 @@ from pathlib import Path
 from bridge import __version__
 from bridge.config import STATE_FILE, Config, config_path, load_config
 from bridge.engine import Engine
-from bridge.errors import BridgeError, ConfigError, ProviderError
-from bridge.extract import extract
-from bridge.provider import Outcome, Request
+from bridge.errors import BridgeError, ConfigError
 from bridge.runner import Runner
 from bridge.state import read_state
 
@@ -86,41 +84,26 @@ def cmd_sync(config: Config) -> int:
     if result.write_error is not None:
         raise result.write_error
     required = [n for n in result.failed if not config.settings.secrets[n].optional]
-    written = len(config.settings.secrets) - len(result.failed)
-    log.info("sync: %d written or unchanged, %d failed", written, len(result.failed))
+    log.info("sync: %d entries, %d failed", len(config.settings.secrets), len(result.failed))
     return 1 if required else 0
 
 
 def cmd_check(config: Config) -> int:
-    """Fetch every secret as `sync` would (batched per provider) and apply `key`, `encoding` and
-    `format`, but write nothing; print each resolved version or error, never a value."""
-    providers = config.build_providers()
-    secrets = config.settings.secrets
-    outcomes: dict[str, Outcome] = {}
+    """A dry `sync` through the engine's own path: fetch (batched), extract and render every
+    entry, write nothing; print each resolved version or error, never a value."""
+    engine = Engine(config)
     try:
-        for provider_name, provider in providers.items():
-            mine = {n: Request(s.ref, s.version) for n, s in secrets.items() if s.provider == provider_name}
-            fetched = provider.fetch_many(list(mine.values())) if mine else {}
-            outcomes.update({n: fetched[r] for n, r in mine.items()})
+        failed = engine.check()
     finally:
-        for provider in providers.values():
-            provider.close()
-    rows, failed = [], False
-    for name, secret in secrets.items():
-        outcome = outcomes[name]
-        version, status = secret.version or "-", "ok"
-        try:
-            if isinstance(outcome, ProviderError):
-                raise outcome
-            extract(outcome, key=secret.key, encoding=secret.encoding, fmt=secret.format)
-            version = outcome.version or "-"
-        except ProviderError as exc:
-            exc.at(provider=secret.provider, ref=secret.ref, version=secret.version)
-            status = f"{exc.code}: {exc}"
-            failed = failed or not secret.optional
-        rows.append((name, secret.provider, secret.ref, version, status))
+        engine.close()
+    rows = []
+    for name, entry in engine.entries.items():
+        provider, ref = entry.source()
+        error = failed.get(name)
+        status = "ok" if error is None else f"{error.code}: {error}"
+        rows.append((name, provider, ref, (entry.version() if error is None else None) or "-", status))
     _table(("NAME", "PROVIDER", "REF", "VERSION", "STATUS"), rows)
-    return 1 if failed else 0
+    return 1 if any(not config.settings.secrets[n].optional for n in failed) else 0
 
 
 def _state_of(config: Config) -> dict[str, dict[str, object]]:

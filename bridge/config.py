@@ -25,6 +25,8 @@ DEFAULT_CONFIG = "secrets-bridge.yaml"
 #: the metadata file kept beside the secrets (names and versions, never values)
 STATE_FILE = ".secrets-bridge-state.json"
 
+#: `version: previous`, the uniform relative pin
+PREVIOUS = "previous"
 #: the shortest refresh interval (a smaller one would be a busy loop against the vault)
 MIN_REFRESH_SECONDS = 0.1
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -99,13 +101,37 @@ class FileDefaults(_Model):
     gid: int | None = Field(default=None, ge=0)
 
 
-class SecretConfig(_Model):
-    """One secret entry; the key in `secrets:` is its target file name."""
+class FileRule(_Model):
+    """One file of a `files:` entry: a key of the fetched map, written with its own options."""
+
+    key: str = Field(min_length=1)
+    encoding: Literal["base64"] | None = None
+    format: Literal["pem"] | None = None
+    mode: Mode | None = None
+    uid: int | None = Field(default=None, ge=0)
+    gid: int | None = Field(default=None, ge=0)
+
+
+class ValueSource(_Model):
+    """One value of a template: what to fetch (the same fetch unit as an entry naming the same)."""
 
     provider: str
     ref: str = Field(min_length=1)
+    version: Version | None = None
+    params: dict[str, Any] | None = None
+
+
+class SecretConfig(_Model):
+    """One entry under `secrets:`; its key is the target file (or, with `files:`, folder) name.
+
+    Three shapes: a plain entry (provider + ref -> one file), a `files:` entry (provider + ref ->
+    several files under the folder), a `template:` entry (values -> one file)."""
+
+    provider: str | None = None
+    ref: str | None = Field(default=None, min_length=1)
     key: str | None = None
     version: Version | None = None
+    params: dict[str, Any] | None = None
     encoding: Literal["base64"] | None = None
     format: Literal["pem"] | None = None
     mode: Mode | None = None
@@ -113,6 +139,46 @@ class SecretConfig(_Model):
     gid: int | None = Field(default=None, ge=0)
     optional: bool = False
     refresh_interval: Duration | None = Field(default=None, ge=MIN_REFRESH_SECONDS)
+    files: Literal["*"] | dict[str, str | FileRule] | None = None
+    template: str | None = None
+    values: dict[str, ValueSource] | None = None
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> SecretConfig:
+        if self.template is not None:
+            if not self.values:
+                raise ValueError("template needs values: (the named secrets it renders)")
+            extra = [f for f in ("provider", "ref", "key", "version", "params", "encoding", "format", "files")
+                     if getattr(self, f) is not None]
+            if extra:
+                raise ValueError(f"a template entry takes its sources from values:, not {', '.join(extra)}")
+            return self
+        if self.values is not None:
+            raise ValueError("values: belongs to a template entry (add template:)")
+        if self.files is not None and self.key is not None:
+            raise ValueError("key goes on each file of files:, not on the entry")
+        if isinstance(self.files, dict) and not self.files:
+            raise ValueError("files: names no file")
+        return self
+
+    def sources(self) -> dict[str, ValueSource]:
+        """The fetch units this entry reads, by value name (the entry's own name for one source)."""
+        if self.values is not None:
+            return dict(self.values)
+        assert self.provider is not None and self.ref is not None
+        return {"": ValueSource(provider=self.provider, ref=self.ref, version=self.version, params=self.params)}
+
+    def file_rules(self) -> dict[str, FileRule]:
+        """Each named file of a `files:` entry with its rule (the entry's encoding/format as defaults)."""
+        if not isinstance(self.files, dict):
+            return {}
+        rules = {}
+        for name, rule in self.files.items():
+            if isinstance(rule, str):
+                rule = FileRule(key=rule)
+            rules[name] = rule.model_copy(update={
+                "encoding": rule.encoding or self.encoding, "format": rule.format or self.format})
+        return rules
 
 
 class HttpHook(_Model):
@@ -180,14 +246,36 @@ class BridgeConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _check_targets(self) -> BridgeConfig:
+        targets: dict[str, str] = {}
         for name, secret in self.secrets.items():
             check_target(name)
-            if secret.provider not in self.providers:
-                raise _FieldError(("secrets", name, "provider"), f"no provider named {secret.provider!r}")
-            parent = posixpath.dirname(name)
+            for required in ("provider", "ref"):
+                if secret.template is None and getattr(secret, required) is None:
+                    raise _FieldError(("secrets", name, required), "required field missing (or give template)")
+            for value_name, source in secret.sources().items():
+                if source.provider not in self.providers:
+                    loc = ("secrets", name, "values", value_name, "provider") if value_name else (
+                        "secrets", name, "provider")
+                    raise _FieldError(loc, f"no provider named {source.provider!r}")
+            for file in secret.file_rules():
+                check_target(file, ("secrets", name, "files", file))
+                targets[f"{name}/{file}"] = name
+            targets[name] = name
+            if secret.template is not None:
+                from bridge.render import compile_template
+
+                try:
+                    compile_template(secret.template, set(secret.values or {}))
+                except ValueError as exc:
+                    raise _FieldError(("secrets", name, "template"), str(exc)) from None
+        folders = {name for name, s in self.secrets.items() if s.files is not None}
+        for target, entry in targets.items():
+            parent = posixpath.dirname(target)
             while parent:
-                if parent in self.secrets:
-                    raise _FieldError(("secrets", name), f"{parent!r} is a file, not a folder")
+                if parent in self.secrets and parent not in folders:
+                    raise _FieldError(("secrets", entry), f"{parent!r} is a file, not a folder")
+                if parent in folders and parent != entry:
+                    raise _FieldError(("secrets", entry), f"{parent!r} is the folder of a files: entry")
                 parent = posixpath.dirname(parent)
         for i, hook in enumerate(self.on_change):
             for name in hook.secrets or ():
@@ -198,13 +286,19 @@ class BridgeConfig(BaseSettings):
                 raise _FieldError(("providers", name, "type"), "missing provider type")
         return self
 
-    def mode_of(self, secret: SecretConfig) -> int:
-        return self.defaults.mode if secret.mode is None else secret.mode
+    def mode_of(self, secret: SecretConfig, rule: FileRule | None = None) -> int:
+        """A file's mode: its own (in files:), else the entry's, else defaults."""
+        for mode in (rule.mode if rule else None, secret.mode):
+            if mode is not None:
+                return mode
+        return self.defaults.mode
 
-    def owner_of(self, secret: SecretConfig) -> tuple[int, int]:
-        """uid/gid, defaulting to the bridge's own."""
-        uid = secret.uid if secret.uid is not None else self.defaults.uid
-        gid = secret.gid if secret.gid is not None else self.defaults.gid
+    def owner_of(self, secret: SecretConfig, rule: FileRule | None = None) -> tuple[int, int]:
+        """uid/gid: the file's own, else the entry's, else defaults, else the bridge's own."""
+        def first(*ids: int | None) -> int | None:
+            return next((i for i in ids if i is not None), None)
+        uid = first(rule.uid if rule else None, secret.uid, self.defaults.uid)
+        gid = first(rule.gid if rule else None, secret.gid, self.defaults.gid)
         return (os.getuid() if uid is None else uid, os.getgid() if gid is None else gid)
 
     def interval_of(self, secret: SecretConfig) -> float:
@@ -218,19 +312,20 @@ class _FieldError(ValueError):
         super().__init__(f"{'.'.join(loc)}: {message}")
 
 
-def check_target(name: str) -> None:
+def check_target(name: str, loc: tuple[str, ...] | None = None) -> None:
     """Validate a target file name: relative, in normal form, outside the writer's `..` names."""
+    loc = loc or ("secrets", name)
     if not name or name.startswith("/"):
-        raise _FieldError(("secrets", name), "target must be a relative path")
+        raise _FieldError(loc, "target must be a relative path")
     parts = name.split("/")
     if any(p == ".." for p in parts):
-        raise _FieldError(("secrets", name), "target must not contain '..'")
+        raise _FieldError(loc, "target must not contain '..'")
     if name.startswith(".."):
-        raise _FieldError(("secrets", name), "target must not begin with '..' (reserved for generations)")
+        raise _FieldError(loc, "target must not begin with '..' (reserved for generations)")
     if any(p in ("", ".") for p in parts):
-        raise _FieldError(("secrets", name), "target must not have empty or '.' parts (write it as a/b)")
+        raise _FieldError(loc, "target must not have empty or '.' parts (write it as a/b)")
     if name == STATE_FILE or "\0" in name:
-        raise _FieldError(("secrets", name), "target name is reserved")
+        raise _FieldError(loc, "target name is reserved")
 
 
 class Config:
@@ -280,6 +375,14 @@ def parse_config(text: str, source: str = "<config>") -> Config:
             raise ConfigError(f"providers.{name}.type: {exc}") from None
         parsed = _validate(lambda cls=cls, section=section: cls.Settings(**section), ("providers", name))
         providers[name] = (cls, parsed)
+    for name, secret in settings.secrets.items():
+        for value_name, origin in secret.sources().items():
+            cls = providers[origin.provider][0]
+            loc = f"secrets.{name}" + (f".values.{value_name}" if value_name else "")
+            if origin.version == PREVIOUS and not getattr(cls, "supports_previous", False):
+                raise ConfigError(f"{loc}.version: provider {origin.provider!r} keeps no previous version")
+            if origin.params is not None and not getattr(cls, "supports_params", False):
+                raise ConfigError(f"{loc}.params: provider {origin.provider!r} takes no params")
     return Config(settings, providers)
 
 

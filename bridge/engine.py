@@ -1,30 +1,39 @@
-"""The sync engine: decide what is due, ask providers, extract, and commit once per cycle.
+"""The sync engine: fetch units -> entries -> files, one commit per cycle.
 
-This is the one place where a change is detected and committed (metrics, audit events and
-notifications hook in here). It keeps each secret's last good content, so a failure never
-removes or empties a file, and it is the one place that retries: per-secret exponential backoff
-with jitter, honouring a provider's retry_after. It never logs a value.
+A cycle has five steps, each a method a test can call:
+
+    plan      which fetch units are due: their group's refresh time, a retry, a pin never
+    fetch     per provider, batched: the cheap version check, then a fetch of what moved
+    render    the entries whose units moved become file contents (plain, files:, template:)
+    commit    only the files whose content, mode or owner changed go to the writer, as one generation
+    announce  one Change record per changed file, to every subscriber (on_change, audit log)
+
+This is the one place where a change is detected and committed, and the one place that retries
+(per-unit exponential backoff with jitter, honouring a provider's retry_after). It keeps each
+file's last good content, so a failure never removes or empties a file. Idle work is proportional
+to what is due. It never logs a value.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import random
-import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
-from bridge.config import Config, SecretConfig
-from bridge.errors import ProviderError, Unavailable, WriteError
-from bridge.extract import ExtractError, extract
-from bridge.metrics import COMMITS, SECRET_ERRORS
-from bridge.provider import Fetched, Outcome, Provider, Request
-from bridge.state import SecretRecord, State
+from bridge.changes import Change
+from bridge.config import Config
+from bridge.errors import ExtractError, ProviderError, Unavailable, WriteError
+from bridge.metrics import COMMIT_SECONDS, COMMITS, CYCLE_SECONDS, SECRET_ERRORS
+from bridge.provider import Fetched, Provider
+from bridge.state import State, file_record
+from bridge.units import Entry, Unit, build, owner_index
 from bridge.writer import FileSpec, Writer
 
 log = logging.getLogger("secrets_bridge.engine")
@@ -34,33 +43,36 @@ BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 300.0
 #: the loop wakes at least this often, so /healthz can tell it is alive
 HEARTBEAT_SECONDS = 5.0
+#: more new failures than this in one cycle are logged as one line per provider and error
+_LOG_EACH_UP_TO = 3
+
+Subscriber = Callable[[list[Change]], None]
+Outcome = Fetched | ProviderError | None  # None: checked, unchanged
 
 
-@dataclass
-class _Tracked:
-    """What the engine knows of one secret between cycles. The content is never in the repr."""
+class Waiter(Protocol):
+    """What `run` waits on: set by a signal handler or a file watcher to wake the loop."""
 
-    name: str
-    config: SecretConfig
-    content: bytes | None = field(default=None, repr=False)
-    version: str | None = None
-    next_due: float = 0.0
-    attempts: int = 0
-    error: ProviderError | None = None
-    failing_since: float | None = None
-    updated: float | None = None
+    def is_set(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> object: ...
 
-    #: pinned to a version that never moves (not a label): not polled once written
-    fixed: bool = False
+
+@dataclass(eq=False)
+class _Group:
+    """Units of one provider and interval share one jittered schedule, so their check is one batch."""
+
+    due: float = 0.0
+    members: set[Unit] = field(default_factory=set)
 
 
 @dataclass
 class CycleResult:
-    """What one cycle did: names whose files changed and names that failed."""
+    """What one cycle did: files that changed, and entries that failed (with why)."""
 
     changed: list[str]
     failed: dict[str, ProviderError]
     write_error: WriteError | None = None
+    changes: list[Change] = field(default_factory=list)
 
 
 class Engine:
@@ -69,7 +81,7 @@ class Engine:
         config: Config,
         *,
         providers: dict[str, Provider] | None = None,
-        on_commit: Callable[[list[str]], None] | None = None,
+        subscribers: Sequence[Subscriber] = (),
         writer: Writer | None = None,
     ) -> None:
         self.config = config
@@ -78,43 +90,50 @@ class Engine:
         # A reload hands the running engine's writer (and its hold on the directory) to the next.
         self.writer = writer or Writer(self.settings.output_dir, require_tmpfs=self.settings.require_tmpfs)
         self.state = State(self.writer)
-        self.on_commit = on_commit
+        self.subscribers = list(subscribers)
         self.heartbeat = time.monotonic()
-        self._group_due: dict[tuple[str, float], float] = {}
-        self._committed: dict[str, FileSpec] | None = None  # None: compare with the disk first
-        self._saved: dict[str, SecretRecord] | None = None
+        self.units, self.entries = build(config, self.providers)
+        self._owner = owner_index(self.entries)
+        self._groups: dict[tuple[str, float], _Group] = defaultdict(_Group)
+        #: units on their own timer: failing, or pinned and not yet fetched
+        self._timers: set[Unit] = set(self.units.values())
+        self.files: dict[str, FileSpec] = {}  # the last good content of every file, as committed
+        self._versions: dict[str, str | None] = {}  # the version each file was last rendered from
+        self._committed_versions: dict[str, str | None] = {}  # ... as of its committed content
+        self._updated: dict[str, float] = {}
+        self._pending: dict[str, FileSpec | None] = {}  # rendered, not yet committed
+        self._dirty = True  # the state file needs writing
         self._started = False
         self._write_failing = False
-        self._tracked = {
-            name: _Tracked(name, secret, fixed=secret.version is not None
-                           and not self.providers[secret.provider].moves(secret.version))
-            for name, secret in self.settings.secrets.items()
-        }
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Prepare the directory and take the files already there as the last good content."""
+        """Prepare the directory and take the files already there as the last good content;
+        files no entry makes any more are removed at the first commit."""
         self.writer.prepare()
         self._started = True
-        on_disk = self.writer.current()
         previous = self.state.load()
-        for name, tracked in self._tracked.items():
-            if name in on_disk:
-                tracked.content = on_disk[name].content
-                record = previous.get(name)
-                if record is not None and record.matches(tracked.config):
-                    tracked.version = record.version
-                    tracked.updated = record.updated_epoch()
+        for file, spec in self.writer.committed.items():
+            entry = self._owner(file)
+            if entry is None:
+                self._pending[file] = None
+                continue
+            self.files[file] = spec
+            entry.files.add(file)
+            record = previous.get(file)
+            if record is not None and record.source() == file_record(file, entry, self).source():
+                self._versions[file] = self._committed_versions[file] = record.version
+                if record.updated_epoch() is not None:
+                    self._updated[file] = record.updated_epoch()  # type: ignore[assignment]
 
     def close(self, *, release: bool = True) -> None:
         """Close the providers; remove replaced generations once readers are past them; let the
         directory go (unless the writer passes to a reloaded engine)."""
         for provider in self.providers.values():
             provider.close()
-        for tracked in self._tracked.values():
-            if tracked.error is not None:
-                SECRET_ERRORS.remove(tracked.name, tracked.error.code)
+        for entry in self.entries.values():
+            self._clear_error_metric(entry)
         if self._started:
             pending = self.writer.prune()
             while pending is not None:
@@ -124,102 +143,228 @@ class Engine:
                 self.writer.release()
 
     def sync(self) -> CycleResult:
-        """One pass: fetch every secret, commit once."""
-        return self.cycle(list(self._tracked.values()), force=True)
+        """One pass: fetch every unit, commit once."""
+        return self.cycle(self.units.values(), force=True)
 
-    def run(self, stop: threading.Event) -> None:
-        """Keep in step until `stop` is set; the cycle in progress always finishes."""
-        while not stop.is_set():
+    def check(self) -> dict[str, ProviderError]:
+        """A dry sync: fetch every unit and render every entry as `sync` would; write nothing.
+        Returns the entries that failed; `Entry.version()` gives what each resolved to."""
+        outcomes = self.fetch(self.units.values(), force=True)
+        failed = self._settle(outcomes, time.monotonic(), quiet=True)
+        self.render(self.entries.values(), failed, quiet=True)
+        return failed
+
+    def run(self, wake: Waiter) -> None:
+        """Keep in step until `wake` is set; the cycle in progress always finishes."""
+        while not wake.is_set():
             self.heartbeat = time.monotonic()
-            now = time.monotonic()
-            due = [t for t in self._tracked.values() if t.next_due <= now]
-            if due:
-                self.cycle(due)
+            self.cycle()
             for provider in self.providers.values():
                 self._guarded(provider, provider.maintain)  # e.g. renew a token between cycles
             prune_in = self.writer.prune()
-            wake = min((t.next_due for t in self._tracked.values()), default=math.inf)
-            wait = min(wake - time.monotonic(), HEARTBEAT_SECONDS, math.inf if prune_in is None else prune_in)
-            stop.wait(max(0.0, wait))
+            wait = min(self.next_wake() - time.monotonic(), HEARTBEAT_SECONDS,
+                       math.inf if prune_in is None else prune_in)
+            wake.wait(max(0.0, wait))
 
     # -- health ----------------------------------------------------------------------------
 
     def missing_required(self) -> list[str]:
-        return [t.name for t in self._tracked.values() if t.content is None and not t.config.optional]
+        """Required entries with a file not written yet."""
+        return [e.name for e in self.entries.values() if not e.optional
+                and (not e.files if e.expected is None else not e.expected <= e.files)]
 
     def stale(self) -> list[str]:
+        """Required entries whose units have failed for longer than max_staleness."""
         limit = time.monotonic() - self.settings.max_staleness
-        return [t.name for t in self._tracked.values() if t.failing_since is not None and t.failing_since < limit]
+        return [e.name for e in self.entries.values() if not e.optional and any(
+            u.failing_since is not None and u.failing_since < limit for u in e.units.values())]
 
     def ready(self) -> bool:
         return not self.missing_required() and not self.stale()
 
     # -- one cycle -------------------------------------------------------------------------
 
-    def cycle(self, due: Iterable[_Tracked], *, force: bool = False) -> CycleResult:
-        """Check and fetch the due secrets, then commit everything once if any file changed."""
+    def cycle(self, due: Iterable[Unit] | None = None, *, force: bool = False) -> CycleResult:
+        """Plan (unless `due` is given), fetch, render, commit and announce."""
+        started = time.perf_counter()
         now = time.monotonic()
-        outcomes: dict[str, Outcome | None] = {}
-        by_provider: dict[str, list[_Tracked]] = defaultdict(list)
-        for tracked in due:
-            by_provider[tracked.config.provider].append(tracked)
-        for provider_name, group in by_provider.items():
+        units = self.plan(now) if due is None else list(due)
+        if not units and not self._pending:
+            return CycleResult([], {})
+        outcomes = self.fetch(units, force=force)
+        failed = self._settle(outcomes, now)
+        moved = [u for u, o in outcomes.items() if isinstance(o, Fetched)]
+        entries = self._affected(moved, everything=force)
+        self._pending.update(self.render(entries, failed))
+        changes, write_error = self.commit()
+        self._save_state()
+        self.announce(changes)
+        CYCLE_SECONDS.observe(time.perf_counter() - started)
+        return CycleResult([c.file for c in changes], failed, write_error, changes)
+
+    def plan(self, now: float) -> list[Unit]:
+        """The units due now: whole groups whose time has come, and units on their own timer."""
+        due: list[Unit] = []
+        for (_, interval), group in self._groups.items():
+            if group.members and group.due <= now:
+                due.extend(group.members)
+                group.due = now + self._jittered(interval)
+        due.extend(u for u in self._timers if u.next_due <= now)
+        return due
+
+    def next_wake(self) -> float:
+        groups = (g.due for g in self._groups.values() if g.members)
+        return min(min(groups, default=math.inf), min((u.next_due for u in self._timers), default=math.inf))
+
+    def fetch(self, units: Iterable[Unit], *, force: bool = False) -> dict[Unit, Outcome]:
+        """Per provider: the cheap check for what has a value, a batched fetch for the rest and
+        the moved. One call per unit however many entries share it."""
+        by_provider: dict[str, list[Unit]] = defaultdict(list)
+        for unit in units:
+            by_provider[unit.provider].append(unit)
+        outcomes: dict[Unit, Outcome] = {}
+        for name, group in by_provider.items():
             self.heartbeat = time.monotonic()  # a slow provider is not a stalled loop
-            provider = self.providers[provider_name]
-            found = self._guarded(provider, functools.partial(self._fetch_changed, provider, group, force))
+            provider = self.providers[name]
+            found = self._guarded(provider, functools.partial(self._fetch_from, provider, group, force))
             if isinstance(found, ProviderError):
-                outcomes.update({t.name: found for t in group})
+                outcomes.update(dict.fromkeys(group, found))
             else:
                 outcomes.update(found)
+        return outcomes
 
-        failed: dict[str, ProviderError] = {}
-        for name, outcome in outcomes.items():
-            tracked = self._tracked[name]
-            if isinstance(outcome, ProviderError):
-                failed[name] = outcome
-                self._fail(tracked, outcome, now)
+    def _fetch_from(self, provider: Provider, units: list[Unit], force: bool) -> dict[Unit, Outcome]:
+        outcomes: dict[Unit, Outcome] = {}
+        to_fetch: list[Unit] = []
+        checkable: list[Unit] = []
+        for unit in units:
+            if force or unit.fetched is None or unit.error is not None:
+                to_fetch.append(unit)
+            elif unit.fixed:
+                outcomes[unit] = None  # a fetched fixed pin does not change
+            elif unit.version is None:
+                to_fetch.append(unit)  # no versions (env, KV v1): fetch and compare content
+            else:
+                checkable.append(unit)
+        if checkable:
+            current = provider.resolve_versions([u.request for u in checkable])
+            for unit in checkable:
+                latest = current.get(unit.request)
+                if isinstance(latest, ProviderError):
+                    outcomes[unit] = latest
+                elif latest is not None and latest == unit.version:
+                    outcomes[unit] = None
+                else:
+                    to_fetch.append(unit)
+        if to_fetch:
+            fetched = provider.fetch_many([u.request for u in to_fetch])
+            for unit in to_fetch:
+                outcome = fetched[unit.request]
+                same = (isinstance(outcome, Fetched) and unit.fetched is not None and not force
+                        and outcome.value == unit.fetched.value and outcome.version == unit.version)
+                outcomes[unit] = None if same else outcome
+        return outcomes
+
+    def render(self, entries: Iterable[Entry], failed: dict[str, ProviderError], *,
+               quiet: bool = False) -> dict[str, FileSpec | None]:
+        """File contents for `entries`, only where they differ from the last good; an entry that
+        cannot render keeps its files and is recorded in `failed`."""
+        updates: dict[str, FileSpec | None] = {}
+        for entry in entries:
+            if not entry.ready_to_render():
                 continue
-            if isinstance(outcome, Fetched):
-                try:
-                    tracked.content = extract(
-                        outcome, key=tracked.config.key, encoding=tracked.config.encoding, fmt=tracked.config.format
-                    )
-                except Exception as exc:
-                    error = exc if isinstance(exc, ProviderError) else ExtractError(
-                        f"cannot use the value ({type(exc).__name__})")  # never the exception text
-                    failed[name] = error.at(provider=tracked.config.provider, ref=tracked.config.ref,
-                                            version=outcome.version)
-                    self._fail(tracked, failed[name], now)
-                    continue
-                tracked.version = outcome.version
-            self._succeed(tracked, now)
+            try:
+                specs = entry.render(self.config)
+            except ProviderError as exc:
+                error = exc
+            except Exception as exc:  # a converter's own error: its text may hold the value
+                error = ExtractError(f"cannot use the value ({type(exc).__name__})")
+            else:
+                self._render_ok(entry)
+                version = entry.version()
+                for file, spec in specs.items():
+                    self._versions[file] = version
+                    if self.files.get(file) != spec:
+                        updates[file] = spec
+                    elif file not in self._pending:
+                        self._committed_versions[file] = version  # same content, new version id
+                updates.update((f, None) for f in entry.files - specs.keys())
+                continue
+            if "" in entry.units:
+                unit = entry.units[""]
+                error.at(provider=unit.provider, ref=unit.request.ref, version=unit.version)
+            failed[entry.name] = error
+            if not quiet:
+                self._render_failed(entry, error)
+        return updates
 
+    def commit(self) -> tuple[list[Change], WriteError | None]:
+        """Hand the pending file updates to the writer as one generation."""
+        if not self._pending:
+            return [], None
+        before = {f: self.files.get(f) for f in self._pending}
+        started = time.perf_counter()
         try:
-            changed = self._commit()
-            write_error = None
-            if self._write_failing:
-                log.info("commits to %s work again", self.settings.output_dir)
-                self._write_failing = False
+            changed = self.writer.commit(self._pending)
         except WriteError as exc:
-            # e.g. the tmpfs is full: the last generation stays whole; try again next cycle.
+            # e.g. the tmpfs is full: the last generation stays whole; the updates wait for the next cycle.
             if not self._write_failing:
                 log.error("cannot commit to %s: %s; the last generation stays", self.settings.output_dir, exc)
                 self._write_failing = True
-            changed, write_error, self._committed = [], exc, None
-        records = self._records()
-        if records != self._saved:
+            return [], exc
+        COMMIT_SECONDS.observe(time.perf_counter() - started)
+        if self._write_failing:
+            log.info("commits to %s work again", self.settings.output_dir)
+            self._write_failing = False
+        pending, self._pending = self._pending, {}
+        stamp = time.time()
+        changes = []
+        for file in changed:
+            spec, entry = pending[file], self._owner(file)
+            old_version = self._committed_versions.get(file)
+            if spec is None:
+                self.files.pop(file, None)
+                self._updated.pop(file, None)
+                new_version = None
+            else:
+                self.files[file] = spec
+                self._updated[file] = stamp
+                new_version = self._versions.get(file)
+            self._committed_versions[file] = new_version
+            if entry is not None:
+                (entry.files.discard if spec is None else entry.files.add)(file)
+            provider, ref = entry.source() if entry is not None else ("", "")
+            action = "removed" if spec is None else "added" if before[file] is None else "updated"
+            changes.append(Change(file, entry.name if entry else file, provider, ref, old_version,
+                                  new_version, self.writer.generation, action))
+        if changes:
+            COMMITS.inc()
+            self._dirty = True
+            names = ", ".join(c.file for c in changes[:10]) + (", ..." if len(changes) > 10 else "")
+            log.info("committed a new generation: %d changed (%s)", len(changes), names)
+        return changes, None
+
+    def announce(self, changes: list[Change]) -> None:
+        """Tell every subscriber; a failing subscriber never stops the bridge."""
+        if not changes:
+            return
+        for subscriber in self.subscribers:
             try:
-                self.state.save(records, self.config)
-                self._saved = records
-            except WriteError as exc:
-                log.warning("cannot write the state file: %s", exc)
-        if changed and self.on_commit is not None:
-            self.on_commit(changed)
-        return CycleResult(changed, failed, write_error)
+                subscriber(changes)
+            except Exception as exc:
+                log.warning("change subscriber %s failed (%s)", type(subscriber).__name__, type(exc).__name__)
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    def _affected(self, moved: list[Unit], *, everything: bool) -> list[Entry]:
+        if everything:
+            return list(self.entries.values())
+        names = dict.fromkeys(name for unit in moved for name in unit.entries)
+        return [self.entries[n] for n in names]
 
     def _guarded(self, provider: Provider, call: Callable[[], T]) -> T | ProviderError:
         """Run a provider call; an unexpected exception (a provider bug, an odd server answer) is
-        an Unavailable for its secrets, never the end of the bridge."""
+        an Unavailable for its units, never the end of the bridge."""
         try:
             return call()
         except ProviderError as exc:
@@ -228,103 +373,119 @@ class Engine:
             log.debug("provider %s raised", provider.name, exc_info=True)
             return Unavailable(f"internal error ({type(exc).__name__})", provider=provider.name)
 
-    def _fetch_changed(self, provider: Provider, group: list[_Tracked], force: bool) -> dict[str, Outcome | None]:
-        """The cheap check for unpinned secrets with content; a fetch for the rest and the changed.
-
-        A None outcome means "checked, unchanged"."""
-        outcomes: dict[str, Outcome | None] = {}
-        to_fetch: list[_Tracked] = []
-        checkable = [t for t in group if not force and not t.fixed and t.content is not None
-                     and t.version is not None and t.error is None]
-        if checkable:
-            current = provider.resolve_versions([Request(t.config.ref, t.config.version) for t in checkable])
-            for tracked in checkable:
-                latest = current.get(Request(tracked.config.ref, tracked.config.version))
-                if isinstance(latest, ProviderError):
-                    outcomes[tracked.name] = latest
-                elif latest is not None and latest == tracked.version:
-                    outcomes[tracked.name] = None
-                else:
-                    to_fetch.append(tracked)
-        for tracked in group:
-            if tracked in checkable:
+    def _settle(self, outcomes: dict[Unit, Outcome], now: float, *, quiet: bool = False) -> dict[str, ProviderError]:
+        """Record each unit's outcome: a success reschedules it, a failure backs it off."""
+        failed: dict[str, ProviderError] = {}
+        newly: dict[tuple[str, str], list[Unit]] = defaultdict(list)
+        wall = time.time()
+        for unit, outcome in outcomes.items():
+            if isinstance(outcome, ProviderError):
+                error = outcome.at(provider=unit.provider, ref=unit.request.ref, version=unit.request.version)
+                if unit.error is None or type(unit.error) is not type(error):
+                    newly[(unit.provider, error.code)].append(unit)
+                self._fail(unit, error, now)
+                failed.update(dict.fromkeys(unit.entries, error))
                 continue
-            if not force and tracked.fixed and tracked.content is not None and tracked.error is None:
-                outcomes[tracked.name] = None  # a written fixed pin does not change
-            else:
-                to_fetch.append(tracked)
-        if to_fetch:
-            requests = {t.name: Request(t.config.ref, t.config.version) for t in to_fetch}
-            fetched = provider.fetch_many(list(requests.values()))
-            for name, request in requests.items():
-                outcomes[name] = fetched[request]
-        return outcomes
+            if isinstance(outcome, Fetched):
+                if outcome.version != unit.version:
+                    self._dirty = True
+                unit.fetched, unit.version = outcome, outcome.version
+            unit.refreshed_at = wall
+            self._succeed(unit, now)
+        for (provider, code), units in newly.items():
+            if not quiet:
+                self._log_failures(provider, code, units)
+        return failed
 
-    def _commit(self) -> list[str]:
-        files: dict[str, FileSpec] = {}
-        for tracked in self._tracked.values():
-            if tracked.content is not None:
-                uid, gid = self.settings.owner_of(tracked.config)
-                files[tracked.name] = FileSpec(tracked.content, self.settings.mode_of(tracked.config), uid, gid)
-        if files == self._committed:
-            return []  # nothing moved since the last commit: leave the directory alone
-        changed = self.writer.commit(files)
-        self._committed = files
-        if not changed:
-            return []
-        COMMITS.inc()
-        stamp = time.time()
-        for name in changed:
-            if name in self._tracked:
-                self._tracked[name].updated = stamp
-        log.info("committed a new generation: %d changed (%s)", len(changed), ", ".join(changed))
-        return changed
-
-    # -- per-secret outcome bookkeeping ------------------------------------------------------
-
-    def _succeed(self, tracked: _Tracked, now: float) -> None:
-        if tracked.error is not None:
-            log.info("secret %s: recovered after %d attempts (%.0fs)", tracked.name, tracked.attempts,
-                     now - (tracked.failing_since or now))
-            SECRET_ERRORS.remove(tracked.name, tracked.error.code)
-        tracked.error, tracked.failing_since, tracked.attempts = None, None, 0
-        if tracked.fixed:
-            tracked.next_due = math.inf  # not polled until its pin changes
+    def _succeed(self, unit: Unit, now: float) -> None:
+        if unit.error is not None:
+            log.info("%s: recovered after %d attempts (%.0fs)", unit.describe(), unit.attempts,
+                     now - (unit.failing_since or now))
+            unit.error, unit.failing_since, unit.attempts = None, None, 0
+            self._dirty = True
+            for name in unit.entries:
+                self._clear_error_metric(self.entries[name])
+        if unit.fixed:
+            self._timers.discard(unit)  # not polled until its pin changes
+            unit.next_due = math.inf
             return
-        interval = self.settings.interval_of(tracked.config)
-        group = (tracked.config.provider, interval)
-        if self._group_due.get(group, 0.0) <= now:
-            # Secrets sharing a provider and interval come due together, so batch checks stay batched.
-            self._group_due[group] = now + self._jittered(interval)
-        tracked.next_due = self._group_due[group]
+        if unit in self._timers:
+            self._timers.discard(unit)
+            group = self._groups[(unit.provider, unit.interval)]
+            if not group.members or group.due <= now:
+                group.due = now + self._jittered(unit.interval)
+            group.members.add(unit)
+        unit.next_due = self._groups[(unit.provider, unit.interval)].due
 
-    def _fail(self, tracked: _Tracked, error: ProviderError, now: float) -> None:
-        keeps = "keeping the last good file" if tracked.content is not None else "no file yet"
-        if tracked.error is None or type(tracked.error) is not type(error):
-            level = logging.WARNING if tracked.content is not None or tracked.config.optional else logging.ERROR
-            log.log(level, "secret %s: %s (%s); %s", tracked.name, error, error.code, keeps)
-            if tracked.error is not None:
-                SECRET_ERRORS.remove(tracked.name, tracked.error.code)
-            SECRET_ERRORS.labels(secret=tracked.name, code=error.code).set(1)
-        if tracked.failing_since is None:
-            tracked.failing_since = now
-        tracked.error = error
-        tracked.attempts += 1
-        cap = min(BACKOFF_CAP_SECONDS, max(self.settings.interval_of(tracked.config), BACKOFF_BASE_SECONDS))
-        delay = min(cap, BACKOFF_BASE_SECONDS * error.backoff_factor * 2 ** min(tracked.attempts - 1, 30))
-        delay = self._jittered(delay)
+    def _fail(self, unit: Unit, error: ProviderError, now: float) -> None:
+        if unit.error is None or type(unit.error) is not type(error):
+            self._dirty = True
+            for name in unit.entries:
+                self._clear_error_metric(self.entries[name])
+                SECRET_ERRORS.labels(secret=name, code=error.code).set(1)
+        unit.failing_since = unit.failing_since if unit.failing_since is not None else now
+        unit.error = error
+        unit.attempts += 1
+        self._groups[(unit.provider, unit.interval)].members.discard(unit)
+        self._timers.add(unit)
+        cap = min(BACKOFF_CAP_SECONDS, max(unit.interval, BACKOFF_BASE_SECONDS))
+        delay = self._jittered(min(cap, BACKOFF_BASE_SECONDS * error.backoff_factor * 2 ** min(unit.attempts - 1, 30)))
         if error.retry_after is not None:
             delay = max(delay, error.retry_after)
-        tracked.next_due = now + delay
+        unit.next_due = now + delay
+
+    def _log_failures(self, provider: str, code: str, units: list[Unit]) -> None:
+        for unit in units[:_LOG_EACH_UP_TO] if len(units) <= _LOG_EACH_UP_TO else []:
+            entries = [self.entries[n] for n in unit.entries]
+            has_files = any(e.files for e in entries)
+            level = logging.WARNING if has_files or unit.optional else logging.ERROR
+            keeps = "keeping the last good file" if has_files else "no file yet"
+            log.log(level, "secret %s: %s (%s); %s", ", ".join(unit.entries), unit.error, code, keeps)
+        if len(units) > _LOG_EACH_UP_TO:
+            log.error("provider %s: %d secrets failing (%s), e.g. %s: %s; keeping their last good files",
+                      provider, len(units), code, ", ".join(units[0].entries), units[0].error)
+
+    def _render_ok(self, entry: Entry) -> None:
+        if entry.error is not None:
+            log.info("secret %s: renders again", entry.name)
+            self._clear_error_metric(entry)
+            entry.error = None
+            self._dirty = True
+
+    def _render_failed(self, entry: Entry, error: ProviderError) -> None:
+        if entry.error is None or str(entry.error) != str(error):
+            keeps = "keeping the last good file" if entry.files else "no file yet"
+            log.log(logging.WARNING if entry.files else logging.ERROR, "secret %s: %s (%s); %s",
+                    entry.name, error, error.code, keeps)
+            self._clear_error_metric(entry)
+            SECRET_ERRORS.labels(secret=entry.name, code=error.code).set(1)
+            self._dirty = True
+        entry.error = error
+
+    def _clear_error_metric(self, entry: Entry) -> None:
+        for error in {entry.error, *(u.error for u in entry.units.values())}:
+            if error is not None:
+                with contextlib.suppress(KeyError):
+                    SECRET_ERRORS.remove(entry.name, error.code)
 
     def _jittered(self, seconds: float) -> float:
         spread = self.settings.jitter
         return seconds * (1 + random.uniform(-spread, spread))  # noqa: S311 - not for security
 
-    def _records(self) -> dict[str, SecretRecord]:
-        return {
-            t.name: SecretRecord.of(t.name, t.config, self.config, version=t.version,
-                                    size=None if t.content is None else len(t.content),
-                                    updated=t.updated, error=t.error)
-            for t in self._tracked.values()
-        }
+    def _save_state(self) -> None:
+        if not self._dirty or not self._started:
+            return
+        try:
+            self.state.save(self)
+            self._dirty = False
+        except WriteError as exc:
+            log.warning("cannot write the state file: %s", exc)
+
+    def entry_of(self, file: str) -> Entry | None:
+        return self._owner(file)
+
+    def updated(self, file: str) -> float | None:
+        return self._updated.get(file)
+
+    def version_of(self, file: str) -> str | None:
+        return self._versions.get(file)

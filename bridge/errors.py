@@ -4,6 +4,7 @@ BridgeError
 ├── ConfigError             bad configuration: exit 2, one line naming the field
 ├── ProviderError           .provider .ref .version .code (a stable string, used as a metric label)
 │   ├── SecretNotFound      permanent for this ref/version: keep the last good file
+│   │   └── ExtractError    the value lacks the shape the config asks for (no such key, not JSON)
 │   ├── AccessDenied        auth or permission: retry slowly
 │   └── Unavailable         timeout, 5xx, throttling (carries retry_after): back off
 └── WriteError              output directory unusable
@@ -88,3 +89,10 @@ class Unavailable(ProviderError):
     """Timeout, connection failure, 5xx or throttling; `retry_after` is honoured."""
 
     code = "unavailable"
+
+
+class ExtractError(SecretNotFound):
+    """The value exists but does not have the shape the config asks for (not JSON, no such key,
+    a template naming a missing key)."""
+
+    code = "bad_value"

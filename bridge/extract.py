@@ -11,14 +11,10 @@ import binascii
 import json
 from typing import Any
 
-from bridge.errors import SecretNotFound
+from bridge.errors import ExtractError
 from bridge.provider import Fetched
 
-
-class ExtractError(SecretNotFound):
-    """The value exists but does not have the shape the config asks for (not JSON, no such key)."""
-
-    code = "bad_value"
+__all__ = ["ExtractError", "extract", "to_pem"]
 
 
 def extract(fetched: Fetched, *, key: str | None, encoding: str | None, fmt: str | None) -> bytes:

@@ -99,7 +99,8 @@ class Runner:
         return 0
 
     def _engine(self, config: Config, writer: Writer | None = None) -> Engine:
-        engine = Engine(config, on_commit=Notifier(config.settings.on_change), writer=writer)
+        notifier = Notifier(config.settings.on_change)
+        engine = Engine(config, subscribers=[lambda changes: notifier([c.entry for c in changes])], writer=writer)
         engine.start()
         return engine
 

@@ -1,7 +1,7 @@
 """The state file kept beside the secrets, read by `ls` and `inspect`.
 
-Metadata only: names, provider, ref, resolved version, size, mode, owner, times, the last error.
-Never a value, never a hash of a value, never a credential.
+Metadata only, one record per file: its entry, provider, ref, resolved version, size, mode, owner,
+times, the last error. Never a value, never a hash of a value, never a credential.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bridge.config import STATE_FILE, Config, SecretConfig
-from bridge.errors import ProviderError
+from bridge.config import STATE_FILE
 
 if TYPE_CHECKING:
+    from bridge.engine import Engine
+    from bridge.units import Entry
     from bridge.writer import Writer
 
 
@@ -27,6 +28,7 @@ def _iso(epoch: float | None) -> str | None:
 @dataclass(frozen=True)
 class SecretRecord:
     name: str
+    entry: str
     provider: str
     provider_type: str
     ref: str
@@ -40,43 +42,41 @@ class SecretRecord:
     updated: str | None
     error: dict[str, str | None] | None
 
-    @classmethod
-    def of(
-        cls,
-        name: str,
-        secret: SecretConfig,
-        config: Config,
-        *,
-        version: str | None,
-        size: int | None,
-        updated: float | None,
-        error: ProviderError | None,
-    ) -> SecretRecord:
-        settings = config.settings
-        uid, gid = settings.owner_of(secret)
-        return cls(
-            name=name,
-            provider=secret.provider,
-            provider_type=settings.providers[secret.provider]["type"],
-            ref=secret.ref,
-            key=secret.key,
-            pinned_version=secret.version,
-            version=version,
-            size=size,
-            mode=f"{settings.mode_of(secret):04o}",
-            uid=uid,
-            gid=gid,
-            updated=_iso(updated),
-            error=None if error is None else {"code": error.code, "message": str(error)},
-        )
-
-    def matches(self, secret: SecretConfig) -> bool:
-        """Same source as configured now (so the recorded version still describes the file)."""
-        return (self.provider, self.ref, self.key, self.pinned_version) == (
-            secret.provider, secret.ref, secret.key, secret.version)
+    def source(self) -> tuple[str, str, str | None, str | None]:
+        """Where the file's content comes from (so a recorded version still describes the file)."""
+        return (self.provider, self.ref, self.key, self.pinned_version)
 
     def updated_epoch(self) -> float | None:
         return None if self.updated is None else datetime.fromisoformat(self.updated).timestamp()
+
+
+def file_record(name: str, entry: Entry, engine: Engine) -> SecretRecord:
+    """The record of one file (or of an entry that has no file yet, under the entry's name)."""
+    settings = engine.settings
+    secret = entry.config
+    rules = secret.file_rules()
+    rule = rules.get(name.removeprefix(entry.name + "/")) if rules else None
+    provider, ref = entry.source()
+    types = dict.fromkeys(settings.providers[u.provider]["type"] for u in entry.units.values())
+    errors = [e for e in (entry.error, *(u.error for u in entry.units.values())) if e is not None]
+    spec = engine.files.get(name)
+    uid, gid = settings.owner_of(secret, rule)
+    return SecretRecord(
+        name=name,
+        entry=entry.name,
+        provider=provider,
+        provider_type=",".join(types),
+        ref=ref,
+        key=rule.key if rule else secret.key,
+        pinned_version=secret.version,
+        version=engine.version_of(name),
+        size=None if spec is None else len(spec.content),
+        mode=f"{settings.mode_of(secret, rule):04o}",
+        uid=uid,
+        gid=gid,
+        updated=_iso(engine.updated(name)),
+        error=None if not errors else {"code": errors[0].code, "message": str(errors[0])},
+    )
 
 
 class State:
@@ -90,13 +90,18 @@ class State:
     def load(self) -> dict[str, SecretRecord]:
         return read_state(self.path)
 
-    def save(self, records: dict[str, SecretRecord], config: Config) -> None:
+    def save(self, engine: Engine) -> None:
+        records = {}
+        for entry in engine.entries.values():
+            names = sorted(entry.files | (entry.expected or set())) or [entry.name]
+            for name in names:
+                records[name] = asdict(file_record(name, entry, engine))
         doc = {
             "written": _iso(time.time()),
-            "output_dir": str(config.settings.output_dir),
-            "secrets": {name: asdict(r) for name, r in sorted(records.items())},
+            "output_dir": str(engine.settings.output_dir),
+            "secrets": dict(sorted(records.items())),
         }
-        self.writer.write_state(STATE_FILE, json.dumps(doc, indent=2).encode() + b"\n")
+        self.writer.write_state(STATE_FILE, json.dumps(doc, indent=1).encode() + b"\n")
 
 
 def read_state(path: Path) -> dict[str, SecretRecord]:

@@ -57,6 +57,8 @@ class Writer:
         self._lock_fd: int | None = None
         #: generations this writer replaced, with the monotonic time of the replacement
         self._replaced: dict[str, float] = {}
+        self._committed: dict[str, FileSpec] | None = None
+        self.generation: str | None = None
 
     def prepare(self) -> None:
         """Create the directory if needed, check it is in memory, take it for this process (one
@@ -114,11 +116,23 @@ class Writer:
             finally:
                 os.close(gfd)
 
-    def commit(self, files: Mapping[str, FileSpec]) -> list[str]:
-        """Make `files` the whole visible content in one rename; return the names that changed
-        (added, removed or different), empty when nothing did and nothing was written."""
-        before = self.current()
-        changed = sorted(n for n in set(files) | set(before) if files.get(n) != before.get(n))
+    @property
+    def committed(self) -> Mapping[str, FileSpec]:
+        if self._committed is None:
+            self._committed = self.current()
+        return self._committed
+
+    def commit(self, updates: Mapping[str, FileSpec | None]) -> list[str]:
+        """Apply `updates` (None removes a file) on top of the committed files in one rename; return
+        the names that changed, empty when nothing did and nothing was written."""
+        before = dict(self.committed)
+        files = dict(before)
+        for name, spec in updates.items():
+            if spec is None:
+                files.pop(name, None)
+            else:
+                files[name] = spec
+        changed = sorted(n for n in updates if files.get(n) != before.get(n))
         if not changed:
             return []
         self._lock()
@@ -136,6 +150,8 @@ class Writer:
             if old is not None:
                 self._replaced[old] = time.monotonic()
             self._prune(dfd, GENERATION_GRACE_SECONDS)
+        self._committed = files
+        self.generation = gen
         return changed
 
     def prune(self, grace_seconds: float = GENERATION_GRACE_SECONDS) -> float | None:

@@ -68,6 +68,11 @@ def make_engine(tmp_path: Path, secrets: str, **top) -> tuple[Engine, FakeProvid
     return engine, fake
 
 
+def unit(engine: Engine, entry: str):
+    """The single fetch unit of a plain entry."""
+    return engine.entries[entry].units[""]
+
+
 SECRETS = """  a: {provider: fake, ref: r1}
   b: {provider: fake, ref: r1, version: 1}
   c: {provider: fake, ref: r2, mode: "0400"}
@@ -92,10 +97,10 @@ def test_cheap_check_then_fetch_only_changed(tmp_path: Path) -> None:
     fake.put("r2", b"two")
     engine.sync()
     fake.fetches.clear()
-    engine.cycle(engine._tracked.values())
+    engine.cycle(engine.units.values())
     assert fake.fetches == [] and fake.checks[-1] == ["r1", "r2"]
     fake.put("r1", b"one-v2")
-    result = engine.cycle(engine._tracked.values())
+    result = engine.cycle(engine.units.values())
     assert fake.fetches == [Request("r1")]
     assert result.changed == ["a"]
     assert (tmp_path / "a").read_bytes() == b"one-v2" and (tmp_path / "b").read_bytes() == b"one"
@@ -106,7 +111,7 @@ def test_pinned_not_polled(tmp_path: Path) -> None:
     engine, fake = make_engine(tmp_path, "  b: {provider: fake, ref: r1, version: 1}\n")
     fake.put("r1", b"one")
     engine.sync()
-    assert engine._tracked["b"].next_due == float("inf")
+    assert unit(engine, "b").next_due == float("inf")
 
 
 def test_failure_keeps_last_good_file_and_logs_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -117,12 +122,12 @@ def test_failure_keeps_last_good_file_and_logs_once(tmp_path: Path, caplog: pyte
     engine.sync()
     fake.failure = Unavailable("server error")
     for _ in range(5):
-        result = engine.cycle(engine._tracked.values())
+        result = engine.cycle(engine.units.values())
         assert "a" in result.failed
     assert (tmp_path / "a").read_bytes() == b"one"
     assert len([r for r in caplog.records if "server error" in r.getMessage()]) == 1
     fake.failure = None
-    engine.cycle(engine._tracked.values())
+    engine.cycle(engine.units.values())
     assert len([r for r in caplog.records if "recovered after 5 attempts" in r.getMessage()]) == 1
 
 
@@ -133,13 +138,13 @@ def test_backoff_grows_and_honours_retry_after(tmp_path: Path) -> None:
     delays = []
     for _ in range(4):
         now = time.monotonic()
-        engine.cycle(engine._tracked.values())
-        delays.append(engine._tracked["a"].next_due - now)
+        engine.cycle(engine.units.values())
+        delays.append(unit(engine, "a").next_due - now)
     assert delays[0] < delays[1] < delays[2] < delays[3]
     fake.failure = Unavailable("throttled", retry_after=30)
     now = time.monotonic()
-    engine.cycle(engine._tracked.values())
-    assert engine._tracked["a"].next_due - now >= 30
+    engine.cycle(engine.units.values())
+    assert unit(engine, "a").next_due - now >= 30
 
 
 def test_deleted_upstream_keeps_file(tmp_path: Path) -> None:
@@ -148,7 +153,7 @@ def test_deleted_upstream_keeps_file(tmp_path: Path) -> None:
     fake.put("r1", b"one")
     engine.sync()
     del fake.versions["r1"]
-    result = engine.cycle(engine._tracked.values())
+    result = engine.cycle(engine.units.values())
     assert isinstance(result.failed["a"], SecretNotFound)
     assert (tmp_path / "a").read_bytes() == b"one"
 
@@ -169,7 +174,7 @@ def test_stale_after_max_staleness(tmp_path: Path) -> None:
     fake.put("r1", b"one")
     engine.sync()
     fake.failure = Unavailable("down")
-    engine.cycle(engine._tracked.values())
+    engine.cycle(engine.units.values())
     time.sleep(0.2)
     assert engine.stale() == ["a"] and not engine.ready()
 
@@ -226,7 +231,7 @@ def test_group_shares_one_schedule(tmp_path: Path) -> None:
     for i in range(10):
         fake.put(f"r{i}", b"x")
     engine.sync()
-    assert len({t.next_due for t in engine._tracked.values()}) == 1
+    assert len({u.next_due for u in engine.units.values()}) == 1
 
 
 def test_moving_pin_is_polled_and_follows(tmp_path: Path) -> None:
@@ -236,10 +241,10 @@ def test_moving_pin_is_polled_and_follows(tmp_path: Path) -> None:
     fake.put("r1", b"one")
     fake.put("r1", b"two")
     engine.sync()
-    assert engine._tracked["p"].next_due < float("inf") and engine._tracked["f"].next_due == float("inf")
+    assert unit(engine, "p").next_due < float("inf") and unit(engine, "f").next_due == float("inf")
     fake.put("r1", b"three")
     fake.fetches.clear()
-    assert engine.cycle(engine._tracked.values()).changed == ["p"]
+    assert engine.cycle(engine.units.values()).changed == ["p"]
     assert (tmp_path / "p").read_bytes() == b"two" and (tmp_path / "f").read_bytes() == b"one"
 
 
@@ -249,7 +254,7 @@ def test_unexpected_provider_exception_is_unavailable(tmp_path: Path) -> None:
     fake.put("r1", b"one")
     engine.sync()
     fake.failure = KeyError("odd server answer")
-    result = engine.cycle(engine._tracked.values())
+    result = engine.cycle(engine.units.values())
     assert isinstance(result.failed["a"], Unavailable) and "KeyError" in str(result.failed["a"])
     assert (tmp_path / "a").read_bytes() == b"one"
 
@@ -258,10 +263,10 @@ def test_backoff_survives_long_outages(tmp_path: Path) -> None:
     """Thousands of failures in a row keep a bounded backoff (no overflow)."""
     engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
     fake.failure = Unavailable("down")
-    engine._tracked["a"].attempts = 5000
+    unit(engine, "a").attempts = 5000
     now = time.monotonic()
-    engine.cycle(engine._tracked.values())
-    assert engine._tracked["a"].next_due - now <= 2.0  # capped at the 1s interval, plus jitter
+    engine.cycle(engine.units.values())
+    assert unit(engine, "a").next_due - now <= 2.0  # capped at the 1s interval, plus jitter
 
 
 def test_batch_stops_after_unavailable(tmp_path: Path) -> None:
@@ -291,11 +296,11 @@ def test_full_tmpfs_keeps_last_generation(tiny_tmpfs: Path) -> None:
     fake.put("r1", b"small")
     assert engine.sync().changed == ["a"]
     fake.put("r1", b"x" * 200_000)
-    result = engine.cycle(engine._tracked.values())
+    result = engine.cycle(engine.units.values())
     assert result.write_error is not None and result.changed == []
     assert (tiny_tmpfs / "a").read_bytes() == b"small"
     assert [p.name for p in tiny_tmpfs.iterdir() if p.name.startswith("..2")] == [os.readlink(tiny_tmpfs / "..data")]
     fake.put("r1", b"fits again")
-    assert engine.cycle(engine._tracked.values()).changed == ["a"]
+    assert engine.cycle(engine.units.values()).changed == ["a"]
     assert (tiny_tmpfs / "a").read_bytes() == b"fits again"
     engine.close()

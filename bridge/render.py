@@ -1,0 +1,111 @@
+"""Entries to files: a plain entry, a `files:` entry, a `template:` entry.
+
+Owns turning fetched values into file contents. The same for every provider. A render error
+names the file and the missing key or the problem, never a value: Jinja2 runs sandboxed with
+strict undefined, so a template can neither reach Python internals nor write a blank where a
+secret should be.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import shlex
+import urllib.parse
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from bridge.errors import ExtractError
+from bridge.extract import extract
+
+if TYPE_CHECKING:
+    from jinja2 import Template
+    from jinja2.sandbox import SandboxedEnvironment
+
+    from bridge.provider import Fetched
+
+
+def value_of(fetched: Fetched) -> Any:
+    """A template sees the decoded JSON map when the secret is a JSON object, else its text."""
+    try:
+        doc = json.loads(fetched.value)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        doc = None
+    if isinstance(doc, dict):
+        return doc
+    try:
+        return fetched.value.decode()
+    except UnicodeDecodeError:
+        raise ExtractError("value is binary, so a template cannot use it (write it with a plain entry)") from None
+
+
+def top_level_files(fetched: Fetched) -> dict[str, bytes]:
+    """`files: "*"`: every top-level key of the JSON map, a string as is, anything else as JSON."""
+    doc = value_of(fetched)
+    if not isinstance(doc, dict):
+        raise ExtractError('value is not a JSON object, so files: "*" has no keys to write')
+    return {key: extract(fetched, key=key, encoding=None, fmt=None) for key in doc}
+
+
+def _b64decode(text: str) -> str:
+    try:
+        return base64.b64decode("".join(text.split()), validate=True).decode()
+    except (binascii.Error, ValueError):
+        raise ValueError("b64decode: not valid base64 text") from None
+
+
+def _filters() -> dict[str, Any]:
+    return {
+        "urlencode": lambda v: urllib.parse.quote(str(v), safe=""),
+        "shell_quote": lambda v: shlex.quote(str(v)),
+        "json": lambda v: json.dumps(v, separators=(",", ":"), sort_keys=True),
+        "b64encode": lambda v: base64.b64encode(v.encode() if isinstance(v, str) else bytes(v)).decode(),
+        "b64decode": _b64decode,
+    }
+
+
+@cache
+def environment() -> SandboxedEnvironment:
+    """One sandboxed environment (imported only when a config has templates)."""
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    env.filters.update(_filters())
+    return env
+
+
+def compile_template(source: str, declared: set[str]) -> Template:
+    """Parse `source` and check it names only `declared` values; raise ValueError naming the problem."""
+    from jinja2 import TemplateSyntaxError, meta
+
+    env = environment()
+    try:
+        tree = env.parse(source)
+    except TemplateSyntaxError as exc:
+        raise ValueError(f"template does not parse: line {exc.lineno}: {exc.message}") from None
+    unknown = sorted(meta.find_undeclared_variables(tree) - declared)
+    if unknown:
+        raise ValueError(f"template names {', '.join(unknown)}, not declared in values")
+    return env.from_string(source)
+
+
+def render_template(template: Template, values: dict[str, Any]) -> bytes:
+    """Render with the values; a missing key or a failing filter is an ExtractError that names the
+    problem (Jinja2's UndefinedError text names the key and the object type, never a value)."""
+    from jinja2 import UndefinedError
+    from jinja2.exceptions import SecurityError
+
+    try:
+        return template.render(values).encode()
+    except UndefinedError as exc:
+        raise ExtractError(f"template: {exc.message}") from None
+    except SecurityError:
+        raise ExtractError("template: unsafe access refused by the sandbox") from None
+    except ValueError as exc:
+        # Our own filters raise ValueError with a fixed text; others only by class.
+        text = str(exc) if str(exc).startswith("b64decode:") else type(exc).__name__
+        raise ExtractError(f"template: {text}") from None
+    except Exception as exc:
+        raise ExtractError(f"template: cannot render ({type(exc).__name__})") from None
