@@ -21,7 +21,7 @@ from bridge.extract import extract
 
 if TYPE_CHECKING:
     from jinja2 import Template
-    from jinja2.sandbox import SandboxedEnvironment
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     from bridge.provider import Fetched
 
@@ -66,12 +66,12 @@ def _filters() -> dict[str, Any]:
 
 
 @cache
-def environment() -> SandboxedEnvironment:
+def environment() -> ImmutableSandboxedEnvironment:
     """One sandboxed environment (imported only when a config has templates)."""
     from jinja2 import StrictUndefined
-    from jinja2.sandbox import SandboxedEnvironment
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
     env.filters.update(_filters())
     return env
 

@@ -304,3 +304,173 @@ def test_full_tmpfs_keeps_last_generation(tiny_tmpfs: Path) -> None:
     assert engine.cycle(engine.units.values()).changed == ["a"]
     assert (tiny_tmpfs / "a").read_bytes() == b"fits again"
     engine.close()
+
+
+# -- entries that make several files, templates, shared fetch units ------------------------------
+
+SHAPES = """  db:
+    provider: fake
+    ref: creds
+    files:
+      username: user
+      password: {key: pass, mode: "0400"}
+  app.env:
+    template: "URL=postgres://{{ db.user }}:{{ db.pass | urlencode }}@db/app\\nQ={{ db.pass | shell_quote }}\\n"
+    values:
+      db: {provider: fake, ref: creds}
+  all: {provider: fake, ref: creds, files: "*"}
+"""
+
+
+def test_files_and_template_share_one_fetch(tmp_path: Path) -> None:
+    """Three entries naming one unit cost one fetch; files: and template: render from it."""
+    engine, fake = make_engine(tmp_path, SHAPES)
+    fake.put("creds", b'{"user": "u1", "pass": "p/1 x"}')
+    result = engine.sync()
+    assert not result.failed and fake.fetches == [Request("creds")]
+    assert (tmp_path / "db" / "username").read_bytes() == b"u1"
+    assert (tmp_path / "db" / "password").read_bytes() == b"p/1 x"
+    assert (tmp_path / "db" / "password").stat().st_mode & 0o777 == 0o400
+    assert (tmp_path / "app.env").read_text() == "URL=postgres://u1:p%2F1%20x@db/app\nQ='p/1 x'\n"
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == ["pass", "user"]
+
+
+def test_rotation_changes_all_files_in_one_generation(tmp_path: Path) -> None:
+    """A rotation of a files: entry changes both files in one commit, announced as records."""
+    engine, fake = make_engine(tmp_path, SHAPES)
+    fake.put("creds", b'{"user": "u1", "pass": "p1"}')
+    engine.sync()
+    seen: list[list] = []
+    engine.subscribers.append(seen.append)
+    generation = os.readlink(tmp_path / "..data")
+    fake.put("creds", b'{"user": "u2", "pass": "p2"}')
+    result = engine.cycle(engine.units.values())
+    assert sorted(result.changed) == ["all/pass", "all/user", "app.env", "db/password", "db/username"]
+    assert os.readlink(tmp_path / "..data") != generation and len(seen) == 1
+    record = next(c for c in seen[0] if c.file == "db/password")
+    assert (record.entry, record.provider, record.ref, record.old_version, record.new_version) == (
+        "db", "fake", "creds", "1", "2")
+    assert record.generation == os.readlink(tmp_path / "..data")
+
+
+def test_missing_key_fails_only_that_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A template naming a key the new value lacks keeps its last good file; the others update."""
+    secrets = """  app.env:
+    template: "P={{ db.pass }}"
+    values: {db: {provider: fake, ref: creds}}
+  user: {provider: fake, ref: creds, key: user}
+"""
+    engine, fake = make_engine(tmp_path, secrets)
+    fake.put("creds", b'{"user": "u1", "pass": "hunter2-first"}')
+    engine.sync()
+    fake.put("creds", b'{"user": "u2", "other": "hunter2-second"}')
+    result = engine.cycle(engine.units.values())
+    assert result.changed == ["user"] and list(result.failed) == ["app.env"]
+    message = str(result.failed["app.env"])
+    assert "pass" in message and "hunter2" not in message
+    assert (tmp_path / "app.env").read_text() == "P=hunter2-first"
+    assert "hunter2" not in caplog.text
+
+
+def test_files_entry_is_all_or_nothing(tmp_path: Path) -> None:
+    """When one key of a files: entry is missing, none of its files change (no key beside a
+    certificate from another issue)."""
+    secrets = "  tls: {provider: fake, ref: pki, files: {tls.crt: cert, tls.key: key}}\n"
+    engine, fake = make_engine(tmp_path, secrets)
+    fake.put("pki", b'{"cert": "C1", "key": "K1"}')
+    engine.sync()
+    fake.put("pki", b'{"cert": "C2"}')
+    result = engine.cycle(engine.units.values())
+    assert result.changed == [] and "tls.key" in str(result.failed["tls"])
+    assert (tmp_path / "tls" / "tls.crt").read_text() == "C1"
+
+
+def test_star_files_follow_the_keys(tmp_path: Path) -> None:
+    """files: "*" adds and removes files as the map's keys come and go; a bad key name fails the entry."""
+    engine, fake = make_engine(tmp_path, '  cfg: {provider: fake, ref: m, files: "*"}\n')
+    fake.put("m", b'{"a": "1", "b": {"n": 2}}')
+    engine.sync()
+    assert (tmp_path / "cfg" / "b").read_text() == '{"n":2}'
+    fake.put("m", b'{"a": "1", "c": "3"}')
+    assert sorted(engine.cycle(engine.units.values()).changed) == ["cfg/b", "cfg/c"]
+    assert not (tmp_path / "cfg" / "b").exists()
+    fake.put("m", b'{"..data": "x"}')
+    result = engine.cycle(engine.units.values())
+    assert "cfg" in result.failed and (tmp_path / "cfg" / "c").read_text() == "3"
+
+
+@pytest.mark.parametrize("template", [
+    "{{ db.__class__.__mro__[1].__subclasses__() }}",
+    "{{ db.pop('user') }}",
+    "{{ cycler.__init__.__globals__ }}",
+])
+def test_template_sandbox(tmp_path: Path, template: str) -> None:
+    """A template cannot reach Python internals or mutate values: the file is not written."""
+    secrets = f'  t:\n    template: "{template}"\n    values: {{db: {{provider: fake, ref: creds}}}}\n'
+    try:
+        engine, fake = make_engine(tmp_path, secrets)
+    except Exception as exc:  # refused at config time is fine too
+        assert "template" in str(exc)
+        return
+    fake.put("creds", b'{"user": "u1"}')
+    result = engine.sync()
+    assert "t" in result.failed and not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ('  t: {template: "{{ a.x ", values: {a: {provider: fake, ref: r}}}', "secrets.t.template: template does not parse"),
+    ('  t: {template: "{{ b.x }}", values: {a: {provider: fake, ref: r}}}', "template names b, not declared"),
+    ('  t: {template: "x"}', "template needs values"),
+    ('  t: {template: "x", provider: fake, ref: r, values: {a: {provider: fake, ref: r}}}', "not provider, ref"),
+    ("  t: {provider: fake, ref: r, key: k, files: [a]}", "secrets.t.files"),
+    ("  t: {provider: fake, ref: r, key: k, files: {a: a}}", "key goes on each file"),
+    ("  t: {provider: fake, ref: r, files: {../a: a}}", "secrets.t.files.../a: target must not contain"),
+    ("  t: {provider: fake, ref: r, version: previous}", "secrets.t.version: provider 'fake' keeps no previous"),
+    ("  t: {provider: fake, ref: r, params: {a: 1}}", "secrets.t.params: provider 'fake' takes no params"),
+])
+def test_entry_shape_errors(tmp_path: Path, entry: str, message: str) -> None:
+    """A template that does not parse or names an undeclared value, or a mixed shape, is one config line."""
+    from bridge.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        make_engine(tmp_path, entry + "\n")
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+# -- scale --------------------------------------------------------------------------------------
+
+
+class CountingFake(FakeProvider):
+    def __init__(self) -> None:
+        super().__init__()
+        self.resolve_calls = 0
+
+    def resolve_versions(self, requests):
+        self.resolve_calls += 1
+        return super().resolve_versions(requests)
+
+
+def test_ten_thousand_entries_idle_and_one_change(tmp_path: Path) -> None:
+    """At 10,000 entries an idle cycle is one batch check and no commit; one change writes one file."""
+    n = 10_000
+    secrets = "".join(f"  s{i}: {{provider: fake, ref: r{i}}}\n" for i in range(n))
+    fields = {"output_dir": tmp_path, "require_tmpfs": "false", "refresh_interval": "1s", "jitter": 0}
+    config = parse_config("".join(f"{k}: {v}\n" for k, v in fields.items())
+                          + f"providers:\n  fake: {{type: env}}\nsecrets:\n{secrets}")
+    fake = CountingFake()
+    for i in range(n):
+        fake.put(f"r{i}", f"v{i}".encode())
+    engine = Engine(config, providers={"fake": fake})
+    engine.start()
+    engine.sync()
+    inodes = {p.name: p.stat().st_ino for p in (tmp_path / "..data").iterdir()}
+    fake.fetches.clear()
+    fake.resolve_calls = 0
+    assert engine.cycle(engine.units.values()).changed == []
+    assert fake.resolve_calls == 1 and fake.fetches == []
+    fake.put("r77", b"new")
+    assert engine.cycle(engine.units.values()).changed == ["s77"]
+    assert fake.fetches == [Request("r77")]
+    after = {p.name: p.stat().st_ino for p in (tmp_path / "..data").iterdir()}
+    assert [name for name in after if after[name] != inodes[name]] == ["s77"]
+    engine.close()
