@@ -418,7 +418,8 @@ def test_template_sandbox(tmp_path: Path, template: str) -> None:
 
 
 @pytest.mark.parametrize(("entry", "message"), [
-    ('  t: {template: "{{ a.x ", values: {a: {provider: fake, ref: r}}}', "secrets.t.template: template does not parse"),
+    ('  t: {template: "{{ a.x ", values: {a: {provider: fake, ref: r}}}',
+     "secrets.t.template: template does not parse"),
     ('  t: {template: "{{ b.x }}", values: {a: {provider: fake, ref: r}}}', "template names b, not declared"),
     ('  t: {template: "x"}', "template needs values"),
     ('  t: {template: "x", provider: fake, ref: r, values: {a: {provider: fake, ref: r}}}', "not provider, ref"),

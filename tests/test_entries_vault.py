@@ -78,7 +78,8 @@ def counted(openbao: OpenBao) -> Iterator[PathCounter]:
 
 def _engine(tmp_path: Path, address: str, token_file: Path, secrets: str) -> Engine:
     text = (f"output_dir: {tmp_path}\nrequire_tmpfs: false\nrefresh_interval: 1s\njitter: 0\nlisten: null\n"
-            f"providers:\n  vault: {{type: vault, address: '{address}', auth: {{method: token, token_file: '{token_file}'}}}}\n"
+            f"providers:\n  vault: {{type: vault, address: '{address}', "
+            f"auth: {{method: token, token_file: '{token_file}'}}}}\n"
             f"secrets:\n{secrets}")
     engine = Engine(parse_config(text))
     engine.start()
