@@ -30,7 +30,16 @@ from typing import Protocol, TypeVar
 from bridge.changes import Change
 from bridge.config import Config
 from bridge.errors import ExtractError, ProviderError, Unavailable, WriteError
-from bridge.metrics import COMMIT_SECONDS, COMMITS, CYCLE_SECONDS, SECRET_ERRORS
+from bridge.leases import Lease, LeaseStore, StoredLease, is_leased, unit_key
+from bridge.metrics import (
+    COMMIT_SECONDS,
+    COMMITS,
+    CYCLE_SECONDS,
+    LEASE_EXPIRY,
+    LEASE_ISSUES,
+    LEASE_RENEWALS,
+    SECRET_ERRORS,
+)
 from bridge.provider import Fetched, Provider
 from bridge.state import State, file_record
 from bridge.units import Entry, Unit, build, owner_index
@@ -47,7 +56,16 @@ HEARTBEAT_SECONDS = 5.0
 _LOG_EACH_UP_TO = 3
 
 Subscriber = Callable[[list[Change]], None]
-Outcome = Fetched | ProviderError | None  # None: checked, unchanged
+
+
+@dataclass(frozen=True)
+class Renewed:
+    """A lease renewed: the same value with new timing (no file changes)."""
+
+    fetched: Fetched
+
+
+Outcome = Fetched | Renewed | ProviderError | None  # None: checked, unchanged
 
 
 class Waiter(Protocol):
@@ -103,6 +121,8 @@ class Engine:
         self._updated: dict[str, float] = {}
         self._pending: dict[str, FileSpec | None] = {}  # rendered, not yet committed
         self._dirty = True  # the state file needs writing
+        self.leases = LeaseStore(self.writer)
+        self._leases_dirty = False
         self._started = False
         self._write_failing = False
 
@@ -126,10 +146,44 @@ class Engine:
                 self._versions[file] = self._committed_versions[file] = record.version
                 if record.updated_epoch() is not None:
                     self._updated[file] = record.updated_epoch()  # type: ignore[assignment]
+        self._resume_leases()
 
-    def close(self, *, release: bool = True) -> None:
+    def _resume_leases(self) -> None:
+        """Take back the leases the output directory holds, if they are still alive: a restart
+        (or the sidecar after the init container) never mints what it already has."""
+        stored = self.leases.load()
+        if not stored:
+            return
+        now, wall = time.monotonic(), time.time()
+        for unit in self.units.values():
+            record = stored.get(unit_key(unit))
+            if record is None:
+                continue
+            fetched = record.fetched()
+            provider = self.providers[unit.provider]
+            if fetched.lease_id is not None:
+                remaining = self._guarded(provider, functools.partial(provider.lease_alive, fetched.lease_id))
+                if remaining is None:
+                    log.info("%s: the stored lease is gone; issuing anew", unit.describe())
+                    LEASE_ISSUES.labels(reason="resume_lost", outcome="ok").inc()
+                    continue
+                if isinstance(remaining, float | int):
+                    fetched = _with_expiry(fetched, wall + float(remaining))
+                # Unreachable vault: keep the lease (minting twice is worse); its renewal retries.
+            elif fetched.expires_at is None or fetched.expires_at <= wall:
+                continue
+            unit.fetched, unit.version = fetched, fetched.version
+            unit.lease = Lease(record.issued_at, record.asked_seconds)
+            unit.lease.plan(fetched, wall)
+            self._schedule_lease(unit, now, wall)
+            log.info("%s: resumed its lease (expires in %.0fs)", unit.describe(), (fetched.expires_at or wall) - wall)
+
+    def close(self, *, release: bool = True, revoke: bool = False) -> None:
         """Close the providers; remove replaced generations once readers are past them; let the
-        directory go (unless the writer passes to a reloaded engine)."""
+        directory go (unless the writer passes to a reloaded engine). With `revoke`, revoke the
+        leases of providers that ask for it (`revoke_on_exit`)."""
+        if revoke:
+            self._revoke_leases()
         for provider in self.providers.values():
             provider.close()
         for entry in self.entries.values():
@@ -141,6 +195,24 @@ class Engine:
                 pending = self.writer.prune()
             if release:
                 self.writer.release()
+
+    def _revoke_leases(self) -> None:
+        revoked = False
+        for unit in self.units.values():
+            provider = self.providers[unit.provider]
+            fetched = unit.fetched
+            if fetched is None or fetched.lease_id is None:
+                continue
+            if not getattr(provider.settings, "revoke_on_exit", False):
+                continue
+            outcome = self._guarded(provider, functools.partial(provider.revoke, fetched.lease_id))
+            if isinstance(outcome, ProviderError):
+                log.warning("%s: cannot revoke its lease: %s", unit.describe(), outcome)
+            else:
+                log.info("%s: revoked its lease (revoke_on_exit)", unit.describe())
+                unit.fetched, unit.lease, revoked = None, None, True
+        if revoked and self._started:
+            self._save_leases(force=True)
 
     def sync(self) -> CycleResult:
         """One pass: fetch every unit, commit once."""
@@ -197,6 +269,7 @@ class Engine:
         entries = self._affected(moved, everything=force)
         self._pending.update(self.render(entries, failed))
         changes, write_error = self.commit()
+        self._save_leases()
         self._save_state()
         self.announce(changes)
         CYCLE_SECONDS.observe(time.perf_counter() - started)
@@ -237,8 +310,16 @@ class Engine:
         outcomes: dict[Unit, Outcome] = {}
         to_fetch: list[Unit] = []
         checkable: list[Unit] = []
+        renewals: list[Unit] = []
         for unit in units:
-            if force or unit.fetched is None or unit.error is not None:
+            if unit.lease is not None:
+                if unit.lease.action == "renew" and time.time() >= unit.lease.at - 1:
+                    renewals.append(unit)
+                elif unit.lease.action == "reissue" and time.time() >= unit.lease.at - 1:
+                    to_fetch.append(unit)
+                else:
+                    outcomes[unit] = None  # a live lease: sync takes it as it is, never mints again
+            elif force or unit.fetched is None or unit.error is not None:
                 to_fetch.append(unit)
             elif unit.fixed:
                 outcomes[unit] = None  # a fetched fixed pin does not change
@@ -256,6 +337,12 @@ class Engine:
                     outcomes[unit] = None
                 else:
                     to_fetch.append(unit)
+        for unit in renewals:
+            assert unit.fetched is not None and unit.lease is not None
+            try:
+                outcomes[unit] = Renewed(provider.renew(unit.fetched, unit.lease.asked_seconds))
+            except ProviderError as exc:
+                outcomes[unit] = exc
         if to_fetch:
             fetched = provider.fetch_many([u.request for u in to_fetch])
             for unit in to_fetch:
@@ -386,10 +473,13 @@ class Engine:
                 self._fail(unit, error, now)
                 failed.update(dict.fromkeys(unit.entries, error))
                 continue
-            if isinstance(outcome, Fetched):
+            if isinstance(outcome, Renewed):
+                self._renewed(unit, outcome.fetched, wall)
+            elif isinstance(outcome, Fetched):
                 if outcome.version != unit.version:
                     self._dirty = True
                 unit.fetched, unit.version = outcome, outcome.version
+                self._issued(unit, outcome, wall)
             unit.refreshed_at = wall
             self._succeed(unit, now)
         for (provider, code), units in newly.items():
@@ -405,6 +495,9 @@ class Engine:
             self._dirty = True
             for name in unit.entries:
                 self._clear_error_metric(self.entries[name])
+        if unit.lease is not None:
+            self._schedule_lease(unit, now, time.time())
+            return
         if unit.fixed:
             self._timers.discard(unit)  # not polled until its pin changes
             unit.next_due = math.inf
@@ -432,7 +525,75 @@ class Engine:
         delay = self._jittered(min(cap, BACKOFF_BASE_SECONDS * error.backoff_factor * 2 ** min(unit.attempts - 1, 30)))
         if error.retry_after is not None:
             delay = max(delay, error.retry_after)
+        if unit.lease is not None and unit.fetched is not None and unit.fetched.expires_at is not None:
+            delay = self._lease_retry(unit, unit.fetched.expires_at, delay)
         unit.next_due = now + delay
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def _issued(self, unit: Unit, fetched: Fetched, wall: float) -> None:
+        """A fresh value: if it is leased, start its lifecycle (and keep it for a restart)."""
+        reason = "first" if unit.lease is None else "reissue"
+        if not is_leased(unit):
+            unit.lease = None
+            return
+        issued = fetched.obtained_at or wall
+        asked = fetched.lease_seconds or ((fetched.expires_at or issued) - issued) or None
+        unit.lease = Lease(issued, asked)
+        unit.lease.plan(fetched, wall)
+        LEASE_ISSUES.labels(reason=reason, outcome="ok").inc()
+        self._leases_dirty = True
+        log.info("%s: issued (%s; next %s in %.0fs)", unit.describe(), "lease" if fetched.lease_id else "expiring",
+                 unit.lease.action, unit.lease.at - wall)
+
+    def _renewed(self, unit: Unit, fetched: Fetched, wall: float) -> None:
+        assert unit.lease is not None
+        short = unit.lease.short(fetched)
+        unit.fetched = fetched
+        unit.lease.plan(fetched, wall, short=short)
+        LEASE_RENEWALS.labels(outcome="short" if short else "ok").inc()
+        self._leases_dirty = True
+        if short:
+            log.info("%s: renewal gave %.0fs of %.0fs asked (max_ttl): issuing anew in %.0fs", unit.describe(),
+                     fetched.lease_seconds or 0, unit.lease.asked_seconds or 0, unit.lease.at - wall)
+
+    def _schedule_lease(self, unit: Unit, now: float, wall: float) -> None:
+        assert unit.lease is not None
+        self._groups[(unit.provider, unit.interval)].members.discard(unit)
+        self._timers.add(unit)
+        unit.next_due = now + max(0.0, unit.lease.at - wall)
+        if unit.fetched is not None and unit.fetched.expires_at is not None:
+            for name in unit.entries:
+                LEASE_EXPIRY.labels(secret=name).set(unit.fetched.expires_at)
+
+    def _lease_retry(self, unit: Unit, expires_at: float, delay: float) -> float:
+        """Back off within the time the lease has left, and say loudly when it will lapse."""
+        assert unit.lease is not None
+        left = expires_at - time.time()
+        if unit.lease.action == "renew":
+            LEASE_RENEWALS.labels(outcome="failed").inc()
+        else:
+            LEASE_ISSUES.labels(reason="reissue", outcome="failed").inc()
+        if left <= 2 * delay:
+            unit.lease.action = "reissue"  # too late to renew: a new issue is all that helps
+        if left <= 0:
+            log.error("%s: the lease has lapsed; the files keep the expired value until a new issue works",
+                      unit.describe())
+        elif left < 4 * delay or left < 0.2 * max(1.0, expires_at - unit.lease.issued_at):
+            log.error("%s: the lease lapses in %.0fs; retrying", unit.describe(), left)
+        return max(0.5, min(delay, left / 4)) if left > 0 else delay
+
+    def _save_leases(self, *, force: bool = False) -> None:
+        if not (self._leases_dirty or force) or not self._started:
+            return
+        kept = {unit_key(u): StoredLease.of(u.fetched, u.lease) for u in self.units.values()
+                if u.lease is not None and u.fetched is not None}
+        try:
+            if kept or force:
+                self.leases.save(kept)
+            self._leases_dirty = False
+        except WriteError as exc:
+            log.warning("cannot write the lease store: %s", exc)
 
     def _log_failures(self, provider: str, code: str, units: list[Unit]) -> None:
         for unit in units[:_LOG_EACH_UP_TO] if len(units) <= _LOG_EACH_UP_TO else []:
@@ -489,3 +650,9 @@ class Engine:
 
     def version_of(self, file: str) -> str | None:
         return self._versions.get(file)
+
+
+def _with_expiry(fetched: Fetched, expires_at: float) -> Fetched:
+    from dataclasses import replace
+
+    return replace(fetched, expires_at=expires_at)

@@ -146,6 +146,18 @@ class Provider:
         """Called every few seconds between cycles: keep credentials alive (renew a token before
         it expires) so a long refresh interval never lets them lapse. Default: nothing."""
 
+    def renew(self, fetched: Fetched, increment_seconds: float | None) -> Fetched:
+        """Renew a leased value's lease; the same value with the granted timing."""
+        raise NotImplementedError
+
+    def revoke(self, lease_id: str) -> None:
+        """Revoke a lease (revoke_on_exit)."""
+        raise NotImplementedError
+
+    def lease_alive(self, lease_id: str) -> float | None:
+        """Seconds a lease has left, or None when it is gone."""
+        raise NotImplementedError
+
     def close(self) -> None:
         """Release connections and background work."""
 

@@ -93,8 +93,9 @@ class Runner:
             if self.config.settings.cleanup_on_exit:
                 self.engine.writer.clear()
                 self.engine.state.path.unlink(missing_ok=True)
+                self.engine.leases.remove()
                 log.info("removed the secrets from %s (cleanup_on_exit)", self.config.settings.output_dir)
-            self.engine.close()
+            self.engine.close(revoke=True)
         log.info("stopped")
         return 0
 

@@ -23,6 +23,8 @@ from bridge.writer import FileSpec
 if TYPE_CHECKING:
     from jinja2 import Template
 
+    from bridge.leases import Lease
+
 
 @dataclass(eq=False)
 class Unit:
@@ -43,6 +45,8 @@ class Unit:
     failing_since: float | None = None
     #: wall-clock time the value was last confirmed current (fetched or checked unchanged)
     refreshed_at: float | None = None
+    #: the lifecycle of a leased value (renew, issue anew); None for values polled by interval
+    lease: Lease | None = None
 
     def describe(self) -> str:
         where = self.request.ref + (f"@{self.request.version}" if self.request.version else "")

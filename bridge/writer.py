@@ -184,12 +184,12 @@ class Writer:
                 if name.startswith(".."):
                     _remove(dfd, name)
 
-    def write_state(self, name: str, data: bytes) -> None:
+    def write_state(self, name: str, data: bytes, mode: int = 0o644) -> None:
         """Atomically replace the metadata file `name` beside the secrets."""
         with self._dir() as dfd:
             try:
                 _unlink(dfd, _STATE_TMP)
-                fd = os.open(_STATE_TMP, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dfd)
+                fd = os.open(_STATE_TMP, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=dfd)
                 with os.fdopen(fd, "wb") as out:
                     out.write(data)
                 os.rename(_STATE_TMP, name, src_dir_fd=dfd, dst_dir_fd=dfd)
