@@ -221,9 +221,15 @@ class Engine:
     def check(self) -> dict[str, ProviderError]:
         """A dry sync: fetch every unit and render every entry as `sync` would; write nothing.
         Returns the entries that failed; `Entry.version()` gives what each resolved to."""
+        self._resume_leases()  # a running bridge's leases are read, not minted again
+        resumed = {u for u in self.units.values() if u.lease is not None}
         outcomes = self.fetch(self.units.values(), force=True)
         failed = self._settle(outcomes, time.monotonic(), quiet=True)
         self.render(self.entries.values(), failed, quiet=True)
+        for unit in self.units.values():  # what check minted itself goes back at once
+            provider, fetched = self.providers[unit.provider], unit.fetched
+            if unit not in resumed and fetched is not None and fetched.lease_id is not None:
+                self._guarded(provider, functools.partial(provider.revoke, fetched.lease_id))
         return failed
 
     def run(self, wake: Waiter) -> None:

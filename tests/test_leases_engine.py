@@ -174,3 +174,15 @@ def test_revoke_on_exit(tmp_path: Path) -> None:
     engine.sync()
     engine.close(revoke=True)
     assert fake.revoked == ["database/creds/app/1"]
+
+
+def test_check_takes_running_leases_and_returns_its_own(tmp_path: Path) -> None:
+    """check reads the running bridge's lease instead of minting; what it mints itself it revokes."""
+    fake = LeasingFake()
+    checker = Engine(make(tmp_path / "fresh", fake).config, providers={"db": fake})
+    assert checker.check() == {} and fake.minted == 1 and fake.revoked == ["database/creds/app/1"]
+    engine = make(tmp_path / "out", fake)
+    engine.sync()
+    engine.close()
+    checker = Engine(engine.config, providers={"db": fake})
+    assert checker.check() == {} and fake.minted == 2 and fake.revoked == ["database/creds/app/1"]
