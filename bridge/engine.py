@@ -120,7 +120,7 @@ class Engine:
         self._committed_versions: dict[str, str | None] = {}  # ... as of its committed content
         self._updated: dict[str, float] = {}
         self._pending: dict[str, FileSpec | None] = {}  # rendered, not yet committed
-        self._dirty = True  # the state file needs writing
+        self._dirty: set[str] | None = None  # entries whose state records need writing (None: all)
         self.leases = LeaseStore(self.writer)
         self._leases_dirty = False
         self._started = False
@@ -432,7 +432,7 @@ class Engine:
                                   new_version, self.writer.generation, action))
         if changes:
             COMMITS.inc()
-            self._dirty = True
+            self._mark(c.entry for c in changes)
             names = ", ".join(c.file for c in changes[:10]) + (", ..." if len(changes) > 10 else "")
             log.info("committed a new generation: %d changed (%s)", len(changes), names)
         return changes, None
@@ -483,7 +483,7 @@ class Engine:
                 self._renewed(unit, outcome.fetched, wall)
             elif isinstance(outcome, Fetched):
                 if outcome.version != unit.version:
-                    self._dirty = True
+                    self._mark(unit.entries)
                 unit.fetched, unit.version = outcome, outcome.version
                 self._issued(unit, outcome, wall)
             unit.refreshed_at = wall
@@ -498,7 +498,7 @@ class Engine:
             log.info("%s: recovered after %d attempts (%.0fs)", unit.describe(), unit.attempts,
                      now - (unit.failing_since or now))
             unit.error, unit.failing_since, unit.attempts = None, None, 0
-            self._dirty = True
+            self._mark(unit.entries)
             for name in unit.entries:
                 self._clear_error_metric(self.entries[name])
         if unit.lease is not None:
@@ -518,7 +518,7 @@ class Engine:
 
     def _fail(self, unit: Unit, error: ProviderError, now: float) -> None:
         if unit.error is None or type(unit.error) is not type(error):
-            self._dirty = True
+            self._mark(unit.entries)
             for name in unit.entries:
                 self._clear_error_metric(self.entries[name])
                 SECRET_ERRORS.labels(secret=name, code=error.code).set(1)
@@ -617,7 +617,7 @@ class Engine:
             log.info("secret %s: renders again", entry.name)
             self._clear_error_metric(entry)
             entry.error = None
-            self._dirty = True
+            self._mark([entry.name])
 
     def _render_failed(self, entry: Entry, error: ProviderError) -> None:
         if entry.error is None or str(entry.error) != str(error):
@@ -626,7 +626,7 @@ class Engine:
                     entry.name, error, error.code, keeps)
             self._clear_error_metric(entry)
             SECRET_ERRORS.labels(secret=entry.name, code=error.code).set(1)
-            self._dirty = True
+            self._mark([entry.name])
         entry.error = error
 
     def _clear_error_metric(self, entry: Entry) -> None:
@@ -639,12 +639,16 @@ class Engine:
         spread = self.settings.jitter
         return seconds * (1 + random.uniform(-spread, spread))  # noqa: S311 - not for security
 
+    def _mark(self, entries: Iterable[str]) -> None:
+        if self._dirty is not None:
+            self._dirty.update(entries)
+
     def _save_state(self) -> None:
-        if not self._dirty or not self._started:
+        if self._dirty == set() or not self._started:
             return
         try:
-            self.state.save(self)
-            self._dirty = False
+            self.state.save(self, self._dirty)
+            self._dirty = set()
         except WriteError as exc:
             log.warning("cannot write the state file: %s", exc)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,7 +57,7 @@ def file_record(name: str, entry: Entry, engine: Engine) -> SecretRecord:
     rules = secret.file_rules()
     rule = rules.get(name.removeprefix(entry.name + "/")) if rules else None
     provider, ref = entry.source()
-    types = dict.fromkeys(settings.providers[u.provider]["type"] for u in entry.units.values())
+    types = [settings.providers[p]["type"] for p in provider.split(",")]
     errors = [e for e in (entry.error, *(u.error for u in entry.units.values())) if e is not None]
     spec = engine.files.get(name)
     uid, gid = settings.owner_of(secret, rule)
@@ -79,9 +79,14 @@ def file_record(name: str, entry: Entry, engine: Engine) -> SecretRecord:
     )
 
 
+_FIELDS = tuple(f.name for f in fields(SecretRecord))
+
+
 class State:
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
+        #: the records of each entry as last written, so a save rebuilds only what changed
+        self._by_entry: dict[str, dict[str, dict[str, object]]] = {}
 
     @property
     def path(self) -> Path:
@@ -90,18 +95,23 @@ class State:
     def load(self) -> dict[str, SecretRecord]:
         return read_state(self.path)
 
-    def save(self, engine: Engine) -> None:
-        records = {}
-        for entry in engine.entries.values():
-            names = sorted(entry.files | (entry.expected or set())) or [entry.name]
-            for name in names:
-                records[name] = asdict(file_record(name, entry, engine))
+    def save(self, engine: Engine, entries: set[str] | None = None) -> None:
+        """Write the records of every file; rebuild only those of `entries` (None: all)."""
+        for name in engine.entries if entries is None else entries & engine.entries.keys():
+            entry = engine.entries[name]
+            files = sorted(entry.files | (entry.expected or set())) or [entry.name]
+            self._by_entry[name] = {f: _plain(file_record(f, entry, engine)) for f in files}
+        records = {f: r for name in engine.entries for f, r in self._by_entry.get(name, {}).items()}
         doc = {
             "written": _iso(time.time()),
             "output_dir": str(engine.settings.output_dir),
             "secrets": dict(sorted(records.items())),
         }
-        self.writer.write_state(STATE_FILE, json.dumps(doc, indent=1).encode() + b"\n")
+        self.writer.write_state(STATE_FILE, json.dumps(doc, separators=(",", ":")).encode() + b"\n")
+
+
+def _plain(record: SecretRecord) -> dict[str, object]:
+    return {name: getattr(record, name) for name in _FIELDS}
 
 
 def read_state(path: Path) -> dict[str, SecretRecord]:

@@ -8,6 +8,7 @@ renders an entry's files; it never fetches, writes or logs a value.
 
 from __future__ import annotations
 
+import functools
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,10 +82,14 @@ class Entry:
             return self.units[""].version
         return ",".join(f"{n}={u.version or '-'}" for n, u in sorted(self.units.items()))
 
-    def source(self) -> tuple[str, str]:
-        """(provider, ref), comma-joined for a template."""
+    @functools.cached_property
+    def _source(self) -> tuple[str, str]:
         units = [self.units[n] for n in sorted(self.units)]
         return ",".join(dict.fromkeys(u.provider for u in units)), ",".join(u.request.ref for u in units)
+
+    def source(self) -> tuple[str, str]:
+        """(provider, ref), comma-joined for a template."""
+        return self._source
 
     def owns(self, file: str) -> bool:
         if self.expected is not None:
