@@ -472,6 +472,9 @@ class Engine:
         newly: dict[tuple[str, str], list[Unit]] = defaultdict(list)
         wall = time.time()
         for unit, outcome in outcomes.items():
+            if outcome is None and unit.error is None and unit.lease is None and unit not in self._timers:
+                unit.refreshed_at = wall  # the idle path: checked, unchanged, still on its group's schedule
+                continue
             if isinstance(outcome, ProviderError):
                 error = outcome.at(provider=unit.provider, ref=unit.request.ref, version=unit.request.version)
                 if unit.error is None or type(unit.error) is not type(error):
