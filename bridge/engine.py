@@ -35,6 +35,7 @@ from bridge.metrics import (
     COMMIT_SECONDS,
     COMMITS,
     CYCLE_SECONDS,
+    LAST_REFRESH,
     LEASE_EXPIRY,
     LEASE_ISSUES,
     LEASE_RENEWALS,
@@ -133,6 +134,7 @@ class Engine:
         files no entry makes any more are removed at the first commit."""
         self.writer.prepare()
         self._started = True
+        LAST_REFRESH.entries = self.last_refreshed
         previous = self.state.load()
         for file, spec in self.writer.committed.items():
             entry = self._owner(file)
@@ -654,6 +656,13 @@ class Engine:
             self._dirty = set()
         except WriteError as exc:
             log.warning("cannot write the state file: %s", exc)
+
+    def last_refreshed(self) -> Iterable[tuple[str, float]]:
+        """Each entry with the time its least recently confirmed unit was last confirmed."""
+        for entry in self.entries.values():
+            stamps = [u.refreshed_at for u in entry.units.values() if u.refreshed_at is not None]
+            if len(stamps) == len(entry.units):
+                yield entry.name, min(stamps)
 
     def entry_of(self, file: str) -> Entry | None:
         return self._owner(file)

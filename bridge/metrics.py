@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series double the output and tell an operator nothing
 
@@ -37,12 +41,28 @@ COMMIT_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
     registry=REGISTRY,
 )
-LAST_REFRESH = Gauge(
-    "secrets_bridge_secret_last_refresh_timestamp_seconds",
-    "Unix time a file was last confirmed current with its source (fetched or checked unchanged).",
-    ["secret"],
-    registry=REGISTRY,
-)
+
+
+class _LastRefresh(Collector):
+    """Each entry's last successful refresh, read from the running engine at scrape time (so an
+    idle cycle over 10,000 secrets sets no gauges)."""
+
+    def __init__(self) -> None:
+        self.entries: Callable[[], Iterable[tuple[str, float]]] = lambda: ()
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "secrets_bridge_secret_last_refresh_timestamp_seconds",
+            "Unix time each secret was last confirmed current with its source (fetched or checked unchanged).",
+            labels=["secret"],
+        )
+        for name, stamp in self.entries():
+            family.add_metric([name], stamp)
+        yield family
+
+
+LAST_REFRESH = _LastRefresh()
+REGISTRY.register(LAST_REFRESH)
 NOTIFICATIONS = Counter(
     "secrets_bridge_notifications_total",
     "on_change actions run, by kind (signal, exec, http) and outcome (ok, failed, skipped).",

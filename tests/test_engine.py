@@ -475,3 +475,20 @@ def test_ten_thousand_entries_idle_and_one_change(tmp_path: Path) -> None:
     after = {p.name: p.stat().st_ino for p in (tmp_path / "..data").iterdir()}
     assert [name for name in after if after[name] != inodes[name]] == ["s77"]
     engine.close()
+
+
+def test_last_refresh_metric_per_entry(tmp_path: Path) -> None:
+    """/metrics gives each entry's last successful refresh, read at scrape time."""
+    from prometheus_client import generate_latest
+
+    from bridge.metrics import REGISTRY
+
+    engine, fake = make_engine(tmp_path, SECRETS)
+    fake.put("r1", b"one")
+    fake.put("r2", b"two")
+    before = time.time()
+    engine.sync()
+    text = generate_latest(REGISTRY).decode()
+    name = "secrets_bridge_secret_last_refresh_timestamp_seconds{secret=\"c\"}"
+    line = next(x for x in text.splitlines() if x.startswith(name))
+    assert float(line.split()[-1]) >= before - 1
