@@ -276,8 +276,8 @@ class Engine:
         moved = [u for u, o in outcomes.items() if isinstance(o, Fetched)]
         entries = self._affected(moved, everything=force)
         self._pending.update(self.render(entries, failed))
+        self._save_leases()  # before the commit: a crash between the two resumes the new lease
         changes, write_error = self.commit()
-        self._save_leases()
         self._save_state()
         self.announce(changes)
         CYCLE_SECONDS.observe(time.perf_counter() - started)
