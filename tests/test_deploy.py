@@ -23,7 +23,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from bridge.config import parse_config
+from bridge.config import SecretConfig, parse_config
 from bridge.errors import ConfigError
 from tests.servers import free_port, venv_binary, wait_http
 
@@ -44,9 +44,16 @@ def _run(*argv: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
 
 
 def _cli_accepts(args: list[str]) -> bool:
-    """The bridge's own parser accepts these arguments (`--help` after them: parse, run nothing)."""
-    proc = _run(venv_binary("secrets-bridge"), *args, "--help", env={**os.environ, "PYTHONPATH": str(ROOT)})
-    return proc.returncode == 0
+    """The bridge's CLI parses these arguments: run with the config path pointing nowhere, it stops at
+    loading the config instead of printing a usage error (`--help` would hide unknown flags)."""
+    args = list(args)
+    if "--config" in args:
+        args[args.index("--config") + 1] = "/nonexistent/secrets-bridge.yaml"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECRETS_BRIDGE_")}
+    with tempfile.TemporaryDirectory() as empty:  # no ./secrets-bridge.yaml to find
+        proc = subprocess.run([venv_binary("secrets-bridge"), *args], capture_output=True, text=True, cwd=empty,
+                              env={**env, "PYTHONPATH": str(ROOT)}, timeout=60, check=False)
+    return proc.returncode == 2 and "usage:" not in proc.stderr and "secrets-bridge.yaml" in proc.stderr
 
 
 # --- the image ---------------------------------------------------------------------------------
@@ -107,6 +114,13 @@ def test_compose_app_waits_for_a_ready_bridge() -> None:
     services = _compose()["services"]
     assert services["app"]["depends_on"]["bridge"]["condition"] == "service_healthy"
     assert "/readyz" in " ".join(services["bridge"]["healthcheck"]["test"])
+
+
+def test_compose_tmpfs_belongs_to_the_bridge_user() -> None:
+    """The Compose bridge runs as the image's uid, and the shared tmpfs is mounted owned by that uid and gid."""
+    assert _compose()["services"]["bridge"]["user"] == f"{IMAGE_UID}:{IMAGE_UID}"
+    options = _tmpfs_options().split(",")
+    assert f"uid={IMAGE_UID}" in options and f"gid={IMAGE_UID}" in options and "mode=0755" in options
 
 
 def test_compose_names_only_what_exists(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -203,7 +217,8 @@ def test_compose_healthcheck_passes_once_the_bridge_is_ready(openbao: Any) -> No
     port = free_port()
     test = _compose()["services"]["bridge"]["healthcheck"]["test"]
     assert test[0] == "CMD" and ":9098/" in test[-1]
-    check = [shutil.which(test[1]) or test[1], *test[2:-1], test[-1].replace(":9098/", f":{port}/")]
+    assert test[1] == "python"  # the image's interpreter; here, the one running the tests
+    check = [sys.executable, *test[2:-1], test[-1].replace(":9098/", f":{port}/")]
     with _tmpfs(_tmpfs_options()) as mountpoint:
         env = {**_bridge_env(mountpoint, openbao), "SECRETS_BRIDGE_LISTEN": f"127.0.0.1:{port}"}
         bridge = subprocess.Popen(_bridge_argv("run"), env=env, cwd=ROOT,
@@ -374,50 +389,94 @@ def test_azure_overlay_uses_workload_identity() -> None:
 
 
 # --- configs and YAML blocks of the docs -------------------------------------------------------
+#
+# A docs YAML block may be preceded by one marker line:
+#   <!-- test: same as PATH -->  the block is that shipped file, byte for byte (e.g. a kustomize patch)
+#   <!-- test: deferred until files:/template: entries land -->  a bridge config using entry shapes
+#       this branch may not have yet: skipped only while parsing fails on exactly those fields.
 
-#: put on the line before a docs YAML block whose entry shapes main may not have yet
-DEFERRED = "<!-- test: deferred until files:/template: entries land -->"
-_BLOCK = re.compile(r"(<!-- test: [^>]*-->\n)?```yaml\n(.*?)```", re.S)
+DEFERRED = "deferred until files:/template: entries land"
+_BLOCK = re.compile(r"(?:<!-- test: (.*?) -->\n)?```yaml\n(.*?)```", re.S)
 
 
-def _doc_blocks() -> list[tuple[str, str, bool]]:
+def _doc_blocks() -> list[tuple[str, str, str]]:
+    """(where, text, marker) of every YAML block in README.md and docs/."""
     found = []
     for doc in sorted(ROOT.glob("*.md")) + sorted((ROOT / "docs").glob("*.md")):
         for i, match in enumerate(_BLOCK.finditer(doc.read_text())):
-            found.append((f"{doc.relative_to(ROOT)}#{i}", match.group(2), (match.group(1) or "").strip() == DEFERRED))
+            found.append((f"{doc.relative_to(ROOT)}#{i}", match.group(2), match.group(1) or ""))
     return found
 
 
-def _configs() -> list[tuple[str, str, bool]]:
-    found = [(str(p.relative_to(ROOT)), p.read_text(), False) for p in sorted((ROOT / "examples").glob("*.yaml"))]
-    for path in sorted(KUBERNETES.rglob("secrets-bridge.yaml")):
-        found.append((str(path.relative_to(ROOT)), path.read_text(), False))
-    found += [(where, text, deferred) for where, text, deferred in _doc_blocks() if "secrets:" in text]
-    return found
-
-
-@pytest.mark.parametrize(("where", "text", "deferred"), _configs(), ids=[w for w, _, _ in _configs()])
-def test_example_configs_are_valid(where: str, text: str, deferred: bool) -> None:
-    """Each example config, deploy config and docs YAML block with `secrets:` passes the bridge's own validation."""
+def _is_bridge_config(text: str) -> bool:
     try:
-        config = parse_config(text, source=where)
-    except ConfigError as exc:
-        if deferred and re.search(r"\.(files|template|values|params)\b.*unknown field", str(exc)):
-            pytest.skip(f"files:/template: entries are not on this branch yet: {exc}")
-        raise
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError:
+        return "secrets:" in text  # let the bridge's parser say what is wrong
+    return len(docs) == 1 and isinstance(docs[0], dict) and "secrets" in docs[0] \
+        and not {"services", "apiVersion"} & set(docs[0])
+
+
+def _configs() -> list[tuple[str, str, str]]:
+    found = [(str(p.relative_to(ROOT)), p.read_text(), "") for p in sorted((ROOT / "examples").glob("*.yaml"))]
+    for path in sorted(KUBERNETES.rglob("secrets-bridge.yaml")):
+        found.append((str(path.relative_to(ROOT)), path.read_text(), ""))
+    found += [block for block in _doc_blocks() if _is_bridge_config(block[1])]
+    return found
+
+
+@pytest.mark.parametrize(("where", "text", "marker"), _configs(), ids=[w for w, _, _ in _configs()])
+def test_example_configs_are_valid(where: str, text: str, marker: str) -> None:
+    """Each example config, kustomize config and bridge config in the docs passes the bridge's own validation."""
+    missing = {"files", "template", "values"} - set(SecretConfig.model_fields)
+    if marker == DEFERRED and missing:
+        with pytest.raises(ConfigError):  # a marker on a block that would pass is a stale marker
+            parse_config(text, source=where)
+        pytest.skip(f"entry fields not on this branch yet: {', '.join(sorted(missing))}")
+    config = parse_config(text, source=where)
     assert config.settings.secrets
 
 
-@pytest.mark.parametrize(("where", "text"), [(w, t) for w, t, _ in _doc_blocks()],
-                         ids=[w for w, _, _ in _doc_blocks()])
-def test_doc_yaml_blocks_parse(where: str, text: str, tmp_path: Path) -> None:
-    """Every docs YAML block is YAML; each whole Kubernetes object in one validates strictly (CRDs excepted)."""
+def _bridge_commands(node: Any) -> Iterator[list[str]]:
+    """The args (Kubernetes) or command (Compose) of every container or service running the bridge's image."""
+    if isinstance(node, dict):
+        if str(node.get("image", "")).startswith("secrets-bridge"):
+            argv = node.get("args", node.get("command"))
+            if isinstance(argv, list):
+                yield [str(a) for a in argv]
+        for value in node.values():
+            yield from _bridge_commands(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _bridge_commands(item)
+
+
+def test_bridge_commands_are_found_and_checked() -> None:
+    """The docs check finds a bridge container's args, and the CLI refuses a flag that does not exist."""
+    block = yaml.safe_load("containers: [{name: b, image: secrets-bridge:0.1.0, args: [sync, --migrate]}]")
+    (argv,) = _bridge_commands(block)
+    assert argv == ["sync", "--migrate"] and not _cli_accepts(argv)
+
+
+@pytest.mark.parametrize(("where", "text", "marker"), _doc_blocks(), ids=[w for w, _, _ in _doc_blocks()])
+def test_doc_yaml_blocks_are_valid(where: str, text: str, marker: str, tmp_path: Path) -> None:
+    """Every docs YAML block parses; Compose files match the Compose spec, Kubernetes objects validate strictly."""
+    assert marker in ("", DEFERRED) or marker.startswith("same as "), f"{where}: unknown marker {marker!r}"
+    if marker.startswith("same as "):
+        assert text == (ROOT / marker.removeprefix("same as ")).read_text(), f"{where} differs from {marker}"
+        return
     docs = [d for d in yaml.safe_load_all(text) if d is not None]
     assert docs, f"{where} is empty"
+    for argv in _bridge_commands(docs):
+        assert _cli_accepts(argv), f"{where}: the CLI refuses {argv}"
+    out = tmp_path / "block.yaml"
+    if isinstance(docs[0], dict) and "services" in docs[0]:
+        out.write_text(text)
+        proc = _run(venv_binary("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(out))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
     objects = [d for d in docs if isinstance(d, dict) and {"apiVersion", "kind", "metadata"} <= set(d)]
     core = [d for d in objects if "." not in d["apiVersion"].split("/")[0]]  # v1, apps/v1: not a CRD group
     if core:
-        out = tmp_path / "block.yaml"
         out.write_text(yaml.safe_dump_all(core))
         proc = _run(venv_binary("kubernetes-validate"), "--strict", str(out))
         assert proc.returncode == 0, proc.stdout + proc.stderr
