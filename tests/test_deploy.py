@@ -23,8 +23,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from bridge.config import SecretConfig, parse_config
-from bridge.errors import ConfigError
+from bridge.config import parse_config
 from tests.servers import free_port, venv_binary, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -390,12 +389,9 @@ def test_azure_overlay_uses_workload_identity() -> None:
 
 # --- configs and YAML blocks of the docs -------------------------------------------------------
 #
-# A docs YAML block may be preceded by one marker line:
-#   <!-- test: same as PATH -->  the block is that shipped file, byte for byte (e.g. a kustomize patch)
-#   <!-- test: deferred until files:/template: entries land -->  a bridge config using entry shapes
-#       this branch may not have yet: skipped only while parsing fails on exactly those fields.
+# A docs YAML block preceded by the line `<!-- test: same as PATH -->` is that shipped file, byte for
+# byte (a kustomize patch is not a whole object to validate on its own).
 
-DEFERRED = "deferred until files:/template: entries land"
 _BLOCK = re.compile(r"(?:<!-- test: (.*?) -->\n)?```yaml\n(.*?)```", re.S)
 
 
@@ -417,22 +413,17 @@ def _is_bridge_config(text: str) -> bool:
         and not {"services", "apiVersion"} & set(docs[0])
 
 
-def _configs() -> list[tuple[str, str, str]]:
-    found = [(str(p.relative_to(ROOT)), p.read_text(), "") for p in sorted((ROOT / "examples").glob("*.yaml"))]
+def _configs() -> list[tuple[str, str]]:
+    found = [(str(p.relative_to(ROOT)), p.read_text()) for p in sorted((ROOT / "examples").glob("*.yaml"))]
     for path in sorted(KUBERNETES.rglob("secrets-bridge.yaml")):
-        found.append((str(path.relative_to(ROOT)), path.read_text(), ""))
-    found += [block for block in _doc_blocks() if _is_bridge_config(block[1])]
+        found.append((str(path.relative_to(ROOT)), path.read_text()))
+    found += [(where, text) for where, text, _ in _doc_blocks() if _is_bridge_config(text)]
     return found
 
 
-@pytest.mark.parametrize(("where", "text", "marker"), _configs(), ids=[w for w, _, _ in _configs()])
-def test_example_configs_are_valid(where: str, text: str, marker: str) -> None:
+@pytest.mark.parametrize(("where", "text"), _configs(), ids=[w for w, _ in _configs()])
+def test_example_configs_are_valid(where: str, text: str) -> None:
     """Each example config, kustomize config and bridge config in the docs passes the bridge's own validation."""
-    missing = {"files", "template", "values"} - set(SecretConfig.model_fields)
-    if marker == DEFERRED and missing:
-        with pytest.raises(ConfigError):  # a marker on a block that would pass is a stale marker
-            parse_config(text, source=where)
-        pytest.skip(f"entry fields not on this branch yet: {', '.join(sorted(missing))}")
     config = parse_config(text, source=where)
     assert config.settings.secrets
 
@@ -461,7 +452,7 @@ def test_bridge_commands_are_found_and_checked() -> None:
 @pytest.mark.parametrize(("where", "text", "marker"), _doc_blocks(), ids=[w for w, _, _ in _doc_blocks()])
 def test_doc_yaml_blocks_are_valid(where: str, text: str, marker: str, tmp_path: Path) -> None:
     """Every docs YAML block parses; Compose files match the Compose spec, Kubernetes objects validate strictly."""
-    assert marker in ("", DEFERRED) or marker.startswith("same as "), f"{where}: unknown marker {marker!r}"
+    assert marker == "" or marker.startswith("same as "), f"{where}: unknown marker {marker!r}"
     if marker.startswith("same as "):
         assert text == (ROOT / marker.removeprefix("same as ")).read_text(), f"{where} differs from {marker}"
         return
