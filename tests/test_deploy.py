@@ -339,6 +339,33 @@ def test_sidecar_is_native_with_probes(name: str) -> None:
     assert parse_config(text).settings.listen == "0.0.0.0:9098"
 
 
+@pytest.mark.skipif(os.getuid() != 0, reason="mounting a tmpfs and switching uid need root")
+def test_base_pod_app_reads_through_fs_group() -> None:
+    """The base pod as kubelet sets it up: the bridge (its uid, env and config) syncs into an fsGroup
+    emptyDir, the app's uid reads the file through the fsGroup, and a uid outside the group cannot."""
+    docs = _render("base")
+    pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
+    bridge, app = _bridge(pod), pod["containers"][0]
+    fs_group = pod["securityContext"]["fsGroup"]
+    # kubelet's memory emptyDir with fsGroup: a tmpfs, group fsGroup, group-writable, setgid
+    with tempfile.TemporaryDirectory() as etc, _tmpfs(f"size=4m,mode=2777,gid={fs_group}") as emptydir:
+        Path(etc).chmod(0o755)  # the ConfigMap volume, readable by the bridge's uid
+        config = Path(etc) / "secrets-bridge.yaml"
+        config.write_text(next(iter(_one(docs, "ConfigMap")["data"].values())))
+        args = [str(config) if a.startswith("/etc/secrets-bridge/") else a for a in bridge["args"]]
+        env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1",
+               "SECRETS_BRIDGE_OUTPUT_DIR": str(emptydir), **{e["name"]: e["value"] for e in bridge["env"]}}
+        uid = bridge["securityContext"]["runAsUser"]
+        proc = _run(sys.executable, "-c", _AS_IMAGE_USER, str(uid), *args[:-1], "sync", env=env)
+        assert proc.returncode == 0, proc.stderr
+        target = str(emptydir / "db_password")
+        app_uid, app_gid = app["securityContext"]["runAsUser"], app["securityContext"]["runAsGroup"]
+        as_app = _run("cat", target, user=app_uid, group=app_gid, extra_groups=[fs_group])
+        assert as_app.returncode == 0 and as_app.stdout == bridge["env"][0]["value"]
+        outsider = _run("cat", target, user=app_uid, group=app_gid, extra_groups=[])
+        assert outsider.returncode != 0 and "Permission denied" in outsider.stderr
+
+
 def test_init_only_overlay_syncs_once_without_a_sidecar() -> None:
     """init-only runs the bridge as a plain init container: `sync`, no restartPolicy, no probes."""
     pod = _one(_render("init-only"), "Deployment")["spec"]["template"]["spec"]
