@@ -1,38 +1,38 @@
-"""HashiCorp Vault / OpenBao KV provider (hvac).
+"""HashiCorp Vault / OpenBao provider (hvac).
 
-`ref` is a KV path such as `secret/app/db`; the mount and KV version are found from the server
-(`sys/internal/ui/mounts`, as `vault kv get` does). KV v2 returns the version number; KV v1 has no
-versions, so the engine compares content. Without `key` the whole map is written as compact JSON.
-All hvac and transport errors are translated in `_translate`; messages carry Vault's error text
-(never values) and never a token.
+`ref` is any Vault path. The mount holding it is found from the server (`sys/internal/ui/mounts`,
+as `vault kv get` does): KV mounts are read the KV way (`vault_kv`); any other engine's path is a
+plain read, or with `params` a write as `vault write` does (`vault_leases`), whose response may be
+leased (database credentials) or time-limited (PKI certificates). Lease renewal, lookup and
+revocation are methods here; when to call them is the engine's business. Every request goes
+through `VaultClient.call`, the one place errors are translated; messages carry Vault's error
+text, never a value, a token or a lease id.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import os
-import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
 
 from pydantic import Field, model_validator
 
-from bridge.errors import AccessDenied, ProviderError, SecretNotFound, Unavailable
-from bridge.provider import Fetched, Provider, ProviderSettings, Request
-from providers.vault_auth import AuthConfig, TokenAuth, TokenKeeper
+from bridge.errors import AccessDenied, ProviderError, SecretNotFound
+from bridge.provider import Fetched, Provider, ProviderSettings, Request, VersionOutcome
+from providers import vault_leases
+from providers.vault_auth import AuthConfig, TokenAuth
+from providers.vault_client import VaultClient
+from providers.vault_kv import PREVIOUS, KeyValue, Mount
 
 try:
-    import hvac
     import requests
     from hvac import exceptions as hvac_errors
 except ModuleNotFoundError as exc:  # pragma: no cover - the config loader turns this into a hint
     raise ModuleNotFoundError("hvac is not installed", name=exc.name) from None
 
 log = logging.getLogger("secrets_bridge.providers.vault")
-T = TypeVar("T")
 
 
 class VaultSettings(ProviderSettings):
@@ -43,6 +43,8 @@ class VaultSettings(ProviderSettings):
     tls_skip_verify: bool = False
     timeout: float = Field(default=10.0, gt=0)
     auth: AuthConfig = Field(default_factory=TokenAuth)
+    #: revoke the leases this bridge holds when it shuts down (the credentials stop working)
+    revoke_on_exit: bool = False
 
     @model_validator(mode="after")
     def _address(self) -> VaultSettings:
@@ -51,150 +53,119 @@ class VaultSettings(ProviderSettings):
         return self
 
 
-@dataclass(frozen=True)
-class _Mount:
-    path: str  # without trailing slash
-    kv_version: int
-
-
 class VaultProvider(Provider):
     Settings = VaultSettings
     settings: VaultSettings
+    supports_previous = True
 
     def __init__(self, name: str, settings: VaultSettings) -> None:
         super().__init__(name, settings)
         address = settings.address or os.environ.get("VAULT_ADDR") or os.environ.get("BAO_ADDR")
-        session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(max_retries=0)  # the engine is the one place that retries
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
         verify: bool | str = str(settings.ca_cert) if settings.ca_cert else not settings.tls_skip_verify
-        self._client = hvac.Client(url=address, verify=verify, timeout=settings.timeout,
-                                   namespace=settings.namespace, session=session)
-        self._tokens = TokenKeeper(self._client, settings.auth)
-        self._mounts: dict[str, _Mount] = {}
-        self._no_metadata: set[str] = set()  # mounts whose metadata the policy does not let us read
+        self._vault = VaultClient(name, address, verify=verify, timeout=settings.timeout,
+                                  namespace=settings.namespace, auth=settings.auth, count=self.count)
+        self._client = self._vault.hvac  # tests look at the token in use
+        self._kv = KeyValue(self._vault, name)
+        self._mounts: dict[str, Mount] = {}
 
     def close(self) -> None:
-        self._client.adapter.close()
+        self._vault.close()
 
     # -- the Provider interface --------------------------------------------------------------
 
     def fetch(self, request: Request) -> Fetched:
-        mount, path = self._split(request.ref)
-        if mount.kv_version == 1:
-            if request.version is not None:
-                raise SecretNotFound("KV v1 has no versions; remove `version`")
-            data = self._call("read", request, lambda: self._client.secrets.kv.v1.read_secret(
-                path=path, mount_point=mount.path))["data"]
-            return Fetched(_encode(data), None)
-        if request.version is not None and not request.version.isdigit():
-            raise SecretNotFound("a KV v2 version is a whole number")
-        response = self._call("read", request, lambda: self._client.secrets.kv.v2.read_secret_version(
-            path=path, mount_point=mount.path, version=request.version, raise_on_deleted_version=True))
-        body = response["data"]
-        if body.get("data") is None:  # deleted or destroyed version
-            raise SecretNotFound("version deleted or destroyed")
-        return Fetched(_encode(body["data"]), str(body["metadata"]["version"]))
+        try:
+            mount, path = self._split(request)
+            if not mount.is_kv:
+                return vault_leases.fetch_path(self._vault, request)
+            if request.params is not None:
+                raise SecretNotFound(f"{mount.path}/ is a KV mount: `params` (a write) apply to other engines")
+            fetched = self._kv.fetch(mount, path, request)
+        except ProviderError as exc:
+            raise exc.at(provider=self.name, ref=request.ref, version=request.version) from None
+        self._learn(mount)
+        return fetched
 
     def current_version(self, ref: str) -> str | None:
-        mount, path = self._split(ref)
-        if mount.kv_version == 1 or mount.path in self._no_metadata:
-            return None  # the engine fetches and compares content
-        request = Request(ref)
-        try:
-            meta = self._call("read_metadata", request, lambda: self._client.secrets.kv.v2.read_secret_metadata(
-                path=path, mount_point=mount.path))["data"]
-        except AccessDenied:
-            # Common policies grant only `<mount>/data/*`: read values and compare instead.
-            self._no_metadata.add(mount.path)
-            log.warning("%s: no read access to %s/metadata/*; checking for changes by reading values "
-                        "(grant it to check versions cheaply)", self.name, mount.path)
-            return None
-        return str(meta["current_version"])
+        return self._resolve(Request(ref))
+
+    def moves(self, version: str) -> bool:
+        """`previous` follows every new version; a version number never moves."""
+        return version == PREVIOUS
+
+    def resolve_versions(self, requests: Sequence[Request]) -> dict[Request, VersionOutcome]:
+        """The latest or `previous` version of each KV v2 request from its metadata (no value read).
+        Any other engine's path answers None: a plain read is compared by content, and a leased or
+        issued value is renewed and re-issued on its own clock, never polled."""
+        return self._each([(r, r) for r in dict.fromkeys(requests)], self._resolve)
+
+    # -- leases -------------------------------------------------------------------------------
+
+    def renew(self, fetched: Fetched, increment_seconds: float | None) -> Fetched:
+        """Renew `fetched`'s lease by `increment_seconds` (None: the engine's default TTL); returns
+        the same value and version with the TTL granted, which may be less than asked (max_ttl)."""
+        return vault_leases.renew(self._vault, fetched, increment_seconds)
+
+    def revoke(self, lease_id: str) -> None:
+        """Revoke a lease now (`revoke_on_exit`); the policy needs `update` on sys/leases/revoke."""
+        vault_leases.revoke(self._vault, lease_id)
+
+    def lease_alive(self, lease_id: str) -> float | None:
+        """Seconds left on a lease, or None when it was revoked or expired (a restart resumes it or not)."""
+        return vault_leases.lease_alive(self._vault, lease_id)
 
     def maintain(self) -> None:
         """Renew the token between cycles, so a long refresh interval never lets it lapse."""
-        if self._tokens.in_use():
+        if self._vault.tokens.in_use():
             try:
-                self._tokens.ensure()
-            except (hvac_errors.VaultError, requests.RequestException, AccessDenied) as exc:
+                self._vault.tokens.ensure()
+            except (hvac_errors.VaultError, requests.RequestException, ProviderError) as exc:
                 log.debug("%s: token upkeep failed (%s)", self.name, type(exc).__name__)
 
     # -- internals -------------------------------------------------------------------------
 
-    def _split(self, ref: str) -> tuple[_Mount, str]:
-        """Find the mount holding `ref` (cached) and the path below it."""
-        ref = ref.strip("/")
+    def _resolve(self, request: Request) -> str | None:
+        try:
+            mount, path = self._split(request)
+            if not mount.is_kv or request.params is not None:
+                return None
+            if request.version is not None and request.version != PREVIOUS:
+                return request.version  # a number never moves
+            version = self._kv.current_version(mount, path, request)
+        except ProviderError as exc:
+            raise exc.at(provider=self.name, ref=request.ref, version=request.version) from None
+        if version is not None:
+            self._learn(mount)
+        return version
+
+    def _learn(self, mount: Mount) -> None:
+        """A read through an assumed mount worked: keep it."""
+        if mount.guessed:
+            self._mounts[mount.path] = dataclasses.replace(mount, guessed=False)
+
+    def _split(self, request: Request) -> tuple[Mount, str]:
+        """Find the mount holding the ref (cached) and the path below it."""
+        ref = request.ref.strip("/")
         for prefix, mount in self._mounts.items():
             if ref.startswith(prefix + "/"):
                 return mount, ref[len(prefix) + 1:]
-        request = Request(ref)
         try:
-            info = self._call("mount_info", request, lambda: self._client.adapter.get(
+            info = self._vault.call("mount_info", request, lambda: self._vault.hvac.adapter.get(
                 f"/v1/sys/internal/ui/mounts/{ref}"))["data"]
-            mount = _Mount(info["path"].strip("/"), int((info.get("options") or {}).get("version") or 1))
-            if info.get("type") not in ("kv", "generic"):
-                raise SecretNotFound(f"{mount.path}/ is a {info.get('type')} mount, not KV")
+            options = info.get("options") or {}
+            mount = Mount(info["path"].strip("/"), str(info.get("type")), int(options.get("version") or 1))
         except AccessDenied as exc:
-            if not self._tokens.in_use():
-                raise  # no working token yet: nothing learnt about the mount
-            # A working token whose policy denies the mount lookup: assume the first path segment
-            # is a KV v2 mount (what `vault kv get` falls back to as well).
-            mount = _Mount(ref.split("/", 1)[0], 2)
-            log.info("%s: mount lookup refused (%s); assuming %s/ is KV v2", self.name, exc.message, mount.path)
+            if not self._vault.tokens.in_use():
+                raise  # no token yet: nothing learnt about the mount
+            # The lookup is refused (a policy without any grant on the path, or a token refused
+            # everywhere). A write is another engine's; for a read assume the first segment is a KV
+            # v2 mount, as `vault kv get` does, and keep that only once a read through it works.
+            if request.params is not None:
+                return Mount(ref.split("/", 1)[0], "unknown", guessed=True), ref.split("/", 1)[-1]
+            mount = Mount(ref.split("/", 1)[0], "kv", 2, guessed=True)
+            log.debug("%s: mount lookup refused (%s); assuming %s/ is KV v2", self.name, exc.message, mount.path)
+            return mount, ref.split("/", 1)[-1]
         self._mounts[mount.path] = mount
         if not ref.startswith(mount.path + "/"):
             raise SecretNotFound(f"ref names the mount {mount.path}/ but no secret in it")
         return mount, ref[len(mount.path) + 1:]
-
-    def _call(self, operation: str, request: Request, call: Callable[[], T]) -> T:
-        """One Vault request with a live token; logs in again once if the token was refused."""
-        for attempt in (1, 2):
-            try:
-                self._tokens.ensure()
-                result = call()
-                self.count(operation, "ok")
-                return result
-            except ProviderError as exc:
-                self.count(operation, exc.code)
-                raise exc.at(provider=self.name, ref=request.ref, version=request.version) from None
-            except (hvac_errors.VaultError, requests.RequestException) as exc:
-                error = _translate(exc).at(provider=self.name, ref=request.ref, version=request.version)
-                self.count(operation, error.code)
-                if (attempt == 1 and isinstance(error, AccessDenied)
-                        and not isinstance(self.settings.auth, TokenAuth)):
-                    self._tokens.invalidate()
-                    continue
-                raise error from None
-        raise AssertionError("unreachable")
-
-
-def _encode(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
-
-
-def _one_line(text: str) -> str:
-    """Vault wraps errors as "1 error occurred:\n\t* permission denied\n\n": keep the reason."""
-    text = re.sub(r"^\d+ errors? occurred:\s*", "", text.strip())
-    return " ".join(text.replace("* ", "").split())
-
-
-def _translate(exc: Exception) -> ProviderError:
-    """The one place hvac and transport errors become the bridge's taxonomy."""
-    if isinstance(exc, hvac_errors.VaultError):
-        reason = _one_line(", ".join(str(e) for e in (exc.errors or []))) or type(exc).__name__
-        if isinstance(exc, hvac_errors.InvalidPath):
-            return SecretNotFound(f"not found ({reason})" if exc.errors else "not found")
-        if isinstance(exc, hvac_errors.Forbidden | hvac_errors.Unauthorized):
-            return AccessDenied(reason)
-        if isinstance(exc, hvac_errors.InvalidRequest):
-            return SecretNotFound(f"bad request: {reason}")
-        return Unavailable(f"server error: {reason}")
-    if isinstance(exc, requests.Timeout):
-        return Unavailable("timed out")
-    if isinstance(exc, requests.exceptions.SSLError):
-        return Unavailable("TLS error (check ca_cert)")
-    if isinstance(exc, requests.ConnectionError):
-        return Unavailable("cannot connect")
-    return Unavailable(type(exc).__name__)

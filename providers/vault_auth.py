@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from bridge.errors import AccessDenied
+from bridge.errors import AccessDenied, Unavailable
 
 log = logging.getLogger("secrets_bridge.providers.vault")
 
@@ -141,6 +141,10 @@ class TokenKeeper:
                 return
         except exceptions.VaultError as exc:
             reason = " ".join(", ".join(str(e) for e in exc.errors or []).split()) or type(exc).__name__
+            if isinstance(exc, exceptions.RateLimitExceeded | exceptions.InternalServerError | exceptions.VaultDown
+                          | exceptions.BadGateway | exceptions.UnexpectedError):
+                # throttled or down: not the credentials' fault, so back off instead of retrying slowly
+                raise Unavailable(f"{auth.method} login: server unavailable: {reason}") from None
             raise AccessDenied(f"{auth.method} login failed: {reason}") from None
         self._remember(result["auth"])
         self._logged_in = True

@@ -1,0 +1,130 @@
+"""The one path every Vault/OpenBao request takes: a live token, counting, and error translation.
+
+hvac's exceptions carry no response headers, so a response hook on the requests session keeps the
+last throttling answer's `Retry-After` (per thread) and `_translate` puts it in
+`Unavailable.retry_after`. The session never retries: the engine is the one place that does.
+Messages carry Vault's own error text (never a value) and never a token or a lease id.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from bridge.errors import AccessDenied, ProviderError, SecretNotFound, Unavailable
+from bridge.provider import Request
+from providers.vault_auth import AuthConfig, TokenAuth, TokenKeeper
+
+try:
+    import hvac
+    import requests
+    from hvac import exceptions as hvac_errors
+except ModuleNotFoundError as exc:  # pragma: no cover - the config loader turns this into a hint
+    raise ModuleNotFoundError("hvac is not installed", name=exc.name) from None
+
+T = TypeVar("T")
+
+#: Vault answers these statuses when it is throttling (429: rate limit quota) or sealed/standby (503)
+_THROTTLED = (429, 503)
+#: a Retry-After beyond this is not believed (a misconfigured proxy must not park a secret for days)
+_MAX_RETRY_AFTER_SECONDS = 3600.0
+
+
+class VaultClient:
+    """hvac's client with the bridge's session, token upkeep and call path."""
+
+    def __init__(self, name: str, address: str | None, *, verify: bool | str, timeout: float,
+                 namespace: str | None, auth: AuthConfig, count: Callable[[str, str], None]) -> None:
+        self.name = name
+        self._count = count
+        self._auth = auth
+        self._seen = threading.local()  # the Retry-After of this thread's last throttled response
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(max_retries=0)  # the engine is the one place that retries
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        session.hooks["response"].append(self._remember_retry_after)
+        self.hvac = hvac.Client(url=address, verify=verify, timeout=timeout, namespace=namespace, session=session)
+        self.tokens = TokenKeeper(self.hvac, auth)
+
+    def close(self) -> None:
+        self.hvac.adapter.close()
+
+    def call(self, operation: str, request: Request, call: Callable[[], T]) -> T:
+        """One Vault request with a live token; logs in again once if the token was refused."""
+        for attempt in (1, 2):
+            self._seen.retry_after = None
+            try:
+                self.tokens.ensure()
+                result = call()
+                self._count(operation, "ok")
+                return result
+            except ProviderError as exc:
+                if isinstance(exc, Unavailable) and exc.retry_after is None:
+                    exc.retry_after = self._retry_after()
+                self._count(operation, exc.code)
+                raise exc.at(provider=self.name, ref=request.ref, version=request.version) from None
+            except (hvac_errors.VaultError, requests.RequestException) as exc:
+                error = translate(exc, self._retry_after())
+                error = error.at(provider=self.name, ref=request.ref, version=request.version)
+                self._count(operation, error.code)
+                if attempt == 1 and isinstance(error, AccessDenied) and not isinstance(self._auth, TokenAuth):
+                    self.tokens.invalidate()
+                    continue
+                raise error from None
+        raise AssertionError("unreachable")
+
+    def _remember_retry_after(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        if response.status_code in _THROTTLED:
+            self._seen.retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+
+    def _retry_after(self) -> float | None:
+        return getattr(self._seen, "retry_after", None)
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """`Retry-After` as seconds from now: delta-seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), _MAX_RETRY_AFTER_SECONDS)
+
+
+def one_line(text: str) -> str:
+    """Vault wraps errors as "1 error occurred:\n\t* permission denied\n\n": keep the reason."""
+    text = re.sub(r"^\d+ errors? occurred:\s*", "", text.strip())
+    return " ".join(text.replace("* ", "").split())
+
+
+def translate(exc: Exception, retry_after: float | None = None) -> ProviderError:
+    """The one place hvac and transport errors become the bridge's taxonomy."""
+    if isinstance(exc, hvac_errors.VaultError):
+        reason = one_line(", ".join(str(e) for e in (exc.errors or []))) or type(exc).__name__
+        if isinstance(exc, hvac_errors.InvalidPath):
+            return SecretNotFound(f"not found ({reason})" if exc.errors else "not found")
+        if isinstance(exc, hvac_errors.Forbidden | hvac_errors.Unauthorized):
+            return AccessDenied(reason)
+        if isinstance(exc, hvac_errors.InvalidRequest):
+            return SecretNotFound(f"bad request: {reason}")
+        if isinstance(exc, hvac_errors.RateLimitExceeded):
+            return Unavailable(f"throttled: {reason}", retry_after=retry_after)
+        return Unavailable(f"server error: {reason}", retry_after=retry_after)
+    if isinstance(exc, requests.Timeout):
+        return Unavailable("timed out")
+    if isinstance(exc, requests.exceptions.SSLError):
+        return Unavailable("TLS error (check ca_cert)")
+    if isinstance(exc, requests.ConnectionError):
+        return Unavailable("cannot connect")
+    return Unavailable(type(exc).__name__)

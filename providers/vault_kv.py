@@ -1,0 +1,155 @@
+"""KV v1 and v2 secrets: reads, the cheap metadata check, and `version: previous`.
+
+KV v2's version number starts again at 1 when a secret is deleted (metadata and all) and written
+anew, so a number alone does not identify a version: each fetch remembers the `created_time` of
+the version it returned, and the change check answers None ("cannot tell; fetch and compare")
+when the same number now carries another `created_time`.
+
+Common policies grant only `<mount>/data/*`. A refused metadata read is taken for a policy only
+once a data read in that mount works with the same token (a revoked token is refused everywhere),
+and even then it is probed again every `metadata_reprobe_seconds`, so a widened policy or a
+fixed token brings the cheap check back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bridge.errors import AccessDenied, SecretNotFound
+from bridge.provider import Fetched, Request
+from providers.vault_client import VaultClient
+from providers.vault_leases import encode
+
+log = logging.getLogger("secrets_bridge.providers.vault")
+
+PREVIOUS = "previous"
+
+
+@dataclass(frozen=True)
+class Mount:
+    path: str  # without trailing slash
+    type: str  # the engine: kv, pki, database, ...
+    kv_version: int = 0  # 1 or 2 for KV mounts
+    #: not looked up (the lookup was refused) but assumed; kept only once a read through it works
+    guessed: bool = False
+
+    @property
+    def is_kv(self) -> bool:
+        return self.type in ("kv", "generic")
+
+
+def _unit(request: Request) -> tuple[str, str | None]:
+    return request.ref.strip("/"), request.version
+
+
+class KeyValue:
+    """Reads KV secrets through the client; remembers what each fetch unit last returned."""
+
+    #: how long a mount whose metadata the policy refuses is checked by reading values instead
+    metadata_reprobe_seconds = 600.0
+
+    def __init__(self, client: VaultClient, name: str) -> None:
+        self._client = client
+        self.name = name
+        self._created: dict[tuple[str, str | None], tuple[str, str]] = {}  # unit -> (number, created_time)
+        self._no_metadata: dict[str, float] = {}  # mount -> monotonic time to probe its metadata again
+        self._refused: set[str] = set()  # metadata refused, not yet known to be the policy's doing
+        self._warned: set[str] = set()
+
+    def fetch(self, mount: Mount, path: str, request: Request) -> Fetched:
+        kv = self._client.hvac.secrets.kv
+        if mount.kv_version == 1:
+            if request.version is not None:
+                raise SecretNotFound("KV v1 has no versions; remove `version`")
+            data = self._client.call("read", request, lambda: kv.v1.read_secret(
+                path=path, mount_point=mount.path))["data"]
+            return Fetched(encode(data), None)
+        version = request.version
+        if version == PREVIOUS:
+            version = _previous_of(self._metadata_for_previous(mount, path, request))
+        elif version is not None and not version.isdigit():
+            raise SecretNotFound("a KV v2 version is a whole number or `previous`")
+        response = self._client.call("read", request, lambda: kv.v2.read_secret_version(
+            path=path, mount_point=mount.path, version=version, raise_on_deleted_version=True))
+        body = response["data"]
+        if body.get("data") is None:  # deleted or destroyed version
+            raise SecretNotFound("version deleted or destroyed")
+        number = str(body["metadata"]["version"])
+        self._created[_unit(request)] = (number, str(body["metadata"].get("created_time") or ""))
+        self._data_read_works(mount)
+        return Fetched(encode(body["data"]), number)
+
+    def current_version(self, mount: Mount, path: str, request: Request) -> str | None:
+        """The version `request` (latest or `previous`) points at now; None = fetch and compare."""
+        if mount.kv_version == 1:
+            return None  # no versions: the engine fetches and compares content
+        if request.version == PREVIOUS:
+            pinned = self._metadata_for_previous(mount, path, request)
+            return self._checked(request, _previous_of(pinned), pinned)
+        latest = self._metadata(mount, path, request)
+        if latest is None:
+            return None
+        return self._checked(request, str(latest["current_version"]), latest)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _checked(self, request: Request, number: str, meta: dict[str, Any]) -> str | None:
+        """`number`, unless the unit last fetched a version of that number created at another time
+        (the secret was deleted and written again): then None, so the engine fetches and compares."""
+        seen = self._created.get(_unit(request))
+        created = str(((meta.get("versions") or {}).get(number) or {}).get("created_time") or "")
+        if seen is not None and seen[0] == number and created and seen[1] != created:
+            return None
+        return number
+
+    def _metadata(self, mount: Mount, path: str, request: Request) -> dict[str, Any] | None:
+        """The secret's metadata, or None while the policy is known (or suspected) to refuse it."""
+        probe_at = self._no_metadata.get(mount.path)
+        if probe_at is not None and time.monotonic() < probe_at:
+            return None
+        try:
+            meta: dict[str, Any] = self._client.call("read_metadata", request, lambda: (
+                self._client.hvac.secrets.kv.v2.read_secret_metadata(path=path, mount_point=mount.path)))["data"]
+        except AccessDenied:
+            if probe_at is not None:
+                self._no_metadata[mount.path] = time.monotonic() + self.metadata_reprobe_seconds
+            else:
+                self._refused.add(mount.path)  # the policy, or a token refused everywhere: a data read tells
+            return None
+        self._refused.discard(mount.path)
+        if self._no_metadata.pop(mount.path, None) is not None:
+            log.info("%s: %s/metadata/* is readable again; checking versions cheaply", self.name, mount.path)
+        return meta
+
+    def _metadata_for_previous(self, mount: Mount, path: str, request: Request) -> dict[str, Any]:
+        try:
+            meta: dict[str, Any] = self._client.call("read_metadata", request, lambda: (
+                self._client.hvac.secrets.kv.v2.read_secret_metadata(path=path, mount_point=mount.path)))["data"]
+        except AccessDenied as exc:
+            raise AccessDenied(f"`version: previous` needs read access to {mount.path}/metadata/* "
+                               f"({exc.message})") from None
+        return meta
+
+    def _data_read_works(self, mount: Mount) -> None:
+        """A data read worked where metadata was refused: the policy grants data only."""
+        if mount.path not in self._refused:
+            return
+        self._refused.discard(mount.path)
+        self._no_metadata[mount.path] = time.monotonic() + self.metadata_reprobe_seconds
+        if mount.path not in self._warned:
+            self._warned.add(mount.path)
+            log.warning("%s: no read access to %s/metadata/*; checking for changes by reading values "
+                        "(grant it to check versions cheaply)", self.name, mount.path)
+
+
+def _previous_of(meta: dict[str, Any]) -> str:
+    """The newest live version before the current one (deleted and destroyed ones are skipped)."""
+    current = int(meta["current_version"])
+    live = [int(number) for number, info in (meta.get("versions") or {}).items()
+            if int(number) < current and not (info or {}).get("deletion_time") and not (info or {}).get("destroyed")]
+    if not live:
+        raise SecretNotFound(f"no live version before the current one ({current})")
+    return str(max(live))
