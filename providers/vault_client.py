@@ -42,7 +42,7 @@ class VaultClient:
         self.name = name
         self._count = count
         self._auth = auth
-        self._seen = threading.local()  # the Retry-After of this thread's last throttled response
+        self._seen = threading.local()  # this thread's last status, and Retry-After when throttled
         session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(max_retries=0)  # the engine is the one place that retries
         session.mount("http://", adapter)
@@ -57,7 +57,7 @@ class VaultClient:
     def call(self, operation: str, request: Request, call: Callable[[], T]) -> T:
         """One Vault request with a live token; logs in again once if the token was refused."""
         for attempt in (1, 2):
-            self._seen.retry_after = None
+            self._seen.retry_after, self._seen.status = None, None
             try:
                 self.tokens.ensure()
                 result = call()
@@ -69,7 +69,7 @@ class VaultClient:
                 self._count(operation, exc.code)
                 raise exc.at(provider=self.name, ref=request.ref, version=request.version) from None
             except (hvac_errors.VaultError, requests.RequestException) as exc:
-                error = translate(exc, self._retry_after())
+                error = translate(exc, self._retry_after(), getattr(self._seen, "status", None))
                 error = error.at(provider=self.name, ref=request.ref, version=request.version)
                 self._count(operation, error.code)
                 if attempt == 1 and isinstance(error, AccessDenied) and not isinstance(self._auth, TokenAuth):
@@ -79,6 +79,7 @@ class VaultClient:
         raise AssertionError("unreachable")
 
     def _remember_retry_after(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self._seen.status = response.status_code
         if response.status_code in _THROTTLED:
             self._seen.retry_after = retry_after_seconds(response.headers.get("Retry-After"))
 
@@ -108,7 +109,7 @@ def one_line(text: str) -> str:
     return " ".join(text.replace("* ", "").split())
 
 
-def translate(exc: Exception, retry_after: float | None = None) -> ProviderError:
+def translate(exc: Exception, retry_after: float | None = None, status: int | None = None) -> ProviderError:
     """The one place hvac and transport errors become the bridge's taxonomy."""
     if isinstance(exc, hvac_errors.VaultError):
         reason = one_line(", ".join(str(e) for e in (exc.errors or []))) or type(exc).__name__
@@ -118,6 +119,8 @@ def translate(exc: Exception, retry_after: float | None = None) -> ProviderError
             return AccessDenied(reason)
         if isinstance(exc, hvac_errors.InvalidRequest):
             return SecretNotFound(f"bad request: {reason}")
+        if isinstance(exc, hvac_errors.UnsupportedOperation) or status == 405:  # hvac maps 405 to nothing
+            return SecretNotFound(f"{reason}: without `params` a path is read, with `params` written")
         if isinstance(exc, hvac_errors.RateLimitExceeded):
             return Unavailable(f"throttled: {reason}", retry_after=retry_after)
         return Unavailable(f"server error: {reason}", retry_after=retry_after)

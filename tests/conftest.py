@@ -1,16 +1,28 @@
-"""Session fixtures: a real OpenBao dev server, and an environment that stays on loopback."""
+"""Session fixtures: a real OpenBao dev server (with its database engine in front of a real
+PostgreSQL, and a PKI engine), nginx as a TLS consumer, and an environment that stays on loopback."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from tests.servers import free_port, venv_binary, wait_http
+from tests.servers import (
+    Nginx,
+    Postgres,
+    free_port,
+    nginx_binary,
+    postgres_bindir,
+    running_postgres,
+    start_nginx,
+    venv_binary,
+    wait_http,
+)
 
 
 @dataclass(frozen=True)
@@ -53,3 +65,90 @@ def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
         if name.startswith(("VAULT_", "BAO_", "SECRETS_BRIDGE_")) or name.lower() in ("http_proxy", "https_proxy"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """PostgreSQL 15 from Debian's packages, started as the `postgres` user on a free loopback port."""
+    if postgres_bindir() is None:
+        pytest.skip("PostgreSQL is not installed (pg_config missing; .ci/run installs postgresql-15)")
+    with running_postgres() as server:
+        yield server
+
+
+@dataclass(frozen=True)
+class DatabaseEngine:
+    """OpenBao's database secrets engine at `mount`, connected to `postgres` as its superuser."""
+
+    openbao: OpenBao
+    postgres: Postgres
+    mount: str = "database"
+    connection: str = "pg"
+
+    def role(self, default_ttl: str = "1m", max_ttl: str = "10m") -> str:
+        """A new role minting LOGIN roles VALID UNTIL the lease's end; returns its creds ref."""
+        name = f"app{uuid.uuid4().hex[:8]}"
+        create = ['CREATE ROLE "{{name}}" WITH LOGIN PASSWORD \'{{password}}\' VALID UNTIL \'{{expiration}}\';',
+                  'GRANT CONNECT ON DATABASE postgres TO "{{name}}";']
+        self.openbao.client().write(f"{self.mount}/roles/{name}", db_name=self.connection,
+                                    creation_statements=create, default_ttl=default_ttl, max_ttl=max_ttl)
+        return f"{self.mount}/creds/{name}"
+
+
+@pytest.fixture(scope="session")
+def vault_database(openbao: OpenBao, postgres: Postgres) -> DatabaseEngine:
+    """The database engine with the built-in postgresql-database-plugin in front of `postgres`."""
+    engine = DatabaseEngine(openbao, postgres)
+    client = openbao.client()
+    if f"{engine.mount}/" not in client.sys.list_mounted_secrets_engines()["data"]:
+        client.sys.enable_secrets_engine("database", path=engine.mount)
+    client.write(f"{engine.mount}/config/{engine.connection}", plugin_name="postgresql-database-plugin",
+                 connection_url=postgres.connection_url(), username=postgres.admin,
+                 password=postgres.admin_password, allowed_roles="*", verify_connection=True)
+    return engine
+
+
+@dataclass(frozen=True)
+class PkiEngine:
+    """OpenBao's PKI engine at `mount` with a root CA; `role` issues for `domain` and its subdomains."""
+
+    mount: str
+    role: str
+    domain: str
+    ca_pem: str
+
+    @property
+    def issue_ref(self) -> str:
+        return f"{self.mount}/issue/{self.role}"
+
+
+@pytest.fixture(scope="session")
+def vault_pki(openbao: OpenBao) -> PkiEngine:
+    """A PKI mount with a root CA and a role `web` (default TTL 30s, max 1h) for *.test.internal."""
+    client = openbao.client()
+    mount = "pki"
+    if f"{mount}/" not in client.sys.list_mounted_secrets_engines()["data"]:
+        client.sys.enable_secrets_engine("pki", path=mount, config={"max_lease_ttl": "24h"})
+    root = client.write(f"{mount}/root/generate/internal", common_name="secrets-bridge test CA", ttl="24h",
+                        key_type="ec", key_bits=256)
+    client.write(f"{mount}/roles/web", allowed_domains=["test.internal"], allow_subdomains=True,
+                 allow_bare_domains=True, ttl="30s", max_ttl="1h", key_type="ec", key_bits=256)
+    return PkiEngine(mount, "web", "test.internal", root["data"]["certificate"])
+
+
+@pytest.fixture
+def nginx(tmp_path: Path) -> Iterator[Callable[[Path, Path], Nginx]]:
+    """Starts nginx serving HTTPS with the given cert/key files: `nginx(cert_file, key_file)`.
+    Each one is stopped after the test."""
+    if nginx_binary() is None:
+        pytest.skip("nginx is not installed (.ci/run installs Debian's nginx-light)")
+    started: list[Nginx] = []
+
+    def start(cert_file: Path, key_file: Path) -> Nginx:
+        server = start_nginx(tmp_path / f"nginx{len(started)}", cert_file, key_file)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -1,15 +1,25 @@
-"""Helpers to start real servers for the tests: free ports, waiting for readiness, the bao binary."""
+"""Helpers to start real servers for the tests: free ports, waiting for readiness, the bao binary,
+PostgreSQL (as the `postgres` user) and nginx (a real TLS consumer)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography import x509
 
 
 def free_port() -> int:
@@ -42,3 +52,172 @@ def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | N
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+# -- PostgreSQL (Debian's postgresql-15) ------------------------------------------------------
+
+def postgres_bindir() -> Path | None:
+    """Where initdb and pg_ctl live (`pg_config --bindir`), or None when PostgreSQL is absent."""
+    pg_config = shutil.which("pg_config")
+    if pg_config is None:
+        return None
+    bindir = Path(subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=True).stdout.strip())
+    return bindir if (bindir / "initdb").exists() and (bindir / "pg_ctl").exists() else None
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """A running PostgreSQL on loopback; `admin` is a superuser with a password."""
+
+    host: str
+    port: int
+    admin: str
+    admin_password: str
+
+    def connection_url(self) -> str:
+        """The URL template OpenBao's postgresql-database-plugin takes (it fills the admin in)."""
+        return f"postgresql://{{{{username}}}}:{{{{password}}}}@{self.host}:{self.port}/postgres?sslmode=disable"
+
+    def connect(self, user: str, password: str):  # type: ignore[no-untyped-def]
+        """A psycopg connection as `user`; raises psycopg.OperationalError when the login is refused."""
+        import psycopg
+
+        return psycopg.connect(host=self.host, port=self.port, user=user, password=password,
+                               dbname="postgres", connect_timeout=5, sslmode="disable")
+
+    def can_login(self, user: str, password: str) -> bool:
+        import psycopg
+
+        try:
+            with self.connect(user, password) as conn:
+                return conn.execute("select current_user").fetchone() == (user,)
+        except psycopg.OperationalError:
+            return False
+
+
+def _as_postgres(*args: str) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *args]
+
+
+@contextmanager
+def running_postgres() -> Iterator[Postgres]:
+    """initdb + pg_ctl as the `postgres` user, in a fresh directory it owns, on a free loopback
+    port; its socket stays in that directory too. Stopped and removed at the end."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        raise RuntimeError("PostgreSQL not installed (pg_config missing)")
+    import pwd
+
+    owner = pwd.getpwnam("postgres")
+    base = Path(tempfile.mkdtemp(prefix="bridge-pg-"))  # under /tmp: the postgres user can reach it
+    password = f"pw-{uuid.uuid4().hex}"
+    try:
+        (base / "pwfile").write_text(password + "\n")
+        os.chown(base, owner.pw_uid, owner.pw_gid)
+        os.chown(base / "pwfile", owner.pw_uid, owner.pw_gid)
+        data = base / "data"
+        subprocess.run(_as_postgres(str(bindir / "initdb"), "-D", str(data), "-U", "admin",
+                                    f"--pwfile={base / 'pwfile'}", "--auth-local=trust",
+                                    "--auth-host=scram-sha-256", "-E", "UTF8"),
+                       check=True, capture_output=True)
+        port = free_port()
+        options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
+        subprocess.run(_as_postgres(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"),
+                                    "-o", options, "-w", "-t", "60", "start"),
+                       check=True, capture_output=True)
+        try:
+            yield Postgres("127.0.0.1", port, "admin", password)
+        finally:
+            subprocess.run(_as_postgres(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"),
+                           capture_output=True)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# -- nginx (Debian's nginx-light), a real TLS consumer ----------------------------------------
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
+
+
+@dataclass
+class Nginx:
+    """nginx serving HTTPS on loopback with the cert/key files it was given; SIGHUP to the pid in
+    `pid_file` reloads them (what an on_change signal action does)."""
+
+    port: int
+    pid_file: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/"
+
+    def served_certificate(self) -> x509.Certificate:
+        """The certificate nginx presents now (a fresh TLS handshake)."""
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as raw, \
+                context.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return x509.load_der_x509_certificate(der)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_nginx(directory: Path, cert_file: Path, key_file: Path) -> Nginx:
+    """nginx in the foreground (`daemon off`, so the test owns the master process) with its config,
+    pid file, logs and temp paths under `directory`. Its master reads cert_file/key_file at start
+    and on every SIGHUP."""
+    binary = nginx_binary()
+    if binary is None:
+        raise RuntimeError("nginx not installed")
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    pid_file = directory / "nginx.pid"
+    temp = "\n".join(f"    {kind}_temp_path {directory / kind};"
+                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (directory / "nginx.conf").write_text(f"""\
+daemon off;
+worker_processes 1;
+pid {pid_file};
+error_log {directory / 'error.log'} notice;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+{temp}
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert_file};
+        ssl_certificate_key {key_file};
+        location / {{ return 200 "ok\\n"; }}
+    }}
+}}
+""")
+    process = subprocess.Popen([binary, "-p", str(directory), "-e", str(directory / "error.log"),
+                                "-c", str(directory / "nginx.conf")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = Nginx(port, pid_file, process)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log = (directory / "error.log").read_text(errors="replace") if (directory / "error.log").exists() else ""
+            raise RuntimeError(f"nginx exited with {process.returncode}: {log[-500:]}")
+        if pid_file.exists():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return server
+            except OSError:
+                pass
+        time.sleep(0.05)
+    server.stop()
+    raise RuntimeError("nginx did not start within 20s")

@@ -1,0 +1,203 @@
+"""Leased and issued Vault values at the provider level, against real servers: OpenBao's database
+engine in front of PostgreSQL, its PKI engine, and nginx as the certificate's consumer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from bridge.errors import ProviderError, SecretNotFound
+from bridge.provider import Fetched, Request
+from providers.vault import VaultProvider, VaultSettings
+
+
+@pytest.fixture
+def provider(openbao, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("VAULT_TOKEN", openbao.root_token)
+    p = VaultProvider("vault", VaultSettings(type="vault", address=openbao.address))
+    yield p
+    p.close()
+
+
+def _fetch(provider: VaultProvider, request: Request) -> Fetched:
+    outcome = provider.fetch_many([request])[request]
+    if isinstance(outcome, ProviderError):
+        raise outcome
+    return outcome
+
+
+def _creds(fetched: Fetched) -> tuple[str, str]:
+    data = json.loads(fetched.value)
+    return data["username"], data["password"]
+
+
+def test_database_creds_log_in(provider: VaultProvider, vault_database) -> None:
+    """A read of database/creds/<role> is a leased value whose username and password log in."""
+    ref = vault_database.role(default_ttl="1m", max_ttl="5m")
+    before = time.time()
+    fetched = _fetch(provider, Request(ref))
+    assert fetched.lease_id and fetched.lease_id.startswith(ref + "/")
+    assert fetched.renewable and fetched.lease_seconds == 60
+    assert fetched.obtained_at is not None and before <= fetched.obtained_at <= time.time()
+    assert fetched.expires_at == pytest.approx(fetched.obtained_at + 60)
+    assert fetched.version and fetched.lease_id not in fetched.version  # the version never shows the id
+    assert vault_database.postgres.can_login(*_creds(fetched))
+    again = _fetch(provider, Request(ref))
+    assert again.version != fetched.version and _creds(again)[0] != _creds(fetched)[0]  # a new issue each read
+
+
+def test_renew_extends_and_keeps_the_username(provider: VaultProvider, vault_database) -> None:
+    """renew() keeps value and version, grants the asked TTL, and the credentials keep working
+    past the original TTL."""
+    ref = vault_database.role(default_ttl="3s", max_ttl="1m")
+    fetched = _fetch(provider, Request(ref))
+    renewed = fetched
+    for _ in range(3):  # three renewals, each before the last TTL ran out: past 3 original TTLs
+        time.sleep(2)
+        renewed = provider.renew(renewed, 4)
+        assert renewed.lease_seconds == 4
+    assert (renewed.value, renewed.version, renewed.lease_id) == (fetched.value, fetched.version, fetched.lease_id)
+    assert renewed.obtained_at is not None and fetched.obtained_at is not None
+    assert renewed.obtained_at > fetched.obtained_at
+    assert renewed.expires_at == pytest.approx(renewed.obtained_at + 4)
+    assert vault_database.postgres.can_login(*_creds(fetched))  # 6 s after a 3 s lease was issued
+
+
+def test_renew_past_max_ttl_grants_less(provider: VaultProvider, vault_database) -> None:
+    """At max_ttl, Vault grants less than asked: the caller sees it in lease_seconds."""
+    ref = vault_database.role(default_ttl="5s", max_ttl="8s")
+    fetched = _fetch(provider, Request(ref))
+    renewed = provider.renew(fetched, 60)
+    assert renewed.lease_seconds is not None and renewed.lease_seconds <= 8 < 60
+
+
+def test_lease_alive_then_revoked(provider: VaultProvider, vault_database) -> None:
+    """lease_alive() gives the seconds left; after revoke() it is None and the login is refused."""
+    ref = vault_database.role(default_ttl="1m", max_ttl="5m")
+    fetched = _fetch(provider, Request(ref))
+    assert fetched.lease_id is not None
+    left = provider.lease_alive(fetched.lease_id)
+    assert left is not None and 0 < left <= 60
+    provider.revoke(fetched.lease_id)
+    assert provider.lease_alive(fetched.lease_id) is None
+    assert not vault_database.postgres.can_login(*_creds(fetched))
+
+
+def test_renew_of_a_revoked_lease_is_not_found(provider: VaultProvider, vault_database) -> None:
+    """Renewing a lease that is gone is SecretNotFound (issue anew), and the message hides the id."""
+    ref = vault_database.role()
+    fetched = _fetch(provider, Request(ref))
+    assert fetched.lease_id is not None
+    provider.revoke(fetched.lease_id)
+    with pytest.raises(SecretNotFound) as caught:
+        provider.renew(fetched, 60)
+    secret_part = fetched.lease_id.rsplit("/", 1)[1]
+    assert secret_part not in str(caught.value) + repr(caught.value)
+    assert ref in str(caught.value)
+
+
+def test_expired_lease_is_not_alive(provider: VaultProvider, vault_database) -> None:
+    """A lease past its TTL is None from lease_alive(), so a restarted bridge issues anew."""
+    ref = vault_database.role(default_ttl="1s", max_ttl="1s")
+    fetched = _fetch(provider, Request(ref))
+    assert fetched.lease_id is not None
+    deadline = time.monotonic() + 15
+    while provider.lease_alive(fetched.lease_id) is not None:
+        assert time.monotonic() < deadline, "the 1 s lease never expired"
+        time.sleep(0.3)
+
+
+def test_pki_issue_with_params(provider: VaultProvider, vault_pki) -> None:
+    """A write with params issues a certificate: cert, key and CA; expires_at from `expiration`,
+    the serial as version; a second issue is a new version."""
+    params = Request.canonical_params({"common_name": f"web.{vault_pki.domain}", "ttl": "2m"})
+    request = Request(vault_pki.issue_ref, params=params)
+    before = time.time()
+    fetched = _fetch(provider, request)
+    data = json.loads(fetched.value)
+    cert = x509.load_pem_x509_certificate(data["certificate"].encode())
+    key = serialization.load_pem_private_key(data["private_key"].encode(), password=None)
+    assert cert.public_key().public_numbers() == key.public_key().public_numbers()  # type: ignore[union-attr]
+    assert data["issuing_ca"].strip() == vault_pki.ca_pem.strip()
+    assert fetched.version == data["serial_number"]
+    assert int(fetched.version.replace(":", ""), 16) == cert.serial_number
+    assert fetched.expires_at == data["expiration"] == int(cert.not_valid_after_utc.timestamp())
+    assert fetched.lease_id is None and not fetched.renewable
+    assert fetched.obtained_at is not None and before <= fetched.obtained_at <= fetched.expires_at - 100
+    assert _fetch(provider, request).version != fetched.version
+    assert provider.resolve_versions([request]) == {request: None}  # issued units are never polled
+
+
+def test_plain_read_of_another_engine(provider: VaultProvider, vault_pki) -> None:
+    """A read of a non-KV path without a lease is a plain value, compared by content (no version)."""
+    fetched = _fetch(provider, Request(f"{vault_pki.mount}/cert/ca"))
+    assert json.loads(fetched.value)["certificate"].strip() == vault_pki.ca_pem.strip()
+    assert (fetched.version, fetched.lease_id, fetched.expires_at) == (None, None, None)
+    assert provider.current_version(f"{vault_pki.mount}/cert/ca") is None
+
+
+@pytest.mark.parametrize(("ref", "params", "says"), [
+    ("database/creds/no-such-role", None, "database/creds/no-such-role"),
+    ("pki/issue/web", {"common_name": "evil.example.com"}, "pki/issue/web"),
+    ("pki/issue/web", None, "pki/issue/web"),
+])
+def test_bad_leased_ref_is_one_clear_error(provider: VaultProvider, vault_database, vault_pki,
+                                           ref: str, params, says: str) -> None:
+    """A bad role, a refused common name, or a read of a write-only path: one line naming the ref."""
+    request = Request(ref, params=Request.canonical_params(params))
+    outcome = provider.fetch_many([request])[request]
+    assert isinstance(outcome, SecretNotFound)
+    assert "\n" not in str(outcome) and str(outcome).startswith(f"vault: {says}: ")
+
+
+def test_params_on_a_kv_mount_are_refused(provider: VaultProvider, openbao) -> None:
+    """A write (params) to a KV path is refused instead of overwriting the secret."""
+    openbao.client().secrets.kv.v2.create_or_update_secret(path="leases/kept", secret={"k": "v"},
+                                                            mount_point="secret")
+    request = Request("secret/leases/kept", params=Request.canonical_params({"k": "overwritten"}))
+    outcome = provider.fetch_many([request])[request]
+    assert isinstance(outcome, SecretNotFound) and "KV mount" in str(outcome)
+    assert json.loads(_fetch(provider, Request("secret/leases/kept")).value) == {"k": "v"}
+
+
+def test_version_on_another_engine_is_refused(provider: VaultProvider, vault_database) -> None:
+    """`version` means a KV v2 version; on a database path it is a clear error, not a new lease."""
+    request = Request(vault_database.role(), "3")
+    outcome = provider.fetch_many([request])[request]
+    assert isinstance(outcome, SecretNotFound) and "KV v2" in str(outcome)
+
+
+def test_revoke_on_exit_setting() -> None:
+    """revoke_on_exit is a provider field, false unless set."""
+    assert VaultSettings(type="vault", address="http://x").revoke_on_exit is False
+    assert VaultSettings(type="vault", address="http://x", revoke_on_exit=True).revoke_on_exit is True
+
+
+def test_nginx_serves_and_reloads_an_issued_certificate(provider: VaultProvider, vault_pki, nginx, tmp_path) -> None:
+    """The nginx fixture serves the issued certificate, and SIGHUP to its pid file's pid makes it
+    serve a newly issued one (what the bridge's on_change signal does)."""
+    params = Request.canonical_params({"common_name": f"web.{vault_pki.domain}", "ttl": "5m"})
+    request = Request(vault_pki.issue_ref, params=params)
+    cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
+
+    def install(fetched: Fetched) -> int:
+        data = json.loads(fetched.value)
+        cert_file.write_text(data["certificate"])
+        key_file.write_text(data["private_key"])
+        return x509.load_pem_x509_certificate(data["certificate"].encode()).serial_number
+
+    first = install(_fetch(provider, request))
+    server = nginx(cert_file, key_file)
+    assert server.served_certificate().serial_number == first
+    second = install(_fetch(provider, request))
+    os.kill(int(server.pid_file.read_text()), signal.SIGHUP)
+    deadline = time.monotonic() + 15
+    while server.served_certificate().serial_number != second:
+        assert time.monotonic() < deadline, "nginx never served the new certificate"
+        time.sleep(0.1)
