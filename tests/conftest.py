@@ -141,7 +141,7 @@ def nginx(tmp_path: Path) -> Iterator[Callable[[Path, Path], Nginx]]:
     """Starts nginx serving HTTPS with the given cert/key files: `nginx(cert_file, key_file)`.
     Each one is stopped after the test."""
     if nginx_binary() is None:
-        pytest.skip("nginx is not installed (.ci/run installs Debian's nginx-light)")
+        pytest.skip("nginx is not installed (.ci/run installs Debian's nginx)")
     started: list[Nginx] = []
 
     def start(cert_file: Path, key_file: Path) -> Nginx:

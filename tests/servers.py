@@ -57,12 +57,16 @@ def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | N
 # -- PostgreSQL (Debian's postgresql-15) ------------------------------------------------------
 
 def postgres_bindir() -> Path | None:
-    """Where initdb and pg_ctl live (`pg_config --bindir`), or None when PostgreSQL is absent."""
+    """Where initdb and pg_ctl live (`pg_config --bindir`, else Debian's newest
+    /usr/lib/postgresql/N/bin), or None when the PostgreSQL server is not installed."""
+    candidates: list[Path] = []
     pg_config = shutil.which("pg_config")
-    if pg_config is None:
-        return None
-    bindir = Path(subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=True).stdout.strip())
-    return bindir if (bindir / "initdb").exists() and (bindir / "pg_ctl").exists() else None
+    if pg_config is not None:
+        found = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True)
+        candidates.append(Path(found.stdout.strip()))
+    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name)
+                         if p.parent.name.isdigit() else 0, reverse=True)
+    return next((b for b in candidates if (b / "initdb").exists() and (b / "pg_ctl").exists()), None)
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,7 @@ def running_postgres() -> Iterator[Postgres]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-# -- nginx (Debian's nginx-light), a real TLS consumer ----------------------------------------
+# -- nginx (Debian's nginx package), a real TLS consumer ----------------------------------------
 
 def nginx_binary() -> str | None:
     return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)

@@ -201,3 +201,23 @@ def test_nginx_serves_and_reloads_an_issued_certificate(provider: VaultProvider,
     while server.served_certificate().serial_number != second:
         assert time.monotonic() < deadline, "nginx never served the new certificate"
         time.sleep(0.1)
+
+
+def test_default_policy_allows_renew_and_lookup(openbao, vault_database, tmp_path) -> None:
+    """A token granted only the creds path (plus Vault's default policy) can renew and look up its
+    lease; revoking needs sys/leases/revoke, and its refusal is AccessDenied."""
+    from bridge.errors import AccessDenied
+
+    ref = vault_database.role()
+    client = openbao.client()
+    client.sys.create_or_update_policy("creds-only", f'path "{ref}" {{ capabilities = ["read"] }}')
+    (tmp_path / "token").write_text(client.auth.token.create(policies=["creds-only"])["auth"]["client_token"])
+    p = VaultProvider("vault", VaultSettings(type="vault", address=openbao.address,
+                                             auth={"method": "token", "token_file": str(tmp_path / "token")}))
+    fetched = _fetch(p, Request(ref))
+    assert fetched.lease_id is not None
+    assert p.renew(fetched, 30).lease_seconds == 30
+    assert p.lease_alive(fetched.lease_id) is not None
+    with pytest.raises(AccessDenied):
+        p.revoke(fetched.lease_id)
+    assert vault_database.postgres.can_login(*_creds(fetched))

@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bridge.errors import AccessDenied, SecretNotFound
+from bridge.errors import AccessDenied, SecretNotFound, Unavailable
 from bridge.provider import Request
 from providers.vault import VaultProvider, VaultSettings
 from tests.conformance import ProviderConformance, read, unique_text
@@ -390,3 +390,193 @@ def test_errors_are_one_line(openbao, backend: VaultBackend, tmp_path: Path) -> 
     p = _provider(openbao, method="token", token_file=str(tmp_path / "token"))
     outcome = p.fetch_many([Request("secret/x")])[Request("secret/x")]
     assert isinstance(outcome, AccessDenied) and "\n" not in str(outcome) and "permission denied" in str(outcome)
+
+
+# -- throttling ------------------------------------------------------------------------------
+
+class ThrottlingProxy:
+    """A loopback HTTP proxy in front of OpenBao that answers requests whose path starts with
+    `throttle_prefix` with `status` and a Retry-After header, and forwards the rest."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.client
+        import threading
+        import urllib.parse
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.throttle_prefix: str | None = None
+        self.status = 429
+        self.retry_after: str | None = "7"
+        target = urllib.parse.urlsplit(upstream)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _any(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if proxy.throttle_prefix and self.path.startswith(proxy.throttle_prefix):
+                    out = b'{"errors":["request path \\"x\\": rate limit quota exceeded"]}'
+                    self.send_response(proxy.status)
+                    if proxy.retry_after is not None:
+                        self.send_header("Retry-After", proxy.retry_after)
+                else:
+                    conn = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                    conn.request(self.command, self.path, body=body or None, headers=headers)
+                    answer = conn.getresponse()
+                    out = answer.read()
+                    self.send_response(answer.status)
+                    for key, value in answer.getheaders():
+                        if key.lower() not in ("content-length", "connection", "transfer-encoding"):
+                            self.send_header(key, value)
+                    conn.close()
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_LIST = _any
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def throttling(openbao):
+    proxy = ThrottlingProxy(openbao.address)
+    yield proxy
+    proxy.server.shutdown()
+
+
+@pytest.mark.parametrize(("status", "header", "expected"), [
+    (429, "7", 7.0),
+    (503, "2", 2.0),
+    (429, None, None),
+])
+def test_retry_after_is_carried(openbao, backend: VaultBackend, throttling, monkeypatch: pytest.MonkeyPatch,
+                                status: int, header: str | None, expected: float | None) -> None:
+    """A throttled answer (429, or 503 from a sealed/standby server) is Unavailable carrying the
+    server's Retry-After, for reads and for the change check alike."""
+    ref = backend.new_ref()
+    backend.put(ref, "v")
+    monkeypatch.setenv("VAULT_TOKEN", openbao.root_token)
+    p = VaultProvider("vault", VaultSettings(type="vault", address=throttling.address))
+    assert read(p, ref, None, backend.text_fields)[0] == b"v"  # through the proxy, mount learnt
+    throttling.throttle_prefix, throttling.status, throttling.retry_after = "/v1/secret/", status, header
+    fetched = p.fetch_many([Request(ref)])[Request(ref)]
+    checked = p.resolve_versions([Request(ref)])[Request(ref)]
+    for outcome in (fetched, checked):
+        assert isinstance(outcome, Unavailable)
+        assert outcome.retry_after == expected
+    throttling.throttle_prefix = None
+    assert read(p, ref, None, backend.text_fields)[0] == b"v"
+
+
+def test_retry_after_http_date() -> None:
+    """Retry-After as an HTTP date is seconds from now; garbage is ignored; huge values are capped."""
+    from providers.vault_client import retry_after_seconds
+
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:30 GMT", now=1445412500.0) == 10.0
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds("99999999") == 3600.0
+
+
+# -- recovery (issue 9) ----------------------------------------------------------------------
+
+def test_bad_token_teaches_nothing_about_mounts(openbao, kv1: str, tmp_path: Path) -> None:
+    """A token the server refuses makes no guess about mounts stick: once the token is fixed,
+    a KV v1 mount is read as KV v1."""
+    openbao.client().secrets.kv.v1.create_or_update_secret(path="fixed", secret={"k": "v1-value"}, mount_point=kv1)
+    (tmp_path / "token").write_text("not-a-real-token")
+    p = _provider(openbao, method="token", token_file=str(tmp_path / "token"))
+    for _ in range(2):
+        assert isinstance(p.fetch_many([Request("kv1/fixed")])[Request("kv1/fixed")], AccessDenied)
+    time.sleep(0.01)
+    (tmp_path / "token").write_text(openbao.root_token)
+    content, fetched = read(p, "kv1/fixed", None, {"key": "k"})
+    assert (content, fetched.version) == (b"v1-value", None)
+
+
+def test_revoked_token_does_not_switch_off_the_metadata_check(openbao, backend: VaultBackend, tmp_path: Path) -> None:
+    """Metadata refused because the token was revoked is not taken for a policy: with a new token
+    the cheap check answers versions again."""
+    ref = backend.new_ref()
+    backend.put(ref, "v")
+    token = _token_file(openbao, tmp_path, POLICY)
+    p = _provider(openbao, method="token", token_file=str(tmp_path / "token"))
+    assert p.current_version(ref) == "1"
+    openbao.client().auth.token.revoke(token)
+    assert isinstance(p.resolve_versions([Request(ref)])[Request(ref)], AccessDenied | type(None))
+    assert isinstance(p.fetch_many([Request(ref)])[Request(ref)], AccessDenied)  # the engine's fallback read
+    time.sleep(0.01)
+    _token_file(openbao, tmp_path, POLICY)
+    backend.put(ref, "w")
+    assert p.current_version(ref) == "2"
+
+
+def test_data_only_policy_is_probed_again(openbao, backend: VaultBackend, tmp_path: Path) -> None:
+    """After metadata_reprobe_seconds, a mount checked by reading values is probed again, so a
+    widened policy brings back the cheap check."""
+    name = f"p{uuid.uuid4().hex[:8]}"
+    client = openbao.client()
+    client.sys.create_or_update_policy(name, 'path "secret/data/*" { capabilities = ["read"] }')
+    (tmp_path / "token").write_text(client.auth.token.create(policies=[name])["auth"]["client_token"])
+    ref = backend.new_ref()
+    backend.put(ref, "v")
+    p = _provider(openbao, method="token", token_file=str(tmp_path / "token"))
+    p._kv.metadata_reprobe_seconds = 0.5
+    assert p.current_version(ref) is None
+    assert read(p, ref, None, backend.text_fields)[0] == b"v"  # confirms: the policy grants data only
+    client.sys.create_or_update_policy(name, POLICY)
+    assert p.current_version(ref) is None  # not probed before the re-probe time
+    time.sleep(0.6)
+    assert p.current_version(ref) == "1"
+
+
+def test_secret_recreated_within_an_interval_is_detected(provider: VaultProvider, backend: VaultBackend) -> None:
+    """Deleted (metadata and all) and written again, a secret's version number restarts; the same
+    number with another created_time makes the check answer None, so the engine fetches."""
+    ref = backend.new_ref()
+    path = ref.removeprefix("secret/")
+    backend.put(ref, "first")
+    content, fetched = read(provider, ref, None, backend.text_fields)
+    assert (content, fetched.version, provider.current_version(ref)) == (b"first", "1", "1")
+    time.sleep(0.01)
+    backend.client.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point="secret")
+    assert backend.put(ref, "again") == "1"
+    assert provider.current_version(ref) is None
+    content, fetched = read(provider, ref, None, backend.text_fields)
+    assert (content, fetched.version) == (b"again", "1")
+    assert provider.current_version(ref) == "1"  # cheap again once fetched
+
+
+def test_previous_version(provider: VaultProvider, backend: VaultBackend) -> None:
+    """`version: previous` is the newest live version before the current one, skipping deleted
+    and destroyed versions, and moves with every new version."""
+    ref = backend.new_ref()
+    path = ref.removeprefix("secret/")
+    for value in ("one", "two", "three", "four"):
+        backend.put(ref, value)
+    kv = backend.client.secrets.kv.v2
+    kv.delete_secret_versions(path=path, versions=[3], mount_point="secret")
+    kv.destroy_secret_versions(path=path, versions=[2], mount_point="secret")
+    assert provider.supports_previous and provider.moves("previous") and not provider.moves("4")
+    content, fetched = read(provider, ref, "previous", backend.text_fields)
+    assert (content, fetched.version) == (b"one", "1")
+    request = Request(ref, "previous")
+    assert provider.resolve_versions([request]) == {request: "1"}
+    backend.put(ref, "five")
+    assert provider.resolve_versions([request]) == {request: "4"}
+    assert read(provider, ref, "previous", backend.text_fields)[0] == b"four"
+
+
+def test_previous_without_an_earlier_version(provider: VaultProvider, backend: VaultBackend) -> None:
+    """A secret with one version has no `previous`: SecretNotFound, never the current value."""
+    ref = backend.new_ref()
+    backend.put(ref, "only")
+    outcome = provider.fetch_many([Request(ref, "previous")])[Request(ref, "previous")]
+    assert isinstance(outcome, SecretNotFound) and "no live version before" in str(outcome)
