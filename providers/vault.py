@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 from bridge.errors import AccessDenied, ProviderError, SecretNotFound
 from bridge.provider import Fetched, Provider, ProviderSettings, Request, VersionOutcome
 from providers import vault_leases
-from providers.vault_auth import AuthConfig, TokenAuth
+from providers.vault_auth import AuthConfig, TokenAuth, TokenLife
 from providers.vault_client import VaultClient
 from providers.vault_kv import PREVIOUS, KeyValue, Mount
 
@@ -33,6 +33,9 @@ except ModuleNotFoundError as exc:  # pragma: no cover - the config loader turns
     raise ModuleNotFoundError("hvac is not installed", name=exc.name) from None
 
 log = logging.getLogger("secrets_bridge.providers.vault")
+
+#: leases remembered with the token that minted them (the oldest are forgotten past this)
+_MAX_TRACKED_LEASES = 10_000
 
 
 class VaultSettings(ProviderSettings):
@@ -67,6 +70,7 @@ class VaultProvider(Provider):
         self._client = self._vault.hvac  # tests look at the token in use
         self._kv = KeyValue(self._vault, name)
         self._mounts: dict[str, Mount] = {}
+        self._lease_tokens: dict[str, TokenLife] = {}  # lease id -> the life of the token that minted it
 
     def close(self) -> None:
         self._vault.close()
@@ -77,7 +81,7 @@ class VaultProvider(Provider):
         try:
             mount, path = self._split(request)
             if not mount.is_kv:
-                return vault_leases.fetch_path(self._vault, request)
+                return self._minted(vault_leases.fetch_path(self._vault, request))
             if request.params is not None:
                 raise SecretNotFound(f"{mount.path}/ is a KV mount: `params` (a write) apply to other engines")
             fetched = self._kv.fetch(mount, path, request)
@@ -102,17 +106,28 @@ class VaultProvider(Provider):
     # -- leases -------------------------------------------------------------------------------
 
     def renew(self, fetched: Fetched, increment_seconds: float | None) -> Fetched:
-        """Renew `fetched`'s lease by `increment_seconds` (None: the engine's default TTL); returns
-        the same value and version with the TTL granted, which may be less than asked (max_ttl)."""
-        return vault_leases.renew(self._vault, fetched, increment_seconds)
+        """Renew `fetched`'s lease by `increment_seconds` (None: the role's default); returns the
+        same value and version with the TTL granted, which is less than asked when the lease's
+        max_ttl is reached, or when the token that minted it ends sooner (Vault revokes a token's
+        leases with it). A lease that is gone or not renewable is SecretNotFound: issue anew."""
+        renewed = vault_leases.renew(self._vault, fetched, increment_seconds)
+        if fetched.lease_id is not None:
+            renewed = vault_leases.within_token_life(renewed, self._lease_tokens.get(fetched.lease_id))
+        return renewed
 
     def revoke(self, lease_id: str) -> None:
         """Revoke a lease now (`revoke_on_exit`); the policy needs `update` on sys/leases/revoke."""
         vault_leases.revoke(self._vault, lease_id)
+        self._lease_tokens.pop(lease_id, None)
 
     def lease_alive(self, lease_id: str) -> float | None:
-        """Seconds left on a lease, or None when it was revoked or expired (a restart resumes it or not)."""
-        return vault_leases.lease_alive(self._vault, lease_id)
+        """Seconds left on a lease, or None when it was revoked or expired (a restart resumes it or
+        mints anew). A lease minted by an earlier process ends with that process's token: keep the
+        `expires_at` it was fetched with, and use the smaller of the two."""
+        left = vault_leases.lease_alive(self._vault, lease_id)
+        if left is None:
+            self._lease_tokens.pop(lease_id, None)
+        return left
 
     def maintain(self) -> None:
         """Renew the token between cycles, so a long refresh interval never lets it lapse."""
@@ -137,6 +152,16 @@ class VaultProvider(Provider):
         if version is not None:
             self._learn(mount)
         return version
+
+    def _minted(self, fetched: Fetched) -> Fetched:
+        """A new lease ends no later than the token in use, which minted it."""
+        if fetched.lease_id is None:
+            return fetched
+        life = self._vault.tokens.life
+        self._lease_tokens[fetched.lease_id] = life
+        while len(self._lease_tokens) > _MAX_TRACKED_LEASES:
+            del self._lease_tokens[next(iter(self._lease_tokens))]
+        return vault_leases.within_token_life(fetched, life)
 
     def _learn(self, mount: Mount) -> None:
         """A read through an assumed mount worked: keep it."""

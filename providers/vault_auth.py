@@ -3,6 +3,11 @@
 Tokens are renewed when a third of their TTL is left; when renewal fails the bridge logs in
 again (Vault Agent's auto-auth behaves the same). No token, secret id or JWT is ever logged or
 put in a message or repr (they are held as SecretStr or read from files when needed).
+
+Vault revokes a token's leases when the token ends, so each token's `TokenLife` says when it
+will end for sure, as soon as that is known: a leased value lives no longer than its token.
+After a login, a renewable token is renewed once as far as it goes (its max TTL): that tells its
+end, and keeps leases minted with it alive across a restart of the bridge until then.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,6 +26,16 @@ from bridge.errors import AccessDenied, Unavailable
 log = logging.getLogger("secrets_bridge.providers.vault")
 
 K8S_TOKEN_PATH = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+#: asked of a renewal to learn a token's max TTL (Vault grants at most what is left of it)
+_AS_LONG_AS_ALLOWED = 10 * 365 * 86400
+
+
+@dataclass(eq=False)
+class TokenLife:
+    """When one token ends for sure (epoch seconds), or None while it is not known to end: a
+    root or periodic token, or a renewable one whose max TTL is not known yet."""
+
+    ends_at: float | None = None
 
 
 class _Auth(BaseModel):
@@ -85,6 +101,9 @@ class TokenKeeper:
         self._renewable = False
         self._token_file_stamp: int | None = None
         self._logged_in = False
+        self._issued_ttl = 0.0  # the TTL the token came with: a renewal granting less hit the max
+        #: the life of the token in use; leases minted with it end with it
+        self.life = TokenLife()
 
     def ensure(self) -> None:
         """Make sure the client carries a live token before a request."""
@@ -101,6 +120,8 @@ class TokenKeeper:
         if self._renewable and left > 0:
             try:
                 self._remember(self.client.auth.token.renew_self()["auth"])
+                if self.life.ends_at is None and 0 < self._ttl < self._issued_ttl - 1:
+                    self.life.ends_at = time.time() + self._ttl  # the max TTL was reached
                 log.debug("vault token renewed")
                 return
             except Exception:
@@ -146,7 +167,10 @@ class TokenKeeper:
                 # throttled or down: not the credentials' fault, so back off instead of retrying slowly
                 raise Unavailable(f"{auth.method} login: server unavailable: {reason}") from None
             raise AccessDenied(f"{auth.method} login failed: {reason}") from None
+        self._retire()
         self._remember(result["auth"])
+        self._issued_ttl = self._ttl
+        self._learn_end(extend=True)
         self._logged_in = True
         log.info("logged in to vault with %s (token ttl %ds)", auth.method, int(self._ttl))
 
@@ -164,6 +188,7 @@ class TokenKeeper:
             except OSError as exc:
                 raise AccessDenied(f"cannot read token_file {auth.token_file}: {exc.strerror}") from None
             if stamp != self._token_file_stamp:
+                self._retire()
                 self.client.token = _read(auth.token_file, "token_file")
                 self._token_file_stamp = stamp
                 self._learn_ttl()
@@ -173,6 +198,7 @@ class TokenKeeper:
         token = os.environ.get("VAULT_TOKEN") or os.environ.get("BAO_TOKEN")
         if not token:
             raise AccessDenied("no token: set auth.token_file, VAULT_TOKEN or BAO_TOKEN, or another auth method")
+        self._retire()
         self.client.token = token
         self._logged_in = True
         self._learn_ttl()
@@ -186,3 +212,34 @@ class TokenKeeper:
             return
         self._remember({"client_token": self.client.token, "lease_duration": data.get("ttl"),
                         "renewable": data.get("renewable")})
+        self._issued_ttl = float(data.get("creation_ttl") or self._ttl)
+        if data.get("period"):
+            return  # periodic: lives as long as it is renewed
+        self._learn_end(extend=False)  # a given token is someone else's: not extended here
+
+    def _retire(self) -> None:
+        """The token in use is being replaced: nobody renews it any more, so it ends at its expiry."""
+        if self.life.ends_at is None and self._expires_at is not None:
+            self.life.ends_at = time.time() + max(0.0, self._expires_at - time.monotonic())
+        self.life = TokenLife()
+        self._expires_at = None
+
+    def _learn_end(self, *, extend: bool) -> None:
+        """Learn when the token ends: a non-renewable one at its TTL; a renewable one (if `extend`)
+        by renewing it as far as its max TTL allows, unless it is periodic."""
+        if self._ttl <= 0:
+            return  # does not expire (a root token)
+        if not self._renewable:
+            self.life.ends_at = time.time() + self._ttl
+            return
+        if not extend:
+            return
+        try:
+            if self.client.auth.token.lookup_self()["data"].get("period"):
+                return  # periodic: lives as long as it is renewed
+            self._remember(self.client.auth.token.renew_self(increment=_AS_LONG_AS_ALLOWED)["auth"])
+        except Exception:
+            log.debug("vault token: max TTL not learnt")  # renewals will tell it later
+            return
+        if 0 < self._ttl < _AS_LONG_AS_ALLOWED:
+            self.life.ends_at = time.time() + self._ttl

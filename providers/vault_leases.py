@@ -18,6 +18,7 @@ from typing import Any
 
 from bridge.errors import ProviderError, SecretNotFound
 from bridge.provider import Fetched, Request
+from providers.vault_auth import TokenLife
 from providers.vault_client import VaultClient
 
 
@@ -59,11 +60,18 @@ def renew(client: VaultClient, fetched: Fetched, increment_seconds: float | None
     started = time.time()
     response = _lease_call(client, "renew", lease_id, "/v1/sys/leases/renew", body)
     seconds = float(response.get("lease_duration") or 0)
-    expires_at = started + seconds
-    if fetched.expires_at is not None and fetched.lease_seconds is None:
-        expires_at = min(expires_at, fetched.expires_at)  # a certificate's own end does not move
     return dataclasses.replace(fetched, lease_seconds=seconds, renewable=bool(response.get("renewable")),
-                               obtained_at=started, expires_at=expires_at)
+                               obtained_at=started, expires_at=started + seconds)
+
+
+def within_token_life(fetched: Fetched, life: TokenLife | None) -> Fetched:
+    """`fetched` with its expiry (and lease_seconds) no later than the end of the token that
+    minted it: Vault revokes a token's leases when the token ends, whatever their own TTL."""
+    end = None if life is None else life.ends_at
+    if end is None or fetched.lease_id is None or fetched.expires_at is None or fetched.expires_at <= end:
+        return fetched
+    obtained_at = fetched.obtained_at if fetched.obtained_at is not None else time.time()
+    return dataclasses.replace(fetched, expires_at=end, lease_seconds=max(0.0, end - obtained_at))
 
 
 def revoke(client: VaultClient, lease_id: str) -> None:

@@ -221,3 +221,48 @@ def test_default_policy_allows_renew_and_lookup(openbao, vault_database, tmp_pat
     with pytest.raises(AccessDenied):
         p.revoke(fetched.lease_id)
     assert vault_database.postgres.can_login(*_creds(fetched))
+
+
+def _creds_policy(openbao, ref: str) -> str:
+    name = f"creds{abs(hash(ref)) % 10**8}"
+    openbao.client().sys.create_or_update_policy(name, f'path "{ref}" {{ capabilities = ["read"] }}')
+    return name
+
+
+def test_lease_ends_with_the_approle_token(openbao, vault_database, provider: VaultProvider) -> None:
+    """A lease minted with a login's token ends when that token reaches its max TTL (Vault revokes
+    them together): expires_at and lease_seconds say so, and it is true."""
+    ref = vault_database.role(default_ttl="1m", max_ttl="5m")
+    client = openbao.client()
+    if "approle/" not in client.sys.list_auth_methods()["data"]:
+        client.sys.enable_auth_method("approle")
+    client.auth.approle.create_or_update_approle("leases", token_policies=[_creds_policy(openbao, ref)],
+                                                 token_ttl="2s", token_max_ttl="5s")
+    role_id = client.auth.approle.read_role_id("leases")["data"]["role_id"]
+    secret_id = client.auth.approle.generate_secret_id("leases")["data"]["secret_id"]
+    p = VaultProvider("vault", VaultSettings(type="vault", address=openbao.address, auth={
+        "method": "approle", "role_id": role_id, "secret_id": secret_id}))
+    fetched = _fetch(p, Request(ref))
+    assert fetched.lease_id is not None and fetched.expires_at is not None and fetched.obtained_at is not None
+    assert fetched.expires_at - fetched.obtained_at <= 5.5  # not the lease's own 60 s
+    assert fetched.lease_seconds is not None and fetched.lease_seconds <= 5.5
+    renewed = p.renew(fetched, 60)
+    assert renewed.lease_seconds is not None and renewed.lease_seconds < 60  # the engine re-issues
+    assert renewed.expires_at == pytest.approx(fetched.expires_at, abs=1.5)
+    while time.time() < fetched.expires_at + 1.5:
+        time.sleep(0.3)
+    assert provider.lease_alive(fetched.lease_id) is None  # asked with the root token
+    assert not vault_database.postgres.can_login(*_creds(fetched))
+
+
+def test_lease_ends_with_a_given_non_renewable_token(openbao, vault_database, tmp_path) -> None:
+    """A non-renewable token from token_file caps its leases at its own TTL."""
+    ref = vault_database.role(default_ttl="1m", max_ttl="5m")
+    token = openbao.client().auth.token.create(policies=[_creds_policy(openbao, ref)], ttl="30s",
+                                               renewable=False)["auth"]["client_token"]
+    (tmp_path / "token").write_text(token)
+    p = VaultProvider("vault", VaultSettings(type="vault", address=openbao.address,
+                                             auth={"method": "token", "token_file": str(tmp_path / "token")}))
+    fetched = _fetch(p, Request(ref))
+    assert fetched.expires_at is not None and fetched.obtained_at is not None
+    assert 25 <= fetched.expires_at - fetched.obtained_at <= 31
