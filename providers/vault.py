@@ -107,13 +107,15 @@ class VaultProvider(Provider):
 
     def renew(self, fetched: Fetched, increment_seconds: float | None) -> Fetched:
         """Renew `fetched`'s lease by `increment_seconds` (None: the role's default); returns the
-        same value and version with the TTL granted, which is less than asked when the lease's
-        max_ttl is reached, or when the token that minted it ends sooner (Vault revokes a token's
-        leases with it). A lease that is gone or not renewable is SecretNotFound: issue anew."""
+        same value and version with `lease_seconds` as granted (less than asked at max_ttl) and
+        `expires_at` no later than the end of the token that minted it (Vault revokes a token's
+        leases with it), so `expires_at - obtained_at` is the time the value really has. A lease
+        that is gone or not renewable is SecretNotFound: issue anew."""
         renewed = vault_leases.renew(self._vault, fetched, increment_seconds)
-        if fetched.lease_id is not None:
-            renewed = vault_leases.within_token_life(renewed, self._lease_tokens.get(fetched.lease_id))
-        return renewed
+        if fetched.lease_id is None:
+            return renewed
+        life = self._lease_tokens.get(fetched.lease_id) or vault_leases.token_limited(fetched)
+        return vault_leases.within_token_life(renewed, life)
 
     def revoke(self, lease_id: str) -> None:
         """Revoke a lease now (`revoke_on_exit`); the policy needs `update` on sys/leases/revoke."""

@@ -65,13 +65,23 @@ def renew(client: VaultClient, fetched: Fetched, increment_seconds: float | None
 
 
 def within_token_life(fetched: Fetched, life: TokenLife | None) -> Fetched:
-    """`fetched` with its expiry (and lease_seconds) no later than the end of the token that
-    minted it: Vault revokes a token's leases when the token ends, whatever their own TTL."""
+    """`fetched` with its expiry no later than the end of the token that minted it: Vault revokes
+    a token's leases when the token ends, whatever their own TTL. `lease_seconds` stays Vault's
+    grant, so `expires_at < obtained_at + lease_seconds` says the token's end is the limit."""
     end = None if life is None else life.ends_at
     if end is None or fetched.lease_id is None or fetched.expires_at is None or fetched.expires_at <= end:
         return fetched
-    obtained_at = fetched.obtained_at if fetched.obtained_at is not None else time.time()
-    return dataclasses.replace(fetched, expires_at=end, lease_seconds=max(0.0, end - obtained_at))
+    return dataclasses.replace(fetched, expires_at=end)
+
+
+def token_limited(fetched: Fetched) -> TokenLife | None:
+    """The end of the minting token as `fetched` records it (a lease resumed from an earlier
+    process, whose token this process does not know), or None when its own TTL was the limit."""
+    if fetched.expires_at is None or fetched.obtained_at is None or fetched.lease_seconds is None:
+        return None
+    if fetched.expires_at < fetched.obtained_at + fetched.lease_seconds - 1:
+        return TokenLife(fetched.expires_at)
+    return None
 
 
 def revoke(client: VaultClient, lease_id: str) -> None:

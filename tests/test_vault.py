@@ -581,3 +581,15 @@ def test_previous_without_an_earlier_version(provider: VaultProvider, backend: V
     backend.put(ref, "only")
     outcome = provider.fetch_many([Request(ref, "previous")])[Request(ref, "previous")]
     assert isinstance(outcome, SecretNotFound) and "no live version before" in str(outcome)
+
+
+def test_throttled_login_is_unavailable_with_retry_after(openbao, throttling) -> None:
+    """A login answered 429 is Unavailable carrying Retry-After (not AccessDenied, which would
+    retry slowly as if the credentials were wrong)."""
+    role_id, secret_id = _approle(openbao, "bridge")
+    p = VaultProvider("vault", VaultSettings(type="vault", address=throttling.address, auth={
+        "method": "approle", "role_id": role_id, "secret_id": secret_id}))
+    throttling.throttle_prefix = "/v1/auth/approle/login"
+    outcome = p.fetch_many([Request("secret/x")])[Request("secret/x")]
+    assert isinstance(outcome, Unavailable) and outcome.retry_after == 7.0
+    assert secret_id not in str(outcome)
