@@ -60,6 +60,7 @@ class VaultProvider(Provider):
     Settings = VaultSettings
     settings: VaultSettings
     supports_previous = True
+    supports_params = True  # any path with params is a write, as `vault write` does
 
     def __init__(self, name: str, settings: VaultSettings) -> None:
         super().__init__(name, settings)
