@@ -593,3 +593,14 @@ def test_throttled_login_is_unavailable_with_retry_after(openbao, throttling) ->
     outcome = p.fetch_many([Request("secret/x")])[Request("secret/x")]
     assert isinstance(outcome, Unavailable) and outcome.retry_after == 7.0
     assert secret_id not in str(outcome)
+
+
+def test_previous_needs_metadata_access(openbao, backend: VaultBackend, tmp_path: Path) -> None:
+    """`version: previous` with a data-only policy is one AccessDenied line saying what to grant."""
+    _token_file(openbao, tmp_path, 'path "secret/data/*" { capabilities = ["read"] }')
+    ref = backend.new_ref()
+    backend.put(ref, "one")
+    backend.put(ref, "two")
+    p = _provider(openbao, method="token", token_file=str(tmp_path / "token"))
+    outcome = p.fetch_many([Request(ref, "previous")])[Request(ref, "previous")]
+    assert isinstance(outcome, AccessDenied) and "secret/metadata/*" in str(outcome) and "\n" not in str(outcome)
