@@ -29,7 +29,7 @@ from typing import Protocol, TypeVar
 
 from bridge.changes import Change
 from bridge.config import Config
-from bridge.errors import ExtractError, ProviderError, Unavailable, WriteError
+from bridge.errors import ExtractError, ProviderError, SecretNotFound, Unavailable, WriteError
 from bridge.leases import Lease, LeaseStore, StoredLease, is_leased, unit_key
 from bridge.metrics import (
     COMMIT_SECONDS,
@@ -170,7 +170,9 @@ class Engine:
                     LEASE_ISSUES.labels(reason="resume_lost", outcome="ok").inc()
                     continue
                 if isinstance(remaining, float | int):
-                    fetched = _with_expiry(fetched, wall + float(remaining))
+                    # never later than recorded: a lease ends with the token that minted it
+                    ends = wall + float(remaining)
+                    fetched = _with_expiry(fetched, min(ends, fetched.expires_at or ends))
                 # Unreachable vault: keep the lease (minting twice is worse); its renewal retries.
             elif fetched.expires_at is None or fetched.expires_at <= wall:
                 continue
@@ -349,6 +351,11 @@ class Engine:
             assert unit.fetched is not None and unit.lease is not None
             try:
                 outcomes[unit] = Renewed(provider.renew(unit.fetched, unit.lease.asked_seconds))
+            except SecretNotFound:
+                # revoked, expired or not renewable: only a new issue helps, and at once
+                log.warning("%s: the lease cannot be renewed any more; issuing anew", unit.describe())
+                unit.lease.action, unit.lease.at = "reissue", time.time()
+                to_fetch.append(unit)
             except ProviderError as exc:
                 outcomes[unit] = exc
         if to_fetch:

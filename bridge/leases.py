@@ -66,6 +66,8 @@ class Lease:
     def short(self, renewed: Fetched) -> bool:
         """Whether a renewal gave less than asked (max_ttl reached): time to plan a new issue."""
         granted = renewed.lease_seconds or 0.0
+        if renewed.expires_at is not None and renewed.obtained_at is not None:
+            granted = min(granted, renewed.expires_at - renewed.obtained_at)  # e.g. capped by the token's end
         return self.asked_seconds is not None and granted + _SHORT_SECONDS < self.asked_seconds
 
 

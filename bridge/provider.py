@@ -67,7 +67,7 @@ class Fetched:
     #: when the value stops being valid (lease end, certificate expiry, secret expiry), epoch seconds
     expires_at: float | None = None
     #: a leased value (Vault dynamic secrets): the lease to renew, look up or revoke
-    lease_id: str | None = None
+    lease_id: str | None = field(default=None, repr=False)
     #: the lease's TTL as granted with this value, seconds
     lease_seconds: float | None = None
     renewable: bool = False
