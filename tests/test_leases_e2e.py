@@ -1,0 +1,277 @@
+"""Leased secrets end to end, as a user runs them: `secrets-bridge run`/`sync` as processes against
+OpenBao's database engine in front of a real PostgreSQL, its PKI engine, and a real nginx."""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from tests.conftest import DatabaseEngine, OpenBao, PkiEngine
+from tests.servers import Postgres, venv_binary
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def out(tmp_path: Path):
+    """An output directory on tmpfs."""
+    d = Path("/dev/shm") / f"sb-lease-{uuid.uuid4().hex}"
+    yield d
+    subprocess.run(["rm", "-rf", str(d)], check=False)
+
+
+class Bridge:
+    """secrets-bridge with a config, a Vault token in its environment, and everything it printed."""
+
+    def __init__(self, openbao: OpenBao, config: Path) -> None:
+        self.config = config
+        self.env = {**os.environ, "VAULT_ADDR": openbao.address, "VAULT_TOKEN": openbao.root_token}
+        self.printed: list[str] = []
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([venv_binary("secrets-bridge"), "--config", str(self.config), *args],
+                              env=self.env, capture_output=True, text=True, timeout=60)
+        self.printed += [proc.stdout, proc.stderr]
+        return proc
+
+    def start(self) -> subprocess.Popen[str]:
+        return subprocess.Popen([venv_binary("secrets-bridge"), "--config", str(self.config), "run"],
+                                env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def finish(self, proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> int:
+        proc.send_signal(sig)
+        output, _ = proc.communicate(timeout=30)
+        self.printed.append(output)
+        return proc.returncode
+
+    def assert_no_leak(self, *secrets: str) -> None:
+        text = "\n".join(self.printed)
+        for secret in secrets:
+            assert secret not in text
+
+
+def write_config(path: Path, out: Path, secrets: str, *, extra: str = "", provider: str = "") -> Path:
+    path.write_text(f"output_dir: {out}\nrefresh_interval: 1h\nlisten: null\n{extra}"
+                    f"providers:\n  vault: {{type: vault{provider}}}\nsecrets:\n{secrets}")
+    return path
+
+
+def creds_entry(ref: str) -> str:
+    return f"  db:\n    provider: vault\n    ref: {ref}\n    files: {{username: username, password: password}}\n"
+
+
+def read_generation(out: Path, *names: str) -> tuple[str, ...] | None:
+    """Files read through one resolved `..data`, as an application holding a generation would."""
+    try:
+        generation = out / os.readlink(out / "..data")
+        return tuple((generation / name).read_text() for name in names)
+    except OSError:
+        return None
+
+
+def leases_under(openbao: OpenBao, ref: str) -> list[str]:
+    try:
+        return openbao.client().sys.list_leases(prefix=ref + "/")["data"]["keys"]
+    except Exception:  # hvac raises InvalidPath when there are none
+        return []
+
+
+def test_db_creds_renew_then_reissue_without_a_bad_moment(
+    openbao: OpenBao, vault_database: DatabaseEngine, postgres: Postgres, out: Path, tmp_path: Path
+) -> None:
+    """The credentials log in; renewal keeps the username past several TTLs; at max_ttl both files
+    switch in one generation; a reader polling the files never holds credentials that fail."""
+    ref = vault_database.role(default_ttl="6s", max_ttl="20s")
+    bridge = Bridge(openbao, write_config(tmp_path / "c.yaml", out, creds_entry(ref)))
+    proc = bridge.start()
+    seen: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            pair = read_generation(out, "db/username", "db/password")
+            if pair is not None:
+                if not seen or seen[-1] != pair[0]:
+                    seen.append(pair[0])
+                if not postgres.can_login(*pair):
+                    failures.append(pair[0])
+            time.sleep(0.25)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        time.sleep(28)  # 4+ TTLs: renewals, then the max_ttl re-issue (at ~17-18s) and a renewal of the new lease
+    finally:
+        stop.set()
+        poller.join()
+        assert bridge.finish(proc) == 0
+    assert failures == []
+    assert len(seen) == 2, seen  # the first username lived past three TTLs; exactly one re-issue
+    log = "\n".join(bridge.printed)
+    assert "renewal gave" in log and "issued" in log
+    bridge.assert_no_leak(*(read_generation(out, "db/password") or ()))
+
+
+def test_sync_then_run_and_sigkill_keep_one_lease(
+    openbao: OpenBao, vault_database: DatabaseEngine, postgres: Postgres, out: Path, tmp_path: Path
+) -> None:
+    """An init container's `sync`, then `run`, then SIGKILL and a restart: the same credentials, one lease."""
+    ref = vault_database.role(default_ttl="2m", max_ttl="10m")
+    bridge = Bridge(openbao, write_config(tmp_path / "c.yaml", out, creds_entry(ref)))
+    assert bridge.run("sync").returncode == 0
+    first = read_generation(out, "db/username", "db/password")
+    assert first is not None and postgres.can_login(*first)
+    assert (out / ".secrets-bridge-leases.json").stat().st_mode & 0o777 == 0o600
+    for _ in range(2):
+        proc = bridge.start()
+        time.sleep(3)
+        assert read_generation(out, "db/username", "db/password") == first
+        proc.kill()
+        proc.wait(timeout=10)
+        bridge.printed.append(proc.stdout.read() if proc.stdout else "")
+    assert bridge.run("sync").returncode == 0
+    assert read_generation(out, "db/username", "db/password") == first
+    assert len(leases_under(openbao, ref)) == 1
+    state = (out / ".secrets-bridge-state.json").read_text()
+    assert first[1] not in state
+    bridge.assert_no_leak(first[1])
+
+
+def test_revoke_on_exit(openbao: OpenBao, vault_database: DatabaseEngine, postgres: Postgres,
+                        out: Path, tmp_path: Path) -> None:
+    """With revoke_on_exit, SIGTERM revokes the lease: the credentials stop working."""
+    ref = vault_database.role(default_ttl="2m", max_ttl="10m")
+    bridge = Bridge(openbao, write_config(tmp_path / "c.yaml", out, creds_entry(ref),
+                                          provider=", revoke_on_exit: true"))
+    proc = bridge.start()
+    deadline = time.monotonic() + 20
+    while read_generation(out, "db/username", "db/password") is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    creds = read_generation(out, "db/username", "db/password")
+    assert creds is not None and postgres.can_login(*creds)
+    assert bridge.finish(proc) == 0
+    assert not postgres.can_login(*creds)
+    assert leases_under(openbao, ref) == []
+
+
+def test_template_and_files_share_one_lease(openbao: OpenBao, vault_database: DatabaseEngine,
+                                            postgres: Postgres, out: Path, tmp_path: Path) -> None:
+    """A template and a files: entry on one leased ref agree on the username: exactly one lease."""
+    ref = vault_database.role(default_ttl="2m", max_ttl="10m")
+    secrets = creds_entry(ref) + (
+        '  app.env:\n    template: "DATABASE_URL=postgres://{{ db.username }}:{{ db.password | urlencode }}@db/app"\n'
+        f"    values: {{db: {{provider: vault, ref: {ref}}}}}\n")
+    bridge = Bridge(openbao, write_config(tmp_path / "c.yaml", out, secrets))
+    assert bridge.run("sync").returncode == 0
+    user, password, env = read_generation(out, "db/username", "db/password", "app.env") or ("", "", "")
+    assert env.startswith(f"DATABASE_URL=postgres://{user}:") and postgres.can_login(user, password)
+    assert len(leases_under(openbao, ref)) == 1
+
+
+def test_bad_leased_ref_fails_its_own_files(openbao: OpenBao, vault_database: DatabaseEngine,
+                                            out: Path, tmp_path: Path) -> None:
+    """A leased ref with no such role fails its entry alone, in one clear line; the rest is written."""
+    good = vault_database.role(default_ttl="2m", max_ttl="10m")
+    secrets = creds_entry(good) + "  bad:\n    provider: vault\n    ref: database/creds/no-such-role\n" \
+        "    files: {username: username}\n"
+    bridge = Bridge(openbao, write_config(tmp_path / "c.yaml", out, secrets))
+    proc = bridge.run("sync")
+    assert proc.returncode == 1
+    assert (out / "db" / "username").exists() and not (out / "bad").exists()
+    lines = [line for line in proc.stderr.splitlines() if "no-such-role" in line]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+
+
+def _pki_config(tmp_path: Path, out: Path, pki: PkiEngine, ttl: str, on_change: str) -> Path:
+    secrets = (f"  tls:\n    provider: vault\n    ref: {pki.issue_ref}\n"
+               f"    params: {{common_name: web.{pki.domain}, ttl: {ttl}}}\n"
+               "    files: {tls.crt: certificate, tls.key: {key: private_key, mode: \"0400\"}, ca.crt: issuing_ca}\n")
+    return write_config(tmp_path / "c.yaml", out, secrets, extra=f"on_change:\n{on_change}")
+
+
+def _matches(cert_pem: str, key_pem: str) -> bool:
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    key = serialization.load_pem_private_key(key_pem.encode(), None)
+    return cert.public_key().public_numbers() == key.public_key().public_numbers()  # type: ignore[union-attr]
+
+
+def test_pki_reissued_before_expiry_and_always_matching(openbao: OpenBao, vault_pki: PkiEngine,
+                                                       out: Path, tmp_path: Path) -> None:
+    """A short-lived certificate is re-issued before it expires; certificate and key read through one
+    `..data` always match; on_change fires once per re-issue."""
+    hook_log = tmp_path / "hook.log"
+    hook = tmp_path / "hook.py"
+    hook.write_text("import os, sys\n"
+                    "open(sys.argv[1], 'a').write(os.environ.get('SECRETS_BRIDGE_CHANGED', '') + '|')\n")
+    on_change = f'  - {{exec: ["{sys.executable}", "{hook}", "{hook_log}"]}}\n'
+    bridge = Bridge(openbao, _pki_config(tmp_path, out, vault_pki, "8s", on_change))
+    proc = bridge.start()
+    serials: list[int] = []
+    mismatches = 0
+    deadline = time.monotonic() + 22
+    try:
+        while time.monotonic() < deadline:
+            pair = read_generation(out, "tls/tls.crt", "tls/tls.key")
+            if pair is not None:
+                cert = x509.load_pem_x509_certificate(pair[0].encode())
+                assert cert.not_valid_after_utc.timestamp() > time.time()  # never expired on disk
+                mismatches += not _matches(*pair)
+                if not serials or serials[-1] != cert.serial_number:
+                    serials.append(cert.serial_number)
+            time.sleep(0.1)
+    finally:
+        assert bridge.finish(proc) == 0
+    assert mismatches == 0 and len(serials) >= 3, serials  # 8s certificates over 22s
+    fired = [x for x in hook_log.read_text().split("|") if x]
+    assert len(fired) == len(serials)  # the first issue and each re-issue, once each
+    bridge.assert_no_leak("PRIVATE KEY")
+
+
+def test_nginx_serves_each_new_certificate_without_a_failed_request(
+    openbao: OpenBao, vault_pki: PkiEngine, nginx, out: Path, tmp_path: Path
+) -> None:
+    """nginx serves the bridge's certificate; on each re-issue the bridge signals it through its pid
+    file; a client making HTTPS requests throughout sees the new serial and no failed request."""
+    pid_file = tmp_path / "nginx-started.pid"
+    on_change = f"  - {{secrets: [tls], signal: SIGHUP, pid_file: {pid_file}}}\n"
+    bridge = Bridge(openbao, _pki_config(tmp_path, out, vault_pki, "8s", on_change))
+    assert bridge.run("sync").returncode == 0
+    server = nginx(out / "tls" / "tls.crt", out / "tls" / "tls.key")
+    pid_file.write_text(server.pid_file.read_text())
+    ca = tmp_path / "ca.pem"
+    ca.write_text(vault_pki.ca_pem)
+    context = ssl.create_default_context(cafile=str(ca))
+    context.check_hostname = False
+    proc = bridge.start()
+    serials: list[int] = []
+    failed = requests = 0
+    deadline = time.monotonic() + 22
+    try:
+        while time.monotonic() < deadline:
+            requests += 1
+            try:
+                with urllib.request.urlopen(server.url, context=context, timeout=5) as response:
+                    response.read()
+                serial = server.served_certificate().serial_number
+                if not serials or serials[-1] != serial:
+                    serials.append(serial)
+            except OSError:
+                failed += 1
+            time.sleep(0.05)
+    finally:
+        assert bridge.finish(proc) == 0
+    assert failed == 0 and requests > 100
+    assert len(serials) >= 3, serials
