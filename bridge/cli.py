@@ -3,6 +3,7 @@ status. No traceback for a user mistake unless --debug; never a value in any out
 
 from __future__ import annotations
 
+import bridge.startup  # noqa: F401 - first: holds SIGHUP during the imports below  # isort: skip
 import argparse
 import json
 import logging

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-import signal
 from pathlib import Path
+from signal import Signals
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bridge.errors import ConfigError
@@ -181,20 +182,58 @@ class SecretConfig(_Model):
         return rules
 
 
+#: the longest an on_change action may run, or a notification wait
+MAX_HOOK_SECONDS = 3600.0
+
+
+def _check_hook_url(url: str) -> str:
+    """http(s) only, with a host and a valid port; the URL is never echoed (it may hold a password)."""
+    if any(ord(c) < 33 or ord(c) == 127 for c in url):
+        raise ValueError("URL must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        raise ValueError("not a valid URL") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("only http:// and https:// URLs are allowed")
+    if not parts.hostname:
+        raise ValueError("URL has no host")
+    return url
+
+
 class HttpHook(_Model):
-    url: str
+    url: Annotated[str, AfterValidator(_check_hook_url)]
     method: Literal["GET", "POST", "PUT"] = "POST"
 
 
+class HookWait(_Model):
+    """consul-template's quiescence: fire `min` after the last change, at most `max` after the first."""
+
+    min: Duration = Field(ge=0, le=MAX_HOOK_SECONDS)
+    #: default 4 x min, as consul-template does
+    max: Duration | None = Field(default=None, ge=0, le=MAX_HOOK_SECONDS)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> HookWait:
+        if self.max is None:
+            return self.model_copy(update={"max": min(4 * self.min, MAX_HOOK_SECONDS)})
+        if self.max < self.min:
+            raise ValueError("wait.max must not be shorter than wait.min")
+        return self
+
+
 class OnChange(_Model):
-    """One notification run after a commit that changed any of `secrets` (default: any)."""
+    """One notification run after a commit that changed any of `secrets` (default: any), each
+    name an entry or a file under output_dir."""
 
     secrets: list[str] | None = None
     signal: str | None = None
     pid_file: Path | None = None
     exec: list[str] | None = Field(default=None, min_length=1)
     http: HttpHook | None = None
-    timeout: Duration = 10.0
+    timeout: Duration = Field(default=10.0, gt=0, le=MAX_HOOK_SECONDS)
+    wait: HookWait | None = None
 
     @model_validator(mode="after")
     def _one_action(self) -> OnChange:
@@ -202,12 +241,25 @@ class OnChange(_Model):
         if len(actions) != 1:
             raise ValueError("give exactly one of signal, exec or http")
         if self.signal is not None:
-            if self.pid_file is None:
+            if self.pid_file is None or not str(self.pid_file).strip():
                 raise ValueError("signal needs pid_file")
-            name = self.signal.upper() if self.signal.upper().startswith("SIG") else f"SIG{self.signal.upper()}"
-            if name not in signal.Signals.__members__:
+            if self.signum is None:
                 raise ValueError(f"unknown signal {self.signal!r}")
+        if self.exec is not None and (not self.exec[0] or any("\0" in arg for arg in self.exec)):
+            raise ValueError("exec needs a command, and no argument may contain a NUL byte")
         return self
+
+    @property
+    def signum(self) -> Signals | None:
+        if self.signal is None:
+            return None
+        name = self.signal.upper() if self.signal.upper().startswith("SIG") else f"SIG{self.signal.upper()}"
+        return Signals.__members__.get(name)
+
+    @property
+    def kind(self) -> Literal["signal", "exec", "http"]:
+        """The action's kind, as the notifications metric labels it."""
+        return "signal" if self.signal is not None else "exec" if self.exec is not None else "http"
 
 
 class BridgeConfig(BaseSettings):

@@ -1,95 +1,79 @@
 """The long-running `run` command: sync, serve the endpoints, keep in step, reload the config.
 
-SIGTERM/SIGINT only set an event, so the commit in progress always finishes before exit. The
-config is reloaded on SIGHUP or when its file changes (watched with watchdog, which also sees a
-Kubernetes ConfigMap's symlink swap); a reload is validated first, an invalid one is logged and the
-running config stays.
+Signal handlers only record the signal in a `Wakeup` (a self-pipe) that the loop waits on, so the
+commit in progress always finishes before exit, and no burst of signals can wedge the loop. The
+config is reloaded on SIGHUP or when the file (or a link to it) changes; a reload is validated
+first, and an invalid one is logged while the running config stays. Notifications run on their own
+thread (`Notifier`); at shutdown they get `NOTIFY_GRACE_SECONDS`, then the bridge goes.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
 from pathlib import Path
-from types import FrameType
-
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 
 from bridge.config import Config, load_config
+from bridge.config_watch import ConfigWatch
 from bridge.engine import Engine
 from bridge.errors import BridgeError, ConfigError, WriteError
 from bridge.notify import Notifier
 from bridge.server import HealthServer
+from bridge.wakeup import Wakeup
 from bridge.writer import Writer
 
 log = logging.getLogger("secrets_bridge.run")
 
 #: wait this long after a file event before reading, so an editor's write is complete
 RELOAD_SETTLE_SECONDS = 0.3
-
-
-class _ConfigWatch(FileSystemEventHandler):
-    def __init__(self, runner: Runner) -> None:
-        self.runner = runner
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("opened", "closed_no_write"):
-            return
-        self.runner.reload_requested = True
-        self.runner.wake.set()
+#: at shutdown, pending on_change actions get this long, then the bridge exits anyway
+NOTIFY_GRACE_SECONDS = 3.0
 
 
 class Runner:
     def __init__(self, config_path: Path, config: Config) -> None:
         self.config_path = config_path
         self.config = config
-        self.stop = threading.Event()
-        self.wake = threading.Event()
-        self.reload_requested = False
-
-    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
-        log.info("received %s: finishing the current cycle", signal.Signals(signum).name)
-        self.stop.set()
-        self.wake.set()
-
-    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
-        self.reload_requested = True
-        self.wake.set()
+        self.wakeup = Wakeup()
 
     def run(self) -> int:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_hup)
+        self.wakeup.install_signals()  # first: nothing before this may be slow
+        try:
+            return self._run()
+        finally:
+            self.wakeup.close()
+
+    def _run(self) -> int:
+        self.notifier = Notifier(self.config.settings.on_change)
         self.engine = self._engine(self.config)
         server = None
         if self.config.settings.listen:
             try:
                 server = HealthServer(lambda: self.engine, self.config.settings.listen)
             except OSError as exc:
+                self.engine.close()
                 raise WriteError(f"listen: cannot bind {self.config.settings.listen}: {exc.strerror}") from None
             server.start()  # before the first sync, so probes see "alive, not ready yet"
-        watcher = Observer()
-        # The folder as named, not resolved: a ConfigMap swaps its `..data` link there, while the
-        # folder a resolved path points into is deleted at the next update.
-        watcher.schedule(_ConfigWatch(self), str(self.config_path.absolute().parent), recursive=False)
-        watcher.daemon = True
-        watcher.start()
+        watch = ConfigWatch(self.config_path, self.wakeup.request_reload)
+        watch.start()
         try:
-            self._initial_sync(self.engine)
-            while not self.stop.is_set():
-                self.engine.run(self.wake)
-                self.wake.clear()
-                if self.reload_requested and not self.stop.is_set():
+            if not self.wakeup.stop_requested:
+                self._initial_sync(self.engine)
+            self.notifier.started()
+            while not self.wakeup.stop_requested:
+                self.engine.run(self.wakeup)
+                self.wakeup.clear()
+                if self.wakeup.reload_requested and not self.wakeup.stop_requested:
                     time.sleep(RELOAD_SETTLE_SECONDS)
-                    self.reload_requested = False
+                    self.wakeup.reload_requested = False
                     self._reload()
+                    watch.refresh()
+            log.info("received %s: stopping", self.wakeup.stop_signal or "a stop request")
         finally:
-            watcher.stop()
+            watch.stop()
             if server is not None:
                 server.stop()
+            self.notifier.close(NOTIFY_GRACE_SECONDS)
             if self.config.settings.cleanup_on_exit:
                 self.engine.writer.clear()
                 self.engine.state.path.unlink(missing_ok=True)
@@ -100,8 +84,7 @@ class Runner:
         return 0
 
     def _engine(self, config: Config, writer: Writer | None = None) -> Engine:
-        notifier = Notifier(config.settings.on_change)
-        engine = Engine(config, subscribers=[lambda changes: notifier([c.entry for c in changes])], writer=writer)
+        engine = Engine(config, subscribers=[self.notifier], writer=writer)
         engine.start()
         return engine
 
@@ -124,4 +107,5 @@ class Runner:
         log.info("config reloaded from %s", self.config_path)
         self.engine.close(release=False)
         self.config, self.engine = config, new
+        self.notifier.replace(config.settings.on_change)
         self._initial_sync(new)
