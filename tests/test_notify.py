@@ -1,20 +1,27 @@
-"""on_change hooks: a signal to a pid file's process, a command, an HTTP call; failures never raise."""
+"""on_change actions: a signal to a pid file's process, a command, an HTTP call; run on the notifier's
+own thread, folded by `wait`, refused when a pid file would signal a group; failures never raise."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from bridge.config import OnChange
-from bridge.notify import Notifier
+from bridge.changes import Change
+from bridge.config import OnChange, parse_config
+from bridge.errors import ConfigError
+from bridge.metrics import REGISTRY
+from bridge.notify import Notifier, _read_pid
+from tests.servers import venv_binary
 
 WAITER = textwrap.dedent("""
     import signal, sys, time
@@ -28,28 +35,73 @@ WAITER = textwrap.dedent("""
 """)
 
 
-def test_signal_to_pid_file(tmp_path: Path) -> None:
-    """A signal hook reads the pid file and signals that process."""
+def _change(file: str, entry: str | None = None) -> Change:
+    return Change(file=file, entry=entry or file, provider="dev", ref=file, old_version="1", new_version="2")
+
+
+def _count(action: str, outcome: str) -> float:
+    value = REGISTRY.get_sample_value("secrets_bridge_notifications_total", {"action": action, "outcome": outcome})
+    return value or 0.0
+
+
+def _until(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _recorder(tmp_path: Path, name: str = "ran") -> tuple[list[str], Path]:
+    """An exec action appending SECRETS_BRIDGE_CHANGED and a separator to a file per run."""
+    out = tmp_path / name
+    code = f"import os; open({str(out)!r}, 'a').write(os.environ['SECRETS_BRIDGE_CHANGED'] + '\\x1e')"
+    return [sys.executable, "-c", code], out
+
+
+def _runs(out: Path) -> list[str]:
+    return out.read_text().split("\x1e")[:-1] if out.exists() else []
+
+
+@pytest.fixture
+def notifiers() -> Iterator[list[Notifier]]:
+    made: list[Notifier] = []
+    yield made
+    for notifier in made:
+        notifier.close(5)
+
+
+def test_signal_to_pid_file(tmp_path: Path, notifiers: list[Notifier]) -> None:
+    """A signal action reads the pid file and signals that process."""
     proc = subprocess.Popen([sys.executable, "-c", WAITER], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "READY"
     (tmp_path / "app.pid").write_text(f"{proc.pid}\n")
-    Notifier([OnChange(signal="HUP", pid_file=tmp_path / "app.pid")])(["a"])
+    before = _count("signal", "ok")
+    notifier = Notifier([OnChange(signal="HUP", pid_file=tmp_path / "app.pid")])
+    notifiers.append(notifier)
+    notifier([_change("a")])
     assert proc.stdout.readline().strip() == "HUP"
     proc.wait(timeout=10)
+    assert _until(lambda: _count("signal", "ok") == before + 1)
 
 
-def test_hook_filters_by_secret(tmp_path: Path) -> None:
-    """A hook naming secrets runs only when one of them changed."""
-    out = tmp_path / "ran"
-    hook = OnChange(secrets=["tls.crt"], exec=[sys.executable, "-c", f"open({str(out)!r}, 'a').write('x')"])
-    Notifier([hook])(["db_password"])
-    assert not out.exists()
-    Notifier([hook])(["db_password", "tls.crt"])
-    assert out.read_text() == "x"
+def test_action_filters_by_entry_or_file(tmp_path: Path, notifiers: list[Notifier]) -> None:
+    """An action naming secrets runs only when a change's entry or file is among them."""
+    argv, out = _recorder(tmp_path)
+    notifier = Notifier([OnChange(secrets=["tls", "db/password"], exec=argv)])
+    notifiers.append(notifier)
+    notifier([_change("other")])
+    notifier([_change("tls/cert.pem", entry="tls")])
+    assert _until(lambda: len(_runs(out)) == 1)
+    notifier([_change("db/password", entry="db"), _change("db/username", entry="db")])
+    assert _until(lambda: len(_runs(out)) == 2)
+    notifier.close(5)
+    assert _runs(out) == ["tls/cert.pem", "db/password"]
 
 
-def test_http_hook_posts(tmp_path: Path) -> None:
-    """An http hook sends its request to the application."""
+def test_http_action_posts(tmp_path: Path, notifiers: list[Notifier]) -> None:
+    """An http action sends its request to the application."""
     seen: list[tuple[str, str]] = []
 
     class Reload(BaseHTTPRequestHandler):
@@ -65,28 +117,160 @@ def test_http_hook_posts(tmp_path: Path) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/-/reload"
-        Notifier([OnChange.model_validate({"http": {"url": url}})])(["a"])
+        notifier = Notifier([OnChange.model_validate({"http": {"url": url}})])
+        notifiers.append(notifier)
+        notifier([_change("a")])
+        assert _until(lambda: seen == [("POST", "/-/reload")])
     finally:
         server.shutdown()
-    assert seen == [("POST", "/-/reload")]
 
 
-def test_failures_are_logged_not_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A missing pid file, a failing command and a refused connection are each one warning."""
-    hooks = [
-        OnChange(signal="SIGHUP", pid_file=tmp_path / "nope.pid"),
+def test_failures_are_logged_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A failing command and a refused connection are each one warning and a failed count; nothing raises."""
+    before = (_count("exec", "failed"), _count("http", "failed"))
+    notifier = Notifier([
         OnChange(exec=[sys.executable, "-c", "raise SystemExit(3)"]),
         OnChange.model_validate({"http": {"url": "http://127.0.0.1:9/"}, "timeout": "1s"}),
-    ]
-    started = time.monotonic()
-    Notifier(hooks)(["a"])
-    assert time.monotonic() - started < 10
+    ])
+    notifier([_change("a")])
+    notifier.close(10)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warnings) == 3 and "exit status 3" in warnings[1]
+    assert len(warnings) == 2 and "exit status 3" in warnings[0]
+    assert (_count("exec", "failed"), _count("http", "failed")) == (before[0] + 1, before[1] + 1)
+
+
+def test_wait_folds_a_burst_into_one_notification(tmp_path: Path) -> None:
+    """With `wait`, twenty changes in quick succession make one run that names every changed file."""
+    argv, out = _recorder(tmp_path)
+    notifier = Notifier([OnChange.model_validate({"exec": argv, "wait": {"min": "500ms", "max": "5s"}})])
+    for i in range(20):
+        notifier([_change(f"s{i}")])
+        time.sleep(0.01)
+    assert _until(lambda: len(_runs(out)) == 1)
+    time.sleep(1.0)  # a second run would come 500ms after the last change
+    notifier.close(5)
+    (run,) = _runs(out)
+    assert sorted(run.split("\n")) == sorted(f"s{i}" for i in range(20))
+
+
+def test_wait_max_bounds_a_steady_stream(tmp_path: Path) -> None:
+    """Changes that never pause for `min` still fire once `max` has passed since the first."""
+    argv, out = _recorder(tmp_path)
+    notifier = Notifier([OnChange.model_validate({"exec": argv, "wait": {"min": "1s", "max": "1500ms"}})])
+    streaming = time.monotonic() + 4
+    i = 0
+    while time.monotonic() < streaming:  # a change every 200ms: never a 1s pause
+        notifier([_change(f"s{i}")])
+        i += 1
+        time.sleep(0.2)
+    during = len(_runs(out))
+    notifier.close(5)
+    assert during >= 1
+    assert len(_runs(out)) > during  # close() announced what was still pending
+
+
+def test_slow_action_never_blocks_and_close_is_bounded(tmp_path: Path) -> None:
+    """A command that hangs does not block the caller; close() returns and stops it."""
+    started = tmp_path / "started"
+    code = f"import os, time; open({str(started)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    before = _count("exec", "failed")
+    notifier = Notifier([OnChange(exec=[sys.executable, "-c", code], timeout=120)])
+    notifier([_change("a")])  # returns at once: the command runs on the notifier's thread
+    assert _until(lambda: started.exists() and started.read_text() != "")
+    pid = int(started.read_text())
+    notifier([_change("b")])  # queued behind the hanging one
+    notifier.close(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert _count("exec", "failed") >= before + 1
+
+
+@pytest.mark.parametrize("content", ["0", "-1", "-42", "abc", "", "12 34", "9" * 80, "self"])
+def test_pid_file_that_would_signal_a_group_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: str
+) -> None:
+    """A pid file holding 0, a negative number, no number, or the bridge's own pid is refused with one
+    error line, and nothing is signalled."""
+    pid_file = tmp_path / "app.pid"
+    pid_file.write_text(str(os.getpid()) if content == "self" else content)
+    got: list[int] = []
+    # SIGURG is ignored by default everywhere, so even an unguarded kill(-1) would harm nothing.
+    previous = signal.signal(signal.SIGURG, lambda signum, frame: got.append(signum))
+    try:
+        before = _count("signal", "failed")
+        notifier = Notifier([OnChange(signal="SIGURG", pid_file=pid_file)])
+        notifier.started()
+        notifier([_change("a")])
+        notifier.close(5)
+        time.sleep(0.1)
+    finally:
+        signal.signal(signal.SIGURG, previous)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "refused" in errors[0] and "\n" not in errors[0]
+    assert got == []
+    assert _count("signal", "failed") == before + 1
+
+
+def test_pid_1_stays_valid(tmp_path: Path) -> None:
+    """PID 1 is a valid target: in a shared PID namespace it is often the application."""
+    (tmp_path / "app.pid").write_text("1\n")
+    assert _read_pid(OnChange(signal="HUP", pid_file=tmp_path / "app.pid"), at_start=False) == 1
+
+
+def test_missing_pid_file_at_start_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A pid file that does not exist yet at the first sync is logged at info and skipped; later it is
+    a warning."""
+    skipped, failed = _count("signal", "skipped"), _count("signal", "failed")
+    notifier = Notifier([OnChange(signal="HUP", pid_file=tmp_path / "not-yet.pid")])
+    notifier([_change("a")])
+    assert _until(lambda: _count("signal", "skipped") == skipped + 1)
+    assert not [r for r in caplog.records if r.levelno >= 30]
+    notifier.started()
+    notifier([_change("a")])
+    notifier.close(5)
+    assert _count("signal", "failed") == failed + 1
+    assert [r.levelname for r in caplog.records if r.levelno >= 30] == ["WARNING"]
+
+
+def test_changed_names_are_one_per_line(tmp_path: Path) -> None:
+    """SECRETS_BRIDGE_CHANGED holds one file per line, so a name with a comma stays one name."""
+    argv, out = _recorder(tmp_path)
+    notifier = Notifier([OnChange(exec=argv)])
+    notifier([_change("a,b"), _change("c")])
+    notifier.close(5)
+    assert [run.split("\n") for run in _runs(out)] == [["a,b", "c"]]
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/x", "127.0.0.1:8080/reload",
+                                 "http:///no-host", "http://127.0.0.1:99999/", "http://a b/"])
+def test_http_url_is_checked_at_config_time(url: str) -> None:
+    """Only http and https URLs with a host and a valid port pass the config, naming the field."""
+    text = f"output_dir: /tmp/x\non_change:\n  - {{http: {{url: {url!r}}}}}\n"
+    with pytest.raises(ConfigError, match=r"^on_change\.0\.http\.url: ") as caught:
+        parse_config(text)
+    assert "passwd" not in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_bad_http_url_exits_2_in_one_line(tmp_path: Path) -> None:
+    """The CLI refuses a non-http URL before doing anything: exit 2, one line naming the field."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"output_dir: {tmp_path / 'out'}\non_change:\n  - {{http: {{url: 'file:///etc/shadow'}}}}\n")
+    proc = subprocess.run([venv_binary("secrets-bridge"), "--config", str(config), "sync"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr == "secrets-bridge: on_change.0.http.url: only http:// and https:// URLs are allowed\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_wait_and_timeout_bounds() -> None:
+    """wait.max defaults to 4 x min; a max below min, and a timeout of 0 or inf, are config errors."""
+    assert OnChange.model_validate({"exec": ["x"], "wait": {"min": "2s"}}).wait.max == 8.0  # type: ignore[union-attr]
+    for bad in ({"wait": {"min": "5s", "max": "1s"}}, {"timeout": 0}, {"timeout": "inf"}):
+        with pytest.raises(ValueError):
+            OnChange.model_validate({"exec": ["x"], **bad})
 
 
 def test_signal_name_forms() -> None:
     """SIGHUP, HUP and hup are the same signal."""
     for name in ("SIGHUP", "HUP", "hup"):
-        assert OnChange(signal=name, pid_file=Path("/x")).signal == name
-    assert signal.SIGHUP.name == "SIGHUP"
+        assert OnChange(signal=name, pid_file=Path("/x")).signum == signal.SIGHUP

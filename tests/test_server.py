@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import resource
+import socket
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from bridge.errors import ConfigError
-from bridge.server import HealthServer, parse_listen
+from bridge.server import CONNECTION_SECONDS, MAX_CONNECTIONS, HealthServer, parse_listen
+from tests.servers import free_port
 from tests.test_cli import _get
 from tests.test_engine import make_engine
+from tests.test_runner import Bridge, _wait, out_dir  # noqa: F401 - out_dir is a fixture
 
 
 def test_endpoints(tmp_path: Path) -> None:
@@ -60,5 +66,66 @@ def test_ipv6_listen(tmp_path: Path) -> None:
     try:
         with urllib.request.urlopen(f"http://[::1]:{server.address[1]}/healthz", timeout=5) as r:
             assert r.status == 200
+    finally:
+        server.stop()
+
+
+def _fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_idle_connections_cannot_exhaust_the_bridge(tmp_path: Path, out_dir: Path) -> None:  # noqa: F811
+    """500 idle connections, with the bridge limited to 256 file descriptors, leave /healthz answering a
+    new client, the bridge alive and refreshing, and its descriptors and threads bounded."""
+    port = free_port()
+    bridge = Bridge(tmp_path, out_dir)
+    bridge.config.write_text(bridge.config.read_text().replace("listen: null", f'listen: "127.0.0.1:{port}"'))
+    proc = bridge.start(preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)))
+    idle: list[socket.socket] = []
+    try:
+        assert bridge.ready() and _get(port, "/healthz") == (200, "ok\n")
+        for _ in range(500):
+            sock = socket.socket()
+            sock.settimeout(5)
+            try:
+                sock.connect(("127.0.0.1", port))
+            except OSError:
+                sock.close()  # a full backlog may refuse some: that is the bridge's right
+                continue
+            idle.append(sock)
+        assert len(idle) >= 200
+        assert _wait(lambda: _get(port, "/healthz") == (200, "ok\n"), timeout=10)
+        (bridge.src / "a").write_text("a-after-the-flood")
+        assert bridge.ready(), bridge.output()
+        assert proc.poll() is None
+        assert _fd_count(proc.pid) <= MAX_CONNECTIONS + 40
+        assert len(os.listdir(f"/proc/{proc.pid}/task")) <= 10
+        assert bridge.stop() == 0
+    finally:
+        for sock in idle:
+            sock.close()
+        bridge.kill()
+    assert " ERROR " not in bridge.output()
+
+
+def test_slow_request_is_closed_after_its_time(tmp_path: Path) -> None:
+    """A client that sends half a request and stalls is disconnected after CONNECTION_SECONDS, and a
+    request sent in pieces is answered."""
+    engine, _ = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
+    server = HealthServer(lambda: engine, "127.0.0.1:0")
+    server.start()
+    try:
+        with socket.create_connection(server.address, timeout=CONNECTION_SECONDS + 5) as stalled:
+            stalled.sendall(b"GET /healthz HTTP/1.1\r\n")
+            assert stalled.recv(100) == b""  # closed by the server, not by our timeout
+        with socket.create_connection(server.address, timeout=5) as pieces:
+            for part in (b"GET /hea", b"lthz HTTP/1.1\r\nHost: x\r\n", b"\r\n"):
+                pieces.sendall(part)
+                time.sleep(0.05)
+            reply = pieces.recv(1000)
+        assert reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(b"\r\n\r\nok\n")
+        with socket.create_connection(server.address, timeout=5) as post:
+            post.sendall(b"POST /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+            assert post.recv(100).startswith(b"HTTP/1.1 405 ")
     finally:
         server.stop()

@@ -1,0 +1,274 @@
+"""`secrets-bridge run` as a process: signals, config watching, shutdown, actions off the loop.
+
+Each test starts the real CLI with the `file` provider writing to a tmpfs directory.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge.writer import is_memory_backed
+from tests.servers import venv_binary
+
+
+@pytest.fixture
+def out_dir() -> Iterator[Path]:
+    """An output directory on tmpfs, so the default require_tmpfs: true holds."""
+    if not is_memory_backed(Path("/dev/shm")):
+        pytest.skip("no tmpfs at /dev/shm")
+    d = Path("/dev/shm") / f"sb-run-{uuid.uuid4().hex}"
+    yield d
+    subprocess.run(["rm", "-rf", str(d)], check=False)
+
+
+def _wait(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+class Bridge:
+    """`secrets-bridge run` over a `file` provider in `src`, its output kept in a log file."""
+
+    def __init__(self, tmp_path: Path, out_dir: Path, secrets: tuple[str, ...] = ("a",), extra: str = "",
+                 config: Path | None = None) -> None:
+        self.src = tmp_path / "src"
+        self.src.mkdir(exist_ok=True)
+        self.out_dir = out_dir
+        self.config = config or tmp_path / "conf" / "c.yaml"
+        self.extra = extra
+        for name in secrets:
+            if not (self.src / name).exists():
+                (self.src / name).write_text(f"{name}-0")
+        self.write_config(secrets)
+        self.log = tmp_path / f"bridge-{uuid.uuid4().hex[:6]}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def config_text(self, secrets: tuple[str, ...]) -> str:
+        entries = "".join(f"  {n}: {{provider: dev, ref: {n}}}\n" for n in secrets)
+        return (f"output_dir: {self.out_dir}\nrefresh_interval: 200ms\nlisten: null\n"
+                f"providers:\n  dev: {{type: file, base_dir: {self.src}}}\nsecrets:\n{entries}{self.extra}")
+
+    def write_config(self, secrets: tuple[str, ...], path: Path | None = None) -> None:
+        path = path or self.config
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.config_text(secrets))
+
+    def start(self, *args: str, **popen: object) -> subprocess.Popen[bytes]:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([venv_binary("secrets-bridge"), "--config", str(self.config), *args, "run"],
+                                         stdout=log, stderr=subprocess.STDOUT, **popen)  # type: ignore[call-overload]
+        return self.proc
+
+    def ready(self, name: str = "a") -> bool:
+        return _wait(lambda: _read(self.out_dir / name) == (self.src / name).read_text())
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """SIGTERM; the bridge must be gone within `timeout` seconds."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"still running {timeout}s after SIGTERM:\n{self.output()}") from None
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_sighup_burst_never_wedges_the_loop(tmp_path: Path, out_dir: Path) -> None:
+    """500 SIGHUPs in a burst leave the loop refreshing, and SIGTERM still ends it with 0; five runs."""
+    for trial in range(5):
+        bridge = Bridge(tmp_path, out_dir)
+        (bridge.src / "a").write_text(f"a-start-{trial}")  # so `ready` means this process has synced
+        proc = bridge.start()
+        try:
+            assert bridge.ready()
+            for _ in range(500):
+                proc.send_signal(signal.SIGHUP)
+            (bridge.src / "a").write_text(f"a-after-burst-{trial}")
+            assert bridge.ready(), f"trial {trial}: no refresh after the burst\n{bridge.output()}"
+            assert bridge.stop() == 0
+        finally:
+            bridge.kill()
+
+
+def _interpreter_ready(pid: int) -> bool:
+    """Python has installed its own SIGINT handler: the interpreter is up, our code comes next."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            caught = next(line for line in f if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(int(caught.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+
+
+@pytest.mark.parametrize("delay_ms", [40, 60, 100, 200, 300])
+def test_sighup_during_start_up_does_not_kill(tmp_path: Path, out_dir: Path, delay_ms: int) -> None:
+    """A SIGHUP sent in the first few hundred milliseconds (while the bridge imports and reads its
+    config) neither kills it nor stops it from syncing."""
+    bridge = Bridge(tmp_path, out_dir)
+    proc = bridge.start()
+    try:
+        assert _wait(lambda: _interpreter_ready(proc.pid), timeout=5)
+        time.sleep(delay_ms / 1000)
+        proc.send_signal(signal.SIGHUP)
+        assert bridge.ready(), f"SIGHUP at {delay_ms} ms: exit {proc.poll()}\n{bridge.output()}"
+        assert bridge.stop() == 0
+    finally:
+        bridge.kill()
+
+
+def test_sigterm_does_not_wait_for_a_hanging_action(tmp_path: Path, out_dir: Path) -> None:
+    """An on_change command that hangs delays neither other secrets' refresh nor shutdown, and is stopped."""
+    started = tmp_path / "hook.pid"
+    hook = tmp_path / "hook.py"
+    hook.write_text(f"import os, time\nopen({str(started)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n")
+    extra = f'on_change:\n  - {{secrets: [a], exec: ["{sys.executable}", "{hook}"], timeout: 5m}}\n'
+    bridge = Bridge(tmp_path, out_dir, secrets=("a", "b"), extra=extra)
+    bridge.start()
+    try:
+        assert bridge.ready("a") and _wait(lambda: bool(_read(started)))
+        (bridge.src / "b").write_text("b-while-the-hook-hangs")
+        assert bridge.ready("b")
+        assert bridge.stop(timeout=10) == 0
+    finally:
+        bridge.kill()
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(started.read_text()), 0)
+
+
+def test_missing_pid_file_at_start_is_not_an_error(tmp_path: Path, out_dir: Path) -> None:
+    """A signal action whose pid file does not exist yet at the first sync logs no warning or error."""
+    extra = f"on_change:\n  - {{signal: HUP, pid_file: {tmp_path / 'app.pid'}}}\n"
+    bridge = Bridge(tmp_path, out_dir, extra=extra)
+    bridge.start()
+    try:
+        assert bridge.ready()
+        assert _wait(lambda: "does not exist yet" in bridge.output())
+        assert bridge.stop() == 0
+    finally:
+        bridge.kill()
+    assert " WARNING " not in bridge.output() and " ERROR " not in bridge.output()
+
+
+def _rejections(bridge: Bridge) -> int:
+    return bridge.output().count("config reload rejected")
+
+
+def test_files_beside_the_config_do_not_reload(tmp_path: Path, out_dir: Path) -> None:
+    """Writing other files in the config's folder does not make the bridge read its config again;
+    editing the config does."""
+    bridge = Bridge(tmp_path, out_dir)
+    bridge.start()
+    try:
+        assert bridge.ready()
+        bridge.config.write_text(bridge.config.read_text() + "bogus: 1\n")  # an invalid edit: rejected
+        assert _wait(lambda: _rejections(bridge) >= 1)
+        time.sleep(1.0)
+        seen = _rejections(bridge)
+        for i in range(5):
+            (bridge.config.parent / f"app-{i}.log").write_text("a log line\n")
+            (bridge.config.parent / "hook.out").write_text(str(i))
+        time.sleep(1.5)  # a reload would read the file 0.3s after the event
+        assert _rejections(bridge) == seen
+        (bridge.src / "b").write_text("b-0")
+        bridge.write_config(("a", "b"))
+        assert bridge.ready("b")
+        assert bridge.stop() == 0
+    finally:
+        bridge.kill()
+    assert "config reloaded" in bridge.output()
+
+
+def _publish(mount: Path, version: int, text: str) -> None:
+    """What the kubelet does for a ConfigMap: a new folder, then `..data` swapped by rename."""
+    folder = mount / f"..2026_11_28_00_00_0{version}.000"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(text)
+    (mount / "..data_tmp").symlink_to(folder.name)
+    os.replace(mount / "..data_tmp", mount / "..data")
+    if not (mount / "config.yaml").is_symlink():
+        (mount / "config.yaml").symlink_to("..data/config.yaml")
+
+
+def test_configmap_swaps_reload(tmp_path: Path, out_dir: Path) -> None:
+    """A config mounted as a ConfigMap is reloaded on each `..data` swap."""
+    mount = tmp_path / "configmap"
+    mount.mkdir()
+    bridge = Bridge(tmp_path, out_dir, secrets=("a", "b", "c"), config=mount / "config.yaml")
+    bridge.config.unlink()
+    _publish(mount, 1, bridge.config_text(("a",)))
+    bridge.start()
+    try:
+        assert bridge.ready("a")
+        _publish(mount, 2, bridge.config_text(("a", "b")))
+        assert bridge.ready("b")
+        _publish(mount, 3, bridge.config_text(("a", "b", "c")))
+        assert bridge.ready("c")
+        assert bridge.stop() == 0
+    finally:
+        bridge.kill()
+
+
+def test_config_linked_from_another_folder_reloads(tmp_path: Path, out_dir: Path) -> None:
+    """A config reached through a symlink into another folder is reloaded when its target is edited."""
+    real = tmp_path / "elsewhere" / "real.yaml"
+    link = tmp_path / "etc" / "config.yaml"
+    link.parent.mkdir()
+    bridge = Bridge(tmp_path, out_dir, secrets=("a", "b"), config=real)
+    link.symlink_to(real)
+    bridge.config = link
+    bridge.write_config(("a",), path=real)
+    bridge.start()
+    try:
+        assert bridge.ready("a")
+        bridge.write_config(("a", "b"), path=real)
+        assert bridge.ready("b"), bridge.output()
+        assert bridge.stop() == 0
+    finally:
+        bridge.kill()
+
+
+def test_clean_shutdowns_log_no_error(tmp_path: Path, out_dir: Path) -> None:
+    """Thirty start-and-SIGTERM runs, with files written beside the config meanwhile, each exit 0 and
+    log no error."""
+    for trial in range(30):
+        bridge = Bridge(tmp_path, out_dir)
+        (bridge.src / "a").write_text(f"a-start-{trial}")
+        bridge.start()
+        try:
+            assert bridge.ready()
+            for i in range(20):  # keep watchdog busy while it is being stopped
+                (bridge.config.parent / f"noise-{i}").write_text(str(trial))
+            assert bridge.stop() == 0
+        finally:
+            bridge.kill()
+        text = bridge.output()
+        assert " ERROR " not in text and "Traceback" not in text, f"trial {trial}:\n{text}"
