@@ -210,7 +210,7 @@ class Notifier:
         elif hook.http is not None:
             request = urllib.request.Request(hook.http.url, method=hook.http.method,  # noqa: S310 - http(s) only, checked in config
                                              data=b"" if hook.http.method != "GET" else None)
-            with urllib.request.urlopen(request, timeout=hook.timeout) as response:  # noqa: S310
+            with _OPENER.open(request, timeout=hook.timeout) as response:
                 log.info("on_change: %s %s -> %d", hook.http.method, _safe_url(hook.http.url), response.status)
 
     def _exec(self, argv: list[str], env: dict[str, str], timeout: float) -> None:
@@ -231,6 +231,16 @@ class Notifier:
             self._child = None
         if status != 0:
             raise RuntimeError(f"exit status {status}" if status > 0 else f"killed by signal {-status}")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error: it could lead the call off the URL the config checked."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 def _read_pid(hook: OnChange, at_start: bool) -> int:

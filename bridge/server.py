@@ -87,7 +87,8 @@ class HealthServer:
     def stop(self) -> None:
         self._stopping = True
         self._wake_w.send(b"\0")
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         for conn in list(self._open.values()):
             self._close(conn)
         self._selector.close()
@@ -120,8 +121,13 @@ class HealthServer:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # e.g. EMFILE: leave it in the backlog, try again next round
+            except OSError as exc:
+                # EMFILE and the like: free our oldest connection and pause, rather than spin on a
+                # listener that stays readable; the client waits in the backlog meanwhile.
                 log.debug("http: accept failed: %s", exc.strerror)
+                if self._open:
+                    self._close(next(iter(self._open.values())))
+                time.sleep(0.05)
                 return
             if len(self._open) >= MAX_CONNECTIONS:
                 self._close(next(iter(self._open.values())))
@@ -177,7 +183,7 @@ class HealthServer:
         try:
             status, body, content_type = self._answer(target.split("?", 1)[0])
         except Exception:  # a bug here must not end the endpoint thread
-            log.exception("http: cannot answer %s", target[:100])
+            log.exception("http: cannot answer %r", target[:100])
             status, body, content_type = 503, b"internal error\n", _TEXT
         return _response(status, body, content_type, head_only=method == b"HEAD")
 

@@ -125,6 +125,49 @@ def test_http_action_posts(tmp_path: Path, notifiers: list[Notifier]) -> None:
         server.shutdown()
 
 
+def test_http_action_does_not_follow_redirects(tmp_path: Path) -> None:
+    """A redirect answer is a failed call, never followed off the configured URL."""
+    seen: list[str] = []
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append(self.path)
+            self.send_response(307)
+            self.send_header("Location", "/elsewhere")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    before = _count("http", "failed")
+    try:
+        notifier = Notifier([OnChange.model_validate({"http": {"url": f"http://127.0.0.1:{server.server_port}/r"}})])
+        notifier([_change("a")])
+        notifier.close(10)
+    finally:
+        server.shutdown()
+    assert seen == ["/r"] and _count("http", "failed") == before + 1
+
+
+def test_reload_keeps_or_flushes_pending_changes(tmp_path: Path) -> None:
+    """On reload an action that stays keeps its pending changes; one that goes announces its own at once."""
+    argv_kept, kept_out = _recorder(tmp_path, "kept")
+    argv_gone, gone_out = _recorder(tmp_path, "gone")
+    kept = OnChange.model_validate({"exec": argv_kept, "wait": {"min": "1s", "max": "10s"}})
+    gone = OnChange.model_validate({"exec": argv_gone, "wait": {"min": "30s", "max": "60s"}})
+    notifier = Notifier([kept, gone])
+    notifier([_change("a")])
+    notifier.replace([kept])
+    assert _until(lambda: _runs(gone_out) == ["a"])  # not 30s later
+    notifier([_change("b")])
+    assert _until(lambda: _runs(kept_out) == ["a\nb"])
+    notifier([_change("c")])
+    notifier.close(5)
+    assert _runs(kept_out) == ["a\nb", "c"] and _runs(gone_out) == ["a"]
+
+
 def test_failures_are_logged_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A failing command and a refused connection are each one warning and a failed count; nothing raises."""
     before = (_count("exec", "failed"), _count("http", "failed"))

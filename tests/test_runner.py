@@ -235,6 +235,7 @@ def test_configmap_swaps_reload(tmp_path: Path, out_dir: Path) -> None:
         assert bridge.stop() == 0
     finally:
         bridge.kill()
+    assert " ERROR " not in bridge.output()
 
 
 def test_config_linked_from_another_folder_reloads(tmp_path: Path, out_dir: Path) -> None:
