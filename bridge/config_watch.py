@@ -80,7 +80,10 @@ class ConfigWatch(FileSystemEventHandler):
 
     def start(self) -> None:
         self.refresh()
-        self._observer.start()
+        try:
+            self._observer.start()
+        except OSError as exc:  # e.g. the inotify watch or instance limit is reached
+            log.warning("cannot watch %s for changes (%s); reload it with SIGHUP", self.path, exc.strerror or exc)
 
     def refresh(self) -> None:
         """Resolve the chain again and watch the folders it runs through now."""

@@ -10,6 +10,8 @@ thread (`Notifier`); at shutdown they get `NOTIFY_GRACE_SECONDS`, then the bridg
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +28,9 @@ log = logging.getLogger("secrets_bridge.run")
 
 #: wait this long after a file event before reading, so an editor's write is complete
 RELOAD_SETTLE_SECONDS = 0.3
+#: at most one reload per this many seconds, so a flood of SIGHUPs or file events leaves the engine
+#: time to sync in between
+RELOAD_MIN_INTERVAL_SECONDS = 1.0
 #: at shutdown, pending on_change actions get this long, then the bridge exits anyway
 NOTIFY_GRACE_SECONDS = 3.0
 
@@ -56,20 +61,33 @@ class Runner:
             server.start()  # before the first sync, so probes see "alive, not ready yet"
         watch = ConfigWatch(self.config_path, self.wakeup.request_reload)
         watch.start()
+        deferred: threading.Timer | None = None
         try:
             if not self.wakeup.stop_requested:
                 self._initial_sync(self.engine)
             self.notifier.started()
+            last_reload = -math.inf
             while not self.wakeup.stop_requested:
                 self.engine.run(self.wakeup)
                 self.wakeup.clear()
-                if self.wakeup.reload_requested and not self.wakeup.stop_requested:
-                    time.sleep(RELOAD_SETTLE_SECONDS)
-                    self.wakeup.reload_requested = False
-                    self._reload()
-                    watch.refresh()
+                if not self.wakeup.reload_requested or self.wakeup.stop_requested:
+                    continue
+                too_soon = last_reload + RELOAD_MIN_INTERVAL_SECONDS - time.monotonic()
+                if too_soon > 0:
+                    # Come back then; until then further requests do not wake the loop.
+                    deferred = threading.Timer(too_soon, self.wakeup.set)
+                    deferred.daemon = True
+                    deferred.start()
+                    continue
+                time.sleep(RELOAD_SETTLE_SECONDS)
+                self.wakeup.reload_requested = False
+                self._reload()
+                watch.refresh()
+                last_reload = time.monotonic()
             log.info("received %s: stopping", self.wakeup.stop_signal or "a stop request")
         finally:
+            if deferred is not None:
+                deferred.cancel()
             watch.stop()
             if server is not None:
                 server.stop()

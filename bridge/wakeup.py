@@ -3,8 +3,8 @@
 A signal handler here only records the signal and writes a byte; it never takes a lock. Python
 runs handlers in the main thread between bytecodes, so a handler that takes a lock the interrupted
 code already holds (as `threading.Event.set()` does when the loop is inside `Event.wait()`)
-deadlocks the loop. `signal.set_wakeup_fd` writes a byte too, so a signal wakes `select` even
-before its Python handler has run.
+deadlocks the loop. A signal interrupts `select`; Python runs the handler, whose byte makes the
+retried `select` return at once.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ class Wakeup:
         #: the last stop signal's name, for the loop to log (a handler must not log)
         self.stop_signal: str | None = None
         self._previous: dict[int, object] = {}
-        self._previous_fd: int | None = None
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -43,14 +42,9 @@ class Wakeup:
         for signum in _STOP_SIGNALS:
             self._previous[signum] = signal.signal(signum, self._on_stop)
         self._previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_reload)
-        self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
 
     def restore_signals(self) -> None:
         """Put back the handlers that were there before (the CLI's keeps SIGHUP harmless)."""
-        if self._previous_fd is None:
-            return
-        signal.set_wakeup_fd(self._previous_fd)
-        self._previous_fd = None
         for signum, handler in self._previous.items():
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # type: ignore[arg-type]
         self._previous.clear()
@@ -61,8 +55,7 @@ class Wakeup:
         self.set()
 
     def _on_reload(self, signum: int, frame: FrameType | None) -> None:
-        self.reload_requested = True
-        self.set()
+        self.request_reload()
 
     # -- waiting ---------------------------------------------------------------------------
 
@@ -71,8 +64,11 @@ class Wakeup:
         self.set()
 
     def request_reload(self) -> None:
-        self.reload_requested = True
-        self.set()
+        # Only the first request wakes the loop: while one is pending (or deferred by the loop), a
+        # flood of SIGHUPs must not keep interrupting the engine before it can sync.
+        if not self.reload_requested:
+            self.reload_requested = True
+            self.set()
 
     def set(self) -> None:
         """Make `wait` return now and `is_set` true until `clear`. Never blocks, never locks."""

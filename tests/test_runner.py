@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.wakeup import Wakeup
 from bridge.writer import is_memory_backed
 from tests.servers import venv_binary
 
@@ -117,6 +119,26 @@ def test_sighup_burst_never_wedges_the_loop(tmp_path: Path, out_dir: Path) -> No
             assert bridge.stop() == 0
         finally:
             bridge.kill()
+
+
+def test_sighup_flood_does_not_stop_refreshing(tmp_path: Path, out_dir: Path) -> None:
+    """A SIGHUP every few milliseconds for six seconds neither wedges the loop nor keeps it from
+    picking up a rotated secret meanwhile."""
+    bridge = Bridge(tmp_path, out_dir)
+    proc = bridge.start()
+    try:
+        assert bridge.ready()
+        (bridge.src / "a").write_text("rotated-during-the-flood")
+        refreshed = False
+        flood_ends = time.monotonic() + 6
+        while time.monotonic() < flood_ends:
+            proc.send_signal(signal.SIGHUP)
+            time.sleep(0.005)
+            refreshed = refreshed or _read(out_dir / "a") == "rotated-during-the-flood"
+        assert refreshed, bridge.output()
+        assert bridge.stop() == 0
+    finally:
+        bridge.kill()
 
 
 def _interpreter_ready(pid: int) -> bool:
@@ -273,3 +295,23 @@ def test_clean_shutdowns_log_no_error(tmp_path: Path, out_dir: Path) -> None:
             bridge.kill()
         text = bridge.output()
         assert " ERROR " not in text and "Traceback" not in text, f"trial {trial}:\n{text}"
+
+
+def test_wakeup_set_never_blocks_and_wakes_a_waiter() -> None:
+    """set() from many threads never blocks, even with the pipe full; it wakes a waiter; clear() resets."""
+    wakeup = Wakeup()
+    try:
+        threads = [threading.Thread(target=lambda: [wakeup.set() for _ in range(20000)]) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert not any(thread.is_alive() for thread in threads) and wakeup.is_set()
+        wakeup.clear()
+        assert not wakeup.is_set()
+        threading.Timer(0.2, wakeup.set).start()
+        started = time.monotonic()
+        wakeup.wait(60)
+        assert wakeup.is_set() and time.monotonic() - started < 30
+    finally:
+        wakeup.close()
