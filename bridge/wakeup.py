@@ -79,7 +79,7 @@ class Wakeup:
     def is_set(self) -> bool:
         return self._pending
 
-    def wait(self, timeout: float | None) -> None:
+    def wait(self, timeout: float | None = None) -> None:
         """Return after `timeout` seconds, or as soon as `set()` is called."""
         if self._pending:
             return
