@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -31,6 +32,7 @@ log = logging.getLogger("secrets_bridge.notify")
 _PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME")
 #: a pid file is read up to this size: a pid is a few digits
 _PID_FILE_MAX_BYTES = 64
+_PID = re.compile(r"-?[0-9]+")
 
 
 class _Skipped(Exception):
@@ -57,6 +59,8 @@ class _Hook:
 
     def wants(self, change: Change) -> bool:
         names = self.config.secrets
+        if self.retiring:
+            return False  # dropped by a reload: takes no new changes
         return names is None or change.entry in names or change.file in names
 
     def add(self, changes: list[Change], now: float, at_start: bool) -> None:
@@ -256,9 +260,10 @@ def _read_pid(hook: OnChange, at_start: bool) -> int:
     except OSError as exc:
         raise RuntimeError(f"cannot read pid file {hook.pid_file}: {exc.strerror}") from None
     try:
-        if len(text) > _PID_FILE_MAX_BYTES:
+        digits = text.decode("ascii").strip()
+        if len(text) > _PID_FILE_MAX_BYTES or not _PID.fullmatch(digits):
             raise ValueError
-        pid = int(text.decode("ascii").strip())
+        pid = int(digits)
     except ValueError:
         raise _Refused(f"pid file {hook.pid_file} does not hold a process id") from None
     if pid <= 0:

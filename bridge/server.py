@@ -99,21 +99,28 @@ class HealthServer:
 
     def _serve(self) -> None:
         while not self._stopping:
-            # Idle with nothing open: block until a client or stop() comes (no timer wake-ups).
-            first = min((c.deadline for c in self._open.values()), default=None)
-            timeout = None if first is None else max(0.0, first - time.monotonic())
-            for key, events in self._selector.select(timeout):
-                if key.fileobj is self._listener:
-                    self._accept()
-                elif key.fileobj is self._wake_r:
-                    continue
-                else:
-                    conn = self._open.get(key.fileobj)  # type: ignore[call-overload]
-                    if conn is not None:
-                        self._step(conn, events)
-            now = time.monotonic()
-            for conn in [c for c in self._open.values() if c.deadline <= now]:
-                self._close(conn)
+            try:
+                self._serve_once()
+            except Exception:  # a bug here must not end the endpoints for good
+                log.exception("http: serving loop failed; going on")
+                time.sleep(0.1)
+
+    def _serve_once(self) -> None:
+        # Idle with nothing open: block until a client or stop() comes (no timer wake-ups).
+        first = min((c.deadline for c in self._open.values()), default=None)
+        timeout = None if first is None else max(0.0, first - time.monotonic())
+        for key, events in self._selector.select(timeout):
+            if key.fileobj is self._listener:
+                self._accept()
+            elif key.fileobj is self._wake_r:
+                continue
+            else:
+                conn = self._open.get(key.fileobj)  # type: ignore[call-overload]
+                if conn is not None:
+                    self._step(conn, events)
+        now = time.monotonic()
+        for conn in [c for c in self._open.values() if c.deadline <= now]:
+            self._close(conn)
 
     def _accept(self) -> None:
         for _ in range(MAX_CONNECTIONS):  # a bounded batch, so a flood cannot starve the rest
