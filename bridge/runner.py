@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from pathlib import Path
@@ -33,6 +34,8 @@ RELOAD_SETTLE_SECONDS = 0.3
 RELOAD_MIN_INTERVAL_SECONDS = 1.0
 #: at shutdown, pending on_change actions get this long, then the bridge exits anyway
 NOTIFY_GRACE_SECONDS = 3.0
+#: a cycle still running this long after SIGTERM is stuck in a provider call: exit without it
+STOP_DEADLINE_SECONDS = 5.0
 
 
 class Runner:
@@ -62,6 +65,8 @@ class Runner:
         watch = ConfigWatch(self.config_path, self.wakeup.request_reload)
         watch.start()
         deferred: threading.Timer | None = None
+        loop_done = threading.Event()
+        threading.Thread(target=self._stop_deadline, args=(loop_done,), name="stop-deadline", daemon=True).start()
         try:
             if not self.wakeup.stop_requested:
                 self._initial_sync(self.engine)
@@ -84,8 +89,10 @@ class Runner:
                 self._reload()
                 watch.refresh()
                 last_reload = time.monotonic()
+            loop_done.set()
             log.info("received %s: stopping", self.wakeup.stop_signal or "a stop request")
         finally:
+            loop_done.set()
             if deferred is not None:
                 deferred.cancel()
             watch.stop()
@@ -100,6 +107,19 @@ class Runner:
             self.engine.close(revoke=True)
         log.info("stopped")
         return 0
+
+    def _stop_deadline(self, loop_done: threading.Event) -> None:
+        """After a stop request, give the cycle in progress STOP_DEADLINE_SECONDS to finish.
+
+        A cycle that takes longer is waiting on a provider (an unreachable vault, a slow answer),
+        not committing: a commit takes milliseconds. Exiting then loses no file: a commit is one
+        rename, and the next start removes anything left half-made."""
+        if not self.wakeup.wait_for_stop() or loop_done.wait(STOP_DEADLINE_SECONDS):
+            return
+        log.warning("the cycle in progress is still waiting on a provider %.0fs after %s; exiting without it",
+                    STOP_DEADLINE_SECONDS, self.wakeup.stop_signal or "the stop request")
+        logging.shutdown()
+        os._exit(0)
 
     def _engine(self, config: Config, writer: Writer | None = None) -> Engine:
         engine = Engine(config, subscribers=[self.notifier], writer=writer)

@@ -26,8 +26,10 @@ class Wakeup:
 
     def __init__(self) -> None:
         self._reader, self._writer = socket.socketpair()
-        self._reader.setblocking(False)
-        self._writer.setblocking(False)
+        # A second pipe only for stop requests, read by the runner's shutdown deadline thread.
+        self._stop_reader, self._stop_writer = socket.socketpair()
+        for sock in (self._reader, self._writer, self._stop_reader, self._stop_writer):
+            sock.setblocking(False)
         self._pending = False
         self.stop_requested = False
         self.reload_requested = False
@@ -51,8 +53,7 @@ class Wakeup:
 
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stop_signal = signal.Signals(signum).name
-        self.stop_requested = True
-        self.set()
+        self.request_stop()
 
     def _on_reload(self, signum: int, frame: FrameType | None) -> None:
         self.request_reload()
@@ -61,7 +62,15 @@ class Wakeup:
 
     def request_stop(self) -> None:
         self.stop_requested = True
+        with contextlib.suppress(OSError):
+            self._stop_writer.send(b"\0")
         self.set()
+
+    def wait_for_stop(self, timeout: float | None = None) -> bool:
+        """Block (in a thread other than the loop's) until a stop is requested; True if it was."""
+        with contextlib.suppress(ValueError, OSError):  # closed
+            select.select([self._stop_reader], [], [], timeout)
+        return self.stop_requested
 
     def request_reload(self) -> None:
         # Only the first request wakes the loop: while one is pending (or deferred by the loop), a
@@ -103,5 +112,5 @@ class Wakeup:
 
     def close(self) -> None:
         self.restore_signals()
-        self._reader.close()
-        self._writer.close()
+        for sock in (self._reader, self._writer, self._stop_reader, self._stop_writer):
+            sock.close()

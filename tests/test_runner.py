@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -315,3 +316,34 @@ def test_wakeup_set_never_blocks_and_wakes_a_waiter() -> None:
         assert wakeup.is_set() and time.monotonic() - started < 30
     finally:
         wakeup.close()
+
+
+def test_sigterm_while_a_provider_hangs(tmp_path: Path, out_dir: Path) -> None:
+    """SIGTERM while the first sync waits on a vault that accepts connections and never answers ends
+    the bridge within seconds, exit 0, saying why."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    port = silent.getsockname()[1]
+    config = tmp_path / "c.yaml"
+    config.write_text(f"output_dir: {out_dir}\nlisten: null\nproviders:\n"
+                      f"  vault: {{type: vault, address: 'http://127.0.0.1:{port}', timeout: 300}}\n"
+                      "secrets:\n  a: {provider: vault, ref: secret/app/a, key: value}\n")
+    log = tmp_path / "hang.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([venv_binary("secrets-bridge"), "--config", str(config), "run"], stdout=out,
+                                stderr=subprocess.STDOUT, env={**os.environ, "VAULT_TOKEN": "hvs.test-token"})
+    silent.settimeout(30)
+    try:
+        held, _ = silent.accept()  # the first request is in flight, and would wait 300s
+        time.sleep(0.5)
+        assert proc.poll() is None, log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        held.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        silent.close()
+    assert "still waiting on a provider" in log.read_text()
