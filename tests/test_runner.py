@@ -152,10 +152,11 @@ def _interpreter_ready(pid: int) -> bool:
     return bool(int(caught.split()[1], 16) & (1 << (signal.SIGINT - 1)))
 
 
-@pytest.mark.parametrize("delay_ms", [40, 60, 100, 200, 300])
+@pytest.mark.parametrize("delay_ms", [50, 75, 100, 200, 300])
 def test_sighup_during_start_up_does_not_kill(tmp_path: Path, out_dir: Path, delay_ms: int) -> None:
     """A SIGHUP sent in the first few hundred milliseconds (while the bridge imports and reads its
-    config) neither kills it nor stops it from syncing."""
+    config) neither kills it nor stops it from syncing. Counted from the interpreter's own start-up:
+    before `site` (17-26 ms here, with the editable install's finder) no code of ours can run."""
     bridge = Bridge(tmp_path, out_dir)
     proc = bridge.start()
     try:
