@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -251,8 +252,14 @@ def _read_pid(hook: OnChange, at_start: bool) -> int:
     """The pid in `pid_file`, refusing any value `kill(2)` would turn against other processes."""
     assert hook.pid_file is not None
     try:
-        with open(hook.pid_file, "rb") as f:
-            text = f.read(_PID_FILE_MAX_BYTES + 1)
+        # Non-blocking, and regular files only: a FIFO planted as the pid file would hang the read.
+        fd = os.open(hook.pid_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise _Refused(f"pid file {hook.pid_file} is not a regular file")
+            text = os.read(fd, _PID_FILE_MAX_BYTES + 1)
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         if at_start:
             raise _Skipped(f"pid file {hook.pid_file} does not exist yet (the application is starting)") from None

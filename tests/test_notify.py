@@ -254,6 +254,17 @@ def test_pid_file_that_would_signal_a_group_is_refused(
     assert _count("signal", "failed") == before + 1
 
 
+def test_pid_file_that_is_a_fifo_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A FIFO planted as the pid file is refused at once instead of hanging the notifier."""
+    os.mkfifo(tmp_path / "app.pid")
+    notifier = Notifier([OnChange(signal="SIGURG", pid_file=tmp_path / "app.pid")])
+    notifier.started()
+    notifier([_change("a")])
+    notifier.close(5)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "not a regular file" in errors[0]
+
+
 def test_pid_1_stays_valid(tmp_path: Path) -> None:
     """PID 1 is a valid target: in a shared PID namespace it is often the application."""
     (tmp_path / "app.pid").write_text("1\n")
