@@ -331,8 +331,8 @@ class BridgeConfig(BaseSettings):
                 parent = posixpath.dirname(parent)
         for i, hook in enumerate(self.on_change):
             for name in hook.secrets or ():
-                if name not in self.secrets:
-                    raise _FieldError(("on_change", str(i), "secrets"), f"no secret named {name!r}")
+                if name not in targets:
+                    raise _FieldError(("on_change", str(i), "secrets"), f"no secret or file named {name!r}")
         for name, section in self.providers.items():
             if not isinstance(section.get("type"), str):
                 raise _FieldError(("providers", name, "type"), "missing provider type")

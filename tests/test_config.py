@@ -132,7 +132,7 @@ def test_on_change_needs_one_action() -> None:
     """An on_change entry must have exactly one action, naming secrets that exist."""
     with pytest.raises(ConfigError, match="on_change.0: give exactly one of"):
         parse_config("on_change:\n  - {secrets: []}\n")
-    with pytest.raises(ConfigError, match="on_change.0.secrets: no secret named 'x'"):
+    with pytest.raises(ConfigError, match="on_change.0.secrets: no secret or file named 'x'"):
         parse_config("on_change:\n  - {secrets: [x], exec: [/bin/true]}\n")
 
 
