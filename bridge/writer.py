@@ -5,287 +5,643 @@
     db_password -> ..data/db_password              what applications open
 
 It never leaves a partial file, never creates a file wider than its final mode, never follows a
-symlink inside the output directory (every operation goes through directory file descriptors
-with O_NOFOLLOW), and never writes when the content is unchanged. Names beginning with `..` are
-its own; at start it removes leftovers of a crash at any step. A replaced generation is removed
-after a short grace period, so a reader resolving a path at the moment of a commit still finds it.
+symlink inside the output directory (bridge/generation.py), and never writes when nothing changed.
+It holds the output directory by the descriptor it locked at start and never resolves the path
+again, unless that directory is removed: then it makes a new one at the path and writes it all.
+Names beginning with `..` are its own; at start it removes the leftovers of a crash at any step.
+
+A commit costs what changed, not what exists. Unchanged files enter the new generation as hard
+links (same inode, mode and owner) through a *spare*: `..spare_*`, mode 0700, a directory of links
+to the current generation's inodes prepared off the commit path by prune(). A commit replaces the
+changed names in a spare and renames it into place. A replaced generation stays for a grace period
+for readers still resolving paths through it, then becomes a spare once the names changed since are
+relinked. A linked inode is never written, chmod'ed or chown'ed: a new mode or owner is a new file.
+
+After start the writer never reads files back: it knows what it committed, and check_drift()
+compares what it recorded (inode, mode, owner, size, mtime) to put back what something else changed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import fcntl
+import logging
 import os
-import shutil
 import stat
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 from bridge.errors import WriteError
+from bridge.generation import (
+    DIR_FLAGS,
+    FileSpec,
+    Stamp,
+    fd_is_memory_backed,
+    is_memory_backed,
+    link_names,
+    make_dir,
+    open_folder,
+    read_tree,
+    remove,
+    remove_names,
+    stamp_of,
+    unique_name,
+    unlink,
+    write_file,
+)
+
+__all__ = ["DATA_LINK", "GENERATION_GRACE_SECONDS", "MAX_SPARES", "FileSpec", "Writer", "is_memory_backed"]
 
 DATA_LINK = "..data"
 #: how long a replaced generation stays for readers that were resolving paths through it
 GENERATION_GRACE_SECONDS = 1.0
+#: spares kept ready: one for the next commit, one more for a commit within the grace period
+MAX_SPARES = 2
 _DATA_TMP = "..data_tmp"
-_STATE_TMP = "..state_tmp"
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_TMPFS_MAGIC = 0x01021994
-_RAMFS_MAGIC = 0x858458F6
+_LINK_TMP = "..link_tmp"
+_SPARE = "..spare_"
+_ASIDE = "..aside_"
+_GENERATION = ".."
+#: after a spare could not be made (a full tmpfs), commits link at commit time for this long
+_SPARE_RETRY_SECONDS = 5.0
+
+log = logging.getLogger("secrets_bridge.writer")
 
 
-@dataclass(frozen=True)
-class FileSpec:
-    """One file of a generation. The content is never part of the repr."""
+@dataclass(eq=False)
+class _Replaced:
+    """A generation that is no longer current, kept for readers mid-lookup until its grace ends."""
 
-    content: bytes = field(repr=False)
-    mode: int = 0o444
-    uid: int = field(default_factory=os.getuid)
-    gid: int = field(default_factory=os.getgid)
+    replaced_at: float
+    stale: set[str]  # names whose inode differs from the current generation's
+    tainted: bool  # it held files something else changed: remove it, never make it a spare
 
 
 class Writer:
-    """Commits whole sets of files to `output_dir` as one atomic generation."""
+    """Commits sets of files to `output_dir` as atomic generations, doing work in proportion to
+    what changed, and puts back what something else changed."""
 
     def __init__(self, output_dir: Path, *, require_tmpfs: bool = True) -> None:
         self.output_dir = output_dir
         self.require_tmpfs = require_tmpfs
-        self._lock_fd: int | None = None
-        #: generations this writer replaced, with the monotonic time of the replacement
-        self._replaced: dict[str, float] = {}
-        self._committed: dict[str, FileSpec] | None = None
+        #: the current generation's directory name (`..2026_...`), None before the first commit
         self.generation: str | None = None
+        self._dfd: int | None = None
+        self._lost = False  # the held directory was removed and could not be made again yet
+        self._committed: dict[str, FileSpec] = {}
+        self._stamps: dict[str, Stamp] = {}
+        self._tops: dict[str, int] = {}  # how many committed names live under each top-level name
+        self._links: dict[str, int] = {}  # inode of each top-level link this writer made
+        self._generation_ino = 0
+        self._generation_mtime = 0  # a name added or removed inside it changes this
+        self._generation_trusted = False  # made by this process (not found at start)
+        self._layout: list[tuple[str, list[tuple[str, str]]]] | None = None
+        self._spares: dict[str, set[str]] = {}  # spare -> names to relink before it matches
+        self._replaced: dict[str, _Replaced] = {}
+        self._spare_retry_at = 0.0
+        self._prune_failing = False
+
+    # -- start and stop ----------------------------------------------------------------------
 
     def prepare(self) -> None:
         """Create the directory if needed, check it is in memory, take it for this process (one
-        writer per directory), and repair any crash leftovers."""
-        if not self.output_dir.exists():
-            try:
-                self.output_dir.mkdir(mode=0o755, parents=True)
-                self.output_dir.chmod(0o755)  # mkdir's mode is narrowed by the umask
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                raise WriteError(f"cannot create output_dir {self.output_dir}: {exc.strerror}") from None
-        if self.require_tmpfs and not is_memory_backed(self.output_dir):
-            raise WriteError(
-                f"output_dir {self.output_dir} is on a disk-backed filesystem; mount a tmpfs there "
-                f"(Compose: a tmpfs volume; Kubernetes: emptyDir with medium: Memory; by hand: "
-                f"mount -t tmpfs tmpfs {self.output_dir}) or set require_tmpfs: false"
-            )
-        self._lock()
-        with self._dir() as dfd:
-            self._repair(dfd)
-
-    def release(self) -> None:
-        """Let another process write the directory."""
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing drops the flock
-            self._lock_fd = None
-
-    def _lock(self) -> None:
-        if self._lock_fd is not None:
+        writer per directory), repair any crash leftovers, and read what the current generation
+        holds (`committed`). Again on a prepared writer: only follow a removal of the directory."""
+        if self._dfd is not None or self._lost:
+            with self._errors("prepare"):
+                self._follow_removal()
             return
-        try:
-            fd = os.open(self.output_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise WriteError(f"cannot open output_dir {self.output_dir}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise WriteError(
-                f"another secrets-bridge is writing {self.output_dir}; one writer per directory "
-                f"(stop it, or give this one its own output_dir)"
-            ) from None
-        self._lock_fd = fd
-
-    def current(self) -> dict[str, FileSpec]:
-        """The files of the committed generation (empty when there is none)."""
-        with self._dir() as dfd:
-            gen = _current_generation(dfd)
-            if gen is None:
-                return {}
-            gfd = os.open(gen, _DIR_FLAGS, dir_fd=dfd)
-            try:
-                return dict(_read_tree(gfd, ""))
-            finally:
-                os.close(gfd)
+        self._open()
+        with self._errors("prepare"):
+            self._repair()
 
     @property
     def committed(self) -> Mapping[str, FileSpec]:
-        if self._committed is None:
-            self._committed = self.current()
-        return self._committed
+        """What the current generation holds (a live read-only view)."""
+        return MappingProxyType(self._committed)
+
+    def release(self) -> None:
+        """Remove the spares and let another process write the directory."""
+        if self._dfd is None:
+            return
+        for spare in list(self._spares):
+            with contextlib.suppress(OSError):
+                remove(self._dfd, spare)
+        self._spares.clear()
+        os.close(self._dfd)  # closing drops the flock
+        self._dfd, self._lost = None, False
+
+    # -- commit ------------------------------------------------------------------------------
 
     def commit(self, updates: Mapping[str, FileSpec | None]) -> list[str]:
-        """Apply `updates` (None removes a file) on top of the committed files in one rename; return
-        the names that changed, empty when nothing did and nothing was written."""
-        before = dict(self.committed)
-        files = dict(before)
-        for name, spec in updates.items():
-            if spec is None:
-                files.pop(name, None)
-            else:
-                files[name] = spec
-        changed = sorted(n for n in updates if files.get(n) != before.get(n))
-        if not changed:
+        """Apply `updates` (None removes a file) on top of what is committed, in one rename; return
+        the sorted names whose content, mode or owner changed. Nothing changed: nothing written."""
+        changes = {name: spec for name, spec in updates.items() if spec != self._committed.get(name)}
+        if not changes:
             return []
-        self._lock()
-        with self._dir() as dfd:
-            old = _current_generation(dfd)
-            gen = self._write_generation(dfd, files)
+        with self._errors("commit"):
+            self._follow_removal()
+            self._publish(changes)
+        return sorted(changes)
+
+    def current(self) -> dict[str, FileSpec]:
+        """The files of the current generation as read from disk now (for tests and tools)."""
+        with self._errors("read"):
+            dfd = self._fd()
+            gen = _current_generation(dfd)
+            if gen is None:
+                return {}
+            gfd = os.open(gen, DIR_FLAGS, dir_fd=dfd)
+            try:
+                return {name: spec for name, spec, _ in read_tree(gfd)}
+            finally:
+                os.close(gfd)
+
+    def _publish(self, changes: Mapping[str, FileSpec | None], *, fresh: bool = False,
+                 tainted: bool = False) -> None:
+        """Make a new generation: the committed set with `changes` applied, the changed names
+        written, the rest linked (fresh: everything written, no inode shared with anything)."""
+        dfd = self._fd()
+        spare = None if fresh else self._take_spare(changes)
+        gen = None
+        try:
+            if spare is None:  # no spare ready: link every unchanged file now
+                spare = make_dir(dfd, _SPARE, 0o700)
+                if not fresh and self.generation is not None:
+                    self._link_into(spare, skip=changes)
+            stamps: dict[str, Stamp] = {}
+            with _opened(dfd, spare) as sfd:
+                if not fresh:
+                    remove_names(sfd, changes)  # unlinked, never written through: the inode is live
+                for name, spec in sorted(changes.items()):
+                    if spec is not None:
+                        stamps[name] = write_file(sfd, name, spec)
+                        self._step("file_written")
+                os.fchmod(sfd, 0o755)
+                st = os.fstat(sfd)
+            gen = self._rename_new(spare, _GENERATION)
             self._step("generation_written")
-            _unlink(dfd, _DATA_TMP)
-            os.symlink(gen, _DATA_TMP, dir_fd=dfd)
-            self._step("data_tmp_linked")
-            os.rename(_DATA_TMP, DATA_LINK, src_dir_fd=dfd, dst_dir_fd=dfd)  # the commit point
-            self._step("committed")
-            self._sync_visible_links(dfd, {name.split("/", 1)[0] for name in files})
+            self._swap(gen)  # the commit point
+        except BaseException:
+            with contextlib.suppress(OSError):
+                unlink(dfd, _DATA_TMP)
+                if gen or spare:
+                    remove(dfd, gen or spare or "")  # never leave a partial generation or spare
+            raise
+        self._step("committed")
+        old, self.generation = self.generation, gen
+        tainted = tainted or fresh or not self._generation_trusted
+        self._generation_ino, self._generation_mtime, self._generation_trusted = st.st_ino, st.st_mtime_ns, True
+        self._apply(changes, stamps)
+        stale = set(changes)
+        for spare_stale in self._spares.values():
+            spare_stale |= stale
+        for replaced in self._replaced.values():
+            replaced.stale |= stale
+        if fresh:  # spares hold the old inodes, which may be what was tampered with
+            for name in self._spares:
+                self._replaced[name] = _Replaced(-1e9, set(), True)
+            self._spares.clear()
+        if old is not None:
+            self._replaced[old] = _Replaced(time.monotonic(), stale, tainted)
+        try:
+            self._sync_links({name.split("/", 1)[0] for name in changes}, full=fresh)
             self._step("links_synced")
-            if old is not None:
-                self._replaced[old] = time.monotonic()
-            self._prune(dfd, GENERATION_GRACE_SECONDS)
-        self._committed = files
-        self.generation = gen
-        return changed
+        except (OSError, WriteError) as exc:  # committed all the same; check_drift() makes them
+            log.warning("%s: committed, but a visible link could not be made yet: %s", self.output_dir, exc)
+
+    def _apply(self, changes: Mapping[str, FileSpec | None], stamps: Mapping[str, Stamp]) -> None:
+        for name, spec in changes.items():
+            top = name.split("/", 1)[0]
+            if spec is None:
+                if self._committed.pop(name, None) is not None:
+                    del self._stamps[name]
+                    self._tops[top] -= 1
+                    if not self._tops[top]:
+                        del self._tops[top]
+                    self._layout = None
+                continue
+            if name not in self._committed:
+                self._tops[top] = self._tops.get(top, 0) + 1
+                self._layout = None
+            self._committed[name] = spec
+            self._stamps[name] = stamps[name]
+
+    def _swap(self, gen: str) -> None:
+        """Point `..data` at `gen` by one rename."""
+        dfd = self._fd()
+        unlink(dfd, _DATA_TMP)
+        os.symlink(gen, _DATA_TMP, dir_fd=dfd)
+        self._step("data_tmp_linked")
+        self._rename_over(_DATA_TMP, DATA_LINK)
+
+    def _rename_over(self, tmp: str, name: str) -> None:
+        dfd = self._fd()
+        try:
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno not in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            aside = self._rename_new(name, _ASIDE)  # a folder planted there: move it away first
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            self._discard(aside)  # never fails: done by a later prune() if it cannot be now
+
+    def _rename_new(self, name: str, prefix: str) -> str:
+        """Rename `name` to a new unused `prefix`+stamp name (rename(2) would replace an empty folder)."""
+        dfd = self._fd()
+        while True:
+            new = unique_name(prefix)
+            try:
+                os.stat(new, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                os.rename(name, new, src_dir_fd=dfd, dst_dir_fd=dfd)
+                return new
+
+    # -- spares and replaced generations -----------------------------------------------------
 
     def prune(self, grace_seconds: float = GENERATION_GRACE_SECONDS) -> float | None:
-        """Remove generations replaced more than `grace_seconds` ago.
+        """Retire generations replaced more than `grace_seconds` ago (each becomes a spare or is
+        removed) and make sure a spare is ready for the next commit. Never raises: a spare is only
+        an optimisation. Returns the seconds until the next replaced generation may go, None if none.
 
-        A reader that resolved `..data` just before a commit is still walking the old
-        generation's path for a moment; removing it at once would show that reader a missing
-        file. Returns the seconds until the next replaced generation may go, None if none is left."""
-        with self._dir() as dfd:
-            return self._prune(dfd, grace_seconds)
-
-    def _prune(self, dfd: int, grace_seconds: float) -> float | None:
-        # Ages come from this process's monotonic clock, so a wall-clock step cannot keep old
-        # values on the tmpfs; generations this process did not replace were removed by prepare().
+        A reader that resolved `..data` just before a commit is still walking the old generation's
+        path for a moment; removing it at once would show that reader a missing file."""
+        if self._dfd is None:
+            return None
         now, wait = time.monotonic(), None
-        for gen, replaced_at in list(self._replaced.items()):
-            age = now - replaced_at
-            if age >= grace_seconds:
-                _remove(dfd, gen)
-                del self._replaced[gen]
-            else:
-                wait = min(wait or grace_seconds, grace_seconds - age)
+        try:
+            if os.fstat(self._dfd).st_nlink == 0:
+                return None  # removed: the next commit or check_drift() makes it again
+            for name, old in list(self._replaced.items()):
+                age = now - old.replaced_at
+                if age < grace_seconds:
+                    wait = min(wait or grace_seconds, grace_seconds - age)
+                    continue
+                del self._replaced[name]
+                if old.tainted or len(self._spares) >= MAX_SPARES or self.generation is None:
+                    self._discard(name)
+                else:
+                    self._recycle(name, old.stale)
+            for spare, stale in list(self._spares.items()):
+                if stale:
+                    self._relink_spare(spare, stale)
+            if not self._spares and self.generation is not None and now >= self._spare_retry_at:
+                self._build_spare()
+            self._prune_failing = False
+        except (OSError, WriteError) as exc:
+            self._spare_retry_at = now + _SPARE_RETRY_SECONDS
+            if not self._prune_failing:
+                log.warning("%s: cannot prepare the next generation ahead (commits will be slower): %s",
+                            self.output_dir, getattr(exc, "strerror", None) or exc)
+            self._prune_failing = True
         return wait
+
+    def _take_spare(self, changes: Mapping[str, FileSpec | None]) -> str | None:
+        while self._spares:
+            spare, stale = self._spares.popitem()
+            try:
+                self._relink(spare, stale.difference(changes))  # changed names are replaced anyway
+                return spare
+            except OSError:
+                self._discard(spare)
+        return None
+
+    def _build_spare(self) -> None:
+        dfd = self._fd()
+        spare = make_dir(dfd, _SPARE, 0o700)  # 0700: no reader walks into it
+        try:
+            self._link_into(spare, skip={})
+        except BaseException:
+            self._discard(spare)
+            raise
+        self._step("spare_ready")
+        self._spares[spare] = set()
+
+    def _recycle(self, gen: str, stale: set[str]) -> None:
+        dfd = self._fd()
+        try:
+            spare = self._rename_new(gen, _SPARE)
+        except FileNotFoundError:
+            return
+        try:
+            with _opened(dfd, spare) as sfd:
+                os.fchmod(sfd, 0o700)  # its own directory, shared with no generation
+            self._relink(spare, stale)
+        except BaseException:
+            self._discard(spare)
+            raise
+        self._spares[spare] = set()
+
+    def _relink_spare(self, spare: str, stale: set[str]) -> None:
+        try:
+            self._relink(spare, stale)
+        except BaseException:
+            del self._spares[spare]
+            self._discard(spare)
+            raise
+        stale.clear()
+
+    def _relink(self, spare: str, names: set[str]) -> None:
+        """Make `names` in `spare` the current generation's inodes again (or absent)."""
+        if not names:
+            return
+        dfd = self._fd()
+        with _opened(dfd, spare) as sfd:
+            remove_names(sfd, names)
+            present = [name for name in names if name in self._committed]
+            if present and self.generation is not None:
+                with _opened(dfd, self.generation) as gfd:
+                    link_names(gfd, sfd, present, lambda: self._step("spare_file_linked"))
+
+    def _link_into(self, spare: str, skip: Mapping[str, object]) -> None:
+        assert self.generation is not None
+        dfd = self._fd()
+        names = [name for name in self._committed if name not in skip]
+        with _opened(dfd, spare) as sfd, _opened(dfd, self.generation) as gfd:
+            link_names(gfd, sfd, names, lambda: self._step("spare_file_linked"))
+
+    def _discard(self, name: str) -> None:
+        """Remove a writer-owned directory; if that fails, try again at a later prune()."""
+        try:
+            remove(self._fd(), name)
+        except OSError:
+            self._replaced[name] = _Replaced(-1e9, set(), True)
+
+    # -- drift -------------------------------------------------------------------------------
+
+    def check_drift(self) -> list[str]:
+        """Put back what something else changed since the last commit: a managed link, `..data`,
+        or a file of the current generation deleted, replaced, edited or chmod'ed (compared by
+        stamp, no content read, no link followed). Returns the names put back (file names as in
+        `committed`, top-level link names, `..data`), empty when all is well. Not a change."""
+        with self._errors("drift repair"):
+            if self._follow_removal():
+                return sorted(self._committed)
+            if self.generation is None:
+                return []
+            repaired: list[str] = []
+            data_ok = self._data_ok()
+            if not data_ok:
+                repaired.append(DATA_LINK)
+            bad = self._tampered()
+            if bad is None:  # the generation itself is gone or not the one written
+                self._publish(dict(self._committed), fresh=True)
+                return sorted({*repaired, *self._committed})
+            if bad:
+                self._publish({name: self._committed[name] for name in bad}, tainted=True)
+                repaired += bad
+            elif not data_ok:
+                self._swap(self.generation)
+            repaired += self._check_links()
+            return sorted(set(repaired))
+
+    def _data_ok(self) -> bool:
+        try:
+            return os.readlink(DATA_LINK, dir_fd=self._fd()) == self.generation
+        except OSError:
+            return False
+
+    def _tampered(self) -> list[str] | None:
+        """Names of the current generation whose stamp differs from the one recorded; None when the
+        generation directory itself is missing or not the one this writer made."""
+        assert self.generation is not None
+        try:
+            gfd = os.open(self.generation, DIR_FLAGS, dir_fd=self._fd())
+        except OSError:
+            return None
+        try:
+            st = os.fstat(gfd)
+            if (st.st_ino, st.st_mtime_ns, stat.S_IMODE(st.st_mode)) != (
+                    self._generation_ino, self._generation_mtime, 0o755):
+                return None  # replaced, chmod'ed, or a name added or removed in it
+            bad: list[str] = []
+            stamps = self._stamps
+            for folder, leaves in self._folders():
+                try:
+                    ffd = open_folder(gfd, folder) if folder else gfd
+                except OSError:
+                    bad += [name for _, name in leaves]
+                    continue
+                try:
+                    if folder and stat.S_IMODE(os.fstat(ffd).st_mode) != 0o755:
+                        bad += [name for _, name in leaves]
+                        continue
+                    for leaf, name in leaves:
+                        try:
+                            if stamp_of(os.stat(leaf, dir_fd=ffd, follow_symlinks=False)) != stamps[name]:
+                                bad.append(name)
+                        except OSError:
+                            bad.append(name)
+                finally:
+                    if folder:
+                        os.close(ffd)
+            return bad
+        finally:
+            os.close(gfd)
+
+    def _folders(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        """The committed names grouped by folder, kept until a name is added or removed."""
+        if self._layout is None:
+            groups: dict[str, list[tuple[str, str]]] = {}
+            for name in self._committed:
+                folder, _, leaf = name.rpartition("/")
+                groups.setdefault(folder, []).append((leaf, name))
+            self._layout = list(groups.items())
+        return self._layout
+
+    def _check_links(self) -> list[str]:
+        """Re-make each managed top-level link that is missing or not the one made (one directory
+        read: a symlink cannot change in place, so the same inode is the same link)."""
+        dfd = self._fd()
+        with os.scandir(dfd) as entries:
+            seen = {entry.name: entry.inode() for entry in entries if not entry.name.startswith("..")}
+        suspect = [top for top in self._tops if seen.get(top) != self._links.get(top)]
+        return self._sync_links(suspect) if suspect else []
+
+    def _sync_links(self, tops: Iterable[str], *, full: bool = False) -> list[str]:
+        """Point each of `tops` that holds committed names at ..data/top and remove the link of each
+        that holds none; full (start only, a directory read): also remove every other link of ours.
+        Returns the names re-made."""
+        dfd = self._fd()
+        remade = []
+        for top in sorted(tops):
+            target = f"{DATA_LINK}/{top}"
+            try:
+                st: os.stat_result | None = os.stat(top, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            if top not in self._tops:
+                if st is not None and _is_our_link(dfd, top):
+                    unlink(dfd, top)
+                self._links.pop(top, None)
+                continue
+            if st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(top, dir_fd=dfd) == target:
+                self._links[top] = st.st_ino
+                continue
+            if st is not None and stat.S_ISDIR(st.st_mode) and top not in self._links:
+                raise WriteError(f"{self.output_dir}/{top} is a directory the bridge did not make; remove it")
+            unlink(dfd, _LINK_TMP)
+            os.symlink(target, _LINK_TMP, dir_fd=dfd)
+            self._step("link_tmp_made")
+            self._rename_over(_LINK_TMP, top)  # replaces a planted file, link or folder
+            self._links[top] = os.stat(top, dir_fd=dfd, follow_symlinks=False).st_ino
+            remade.append(top)
+        if full:
+            for name in os.listdir(dfd):
+                if name not in self._tops and not name.startswith("..") and _is_our_link(dfd, name):
+                    unlink(dfd, name)
+        return remade
+
+    # -- the directory -----------------------------------------------------------------------
+
+    def _open(self) -> None:
+        path = self.output_dir
+        try:
+            path.mkdir(mode=0o755, parents=True)
+            created = True
+        except FileExistsError:
+            created = False
+        except OSError as exc:
+            raise WriteError(f"cannot create output_dir {path}: {exc.strerror}") from None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise WriteError(f"cannot open output_dir {path}: {exc.strerror}") from None
+        try:
+            if created:
+                os.fchmod(fd, 0o755)  # mkdir's mode is narrowed by the umask
+            if self.require_tmpfs and not fd_is_memory_backed(fd, str(path)):
+                raise WriteError(
+                    f"output_dir {path} is on a disk-backed filesystem; mount a tmpfs there "
+                    f"(Compose: a tmpfs volume; Kubernetes: emptyDir with medium: Memory; by hand: "
+                    f"mount -t tmpfs tmpfs {path}) or set require_tmpfs: false"
+                )
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise WriteError(
+                    f"another secrets-bridge is writing {path}; one writer per directory "
+                    f"(stop it, or give this one its own output_dir)"
+                ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._dfd = fd
+
+    def _repair(self) -> None:
+        """Start: keep `..data`'s generation, remove every other `..` name, read what it holds."""
+        dfd = self._fd()
+        gen = _current_generation(dfd)
+        if gen is None:
+            remove(dfd, DATA_LINK)  # dangling, or not a link to a generation
+        for name in os.listdir(dfd):
+            if name.startswith("..") and name not in (DATA_LINK, gen):
+                remove(dfd, name)
+        self._committed, self._stamps, self._tops, self._links = {}, {}, {}, {}
+        self._spares, self._replaced, self._layout = {}, {}, None
+        self.generation = gen
+        if gen is not None:
+            with _opened(dfd, gen) as gfd:
+                st = os.fstat(gfd)
+                self._generation_ino, self._generation_mtime = st.st_ino, st.st_mtime_ns
+                self._generation_trusted = False  # never a spare: it may hold what we did not write
+                for name, spec, stamp in read_tree(gfd):
+                    self._committed[name], self._stamps[name] = spec, stamp
+                    top = name.split("/", 1)[0]
+                    self._tops[top] = self._tops.get(top, 0) + 1
+        self._sync_links(list(self._tops), full=True)
+
+    def _follow_removal(self) -> bool:
+        """If the held directory was removed, make it again at the path and write everything
+        committed there. True when it did."""
+        if self._dfd is not None and os.fstat(self._dfd).st_nlink > 0:
+            return False
+        if self._dfd is None and not self._lost:
+            self._fd()  # never prepared: say so
+        if self._dfd is not None:
+            log.warning("%s was removed; making it again with the %d committed files",
+                        self.output_dir, len(self._committed))
+            os.close(self._dfd)
+            self._dfd = None
+        self._lost = True
+        self._spares, self._replaced, self._links = {}, {}, {}
+        self._open()
+        self._lost = False
+        dfd = self._fd()
+        for name in os.listdir(dfd):
+            if name.startswith(".."):
+                remove(dfd, name)
+        self.generation = None
+        if self._committed:
+            self._publish(dict(self._committed), fresh=True)
+        return True
+
+    def _fd(self) -> int:
+        if self._dfd is None:
+            raise WriteError(f"output_dir {self.output_dir} is not open (prepare() first)")
+        return self._dfd
+
+    @contextlib.contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        """One line for an OS fault (a full tmpfs, no descriptors left, a read-only remount, ...)."""
+        try:
+            yield
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise WriteError(
+                f"{doing} in {self.output_dir}: {exc.strerror or type(exc).__name__}{where}") from None
 
     def clear(self) -> None:
         """Remove every file the writer made (Docker removes secrets when a task stops)."""
-        with self._dir() as dfd:
-            self._sync_visible_links(dfd, set())
+        with self._errors("clear"):
+            dfd = self._fd()
+            self._tops = {}
+            self._sync_links(list(self._links), full=True)
             for name in os.listdir(dfd):
                 if name.startswith(".."):
-                    _remove(dfd, name)
+                    remove(dfd, name)
+        self._committed, self._stamps, self._links, self._layout = {}, {}, {}, None
+        self._spares, self._replaced, self.generation = {}, {}, None
 
     def write_state(self, name: str, data: bytes, mode: int = 0o644) -> None:
-        """Atomically replace the metadata file `name` beside the secrets."""
-        with self._dir() as dfd:
+        """Atomically replace the metadata file `name` (not a `..` name) beside the secrets,
+        created with `mode` from the start (0o600 for what only the bridge may read)."""
+        with self._errors("write state"):
+            self._follow_removal()
+            dfd = self._fd()
+            tmp = unique_name("..state_")
             try:
-                _unlink(dfd, _STATE_TMP)
-                fd = os.open(_STATE_TMP, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=dfd)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                fd = os.open(tmp, flags, mode & 0o777, dir_fd=dfd)
                 with os.fdopen(fd, "wb") as out:
+                    os.fchmod(fd, mode)  # undoes the umask
                     out.write(data)
-                os.rename(_STATE_TMP, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
             except OSError as exc:
-                _unlink(dfd, _STATE_TMP)
+                unlink(dfd, tmp)
                 raise WriteError(f"cannot write {name} in {self.output_dir}: {exc.strerror}") from None
-
-    # -- internals -------------------------------------------------------------------------
 
     def _step(self, name: str) -> None:
         """A named point between two steps of a commit (tests crash the process here)."""
 
-    @contextlib.contextmanager
-    def _dir(self) -> Iterator[int]:
-        try:
-            dfd = os.open(self.output_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise WriteError(f"cannot open output_dir {self.output_dir}: {exc.strerror}") from None
-        try:
-            yield dfd
-        except OSError as exc:  # full tmpfs, permissions, a folder where a link belongs, ...
-            where = f" ({exc.filename})" if exc.filename else ""
-            raise WriteError(f"{self.output_dir}: {exc.strerror or type(exc).__name__}{where}") from None
-        finally:
-            os.close(dfd)
 
-    def _write_generation(self, dfd: int, files: Mapping[str, FileSpec]) -> str:
-        while True:
-            stamp = time.time_ns()
-            gen = time.strftime("..%Y_%m_%d_%H_%M_%S", time.gmtime(stamp // 1_000_000_000))
-            gen += f".{stamp % 1_000_000_000:09d}"
-            try:
-                os.mkdir(gen, 0o755, dir_fd=dfd)
-                break
-            except FileExistsError:
-                continue
-        try:
-            gfd = os.open(gen, _DIR_FLAGS, dir_fd=dfd)
-            try:
-                os.fchmod(gfd, 0o755)
-                for name, spec in sorted(files.items()):
-                    _write_file(gfd, name, spec)
-                    self._step("file_written")
-            finally:
-                os.close(gfd)
-        except BaseException as exc:
-            _remove(dfd, gen)  # never leave a partial generation behind
-            if isinstance(exc, OSError):
-                raise WriteError(f"cannot write generation in {self.output_dir}: {exc.strerror}") from None
-            raise
-        return gen
-
-    def _sync_visible_links(self, dfd: int, tops: set[str]) -> None:
-        """Point each top-level name at ..data/name; remove links for names no longer there."""
-        for top in sorted(tops):
-            target = f"{DATA_LINK}/{top}"
-            try:
-                st = os.stat(top, dir_fd=dfd, follow_symlinks=False)
-            except FileNotFoundError:
-                st = None
-            if st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(top, dir_fd=dfd) == target:
-                continue
-            if st is not None and stat.S_ISDIR(st.st_mode):
-                raise WriteError(f"{self.output_dir}/{top} is a directory the bridge did not make; remove it")
-            tmp = f"..link_{top.replace('/', '_')}"
-            _unlink(dfd, tmp)
-            os.symlink(target, tmp, dir_fd=dfd)
-            self._step("link_tmp_made")
-            os.rename(tmp, top, src_dir_fd=dfd, dst_dir_fd=dfd)  # replaces a planted file or link
-        for name in os.listdir(dfd):
-            if name in tops or name.startswith(".."):
-                continue
-            if _is_our_link(dfd, name):
-                _unlink(dfd, name)
-
-    def _repair(self, dfd: int) -> None:
-        gen = _current_generation(dfd)
-        if gen is None:
-            _unlink(dfd, DATA_LINK)  # dangling or not a link to a generation
-        for name in os.listdir(dfd):
-            if name.startswith("..") and name not in (DATA_LINK, gen):
-                _remove(dfd, name)
-        tops: set[str] = set()
-        if gen is not None:
-            gfd = os.open(gen, _DIR_FLAGS, dir_fd=dfd)
-            try:
-                tops = set(os.listdir(gfd))
-            finally:
-                os.close(gfd)
-        self._sync_visible_links(dfd, tops)
+@contextlib.contextmanager
+def _opened(dfd: int, name: str) -> Iterator[int]:
+    fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _current_generation(dfd: int) -> str | None:
     try:
         target = os.readlink(DATA_LINK, dir_fd=dfd)
-    except (FileNotFoundError, OSError):
+    except OSError:
         return None
     if "/" in target or not target.startswith("..") or target in (DATA_LINK, _DATA_TMP):
         return None
@@ -301,81 +657,3 @@ def _is_our_link(dfd: int, name: str) -> bool:
         return os.readlink(name, dir_fd=dfd).startswith(DATA_LINK + "/")
     except OSError:
         return False
-
-
-def _write_file(gfd: int, name: str, spec: FileSpec) -> None:
-    *folders, leaf = name.split("/")
-    parent = os.dup(gfd)
-    try:
-        for folder in folders:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(folder, 0o755, dir_fd=parent)
-            child = os.open(folder, _DIR_FLAGS, dir_fd=parent)
-            os.fchmod(child, 0o755)  # mkdir's mode is narrowed by the umask
-            os.close(parent)
-            parent = child
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(leaf, flags, spec.mode & 0o777, dir_fd=parent)  # never wider than final
-        try:
-            uid, gid = spec.uid, spec.gid
-            if (uid, gid) != (os.getuid(), os.getgid()):
-                try:
-                    os.fchown(fd, uid, gid)
-                except PermissionError:
-                    raise WriteError(
-                        f"cannot give {name} owner {uid}:{gid}: run the bridge as root or drop uid/gid"
-                    ) from None
-            os.fchmod(fd, spec.mode)  # after chown, which clears set-id bits; undoes the umask
-            view = memoryview(spec.content)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-    finally:
-        os.close(parent)
-
-
-def _read_tree(dfd: int, prefix: str) -> Iterator[tuple[str, FileSpec]]:
-    for entry in sorted(os.listdir(dfd)):
-        st = os.stat(entry, dir_fd=dfd, follow_symlinks=False)
-        if stat.S_ISDIR(st.st_mode):
-            child = os.open(entry, _DIR_FLAGS, dir_fd=dfd)
-            try:
-                yield from _read_tree(child, f"{prefix}{entry}/")
-            finally:
-                os.close(child)
-        elif stat.S_ISREG(st.st_mode):
-            fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-            with os.fdopen(fd, "rb") as f:
-                content = f.read()
-            yield f"{prefix}{entry}", FileSpec(content, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
-
-
-def _unlink(dfd: int, name: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(name, dir_fd=dfd)
-
-
-def _remove(dfd: int, name: str) -> None:
-    try:
-        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=dfd)
-    else:
-        os.unlink(name, dir_fd=dfd)
-
-
-class _StatFs(ctypes.Structure):
-    _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 256)]
-
-
-def is_memory_backed(path: Path) -> bool:
-    """True when `path` is on tmpfs or ramfs (statfs(2) f_type)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    buf = _StatFs()
-    if libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
-        err = ctypes.get_errno()
-        raise WriteError(f"cannot statfs {path}: {os.strerror(err or errno.EIO)}")
-    return (buf.f_type & 0xFFFFFFFF) in (_TMPFS_MAGIC, _RAMFS_MAGIC)

@@ -29,7 +29,13 @@ def shm_dir(tmp_path: Path):
 
 
 def _generations(d: Path) -> list[str]:
-    return sorted(p.name for p in d.iterdir() if p.name.startswith("..") and p.name != DATA_LINK)
+    """The generation directories (not `..data`, not the prepared spares)."""
+    return sorted(p.name for p in d.iterdir()
+                  if p.name.startswith("..") and p.name != DATA_LINK and not p.name.startswith("..spare_"))
+
+
+def _spares(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir() if p.name.startswith("..spare_"))
 
 
 def test_layout_and_modes(tmp_path: Path) -> None:
@@ -62,7 +68,7 @@ def test_change_replaces_generation_and_removes_old(tmp_path: Path) -> None:
     w.prepare()
     w.commit({"a": FileSpec(b"1"), "b": FileSpec(b"2")})
     old = os.readlink(tmp_path / DATA_LINK)
-    assert w.commit({"a": FileSpec(b"1b")}) == ["a", "b"]
+    assert w.commit({"a": FileSpec(b"1b"), "b": None}) == ["a", "b"]
     new = os.readlink(tmp_path / DATA_LINK)
     assert new != old
     assert _generations(tmp_path) == [old, new]  # kept for readers mid-lookup
@@ -176,12 +182,14 @@ def test_reader_never_sees_partial_or_missing(shm_dir: Path) -> None:
         return out
 
     w.commit(files(0))
+    w.prune()
     reader = subprocess.Popen([sys.executable, "-c", READER, str(shm_dir), ",".join(names), "120"],
                               stdout=subprocess.PIPE, text=True)
     assert reader.stdout is not None and reader.stdout.readline().strip() == "READY"
     try:
         for i in range(1, 1001):
             assert w.commit(files(i))
+            w.prune()  # retires generations past their grace into spares, as the engine's loop does
             assert reader.poll() is None, reader.stdout.read() if reader.stdout else ""
     finally:
         (shm_dir / "..stop").touch()
@@ -201,26 +209,34 @@ CRASHER = textwrap.dedent("""
             if name == sys.argv[2]:
                 os.kill(os.getpid(), signal.SIGKILL)
     w = Crashing(__import__("pathlib").Path(sys.argv[1]), require_tmpfs=False)
-    w.commit({"a": FileSpec(b"new-a"), "new": FileSpec(b"new-n"), "d/c": FileSpec(b"new-c")})
+    w.prepare()
+    if sys.argv[3] == "spare":
+        w.prune()  # a spare ready before the commit
+    w.commit({"a": FileSpec(b"new-a"), "new": FileSpec(b"new-n"), "d/c": FileSpec(b"new-c"), "gone": None})
 """)
 
-STEPS = ["file_written", "generation_written", "data_tmp_linked", "committed", "link_tmp_made", "links_synced"]
+COMMIT_STEPS = ["file_written", "generation_written", "data_tmp_linked", "committed", "link_tmp_made",
+                "links_synced"]
+CRASHES = ([(step, "spare") for step in [*COMMIT_STEPS, "spare_file_linked", "spare_ready"]]
+           + [(step, "at-commit") for step in [*COMMIT_STEPS, "spare_file_linked"]])
 
 
-@pytest.mark.parametrize("step", STEPS)
-def test_crash_between_steps_is_repaired(tmp_path: Path, step: str) -> None:
-    """After a kill at any step, prepare() leaves the old or the new generation whole, and no leftovers."""
+@pytest.mark.parametrize(("step", "spare"), CRASHES)
+def test_crash_between_steps_is_repaired(tmp_path: Path, step: str, spare: str) -> None:
+    """After a kill at any step (spare ready or linked at commit), prepare() leaves the old or the new
+    generation whole, and no leftovers."""
     w = Writer(tmp_path, require_tmpfs=False)
     w.prepare()
-    w.commit({"a": FileSpec(b"old-a"), "gone": FileSpec(b"old-g"), "d/c": FileSpec(b"old-c")})
+    w.commit({"a": FileSpec(b"old-a"), "gone": FileSpec(b"old-g"), "d/c": FileSpec(b"old-c"),
+              "d/keep": FileSpec(b"keep")})
     w.release()
-    proc = subprocess.run([sys.executable, "-c", CRASHER, str(tmp_path), step], check=False)
+    proc = subprocess.run([sys.executable, "-c", CRASHER, str(tmp_path), step, spare], check=False)
     assert proc.returncode == -signal.SIGKILL
     repaired = Writer(tmp_path, require_tmpfs=False)
     repaired.prepare()  # the killed process's lock went with it
     current = repaired.current()
-    old = {"a": b"old-a", "gone": b"old-g", "d/c": b"old-c"}
-    new = {"a": b"new-a", "new": b"new-n", "d/c": b"new-c"}
+    old = {"a": b"old-a", "gone": b"old-g", "d/c": b"old-c", "d/keep": b"keep"}
+    new = {"a": b"new-a", "new": b"new-n", "d/c": b"new-c", "d/keep": b"keep"}
     contents = {name: spec.content for name, spec in current.items()}
     assert contents in (old, new)
     for name, data in contents.items():
@@ -228,7 +244,8 @@ def test_crash_between_steps_is_repaired(tmp_path: Path, step: str) -> None:
     visible = {p.name for p in tmp_path.iterdir() if not p.name.startswith("..")}
     assert visible == {n.split("/")[0] for n in contents}
     assert len(_generations(tmp_path)) == 1
-    assert not (tmp_path / "..data_tmp").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("..")) == sorted([DATA_LINK, *_generations(tmp_path)])
+    assert dict(repaired.committed) == current  # what it read once at start is what is on disk
 
 
 def test_one_writer_per_directory(tmp_path: Path) -> None:
@@ -251,6 +268,10 @@ def test_failed_write_leaves_no_partial_generation(tmp_path: Path) -> None:
     for _ in range(5):
         with pytest.raises(WriteError):
             w.commit({"a": FileSpec(b"2"), "b/c": FileSpec(b"3"), "b/" + "x" * 300: FileSpec(b"4")})
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    w.prune()  # now through a spare: the spare used by the failed commit goes too
+    with pytest.raises(WriteError):
+        w.commit({"a": FileSpec(b"2"), "b/" + "x" * 300: FileSpec(b"4")})
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert len(os.listdir("/proc/self/fd")) == fds
     assert (tmp_path / "a").read_bytes() == b"1"
