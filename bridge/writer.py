@@ -68,6 +68,9 @@ _ASIDE = "..aside_"
 _GENERATION = ".."
 #: after a spare could not be made (a full tmpfs), commits link at commit time for this long
 _SPARE_RETRY_SECONDS = 5.0
+#: a directory's mtime is set from the kernel's tick-based clock (1-10 ms steps): an age past
+#: this margin means any later change gets a different mtime
+_COARSE_CLOCK_NS = 50_000_000
 
 log = logging.getLogger("secrets_bridge.writer")
 
@@ -95,7 +98,10 @@ class Writer:
         self._committed: dict[str, FileSpec] = {}
         self._stamps: dict[str, Stamp] = {}
         self._tops: dict[str, int] = {}  # how many committed names live under each top-level name
-        self._links: dict[str, int] = {}  # inode of each top-level link this writer made
+        self._links: set[str] = set()  # top-level names this writer made a link at
+        #: the output directory's mtime when every link was last seen right (a link deleted, made
+        #: or renamed over changes it): while it stays, checking the links costs one fstat
+        self._links_verified_mtime = -1
         self._generation_ino = 0
         self._generation_mtime = 0  # a name added or removed inside it changes this
         self._generation_trusted = False  # made by this process (not found at start)
@@ -189,8 +195,8 @@ class Writer:
         except BaseException:
             with contextlib.suppress(OSError):
                 unlink(dfd, _DATA_TMP)
-                if gen or spare:
-                    remove(dfd, gen or spare or "")  # never leave a partial generation or spare
+            if gen or spare:
+                self._discard(gen or spare or "")  # never leave a partial generation or spare
             raise
         self._step("committed")
         old, self.generation = self.generation, gen
@@ -415,9 +421,10 @@ class Writer:
             return None
         try:
             st = os.fstat(gfd)
-            if (st.st_ino, st.st_mtime_ns, stat.S_IMODE(st.st_mode)) != (
-                    self._generation_ino, self._generation_mtime, 0o755):
-                return None  # replaced, chmod'ed, or a name added or removed in it
+            if (st.st_ino, stat.S_IMODE(st.st_mode)) != (self._generation_ino, 0o755):
+                return None  # replaced or chmod'ed
+            if st.st_mtime_ns != self._generation_mtime and not set(os.listdir(gfd)) <= self._tops.keys():
+                return None  # a name added: rewrite it all rather than carry what we did not write
             bad: list[str] = []
             stamps = self._stamps
             for folder, leaves in self._folders():
@@ -454,13 +461,18 @@ class Writer:
         return self._layout
 
     def _check_links(self) -> list[str]:
-        """Re-make each managed top-level link that is missing or not the one made (one directory
-        read: a symlink cannot change in place, so the same inode is the same link)."""
-        dfd = self._fd()
-        with os.scandir(dfd) as entries:
-            seen = {entry.name: entry.inode() for entry in entries if not entry.name.startswith("..")}
-        suspect = [top for top in self._tops if seen.get(top) != self._links.get(top)]
-        return self._sync_links(suspect) if suspect else []
+        """Re-make each managed top-level link that is missing or not ..data/top. A full pass only
+        when the output directory's entries may have changed since the last one that found all well."""
+        mtime = os.fstat(self._fd()).st_mtime_ns
+        if mtime == self._links_verified_mtime:
+            return []
+        started = time.time_ns()
+        remade = self._sync_links(list(self._tops))
+        # Directory times come from a coarse clock: a change within the same tick as `mtime` would
+        # leave it equal, so trust it only once the clock has clearly moved past it.
+        if not remade and started - mtime > _COARSE_CLOCK_NS:
+            self._links_verified_mtime = mtime
+        return remade
 
     def _sync_links(self, tops: Iterable[str], *, full: bool = False) -> list[str]:
         """Point each of `tops` that holds committed names at ..data/top and remove the link of each
@@ -477,10 +489,10 @@ class Writer:
             if top not in self._tops:
                 if st is not None and _is_our_link(dfd, top):
                     unlink(dfd, top)
-                self._links.pop(top, None)
+                self._links.discard(top)
                 continue
             if st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(top, dir_fd=dfd) == target:
-                self._links[top] = st.st_ino
+                self._links.add(top)
                 continue
             if st is not None and stat.S_ISDIR(st.st_mode) and top not in self._links:
                 raise WriteError(f"{self.output_dir}/{top} is a directory the bridge did not make; remove it")
@@ -488,7 +500,7 @@ class Writer:
             os.symlink(target, _LINK_TMP, dir_fd=dfd)
             self._step("link_tmp_made")
             self._rename_over(_LINK_TMP, top)  # replaces a planted file, link or folder
-            self._links[top] = os.stat(top, dir_fd=dfd, follow_symlinks=False).st_ino
+            self._links.add(top)
             remade.append(top)
         if full:
             for name in os.listdir(dfd):
@@ -541,7 +553,7 @@ class Writer:
         for name in os.listdir(dfd):
             if name.startswith("..") and name not in (DATA_LINK, gen):
                 remove(dfd, name)
-        self._committed, self._stamps, self._tops, self._links = {}, {}, {}, {}
+        self._committed, self._stamps, self._tops, self._links = {}, {}, {}, set()
         self._spares, self._replaced, self._layout = {}, {}, None
         self.generation = gen
         if gen is not None:
@@ -568,7 +580,7 @@ class Writer:
             os.close(self._dfd)
             self._dfd = None
         self._lost = True
-        self._spares, self._replaced, self._links = {}, {}, {}
+        self._spares, self._replaced, self._links = {}, {}, set()
         self._open()
         self._lost = False
         dfd = self._fd()
@@ -604,7 +616,7 @@ class Writer:
             for name in os.listdir(dfd):
                 if name.startswith(".."):
                     remove(dfd, name)
-        self._committed, self._stamps, self._links, self._layout = {}, {}, {}, None
+        self._committed, self._stamps, self._links, self._layout = {}, {}, set(), None
         self._spares, self._replaced, self.generation = {}, {}, None
 
     def write_state(self, name: str, data: bytes, mode: int = 0o644) -> None:
