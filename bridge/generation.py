@@ -18,7 +18,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,32 +98,49 @@ def open_folder(root: int, folder: str, *, create: bool = False) -> int:
     return fd
 
 
-def write_file(root: int, name: str, spec: FileSpec) -> Stamp:
-    """Create `name` under `root` (which must not hold it) with its final mode and owner; return
-    its stamp."""
-    folder, _, leaf = name.rpartition("/")
-    parent = open_folder(root, folder, create=True)
-    try:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(leaf, flags, spec.mode & 0o777, dir_fd=parent)  # never wider than final
+def by_folder(names: Iterable[str]) -> dict[str, list[str]]:
+    """Names grouped by their folder ("" for the top), so each folder is opened once."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(name.rpartition("/")[0], []).append(name)
+    return groups
+
+
+def write_files(root: int, specs: Mapping[str, FileSpec], step: Callable[[], None]) -> dict[str, Stamp]:
+    """Create each file under `root` (which must not hold it) with its final mode and owner; return
+    their stamps. One folder descriptor open at a time."""
+    stamps: dict[str, Stamp] = {}
+    for folder, names in by_folder(sorted(specs)).items():
+        parent = open_folder(root, folder, create=True) if folder else root
         try:
-            uid, gid = spec.uid, spec.gid
-            if (uid, gid) != (os.getuid(), os.getgid()):
-                try:
-                    os.fchown(fd, uid, gid)
-                except PermissionError:
-                    raise WriteError(
-                        f"cannot give {name} owner {uid}:{gid}: run the bridge as root or drop uid/gid"
-                    ) from None
-            os.fchmod(fd, spec.mode)  # after chown, which clears set-id bits; undoes the umask
-            view = memoryview(spec.content)
-            while view:
-                view = view[os.write(fd, view) :]
-            return stamp_of(os.fstat(fd))
+            for name in names:
+                stamps[name] = _write_file(parent, name, specs[name])
+                step()
         finally:
-            os.close(fd)
+            if folder:
+                os.close(parent)
+    return stamps
+
+
+def _write_file(parent: int, name: str, spec: FileSpec) -> Stamp:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(name.rpartition("/")[2], flags, spec.mode & 0o777, dir_fd=parent)  # never wider than final
+    try:
+        uid, gid = spec.uid, spec.gid
+        if (uid, gid) != (os.getuid(), os.getgid()):
+            try:
+                os.fchown(fd, uid, gid)
+            except PermissionError:
+                raise WriteError(
+                    f"cannot give {name} owner {uid}:{gid}: run the bridge as root or drop uid/gid"
+                ) from None
+        os.fchmod(fd, spec.mode)  # after chown, which clears set-id bits; undoes the umask
+        view = memoryview(spec.content)
+        while view:
+            view = view[os.write(fd, view) :]
+        return stamp_of(os.fstat(fd))
     finally:
-        os.close(parent)
+        os.close(fd)
 
 
 def remove_names(root: int, names: Iterable[str]) -> None:
@@ -154,28 +171,24 @@ def remove_names(root: int, names: Iterable[str]) -> None:
 
 
 def link_names(src: int, dst: int, names: Iterable[str], step: Callable[[], None]) -> None:
-    """Hard-link each name of `src` into `dst` (same inode, mode, owner), making folders in `dst`."""
-    folders: dict[str, tuple[int, int]] = {"": (src, dst)}
-    try:
-        for name in names:
-            folder, _, leaf = name.rpartition("/")
-            pair = folders.get(folder)
-            if pair is None:
-                s = open_folder(src, folder)
-                try:
-                    d = open_folder(dst, folder, create=True)
-                except BaseException:
-                    os.close(s)
-                    raise
-                pair = folders[folder] = (s, d)
-            # without AT_SYMLINK_FOLLOW: a symlink planted in src is linked as itself, never its target
-            os.link(leaf, leaf, src_dir_fd=pair[0], dst_dir_fd=pair[1], follow_symlinks=False)
-            step()
-    finally:
-        for folder, (s, d) in folders.items():
+    """Hard-link each name of `src` into `dst` (same inode, mode, owner), making folders in `dst`.
+    One pair of folder descriptors open at a time."""
+    for folder, group in by_folder(names).items():
+        s = open_folder(src, folder) if folder else src
+        try:
+            d = open_folder(dst, folder, create=True) if folder else dst
+            try:
+                for name in group:
+                    leaf = name.rpartition("/")[2]
+                    # without AT_SYMLINK_FOLLOW: a symlink planted in src is linked as itself
+                    os.link(leaf, leaf, src_dir_fd=s, dst_dir_fd=d, follow_symlinks=False)
+                    step()
+            finally:
+                if folder:
+                    os.close(d)
+        finally:
             if folder:
                 os.close(s)
-                os.close(d)
 
 
 def read_tree(dfd: int, prefix: str = "") -> Iterator[tuple[str, FileSpec, Stamp]]:

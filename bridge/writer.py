@@ -51,7 +51,7 @@ from bridge.generation import (
     stamp_of,
     unique_name,
     unlink,
-    write_file,
+    write_files,
 )
 
 __all__ = ["DATA_LINK", "GENERATION_GRACE_SECONDS", "MAX_SPARES", "FileSpec", "Writer", "is_memory_backed"]
@@ -179,14 +179,11 @@ class Writer:
                 spare = make_dir(dfd, _SPARE, 0o700)
                 if not fresh and self.generation is not None:
                     self._link_into(spare, skip=changes)
-            stamps: dict[str, Stamp] = {}
             with _opened(dfd, spare) as sfd:
                 if not fresh:
                     remove_names(sfd, changes)  # unlinked, never written through: the inode is live
-                for name, spec in sorted(changes.items()):
-                    if spec is not None:
-                        stamps[name] = write_file(sfd, name, spec)
-                        self._step("file_written")
+                written = {name: spec for name, spec in changes.items() if spec is not None}
+                stamps = write_files(sfd, written, lambda: self._step("file_written"))
                 os.fchmod(sfd, 0o755)
                 st = os.fstat(sfd)
             gen = self._rename_new(spare, _GENERATION)
@@ -482,18 +479,18 @@ class Writer:
         remade = []
         for top in sorted(tops):
             target = f"{DATA_LINK}/{top}"
+            if top not in self._tops:
+                if _is_our_link(dfd, top):
+                    unlink(dfd, top)
+                self._links.discard(top)
+                continue
+            if _link_target(dfd, top) == target:  # one syscall for a link that is right
+                self._links.add(top)
+                continue
             try:
                 st: os.stat_result | None = os.stat(top, dir_fd=dfd, follow_symlinks=False)
             except FileNotFoundError:
                 st = None
-            if top not in self._tops:
-                if st is not None and _is_our_link(dfd, top):
-                    unlink(dfd, top)
-                self._links.discard(top)
-                continue
-            if st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(top, dir_fd=dfd) == target:
-                self._links.add(top)
-                continue
             if st is not None and stat.S_ISDIR(st.st_mode) and top not in self._links:
                 raise WriteError(f"{self.output_dir}/{top} is a directory the bridge did not make; remove it")
             unlink(dfd, _LINK_TMP)
@@ -664,8 +661,12 @@ def _current_generation(dfd: int) -> str | None:
     return target if stat.S_ISDIR(st.st_mode) else None
 
 
-def _is_our_link(dfd: int, name: str) -> bool:
+def _link_target(dfd: int, name: str) -> str | None:
     try:
-        return os.readlink(name, dir_fd=dfd).startswith(DATA_LINK + "/")
-    except OSError:
-        return False
+        return os.readlink(name, dir_fd=dfd)
+    except OSError:  # missing, or not a link
+        return None
+
+
+def _is_our_link(dfd: int, name: str) -> bool:
+    return (_link_target(dfd, name) or "").startswith(DATA_LINK + "/")
