@@ -62,18 +62,30 @@ def make_dir(dfd: int, prefix: str, mode: int) -> str:
             os.mkdir(name, mode, dir_fd=dfd)
         except FileExistsError:
             continue
-        with _opened(dfd, name) as fd:
+        with opened(dfd, name) as fd:
             os.fchmod(fd, mode)  # mkdir's mode is narrowed by the umask
         return name
 
 
 @contextlib.contextmanager
-def _opened(dfd: int, name: str) -> Iterator[int]:
+def opened(dfd: int, name: str) -> Iterator[int]:
+    """A descriptor of the folder `name` in `dfd` (never through a symlink), closed after."""
     fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
     try:
         yield fd
     finally:
         os.close(fd)
+
+
+def rename_new(dfd: int, name: str, prefix: str) -> str:
+    """Rename `name` to a new unused `prefix`+stamp name (rename(2) would replace an empty folder)."""
+    while True:
+        new = unique_name(prefix)
+        try:
+            os.stat(new, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            os.rename(name, new, src_dir_fd=dfd, dst_dir_fd=dfd)
+            return new
 
 
 def open_folder(root: int, folder: str, *, create: bool = False) -> int:
@@ -191,12 +203,40 @@ def link_names(src: int, dst: int, names: Iterable[str], step: Callable[[], None
                 os.close(s)
 
 
+def changed_files(gfd: int, folders: Iterable[tuple[str, list[str]]], stamps: Mapping[str, Stamp]) -> list[str]:
+    """The names under the generation `gfd` whose stamp differs from the one recorded (deleted,
+    replaced, edited, chmod'ed): one fstatat each, no content read, no link followed."""
+    changed: list[str] = []
+    for folder, names in folders:
+        try:
+            ffd = open_folder(gfd, folder) if folder else gfd
+        except OSError:
+            changed += names
+            continue
+        try:
+            if folder and stat.S_IMODE(os.fstat(ffd).st_mode) != 0o755:
+                changed += names
+                continue
+            for name in names:
+                try:
+                    st = os.stat(name.rpartition("/")[2], dir_fd=ffd, follow_symlinks=False)
+                except OSError:
+                    changed.append(name)
+                    continue
+                if stamp_of(st) != stamps[name]:
+                    changed.append(name)
+        finally:
+            if folder:
+                os.close(ffd)
+    return changed
+
+
 def read_tree(dfd: int, prefix: str = "") -> Iterator[tuple[str, FileSpec, Stamp]]:
     """Every regular file under `dfd`, with its content and stamp (for the start of a process)."""
     for entry in sorted(os.listdir(dfd)):
         st = os.stat(entry, dir_fd=dfd, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
-            with _opened(dfd, entry) as child:
+            with opened(dfd, entry) as child:
                 yield from read_tree(child, f"{prefix}{entry}/")
         elif stat.S_ISREG(st.st_mode):
             fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
