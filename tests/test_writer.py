@@ -294,10 +294,16 @@ def test_folders_readable_under_strict_umask(tmp_path: Path) -> None:
 # -- O(changed) commits ------------------------------------------------------------------------
 
 
-def _inodes(d: Path) -> dict[str, int]:
-    """name -> inode of every file of the current generation."""
-    gen = d / os.readlink(d / DATA_LINK)
-    return {str(p.relative_to(gen)): p.stat().st_ino for p in gen.rglob("*") if p.is_file()}
+def _inodes(d: Path, folder: str | None = None) -> dict[str, int]:
+    """name -> inode of every file of the current generation (or of `folder`)."""
+    gen = d / (folder or os.readlink(d / DATA_LINK))
+    return {str(p.relative_to(gen)): p.lstat().st_ino for p in gen.rglob("*") if not p.is_dir()}
+
+
+def _assert_spares_match(d: Path) -> None:
+    """Every spare holds exactly the current generation's inodes (after a prune)."""
+    for spare in _spares(d):
+        assert _inodes(d, spare) == _inodes(d), spare
 
 
 @pytest.mark.parametrize("spare", [True, False], ids=["spare", "linked-at-commit"])
@@ -401,6 +407,7 @@ def test_spares_are_private_and_bounded(tmp_path: Path) -> None:
     assert 1 <= len(spares) <= MAX_SPARES
     assert all(stat.S_IMODE((tmp_path / s).stat().st_mode) == 0o700 for s in spares)
     assert _generations(tmp_path) == [w.generation]
+    _assert_spares_match(tmp_path)
     w.release()
     assert _spares(tmp_path) == []
     assert (tmp_path / "a").read_bytes() == b"5"
@@ -642,5 +649,39 @@ def test_drift_is_put_back(tmp_path: Path, case: str, spare: bool) -> None:
     w.prune(grace_seconds=0)
     assert _generations(out) == [w.generation]
     assert len(_spares(out)) <= MAX_SPARES
+    _assert_spares_match(out)  # no tampered inode carried into a later generation
     assert w.commit({"a": FileSpec(b"after")}) == ["a"]  # and commits go on
     assert (out / "a").read_bytes() == b"after" and (out / "d" / "b").read_bytes() == b"2"
+
+
+def test_random_commits_match_a_model(tmp_path: Path) -> None:
+    """300 random commits (add, change, chmod, remove, folders) with spares recycled in between: the
+    visible files always equal the model, and every spare matches the current generation."""
+    import random
+
+    rng = random.Random(7)
+    w = Writer(tmp_path, require_tmpfs=False)
+    w.prepare()
+    model: dict[str, FileSpec] = {}
+    names = [f"f{i}" for i in range(8)] + [f"d{i}/f{j}" for i in range(3) for j in range(3)] + ["x/y/z"]
+    for step in range(300):
+        updates: dict[str, FileSpec | None] = {}
+        for name in rng.sample(names, rng.randint(1, 4)):
+            if name in model and rng.random() < 0.3:
+                updates[name] = None
+            else:
+                updates[name] = FileSpec(b"%d" % rng.randint(0, 3), rng.choice([0o400, 0o444]))
+        expected = {n: s for n, s in {**model, **updates}.items() if s is not None}
+        changed = sorted(n for n in set(model) | set(updates) if expected.get(n) != model.get(n))
+        assert w.commit(updates) == changed
+        model = expected
+        assert dict(w.committed) == model
+        for name, spec in model.items():
+            assert (tmp_path / name).read_bytes() == spec.content
+            assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == spec.mode
+        visible = {p.name for p in tmp_path.iterdir() if not p.name.startswith("..")}
+        assert visible == {n.split("/")[0] for n in model}
+        if step % 3:
+            w.prune(grace_seconds=rng.choice([0, 0, 60]))
+            _assert_spares_match(tmp_path)
+    assert w.current() == model
