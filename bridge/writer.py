@@ -76,6 +76,7 @@ class Writer:
         self._generation_trusted = False  # made by this process, not found at start
         self._folders: list[tuple[str, list[str]]] | None = None  # committed names by folder
         self._spares = Spares(self._step)
+        self._path_warned: tuple[int, int] | None = None  # where the path led when we said so
         self._links = Links(self._step, lambda name: self._spares.discard(self._fd(), name))
         self._prune_failing = False
 
@@ -221,6 +222,7 @@ class Writer:
         with self._errors("drift repair"):
             if self._follow_removal():
                 return sorted(self._committed)
+            self._warn_if_path_moved()
             if self.generation is None:
                 return []
             data_ok = self._data_ok()
@@ -236,6 +238,22 @@ class Writer:
                 self._swap(self.generation)
             repaired += self._links.check(self._fd())
             return sorted(set(repaired))
+
+    def _warn_if_path_moved(self) -> None:
+        """The path may now lead elsewhere (a re-pointed symlink, a directory moved away): writes
+        stay in the directory locked at start, and the operator is told once."""
+        held = os.fstat(self._fd())
+        try:
+            st = os.stat(self.output_dir)
+            now: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except OSError:
+            now = None
+        if now == (held.st_dev, held.st_ino):
+            self._path_warned = None
+        elif self._path_warned is None:
+            log.warning("%s no longer leads to the directory locked at start; still writing that one "
+                        "(restart the bridge to use the new one)", self.output_dir)
+            self._path_warned = now or (-1, -1)
 
     def _data_ok(self) -> bool:
         return link_target(self._fd(), DATA_LINK) == self.generation

@@ -416,7 +416,7 @@ def test_spares_are_private_and_bounded(tmp_path: Path) -> None:
 # -- the held directory (issue 9) --------------------------------------------------------------
 
 
-def test_repointed_output_dir_symlink_is_not_followed(tmp_path: Path) -> None:
+def test_repointed_output_dir_symlink_is_not_followed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A symlinked output_dir re-pointed while running: the bridge keeps writing the directory it
     locked and never writes or cleans the new target."""
     locked, other, link = tmp_path / "locked", tmp_path / "other", tmp_path / "out"
@@ -434,7 +434,12 @@ def test_repointed_output_dir_symlink_is_not_followed(tmp_path: Path) -> None:
     w.write_state("state.json", b"{}")
     w.prune(grace_seconds=0)
     os.unlink(locked / "b")
-    assert w.check_drift() == ["b"]
+    with caplog.at_level("WARNING", logger="secrets_bridge.writer"):
+        assert w.check_drift() == ["b"]
+        assert w.check_drift() == []
+    assert [r.getMessage() for r in caplog.records].count(
+        f"{link} no longer leads to the directory locked at start; still writing that one "
+        f"(restart the bridge to use the new one)") == 1
     assert sorted(p.name for p in other.iterdir()) == ["..keep", "a"]
     assert (other / "a").read_text() == "theirs"
     assert (locked / "a").read_bytes() == b"2" and (locked / "b").read_bytes() == b"3"
