@@ -70,6 +70,7 @@ class Writer:
         self.generation: str | None = None
         self._dfd: int | None = None
         self._lost = False  # the held directory was removed and could not be made again yet
+        self._rewrite_owed = False  # made again, but writing the committed files there failed
         self._committed: dict[str, FileSpec] = {}
         self._stamps: dict[str, Stamp] = {}
         self._generation_id = (0, 0)  # inode and mtime (a name added or removed changes it)
@@ -342,30 +343,33 @@ class Writer:
 
     def _follow_removal(self) -> bool:
         """If the held directory was removed, make it again at the path and write everything
-        committed there. True when it did."""
-        if self._dfd is not None and os.fstat(self._dfd).st_nlink > 0:
+        committed there (again at the next call, if that failed). True when it did."""
+        gone = self._dfd is None or os.fstat(self._dfd).st_nlink == 0
+        if not gone and not self._rewrite_owed:
             return False
         if self._dfd is None and not self._lost:
             self._fd()  # never prepared: say so
-        if self._dfd is not None:
-            log.warning("%s was removed; making it again with the %d committed files",
-                        self.output_dir, len(self._committed))
-            os.close(self._dfd)
-            self._dfd = None
-        self._lost = True
-        self._spares.forget()
-        self._links.forget()
-        for name in self._committed:
-            self._links.added(name)
-        self.generation = None
-        self._open()
-        self._lost = False
-        dfd = self._fd()
-        for name in os.listdir(dfd):
-            if name.startswith(".."):
-                remove(dfd, name)
+        if gone:
+            if self._dfd is not None:
+                log.warning("%s was removed; making it again with the %d committed files",
+                            self.output_dir, len(self._committed))
+                os.close(self._dfd)
+                self._dfd = None
+            self._lost = self._rewrite_owed = True
+            self._spares.forget()
+            self._links.forget()
+            for name in self._committed:
+                self._links.added(name)
+            self.generation = None
+            self._open()
+            self._lost = False
+            dfd = self._fd()
+            for name in os.listdir(dfd):
+                if name.startswith(".."):
+                    remove(dfd, name)
         if self._committed:
             self._publish(dict(self._committed), fresh=True)
+        self._rewrite_owed = False
         return True
 
     def _fd(self) -> int:

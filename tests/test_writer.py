@@ -690,3 +690,26 @@ def test_random_commits_match_a_model(tmp_path: Path) -> None:
             w.prune(grace_seconds=rng.choice([0, 0, 60]))
             _assert_spares_match(tmp_path)
     assert w.current() == model
+
+
+def test_removed_directory_made_again_after_a_full_tmpfs(tiny_tmpfs: Path) -> None:
+    """A removed directory that cannot be written again at once (tmpfs full) is written whole at a
+    later check, never as a generation holding only the next change."""
+    out = tiny_tmpfs / "out"
+    w = Writer(out, require_tmpfs=True)
+    w.prepare()
+    w.commit({"a": FileSpec(b"a" * 60_000), "b": FileSpec(b"b" * 60_000)})
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    blocker = tiny_tmpfs / "blocker"
+    fd = os.open(blocker, os.O_WRONLY | os.O_CREAT)
+    with pytest.raises(OSError, match="No space left"):
+        while True:  # fill the tmpfs
+            os.write(fd, b"x" * 4096)
+    os.close(fd)
+    with pytest.raises(WriteError, match="No space left"):
+        w.check_drift()
+    blocker.unlink()
+    assert w.commit({"c": FileSpec(b"c")}) == ["c"]
+    assert {n: (out / n).read_bytes()[:1] for n in ("a", "b", "c")} == {"a": b"a", "b": b"b", "c": b"c"}
+    w.prune(grace_seconds=0)
+    assert _generations(out) == [w.generation]
