@@ -1,5 +1,6 @@
-"""Operations on the writer's directories through file descriptors: write one file, hard-link a
-set of names from one directory into another, remove a name, read a generation back.
+"""Operations on the writer's directories through file descriptors: open and lock the output
+directory, write files, hard-link a set of names from one directory into another, remove names,
+compare a generation with the stamps recorded at commit, read a generation back.
 
 Every path is opened component by component relative to a directory descriptor with O_NOFOLLOW,
 so a symlink planted anywhere under the output directory is never followed. A file is created with
@@ -14,6 +15,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
 import shutil
 import stat
@@ -277,12 +279,48 @@ def _fs_type(call: str, arg: object, what: str) -> int:
     return int(buf.f_type) & 0xFFFFFFFF
 
 
+def open_output_dir(path: Path, *, require_tmpfs: bool) -> int:
+    """Create `path` if needed, open it, check it is in memory, and lock it for this process (one
+    writer per directory): the descriptor every later operation goes through."""
+    try:
+        path.mkdir(mode=0o755, parents=True)
+        created = True
+    except FileExistsError:
+        created = False
+    except OSError as exc:
+        raise WriteError(f"cannot create output_dir {path}: {exc.strerror}") from None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise WriteError(f"cannot open output_dir {path}: {exc.strerror}") from None
+    try:
+        if created:
+            os.fchmod(fd, 0o755)  # mkdir's mode is narrowed by the umask
+        if require_tmpfs and not _fd_is_memory_backed(fd, str(path)):
+            raise WriteError(
+                f"output_dir {path} is on a disk-backed filesystem; mount a tmpfs there "
+                f"(Compose: a tmpfs volume; Kubernetes: emptyDir with medium: Memory; by hand: "
+                f"mount -t tmpfs tmpfs {path}) or set require_tmpfs: false"
+            )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WriteError(
+                f"another secrets-bridge is writing {path}; one writer per directory "
+                f"(stop it, or give this one its own output_dir)"
+            ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def is_memory_backed(path: Path) -> bool:
     """True when `path` is on tmpfs or ramfs (statfs(2) f_type)."""
     return _fs_type("statfs", os.fsencode(path), str(path)) in (_TMPFS_MAGIC, _RAMFS_MAGIC)
 
 
-def fd_is_memory_backed(fd: int, what: str) -> bool:
+def _fd_is_memory_backed(fd: int, what: str) -> bool:
     """True when the open directory `fd` is on tmpfs or ramfs (fstatfs(2): the directory held, not
     whatever its path leads to now)."""
     return _fs_type("fstatfs", fd, what) in (_TMPFS_MAGIC, _RAMFS_MAGIC)

@@ -20,7 +20,6 @@ what it recorded (inode, mode, owner, size, mtime) to put back what something el
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import stat
@@ -36,9 +35,9 @@ from bridge.generation import (
     Stamp,
     by_folder,
     changed_files,
-    fd_is_memory_backed,
     is_memory_backed,
     make_dir,
+    open_output_dir,
     opened,
     read_tree,
     remove,
@@ -282,38 +281,7 @@ class Writer:
     # -- the directory -----------------------------------------------------------------------
 
     def _open(self) -> None:
-        path = self.output_dir
-        try:
-            path.mkdir(mode=0o755, parents=True)
-            created = True
-        except FileExistsError:
-            created = False
-        except OSError as exc:
-            raise WriteError(f"cannot create output_dir {path}: {exc.strerror}") from None
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise WriteError(f"cannot open output_dir {path}: {exc.strerror}") from None
-        try:
-            if created:
-                os.fchmod(fd, 0o755)  # mkdir's mode is narrowed by the umask
-            if self.require_tmpfs and not fd_is_memory_backed(fd, str(path)):
-                raise WriteError(
-                    f"output_dir {path} is on a disk-backed filesystem; mount a tmpfs there "
-                    f"(Compose: a tmpfs volume; Kubernetes: emptyDir with medium: Memory; by hand: "
-                    f"mount -t tmpfs tmpfs {path}) or set require_tmpfs: false"
-                )
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise WriteError(
-                    f"another secrets-bridge is writing {path}; one writer per directory "
-                    f"(stop it, or give this one its own output_dir)"
-                ) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        self._dfd = fd
+        self._dfd = open_output_dir(self.output_dir, require_tmpfs=self.require_tmpfs)
 
     def _repair(self) -> None:
         """Start: keep `..data`'s generation, remove every other `..` name, read what it holds."""
@@ -415,6 +383,26 @@ class Writer:
             except OSError as exc:
                 unlink(dfd, tmp)
                 raise WriteError(f"cannot write {name} in {self.output_dir}: {exc.strerror}") from None
+
+    def read_state(self, name: str) -> bytes | None:
+        """The metadata file `name` beside the secrets (None when there is none), read through the
+        directory held since prepare() (before it, through the path), never through a symlink."""
+        with self._errors(f"read {name}"):
+            dfd = self._dfd if self._dfd is not None else os.open(self.output_dir, DIR_FLAGS & ~os.O_NOFOLLOW)
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            except FileNotFoundError:
+                return None
+            finally:
+                if dfd != self._dfd:
+                    os.close(dfd)
+            with os.fdopen(fd, "rb") as f:
+                return f.read()
+
+    def remove_state(self, name: str) -> None:
+        """Remove the metadata file `name` beside the secrets, if it is there."""
+        with self._errors(f"remove {name}"):
+            unlink(self._fd(), name)
 
     def _step(self, name: str) -> None:
         """A named point between two steps of a commit (tests crash the process here)."""

@@ -713,3 +713,25 @@ def test_removed_directory_made_again_after_a_full_tmpfs(tiny_tmpfs: Path) -> No
     assert {n: (out / n).read_bytes()[:1] for n in ("a", "b", "c")} == {"a": b"a", "b": b"b", "c": b"c"}
     w.prune(grace_seconds=0)
     assert _generations(out) == [w.generation]
+
+
+def test_state_files_go_through_the_held_directory(tmp_path: Path) -> None:
+    """read_state/remove_state use the directory locked at start, and never follow a planted link."""
+    out, other, link = tmp_path / "out", tmp_path / "other", tmp_path / "link"
+    out.mkdir()
+    other.mkdir()
+    (other / "leases.json").write_bytes(b"theirs")
+    link.symlink_to(out)
+    w = Writer(link, require_tmpfs=False)
+    assert w.read_state("leases.json") is None  # before prepare(): through the path
+    w.prepare()
+    w.write_state("leases.json", b"ours", mode=0o600)
+    (tmp_path / "tmp-link").symlink_to(other)
+    os.rename(tmp_path / "tmp-link", link)
+    assert w.read_state("leases.json") == b"ours"
+    w.remove_state("leases.json")
+    assert w.read_state("leases.json") is None
+    assert (other / "leases.json").read_bytes() == b"theirs"
+    (out / "planted").symlink_to(other / "leases.json")
+    with pytest.raises(WriteError, match="planted"):
+        w.read_state("planted")
