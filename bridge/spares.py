@@ -42,6 +42,7 @@ class Spares:
         self._spares: dict[str, set[str]] = {}  # spare -> names to relink before it matches
         self._replaced: dict[str, _Replaced] = {}
         self._retry_at = 0.0
+        self._current_since = -1e9  # when the current generation was committed
 
     def forget(self) -> None:
         """The directory holding them is gone."""
@@ -76,13 +77,16 @@ class Spares:
             for spare in self._spares:
                 self._replaced[spare] = _Replaced(-1e9, set(), True)
             self._spares.clear()
+        self._current_since = time.monotonic()
         if old is not None:
-            self._replaced[old] = _Replaced(time.monotonic(), stale, tainted)
+            self._replaced[old] = _Replaced(self._current_since, stale, tainted)
 
     def prune(self, dfd: int, generation: str | None, committed: Collection[str],
               grace_seconds: float) -> float | None:
         """Retire replaced generations past their grace (each becomes a spare or is removed) and
-        make a spare if none is ready. Returns the seconds until the next may go, None if none."""
+        make a spare if none is ready once the current generation has stood for the grace period
+        (the replaced one becomes a spare by then at a fraction of the cost, and a one-shot sync
+        makes none). Returns the seconds until the next may go, None if none."""
         now, wait = time.monotonic(), None
         try:
             for name, old in list(self._replaced.items()):
@@ -104,7 +108,8 @@ class Spares:
                         self.discard(dfd, spare)
                         raise
                     stale.clear()
-            if not self._spares and generation is not None and now >= self._retry_at:
+            if (not self._spares and generation is not None and now >= self._retry_at
+                    and now - self._current_since >= grace_seconds):
                 self._build(dfd, generation, committed)
         except OSError:
             self._retry_at = now + _RETRY_SECONDS

@@ -137,6 +137,7 @@ class Writer:
         gen, spare = None, None
         if not fresh:
             spare = self._spares.take(dfd, self.generation, self._committed, changes)
+        taken = spare is not None
         try:
             if spare is None:  # no spare ready: link every unchanged file now
                 spare = make_dir(dfd, SPARE_PREFIX, 0o700)
@@ -144,7 +145,7 @@ class Writer:
                     unchanged = [name for name in self._committed if name not in changes]
                     self._spares.link_all(dfd, spare, self.generation, unchanged)
             with opened(dfd, spare) as sfd:
-                if not fresh:
+                if taken:
                     remove_names(sfd, changes)  # unlinked, never written through: the inode is live
                 written = {name: spec for name, spec in changes.items() if spec is not None}
                 stamps = write_files(sfd, written, lambda: self._step("file_written"))

@@ -270,7 +270,7 @@ def test_failed_write_leaves_no_partial_generation(tmp_path: Path) -> None:
         with pytest.raises(WriteError):
             w.commit({"a": FileSpec(b"2"), "b/c": FileSpec(b"3"), "b/" + "x" * 300: FileSpec(b"4")})
     assert sorted(p.name for p in tmp_path.iterdir()) == before
-    w.prune()  # now through a spare: the spare used by the failed commit goes too
+    w.prune(grace_seconds=0)  # now through a spare: the spare used by the failed commit goes too
     with pytest.raises(WriteError):
         w.commit({"a": FileSpec(b"2"), "b/" + "x" * 300: FileSpec(b"4")})
     assert sorted(p.name for p in tmp_path.iterdir()) == before
@@ -313,7 +313,7 @@ def test_unchanged_files_keep_their_inode(tmp_path: Path, spare: bool) -> None:
     w.prepare()
     w.commit({"a": FileSpec(b"1"), "b": FileSpec(b"2"), "d/c": FileSpec(b"3")})
     if spare:
-        w.prune()
+        w.prune(grace_seconds=0)
         assert len(_spares(tmp_path)) == 1
     old_gen, before = w.generation, _inodes(tmp_path)
     assert w.commit({"a": FileSpec(b"1b")}) == ["a"]
@@ -330,7 +330,7 @@ def test_mode_change_is_a_new_inode_and_leaves_the_old_file(tmp_path: Path) -> N
     w = Writer(tmp_path, require_tmpfs=False)
     w.prepare()
     w.commit({"a": FileSpec(b"1", 0o444), "b": FileSpec(b"2", 0o444)})
-    w.prune()
+    w.prune(grace_seconds=0)
     old_gen, before = w.generation, _inodes(tmp_path)
     assert w.commit({"a": FileSpec(b"1", 0o400)}) == ["a"]
     assert _inodes(tmp_path)["a"] != before["a"]
@@ -344,7 +344,7 @@ def test_none_removes_a_file(tmp_path: Path) -> None:
     w = Writer(tmp_path, require_tmpfs=False)
     w.prepare()
     w.commit({"a": FileSpec(b"1"), "d/b": FileSpec(b"2")})
-    w.prune()
+    w.prune(grace_seconds=0)
     assert w.commit({"d/b": None, "never": None}) == ["d/b"]
     assert dict(w.committed) == {"a": FileSpec(b"1")}
     assert not os.path.lexists(tmp_path / "d")
@@ -357,7 +357,7 @@ def test_noop_commit_writes_nothing(tmp_path: Path) -> None:
     w = Writer(tmp_path, require_tmpfs=False)
     w.prepare()
     w.commit({"a": FileSpec(b"1"), "d/b": FileSpec(b"2")})
-    w.prune()
+    w.prune(grace_seconds=0)
     snapshot = sorted((p.name, p.lstat().st_ino, p.lstat().st_mtime_ns) for p in tmp_path.iterdir())
     gen = w.generation
     assert w.commit({"a": FileSpec(b"1"), "d/b": FileSpec(b"2"), "x": None}) == []
@@ -371,7 +371,7 @@ def test_one_change_among_10000_writes_one_file(shm_dir: Path) -> None:
     w = Writer(shm_dir, require_tmpfs=True)
     w.prepare()
     w.commit({f"s{i:05d}": FileSpec(b"v%d" % i) for i in range(10_000)})
-    w.prune()
+    w.prune(grace_seconds=0)
     before = _inodes(shm_dir)
     assert w.commit({"s04242": FileSpec(b"changed")}) == ["s04242"]
     after = _inodes(shm_dir)
@@ -392,6 +392,19 @@ def test_committed_is_read_once_at_start(tmp_path: Path) -> None:
     assert dict(again.committed) == files
     assert again.generation == os.readlink(tmp_path / DATA_LINK)
     assert again.commit({"a": FileSpec(b"1", 0o400)}) == []
+
+
+def test_spare_waits_for_the_generation_to_stand(tmp_path: Path) -> None:
+    """No spare is linked right after a commit (a one-shot sync makes none); one is once the
+    generation has stood for the grace period."""
+    w = Writer(tmp_path, require_tmpfs=False)
+    w.prepare()
+    w.commit({"a": FileSpec(b"1"), "b": FileSpec(b"2")})
+    assert w.prune(grace_seconds=60) is None
+    assert _spares(tmp_path) == []
+    w.prune(grace_seconds=0)
+    assert len(_spares(tmp_path)) == 1
+    _assert_spares_match(tmp_path)
 
 
 def test_spares_are_private_and_bounded(tmp_path: Path) -> None:
@@ -452,7 +465,7 @@ def test_removed_directory_is_made_again(shm_dir: Path) -> None:
     w = Writer(out, require_tmpfs=True)
     w.prepare()
     w.commit({"a": FileSpec(b"1", 0o400), "d/b": FileSpec(b"2")})
-    w.prune()
+    w.prune(grace_seconds=0)
     subprocess.run(["rm", "-rf", str(out)], check=True)
     assert w.prune() is None  # never raises, nothing to do in a removed directory
     assert w.check_drift() == ["a", "d/b"]
@@ -487,7 +500,7 @@ def test_full_tmpfs_keeps_the_last_generation(tiny_tmpfs: Path) -> None:
     before = sorted(p.name for p in tiny_tmpfs.iterdir())
     for prune_first in (False, True):
         if prune_first:
-            w.prune()
+            w.prune(grace_seconds=0)
             before = sorted(p.name for p in tiny_tmpfs.iterdir() if not p.name.startswith("..spare_"))
         with pytest.raises(WriteError, match="No space left") as err:
             w.commit({"a": FileSpec(b"x" * 1024 * 1024)})
@@ -638,7 +651,7 @@ def test_drift_is_put_back(tmp_path: Path, case: str, spare: bool) -> None:
     files = {"a": FileSpec(b"1", 0o444), "c": FileSpec(b"3", 0o400), "d/b": FileSpec(b"2", 0o444)}
     w.commit(files)
     if spare:
-        w.prune()
+        w.prune(grace_seconds=0)
     assert w.check_drift() == []
     tamper(out, victim)
     assert w.check_drift() == expected
