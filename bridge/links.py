@@ -8,6 +8,7 @@ directory while its mtime stays as it was when a full pass last found all well.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -72,14 +73,22 @@ class Links:
                     unlink(dfd, top)
                 self._made.discard(top)
                 continue
-            if link_target(dfd, top) == target:  # one syscall for a link that is right
-                self._made.add(top)
-                continue
             try:
-                st: os.stat_result | None = os.stat(top, dir_fd=dfd, follow_symlinks=False)
-            except FileNotFoundError:
-                st = None
-            if st is not None and stat.S_ISDIR(st.st_mode) and top not in self._made:
+                if os.readlink(top, dir_fd=dfd) == target:  # one syscall for a link that is right
+                    self._made.add(top)
+                    continue
+            except FileNotFoundError:  # nothing there: make it in place (EEXIST if that changed)
+                with contextlib.suppress(FileExistsError):
+                    os.symlink(target, top, dir_fd=dfd)
+                    self._step("link_made")
+                    self._made.add(top)
+                    remade.append(top)
+                    continue
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:  # EINVAL: there, but not a link
+                    raise
+            st = os.stat(top, dir_fd=dfd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode) and top not in self._made:
                 raise WriteError(f"{top} in the output directory is a folder the bridge did not make; remove it")
             unlink(dfd, _LINK_TMP)
             os.symlink(target, _LINK_TMP, dir_fd=dfd)

@@ -210,13 +210,15 @@ CRASHER = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGKILL)
     w = Crashing(__import__("pathlib").Path(sys.argv[1]), require_tmpfs=False)
     w.prepare()
+    if sys.argv[2] == "link_tmp_made":  # a file planted at a new name: replaced through a temporary link
+        open(os.path.join(sys.argv[1], "new"), "wb").close()
     if sys.argv[3] == "spare":
         w.prune()  # a spare ready before the commit
     w.commit({"a": FileSpec(b"new-a"), "new": FileSpec(b"new-n"), "d/c": FileSpec(b"new-c"), "gone": None})
 """)
 
-COMMIT_STEPS = ["file_written", "generation_written", "data_tmp_linked", "committed", "link_tmp_made",
-                "links_synced"]
+COMMIT_STEPS = ["file_written", "generation_written", "data_tmp_linked", "committed", "link_made",
+                "link_tmp_made", "links_synced"]
 CRASHES = ([(step, "spare") for step in [*COMMIT_STEPS, "spare_file_linked", "spare_ready"]]
            + [(step, "at-commit") for step in [*COMMIT_STEPS, "spare_file_linked"]])
 
