@@ -60,7 +60,8 @@ log = logging.getLogger("secrets_bridge.writer")
 
 class Writer:
     """Commits sets of files to `output_dir` as atomic generations, doing work in proportion to
-    what changed, and puts back what something else changed."""
+    what changed, and puts back what something else changed. One thread at a time (the engine's
+    loop): prepare(), commit(), prune() and check_drift() share the directory state."""
 
     def __init__(self, output_dir: Path, *, require_tmpfs: bool = True) -> None:
         self.output_dir = output_dir
