@@ -57,7 +57,9 @@ class Links:
             return []
         started = time.time_ns()
         remade = self.sync(dfd, self.tops)
-        if not remade and started - mtime > _COARSE_CLOCK_NS:
+        # a filesystem keeping whole seconds (mtime_ns a multiple of 1e9) needs a wider margin
+        margin = _COARSE_CLOCK_NS if mtime % 1_000_000_000 else 2_000_000_000
+        if not remade and started - mtime > margin:
             self._verified_mtime = mtime
         return remade
 
