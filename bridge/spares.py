@@ -42,11 +42,13 @@ class Spares:
         self._spares: dict[str, set[str]] = {}  # spare -> names to relink before it matches
         self._replaced: dict[str, _Replaced] = {}
         self._retry_at = 0.0
-        self._current_since = -1e9  # when the current generation was committed
+        self._current_since = time.monotonic()  # when the current generation was committed
 
     def forget(self) -> None:
-        """The directory holding them is gone."""
+        """Start afresh (a new process, or the directory holding them is gone). The generation found
+        counts as just committed, so a one-shot sync that changes nothing links no spare."""
         self._spares, self._replaced = {}, {}
+        self._current_since = time.monotonic()
 
     def take(self, dfd: int, generation: str | None, committed: Collection[str],
              changes: Collection[str]) -> str | None:

@@ -150,7 +150,7 @@ class Writer:
                     remove_names(sfd, changes)  # unlinked, never written through: the inode is live
                 written = {name: spec for name, spec in changes.items() if spec is not None}
                 stamps = write_files(sfd, written, lambda: self._step("file_written"))
-                os.fchmod(sfd, 0o755)
+                os.fchmod(sfd, 0o755)  # nosec B103: a folder; readers of other uids walk through it
                 st = os.fstat(sfd)
             gen = rename_new(dfd, spare, "..")
             self._step("generation_written")
@@ -229,7 +229,7 @@ class Writer:
                 return []
             data_ok = self._data_ok()
             repaired = [] if data_ok else [DATA_LINK]
-            bad = self._tampered()
+            bad = self._tampered(self.generation)
             if bad is None:  # the generation itself is gone or not the one written
                 self._publish(dict(self._committed), fresh=True)
                 return sorted({*repaired, *self._committed})
@@ -260,12 +260,11 @@ class Writer:
     def _data_ok(self) -> bool:
         return link_target(self._fd(), DATA_LINK) == self.generation
 
-    def _tampered(self) -> list[str] | None:
+    def _tampered(self, gen: str) -> list[str] | None:
         """Names of the current generation whose stamp differs from the one recorded; None when the
         generation directory itself is missing, replaced, chmod'ed, or has a name added."""
-        assert self.generation is not None
         try:
-            gfd = os.open(self.generation, DIR_FLAGS, dir_fd=self._fd())
+            gfd = os.open(gen, DIR_FLAGS, dir_fd=self._fd())
         except OSError:
             return None
         try:

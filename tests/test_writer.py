@@ -213,7 +213,7 @@ CRASHER = textwrap.dedent("""
     if sys.argv[2] == "link_tmp_made":  # a file planted at a new name: replaced through a temporary link
         open(os.path.join(sys.argv[1], "new"), "wb").close()
     if sys.argv[3] == "spare":
-        w.prune()  # a spare ready before the commit
+        w.prune(grace_seconds=0)  # a spare ready before the commit
     w.commit({"a": FileSpec(b"new-a"), "new": FileSpec(b"new-n"), "d/c": FileSpec(b"new-c"), "gone": None})
 """)
 
