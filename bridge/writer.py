@@ -5,377 +5,416 @@
     db_password -> ..data/db_password              what applications open
 
 It never leaves a partial file, never creates a file wider than its final mode, never follows a
-symlink inside the output directory (every operation goes through directory file descriptors
-with O_NOFOLLOW), and never writes when the content is unchanged. Names beginning with `..` are
-its own; at start it removes leftovers of a crash at any step. A replaced generation is removed
-after a short grace period, so a reader resolving a path at the moment of a commit still finds it.
+symlink inside the output directory (bridge/generation.py), and never writes when nothing changed.
+It holds the output directory by the descriptor it locked at start and never resolves the path
+again, unless that directory is removed: then it makes a new one at the path and writes it all.
+Names beginning with `..` are its own; at start it removes the leftovers of a crash at any step.
+
+A commit costs what changed, not what exists: unchanged files enter the new generation as hard
+links (same inode, mode and owner) through a spare prepared off the commit path (bridge/spares.py).
+A linked inode is never written, chmod'ed or chown'ed: a new mode or owner is a new file. After
+start the writer never reads files back: it knows what it committed, and check_drift() compares
+what it recorded (inode, mode, owner, size, mtime) to put back what something else changed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import errno
-import fcntl
+import logging
 import os
-import shutil
 import stat
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from bridge.errors import WriteError
+from bridge.generation import (
+    DIR_FLAGS,
+    FileSpec,
+    Stamp,
+    by_folder,
+    changed_files,
+    is_memory_backed,
+    make_dir,
+    open_output_dir,
+    opened,
+    read_tree,
+    remove,
+    remove_names,
+    rename_new,
+    unlink,
+    write_files,
+)
+from bridge.links import DATA_LINK, Links, link_target
+from bridge.spares import MAX_SPARES, SPARE_PREFIX, Spares
 
-DATA_LINK = "..data"
+__all__ = ["DATA_LINK", "GENERATION_GRACE_SECONDS", "MAX_SPARES", "FileSpec", "Writer", "is_memory_backed"]
+
 #: how long a replaced generation stays for readers that were resolving paths through it
 GENERATION_GRACE_SECONDS = 1.0
 _DATA_TMP = "..data_tmp"
-_STATE_TMP = "..state_tmp"
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_TMPFS_MAGIC = 0x01021994
-_RAMFS_MAGIC = 0x858458F6
 
-
-@dataclass(frozen=True)
-class FileSpec:
-    """One file of a generation. The content is never part of the repr."""
-
-    content: bytes = field(repr=False)
-    mode: int = 0o444
-    uid: int = field(default_factory=os.getuid)
-    gid: int = field(default_factory=os.getgid)
+log = logging.getLogger("secrets_bridge.writer")
 
 
 class Writer:
-    """Commits whole sets of files to `output_dir` as one atomic generation."""
+    """Commits sets of files to `output_dir` as atomic generations, doing work in proportion to
+    what changed, and puts back what something else changed. One thread at a time (the engine's
+    loop): prepare(), commit(), prune() and check_drift() share the directory state."""
 
     def __init__(self, output_dir: Path, *, require_tmpfs: bool = True) -> None:
         self.output_dir = output_dir
         self.require_tmpfs = require_tmpfs
-        self._lock_fd: int | None = None
-        #: generations this writer replaced, with the monotonic time of the replacement
-        self._replaced: dict[str, float] = {}
-        self._committed: dict[str, FileSpec] | None = None
+        #: the current generation's directory name (`..2026_...`), None before the first commit
         self.generation: str | None = None
+        self._dfd: int | None = None
+        self._lost = False  # the held directory was removed and could not be made again yet
+        self._rewrite_owed = False  # made again, but writing the committed files there failed
+        self._committed: dict[str, FileSpec] = {}
+        self._stamps: dict[str, Stamp] = {}
+        self._generation_id = (0, 0)  # inode and mtime (a name added or removed changes it)
+        self._generation_trusted = False  # made by this process, not found at start
+        self._folders: list[tuple[str, list[str]]] | None = None  # committed names by folder
+        self._spares = Spares(self._step)
+        self._path_warned: tuple[int, int] | None = None  # where the path led when we said so
+        self._links = Links(self._step, lambda name: self._spares.discard(self._fd(), name))
+        self._prune_failing = False
+
+    # -- start and stop ----------------------------------------------------------------------
 
     def prepare(self) -> None:
         """Create the directory if needed, check it is in memory, take it for this process (one
-        writer per directory), and repair any crash leftovers."""
-        if not self.output_dir.exists():
-            try:
-                self.output_dir.mkdir(mode=0o755, parents=True)
-                self.output_dir.chmod(0o755)  # mkdir's mode is narrowed by the umask
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                raise WriteError(f"cannot create output_dir {self.output_dir}: {exc.strerror}") from None
-        if self.require_tmpfs and not is_memory_backed(self.output_dir):
-            raise WriteError(
-                f"output_dir {self.output_dir} is on a disk-backed filesystem; mount a tmpfs there "
-                f"(Compose: a tmpfs volume; Kubernetes: emptyDir with medium: Memory; by hand: "
-                f"mount -t tmpfs tmpfs {self.output_dir}) or set require_tmpfs: false"
-            )
-        self._lock()
-        with self._dir() as dfd:
-            self._repair(dfd)
-
-    def release(self) -> None:
-        """Let another process write the directory."""
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing drops the flock
-            self._lock_fd = None
-
-    def _lock(self) -> None:
-        if self._lock_fd is not None:
+        writer per directory), repair any crash leftovers, and read what the current generation
+        holds (`committed`). Again on a prepared writer: only follow a removal of the directory."""
+        if self._dfd is not None or self._lost:
+            with self._errors("prepare"):
+                self._follow_removal()
             return
-        try:
-            fd = os.open(self.output_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise WriteError(f"cannot open output_dir {self.output_dir}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise WriteError(
-                f"another secrets-bridge is writing {self.output_dir}; one writer per directory "
-                f"(stop it, or give this one its own output_dir)"
-            ) from None
-        self._lock_fd = fd
-
-    def current(self) -> dict[str, FileSpec]:
-        """The files of the committed generation (empty when there is none)."""
-        with self._dir() as dfd:
-            gen = _current_generation(dfd)
-            if gen is None:
-                return {}
-            gfd = os.open(gen, _DIR_FLAGS, dir_fd=dfd)
-            try:
-                return dict(_read_tree(gfd, ""))
-            finally:
-                os.close(gfd)
+        self._open()
+        with self._errors("prepare"):
+            self._repair()
 
     @property
     def committed(self) -> Mapping[str, FileSpec]:
-        if self._committed is None:
-            self._committed = self.current()
-        return self._committed
+        """What the current generation holds (a live read-only view)."""
+        return MappingProxyType(self._committed)
+
+    def release(self) -> None:
+        """Remove the spares and let another process write the directory."""
+        if self._dfd is not None:
+            self._spares.remove_spares(self._dfd)
+            os.close(self._dfd)  # closing drops the flock
+        self._dfd, self._lost = None, False
+
+    # -- commit ------------------------------------------------------------------------------
 
     def commit(self, updates: Mapping[str, FileSpec | None]) -> list[str]:
-        """Apply `updates` (None removes a file) on top of the committed files in one rename; return
-        the names that changed, empty when nothing did and nothing was written."""
-        before = dict(self.committed)
-        files = dict(before)
-        for name, spec in updates.items():
-            if spec is None:
-                files.pop(name, None)
-            else:
-                files[name] = spec
-        changed = sorted(n for n in updates if files.get(n) != before.get(n))
-        if not changed:
+        """Apply `updates` (None removes a file) on top of what is committed, in one rename; return
+        the sorted names whose content, mode or owner changed. Nothing changed: nothing written."""
+        changes = {name: spec for name, spec in updates.items() if spec != self._committed.get(name)}
+        if not changes:
             return []
-        self._lock()
-        with self._dir() as dfd:
-            old = _current_generation(dfd)
-            gen = self._write_generation(dfd, files)
+        with self._errors("commit"):
+            self._follow_removal()
+            self._publish(changes)
+        return sorted(changes)
+
+    def current(self) -> dict[str, FileSpec]:
+        """The files of the current generation as read from disk now (for tests and tools)."""
+        with self._errors("read"):
+            dfd = self._fd()
+            gen = _current_generation(dfd)
+            if gen is None:
+                return {}
+            with opened(dfd, gen) as gfd:
+                return {name: spec for name, spec, _ in read_tree(gfd)}
+
+    def _publish(self, changes: Mapping[str, FileSpec | None], *, fresh: bool = False,
+                 tainted: bool = False) -> None:
+        """Make a new generation: the committed set with `changes` applied, the changed names
+        written, the rest linked (fresh: everything written, no inode shared with anything)."""
+        dfd = self._fd()
+        gen, spare = None, None
+        if not fresh:
+            spare = self._spares.take(dfd, self.generation, self._committed, changes)
+        taken = spare is not None
+        try:
+            if spare is None:  # no spare ready: link every unchanged file now
+                spare = make_dir(dfd, SPARE_PREFIX, 0o700)
+                if not fresh and self.generation is not None:
+                    unchanged = [name for name in self._committed if name not in changes]
+                    self._spares.link_all(dfd, spare, self.generation, unchanged)
+            with opened(dfd, spare) as sfd:
+                if taken:
+                    remove_names(sfd, changes)  # unlinked, never written through: the inode is live
+                written = {name: spec for name, spec in changes.items() if spec is not None}
+                stamps = write_files(sfd, written, lambda: self._step("file_written"))
+                os.fchmod(sfd, 0o755)  # nosec B103: a folder; readers of other uids walk through it
+                st = os.fstat(sfd)
+            gen = rename_new(dfd, spare, "..")
             self._step("generation_written")
-            _unlink(dfd, _DATA_TMP)
-            os.symlink(gen, _DATA_TMP, dir_fd=dfd)
-            self._step("data_tmp_linked")
-            os.rename(_DATA_TMP, DATA_LINK, src_dir_fd=dfd, dst_dir_fd=dfd)  # the commit point
-            self._step("committed")
-            self._sync_visible_links(dfd, {name.split("/", 1)[0] for name in files})
+            self._swap(gen)  # the commit point
+        except BaseException:
+            with contextlib.suppress(OSError):
+                unlink(dfd, _DATA_TMP)
+            if gen or spare:
+                self._spares.discard(dfd, gen or spare or "")  # never leave a partial generation or spare
+            raise
+        self._step("committed")
+        old, self.generation = self.generation, gen
+        self._spares.committed(old, changes, tainted=tainted or fresh or not self._generation_trusted, fresh=fresh)
+        self._generation_id, self._generation_trusted = (st.st_ino, st.st_mtime_ns), True
+        self._apply(changes, stamps)
+        try:
+            self._links.sync(dfd, {name.split("/", 1)[0] for name in changes}, full=fresh)
             self._step("links_synced")
-            if old is not None:
-                self._replaced[old] = time.monotonic()
-            self._prune(dfd, GENERATION_GRACE_SECONDS)
-        self._committed = files
-        self.generation = gen
-        return changed
+        except (OSError, WriteError) as exc:  # committed all the same; check_drift() makes them
+            log.warning("%s: committed, but a visible link could not be made yet: %s", self.output_dir, exc)
+
+    def _apply(self, changes: Mapping[str, FileSpec | None], stamps: Mapping[str, Stamp]) -> None:
+        for name, spec in changes.items():
+            if spec is None:
+                if self._committed.pop(name, None) is not None:
+                    del self._stamps[name]
+                    self._links.removed(name)
+                    self._folders = None
+                continue
+            if name not in self._committed:
+                self._links.added(name)
+                self._folders = None
+            self._committed[name] = spec
+            self._stamps[name] = stamps[name]
+
+    def _swap(self, gen: str) -> None:
+        """Point `..data` at `gen` by one rename."""
+        dfd = self._fd()
+        unlink(dfd, _DATA_TMP)
+        os.symlink(gen, _DATA_TMP, dir_fd=dfd)
+        self._step("data_tmp_linked")
+        self._links.rename_over(dfd, _DATA_TMP, DATA_LINK)
 
     def prune(self, grace_seconds: float = GENERATION_GRACE_SECONDS) -> float | None:
-        """Remove generations replaced more than `grace_seconds` ago.
+        """Retire generations replaced more than `grace_seconds` ago and make sure a spare is ready
+        for the next commit. Never raises (a spare only makes commits faster). Returns the seconds
+        until the next replaced generation may go, None if none is left.
 
-        A reader that resolved `..data` just before a commit is still walking the old
-        generation's path for a moment; removing it at once would show that reader a missing
-        file. Returns the seconds until the next replaced generation may go, None if none is left."""
-        with self._dir() as dfd:
-            return self._prune(dfd, grace_seconds)
-
-    def _prune(self, dfd: int, grace_seconds: float) -> float | None:
-        # Ages come from this process's monotonic clock, so a wall-clock step cannot keep old
-        # values on the tmpfs; generations this process did not replace were removed by prepare().
-        now, wait = time.monotonic(), None
-        for gen, replaced_at in list(self._replaced.items()):
-            age = now - replaced_at
-            if age >= grace_seconds:
-                _remove(dfd, gen)
-                del self._replaced[gen]
-            else:
-                wait = min(wait or grace_seconds, grace_seconds - age)
+        A reader that resolved `..data` just before a commit is still walking the old generation's
+        path for a moment; removing it at once would show that reader a missing file."""
+        try:
+            if self._dfd is None or os.fstat(self._dfd).st_nlink == 0:
+                return None  # removed: the next commit or check_drift() makes it again
+            wait = self._spares.prune(self._dfd, self.generation, self._committed, grace_seconds)
+        except (OSError, WriteError) as exc:
+            if not self._prune_failing:
+                log.warning("%s: cannot prepare the next generation ahead (commits will be slower): %s",
+                            self.output_dir, getattr(exc, "strerror", None) or exc)
+            self._prune_failing = True
+            return None
+        self._prune_failing = False
         return wait
+
+    # -- drift -------------------------------------------------------------------------------
+
+    def check_drift(self) -> list[str]:
+        """Put back what something else changed since the last commit: a managed link, `..data`,
+        or a file of the current generation deleted, replaced, edited or chmod'ed (compared by
+        stamp, no content read, no link followed). Returns the names put back (file names as in
+        `committed`, top-level link names, `..data`), empty when all is well. Not a change."""
+        with self._errors("drift repair"):
+            if self._follow_removal():
+                return sorted(self._committed)
+            self._warn_if_path_moved()
+            if self.generation is None:
+                return []
+            data_ok = self._data_ok()
+            repaired = [] if data_ok else [DATA_LINK]
+            bad = self._tampered(self.generation)
+            if bad is None:  # the generation itself is gone or not the one written
+                self._publish(dict(self._committed), fresh=True)
+                return sorted({*repaired, *self._committed})
+            if bad:
+                self._publish({name: self._committed[name] for name in bad}, tainted=True)
+                repaired += bad
+            elif not data_ok:
+                self._swap(self.generation)
+            repaired += self._links.check(self._fd())
+            return sorted(set(repaired))
+
+    def _warn_if_path_moved(self) -> None:
+        """The path may now lead elsewhere (a re-pointed symlink, a directory moved away): writes
+        stay in the directory locked at start, and the operator is told once."""
+        held = os.fstat(self._fd())
+        try:
+            st = os.stat(self.output_dir)
+            now: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except OSError:
+            now = None
+        if now == (held.st_dev, held.st_ino):
+            self._path_warned = None
+        elif self._path_warned is None:
+            log.warning("%s no longer leads to the directory locked at start; still writing that one "
+                        "(restart the bridge to use the new one)", self.output_dir)
+            self._path_warned = now or (-1, -1)
+
+    def _data_ok(self) -> bool:
+        return link_target(self._fd(), DATA_LINK) == self.generation
+
+    def _tampered(self, gen: str) -> list[str] | None:
+        """Names of the current generation whose stamp differs from the one recorded; None when the
+        generation directory itself is missing, replaced, chmod'ed, or has a name added."""
+        try:
+            gfd = os.open(gen, DIR_FLAGS, dir_fd=self._fd())
+        except OSError:
+            return None
+        try:
+            st = os.fstat(gfd)
+            if st.st_ino != self._generation_id[0] or stat.S_IMODE(st.st_mode) != 0o755:
+                return None
+            if st.st_mtime_ns != self._generation_id[1] and not set(os.listdir(gfd)) <= self._links.tops.keys():
+                return None  # rewrite it all rather than carry along what this writer did not write
+            if self._folders is None:
+                self._folders = list(by_folder(self._committed).items())
+            return changed_files(gfd, self._folders, self._stamps)
+        finally:
+            os.close(gfd)
+
+    # -- the directory -----------------------------------------------------------------------
+
+    def _open(self) -> None:
+        self._dfd = open_output_dir(self.output_dir, require_tmpfs=self.require_tmpfs)
+
+    def _repair(self) -> None:
+        """Start: keep `..data`'s generation, remove every other `..` name, read what it holds."""
+        dfd = self._fd()
+        gen = _current_generation(dfd)
+        if gen is None:
+            remove(dfd, DATA_LINK)  # dangling, or not a link to a generation
+        for name in os.listdir(dfd):
+            if name.startswith("..") and name not in (DATA_LINK, gen):
+                remove(dfd, name)
+        self._forget()
+        self.generation = gen
+        if gen is not None:
+            with opened(dfd, gen) as gfd:
+                st = os.fstat(gfd)
+                self._generation_id = (st.st_ino, st.st_mtime_ns)
+                for name, spec, stamp in read_tree(gfd):
+                    self._committed[name], self._stamps[name] = spec, stamp
+                    self._links.added(name)
+        self._links.sync(dfd, self._links.tops, full=True)
+
+    def _forget(self) -> None:
+        self._committed, self._stamps = {}, {}
+        self._folders, self.generation, self._generation_trusted = None, None, False
+        self._spares.forget()
+        self._links.forget()
+
+    def _follow_removal(self) -> bool:
+        """If the held directory was removed, make it again at the path and write everything
+        committed there (again at the next call, if that failed). True when it did."""
+        gone = self._dfd is None or os.fstat(self._dfd).st_nlink == 0
+        if not gone and not self._rewrite_owed:
+            return False
+        if self._dfd is None and not self._lost:
+            self._fd()  # never prepared: say so
+        if gone:
+            if self._dfd is not None:
+                log.warning("%s was removed; making it again with the %d committed files",
+                            self.output_dir, len(self._committed))
+                os.close(self._dfd)
+                self._dfd = None
+            self._lost = self._rewrite_owed = True
+            self._spares.forget()
+            self._links.forget()
+            for name in self._committed:
+                self._links.added(name)
+            self.generation = None
+            self._open()
+            self._lost = False
+            dfd = self._fd()
+            for name in os.listdir(dfd):
+                if name.startswith(".."):
+                    remove(dfd, name)
+        if self._committed:
+            self._publish(dict(self._committed), fresh=True)
+        self._rewrite_owed = False
+        return True
+
+    def _fd(self) -> int:
+        if self._dfd is None:
+            raise WriteError(f"output_dir {self.output_dir} is not open (prepare() first)")
+        return self._dfd
+
+    @contextlib.contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        """One line for an OS fault (a full tmpfs, no descriptors left, a read-only remount, ...)."""
+        try:
+            yield
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise WriteError(
+                f"{doing} in {self.output_dir}: {exc.strerror or type(exc).__name__}{where}") from None
 
     def clear(self) -> None:
         """Remove every file the writer made (Docker removes secrets when a task stops)."""
-        with self._dir() as dfd:
-            self._sync_visible_links(dfd, set())
+        with self._errors("clear"):
+            dfd = self._fd()
+            tops = list(self._links.tops)
+            self._forget()
+            self._links.sync(dfd, tops, full=True)
             for name in os.listdir(dfd):
                 if name.startswith(".."):
-                    _remove(dfd, name)
+                    remove(dfd, name)
 
     def write_state(self, name: str, data: bytes, mode: int = 0o644) -> None:
-        """Atomically replace the metadata file `name` beside the secrets."""
-        with self._dir() as dfd:
+        """Atomically replace the metadata file `name` (not a `..` name) beside the secrets,
+        created with `mode` from the start (0o600 for what only the bridge may read)."""
+        with self._errors("write state"):
+            self._follow_removal()
+            dfd = self._fd()
+            tmp = f"..state_{time.time_ns()}"
             try:
-                _unlink(dfd, _STATE_TMP)
-                fd = os.open(_STATE_TMP, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=dfd)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                fd = os.open(tmp, flags, mode & 0o777, dir_fd=dfd)
                 with os.fdopen(fd, "wb") as out:
+                    os.fchmod(fd, mode)  # undoes the umask
                     out.write(data)
-                os.rename(_STATE_TMP, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
             except OSError as exc:
-                _unlink(dfd, _STATE_TMP)
+                unlink(dfd, tmp)
                 raise WriteError(f"cannot write {name} in {self.output_dir}: {exc.strerror}") from None
 
-    # -- internals -------------------------------------------------------------------------
+    def read_state(self, name: str) -> bytes | None:
+        """The metadata file `name` beside the secrets (None when there is none), read through the
+        directory held since prepare() (before it, through the path), never through a symlink."""
+        with self._errors(f"read {name}"):
+            dfd = self._dfd if self._dfd is not None else os.open(self.output_dir, DIR_FLAGS & ~os.O_NOFOLLOW)
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            except FileNotFoundError:
+                return None
+            finally:
+                if dfd != self._dfd:
+                    os.close(dfd)
+            with os.fdopen(fd, "rb") as f:
+                return f.read()
+
+    def remove_state(self, name: str) -> None:
+        """Remove the metadata file `name` beside the secrets, if it is there."""
+        with self._errors(f"remove {name}"):
+            unlink(self._fd(), name)
 
     def _step(self, name: str) -> None:
         """A named point between two steps of a commit (tests crash the process here)."""
 
-    @contextlib.contextmanager
-    def _dir(self) -> Iterator[int]:
-        try:
-            dfd = os.open(self.output_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise WriteError(f"cannot open output_dir {self.output_dir}: {exc.strerror}") from None
-        try:
-            yield dfd
-        except OSError as exc:  # full tmpfs, permissions, a folder where a link belongs, ...
-            where = f" ({exc.filename})" if exc.filename else ""
-            raise WriteError(f"{self.output_dir}: {exc.strerror or type(exc).__name__}{where}") from None
-        finally:
-            os.close(dfd)
-
-    def _write_generation(self, dfd: int, files: Mapping[str, FileSpec]) -> str:
-        while True:
-            stamp = time.time_ns()
-            gen = time.strftime("..%Y_%m_%d_%H_%M_%S", time.gmtime(stamp // 1_000_000_000))
-            gen += f".{stamp % 1_000_000_000:09d}"
-            try:
-                os.mkdir(gen, 0o755, dir_fd=dfd)
-                break
-            except FileExistsError:
-                continue
-        try:
-            gfd = os.open(gen, _DIR_FLAGS, dir_fd=dfd)
-            try:
-                os.fchmod(gfd, 0o755)
-                for name, spec in sorted(files.items()):
-                    _write_file(gfd, name, spec)
-                    self._step("file_written")
-            finally:
-                os.close(gfd)
-        except BaseException as exc:
-            _remove(dfd, gen)  # never leave a partial generation behind
-            if isinstance(exc, OSError):
-                raise WriteError(f"cannot write generation in {self.output_dir}: {exc.strerror}") from None
-            raise
-        return gen
-
-    def _sync_visible_links(self, dfd: int, tops: set[str]) -> None:
-        """Point each top-level name at ..data/name; remove links for names no longer there."""
-        for top in sorted(tops):
-            target = f"{DATA_LINK}/{top}"
-            try:
-                st = os.stat(top, dir_fd=dfd, follow_symlinks=False)
-            except FileNotFoundError:
-                st = None
-            if st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(top, dir_fd=dfd) == target:
-                continue
-            if st is not None and stat.S_ISDIR(st.st_mode):
-                raise WriteError(f"{self.output_dir}/{top} is a directory the bridge did not make; remove it")
-            tmp = f"..link_{top.replace('/', '_')}"
-            _unlink(dfd, tmp)
-            os.symlink(target, tmp, dir_fd=dfd)
-            self._step("link_tmp_made")
-            os.rename(tmp, top, src_dir_fd=dfd, dst_dir_fd=dfd)  # replaces a planted file or link
-        for name in os.listdir(dfd):
-            if name in tops or name.startswith(".."):
-                continue
-            if _is_our_link(dfd, name):
-                _unlink(dfd, name)
-
-    def _repair(self, dfd: int) -> None:
-        gen = _current_generation(dfd)
-        if gen is None:
-            _unlink(dfd, DATA_LINK)  # dangling or not a link to a generation
-        for name in os.listdir(dfd):
-            if name.startswith("..") and name not in (DATA_LINK, gen):
-                _remove(dfd, name)
-        tops: set[str] = set()
-        if gen is not None:
-            gfd = os.open(gen, _DIR_FLAGS, dir_fd=dfd)
-            try:
-                tops = set(os.listdir(gfd))
-            finally:
-                os.close(gfd)
-        self._sync_visible_links(dfd, tops)
-
 
 def _current_generation(dfd: int) -> str | None:
-    try:
-        target = os.readlink(DATA_LINK, dir_fd=dfd)
-    except (FileNotFoundError, OSError):
-        return None
-    if "/" in target or not target.startswith("..") or target in (DATA_LINK, _DATA_TMP):
+    target = link_target(dfd, DATA_LINK)
+    if target is None or "/" in target or not target.startswith("..") or target in (DATA_LINK, _DATA_TMP):
         return None
     try:
         st = os.stat(target, dir_fd=dfd, follow_symlinks=False)
     except FileNotFoundError:
         return None
     return target if stat.S_ISDIR(st.st_mode) else None
-
-
-def _is_our_link(dfd: int, name: str) -> bool:
-    try:
-        return os.readlink(name, dir_fd=dfd).startswith(DATA_LINK + "/")
-    except OSError:
-        return False
-
-
-def _write_file(gfd: int, name: str, spec: FileSpec) -> None:
-    *folders, leaf = name.split("/")
-    parent = os.dup(gfd)
-    try:
-        for folder in folders:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(folder, 0o755, dir_fd=parent)
-            child = os.open(folder, _DIR_FLAGS, dir_fd=parent)
-            os.fchmod(child, 0o755)  # mkdir's mode is narrowed by the umask
-            os.close(parent)
-            parent = child
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(leaf, flags, spec.mode & 0o777, dir_fd=parent)  # never wider than final
-        try:
-            uid, gid = spec.uid, spec.gid
-            if (uid, gid) != (os.getuid(), os.getgid()):
-                try:
-                    os.fchown(fd, uid, gid)
-                except PermissionError:
-                    raise WriteError(
-                        f"cannot give {name} owner {uid}:{gid}: run the bridge as root or drop uid/gid"
-                    ) from None
-            os.fchmod(fd, spec.mode)  # after chown, which clears set-id bits; undoes the umask
-            view = memoryview(spec.content)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-    finally:
-        os.close(parent)
-
-
-def _read_tree(dfd: int, prefix: str) -> Iterator[tuple[str, FileSpec]]:
-    for entry in sorted(os.listdir(dfd)):
-        st = os.stat(entry, dir_fd=dfd, follow_symlinks=False)
-        if stat.S_ISDIR(st.st_mode):
-            child = os.open(entry, _DIR_FLAGS, dir_fd=dfd)
-            try:
-                yield from _read_tree(child, f"{prefix}{entry}/")
-            finally:
-                os.close(child)
-        elif stat.S_ISREG(st.st_mode):
-            fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-            with os.fdopen(fd, "rb") as f:
-                content = f.read()
-            yield f"{prefix}{entry}", FileSpec(content, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
-
-
-def _unlink(dfd: int, name: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(name, dir_fd=dfd)
-
-
-def _remove(dfd: int, name: str) -> None:
-    try:
-        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=dfd)
-    else:
-        os.unlink(name, dir_fd=dfd)
-
-
-class _StatFs(ctypes.Structure):
-    _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 256)]
-
-
-def is_memory_backed(path: Path) -> bool:
-    """True when `path` is on tmpfs or ramfs (statfs(2) f_type)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    buf = _StatFs()
-    if libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
-        err = ctypes.get_errno()
-        raise WriteError(f"cannot statfs {path}: {os.strerror(err or errno.EIO)}")
-    return (buf.f_type & 0xFFFFFFFF) in (_TMPFS_MAGIC, _RAMFS_MAGIC)

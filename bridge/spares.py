@@ -1,0 +1,168 @@
+"""The directories the writer keeps besides the current generation, so a commit costs what changed.
+
+A *spare* (`..spare_*`, mode 0700, so no reader walks into it) holds hard links to the current
+generation's inodes: a commit replaces only the changed names in it and renames it into place.
+A *replaced* generation stays for a grace period, for readers still resolving paths through it,
+then becomes a spare once the names changed since are relinked (or is removed). Each keeps the set
+of names where it differs from the current generation. A linked inode is never written through:
+a stale name is unlinked and linked again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+
+from bridge.generation import link_names, make_dir, opened, remove, remove_names, rename_new
+
+SPARE_PREFIX = "..spare_"
+#: spares kept ready: one for the next commit, one more for a commit within the grace period
+MAX_SPARES = 2
+#: after a spare could not be made (a full tmpfs, say), commits link at commit time for this long
+_RETRY_SECONDS = 5.0
+
+
+@dataclass(eq=False)
+class _Replaced:
+    """A generation that is no longer current, kept for readers mid-lookup until its grace ends."""
+
+    replaced_at: float
+    stale: set[str]  # names whose inode differs from the current generation's
+    tainted: bool  # it may hold what the writer did not write: remove it, never make it a spare
+
+
+class Spares:
+    """Spares ready for the next commit and replaced generations in their grace period."""
+
+    def __init__(self, step: Callable[[str], None]) -> None:
+        self._step = step
+        self._spares: dict[str, set[str]] = {}  # spare -> names to relink before it matches
+        self._replaced: dict[str, _Replaced] = {}
+        self._retry_at = 0.0
+        self._current_since = time.monotonic()  # when the current generation was committed
+
+    def forget(self) -> None:
+        """Start afresh (a new process, or the directory holding them is gone). The generation found
+        counts as just committed, so a one-shot sync that changes nothing links no spare."""
+        self._spares, self._replaced = {}, {}
+        self._current_since = time.monotonic()
+
+    def take(self, dfd: int, generation: str | None, committed: Collection[str],
+             changes: Collection[str]) -> str | None:
+        """A spare that matches the current generation except for `changes`, or None."""
+        while self._spares:
+            spare, stale = self._spares.popitem()
+            try:
+                self._relink(dfd, spare, generation, committed, stale.difference(changes))
+                return spare
+            except OSError:
+                self.discard(dfd, spare)
+        return None
+
+    def link_all(self, dfd: int, spare: str, generation: str, names: Iterable[str]) -> None:
+        """Hard-link `names` of `generation` into `spare`."""
+        with opened(dfd, spare) as sfd, opened(dfd, generation) as gfd:
+            link_names(gfd, sfd, names, lambda: self._step("spare_file_linked"))
+
+    def committed(self, old: str | None, changes: Collection[str], *, tainted: bool, fresh: bool) -> None:
+        """A commit replaced `old` by a generation differing in `changes`; `tainted`: `old` may hold
+        what the writer did not write. A fresh one (every file written anew) retires the spares."""
+        stale = set(changes)
+        for spare_stale in self._spares.values():
+            spare_stale |= stale
+        for replaced in self._replaced.values():
+            replaced.stale |= stale
+        if fresh:
+            for spare in self._spares:
+                self._replaced[spare] = _Replaced(-1e9, set(), True)
+            self._spares.clear()
+        self._current_since = time.monotonic()
+        if old is not None:
+            self._replaced[old] = _Replaced(self._current_since, stale, tainted)
+
+    def prune(self, dfd: int, generation: str | None, committed: Collection[str],
+              grace_seconds: float) -> float | None:
+        """Retire replaced generations past their grace (each becomes a spare or is removed) and
+        make a spare if none is ready once the current generation has stood for the grace period
+        (the replaced one becomes a spare by then at a fraction of the cost, and a one-shot sync
+        makes none). Returns the seconds until the next may go, None if none."""
+        now, wait = time.monotonic(), None
+        try:
+            for name, old in list(self._replaced.items()):
+                age = now - old.replaced_at
+                if age < grace_seconds:
+                    wait = min(wait or grace_seconds, grace_seconds - age)
+                    continue
+                del self._replaced[name]
+                if old.tainted or len(self._spares) >= MAX_SPARES or generation is None:
+                    self.discard(dfd, name)
+                else:
+                    self._recycle(dfd, name, old.stale, generation, committed)
+            for spare, stale in list(self._spares.items()):
+                if stale:
+                    try:
+                        self._relink(dfd, spare, generation, committed, stale)
+                    except BaseException:
+                        del self._spares[spare]
+                        self.discard(dfd, spare)
+                        raise
+                    stale.clear()
+            if (not self._spares and generation is not None and now >= self._retry_at
+                    and now - self._current_since >= grace_seconds):
+                self._build(dfd, generation, committed)
+        except OSError:
+            self._retry_at = now + _RETRY_SECONDS
+            raise
+        return wait
+
+    def discard(self, dfd: int, name: str) -> None:
+        """Remove a writer-owned directory; if that fails, try again at a later prune()."""
+        try:
+            remove(dfd, name)
+        except OSError:
+            self._replaced[name] = _Replaced(-1e9, set(), True)
+
+    def remove_spares(self, dfd: int) -> None:
+        for spare in list(self._spares):
+            with contextlib.suppress(OSError):
+                remove(dfd, spare)
+        self._spares.clear()
+
+    def _build(self, dfd: int, generation: str, committed: Collection[str]) -> None:
+        spare = make_dir(dfd, SPARE_PREFIX, 0o700)
+        try:
+            self.link_all(dfd, spare, generation, committed)
+        except BaseException:
+            self.discard(dfd, spare)
+            raise
+        self._step("spare_ready")
+        self._spares[spare] = set()
+
+    def _recycle(self, dfd: int, gen: str, stale: set[str], generation: str, committed: Collection[str]) -> None:
+        try:
+            spare = rename_new(dfd, gen, SPARE_PREFIX)
+        except FileNotFoundError:
+            return
+        try:
+            with opened(dfd, spare) as sfd:
+                os.fchmod(sfd, 0o700)  # its own directory: no other generation shares it
+            self._relink(dfd, spare, generation, committed, stale)
+        except BaseException:
+            self.discard(dfd, spare)
+            raise
+        self._spares[spare] = set()
+
+    def _relink(self, dfd: int, spare: str, generation: str | None, committed: Collection[str],
+                names: set[str]) -> None:
+        """Make `names` in `spare` the current generation's inodes again (or absent)."""
+        if not names:
+            return
+        with opened(dfd, spare) as sfd:
+            remove_names(sfd, names)
+            present = [name for name in names if name in committed]
+            if present and generation is not None:
+                with opened(dfd, generation) as gfd:
+                    link_names(gfd, sfd, present, lambda: self._step("spare_file_linked"))
