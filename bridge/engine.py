@@ -35,6 +35,7 @@ from bridge.metrics import (
     COMMIT_SECONDS,
     COMMITS,
     CYCLE_SECONDS,
+    DRIFT_REPAIRS,
     LAST_REFRESH,
     LEASE_EXPIRY,
     LEASE_ISSUES,
@@ -53,6 +54,8 @@ BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 300.0
 #: the loop wakes at least this often, so /healthz can tell it is alive
 HEARTBEAT_SECONDS = 5.0
+#: how often the output directory is checked for drift (SPEC: repaired within 5 seconds)
+DRIFT_CHECK_SECONDS = 4.0
 #: more new failures than this in one cycle are logged as one line per provider and error
 _LOG_EACH_UP_TO = 3
 
@@ -126,6 +129,8 @@ class Engine:
         self._leases_dirty = False
         self._started = False
         self._write_failing = False
+        self._drift_failing = False
+        self._next_drift_check = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -182,12 +187,9 @@ class Engine:
             self._schedule_lease(unit, now, wall)
             log.info("%s: resumed its lease (expires in %.0fs)", unit.describe(), (fetched.expires_at or wall) - wall)
 
-    def close(self, *, release: bool = True, revoke: bool = False) -> None:
+    def close(self, *, release: bool = True) -> None:
         """Close the providers; remove replaced generations once readers are past them; let the
-        directory go (unless the writer passes to a reloaded engine). With `revoke`, revoke the
-        leases of providers that ask for it (`revoke_on_exit`)."""
-        if revoke:
-            self._revoke_leases()
+        directory go (unless the writer passes to a reloaded engine)."""
         for provider in self.providers.values():
             provider.close()
         for entry in self.entries.values():
@@ -200,7 +202,8 @@ class Engine:
             if release:
                 self.writer.release()
 
-    def _revoke_leases(self) -> None:
+    def revoke_leases(self) -> None:
+        """Revoke the leases of providers that ask for it (`revoke_on_exit`), on shutdown."""
         revoked = False
         for unit in self.units.values():
             provider = self.providers[unit.provider]
@@ -243,10 +246,30 @@ class Engine:
             self.cycle()
             for provider in self.providers.values():
                 self._guarded(provider, provider.maintain)  # e.g. renew a token between cycles
+            if time.monotonic() >= self._next_drift_check:
+                self.repair_drift()
             prune_in = self.writer.prune()
-            wait = min(self.next_wake() - time.monotonic(), HEARTBEAT_SECONDS,
-                       math.inf if prune_in is None else prune_in)
-            wake.wait(max(0.0, wait))
+            wait = min(self.next_wake(), self._next_drift_check) - time.monotonic()
+            wake.wait(max(0.0, min(wait, HEARTBEAT_SECONDS, math.inf if prune_in is None else prune_in)))
+
+    def repair_drift(self) -> list[str]:
+        """Put back what something else changed in the output directory (SPEC "Drift repair"): logged
+        and counted, never a change, so no on_change and no audit event."""
+        self._next_drift_check = time.monotonic() + DRIFT_CHECK_SECONDS
+        try:
+            repaired = self.writer.check_drift()
+        except WriteError as exc:
+            if not self._drift_failing:
+                log.error("cannot repair %s: %s", self.settings.output_dir, exc)
+                self._drift_failing = True
+            return []
+        self._drift_failing = False
+        if repaired:
+            DRIFT_REPAIRS.inc(len(repaired))
+            names = ", ".join(repaired[:10]) + (", ..." if len(repaired) > 10 else "")
+            log.warning("put back %d changed by something else in %s: %s", len(repaired),
+                        self.settings.output_dir, names)
+        return repaired
 
     # -- health ----------------------------------------------------------------------------
 
@@ -607,8 +630,10 @@ class Engine:
         kept = {unit_key(u): StoredLease.of(u.fetched, u.lease) for u in self.units.values()
                 if u.lease is not None and u.fetched is not None}
         try:
-            if kept or force:
+            if kept:
                 self.leases.save(kept)
+            else:
+                self.leases.remove()
             self._leases_dirty = False
         except WriteError as exc:
             log.warning("cannot write the lease store: %s", exc)

@@ -111,9 +111,10 @@ class LeaseStore:
 
     def load(self) -> dict[str, StoredLease]:
         try:
-            doc: Any = json.loads((self.writer.output_dir / LEASE_FILE).read_bytes())
+            data = self.writer.read_state(LEASE_FILE)
+            doc: Any = json.loads(data) if data is not None else {"leases": {}}
             return {key: StoredLease(**fields) for key, fields in doc["leases"].items()}
-        except (OSError, ValueError, KeyError, TypeError):
+        except (WriteError, ValueError, KeyError, TypeError):
             return {}
 
     def save(self, leases: dict[str, StoredLease]) -> None:
@@ -121,7 +122,4 @@ class LeaseStore:
         self.writer.write_state(LEASE_FILE, data, mode=0o600)
 
     def remove(self) -> None:
-        try:
-            (self.writer.output_dir / LEASE_FILE).unlink(missing_ok=True)
-        except OSError as exc:
-            raise WriteError(f"cannot remove {LEASE_FILE}: {exc.strerror}") from None
+        self.writer.remove_state(LEASE_FILE)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bridge.config import STATE_FILE
+from bridge.errors import WriteError
 
 if TYPE_CHECKING:
     from bridge.engine import Engine
@@ -93,7 +94,11 @@ class State:
         return self.writer.output_dir / STATE_FILE
 
     def load(self) -> dict[str, SecretRecord]:
-        return read_state(self.path)
+        try:
+            data = self.writer.read_state(STATE_FILE)
+        except WriteError:
+            return {}
+        return {} if data is None else parse_state(data)
 
     def save(self, engine: Engine, entries: set[str] | None = None) -> None:
         """Write the records of every file; rebuild only those of `entries` (None: all)."""
@@ -117,7 +122,14 @@ def _plain(record: SecretRecord) -> dict[str, object]:
 def read_state(path: Path) -> dict[str, SecretRecord]:
     """Records from a state file; empty when there is none or it is unreadable."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        return parse_state(path.read_bytes())
+    except OSError:
+        return {}
+
+
+def parse_state(data: bytes) -> dict[str, SecretRecord]:
+    try:
+        doc = json.loads(data)
         return {name: SecretRecord(**fields) for name, fields in doc["secrets"].items()}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return {}

@@ -168,11 +168,11 @@ def test_failed_renewal_backs_off_within_the_time_left(tmp_path: Path) -> None:
 
 
 def test_revoke_on_exit(tmp_path: Path) -> None:
-    """close(revoke=True) revokes the leases of a provider with revoke_on_exit."""
+    """revoke_leases() revokes the leases of a provider with revoke_on_exit."""
     fake = LeasingFake(revoke_on_exit=True)
     engine = make(tmp_path, fake)
     engine.sync()
-    engine.close(revoke=True)
+    engine.revoke_leases()
     assert fake.revoked == ["database/creds/app/1"]
 
 

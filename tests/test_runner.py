@@ -348,3 +348,49 @@ def test_sigterm_while_a_provider_hangs(tmp_path: Path, out_dir: Path) -> None:
             proc.wait()
         silent.close()
     assert "still waiting on a provider" in log.read_text()
+
+
+def test_drift_is_repaired_within_five_seconds_without_on_change(tmp_path: Path, out_dir: Path) -> None:
+    """With a 1h refresh interval, a deleted link, a link planted to a file elsewhere, a chmod'ed file
+    and `..data` replaced by a directory are each put back within 5 s; no on_change fires."""
+    marker = tmp_path / "fired"
+    hook = tmp_path / "hook.py"
+    hook.write_text("import sys\nopen(sys.argv[1], 'a').write('x')\n")
+    bridge = Bridge(tmp_path, out_dir, extra=f'on_change:\n  - {{exec: ["{sys.executable}", "{hook}", "{marker}"]}}\n')
+    bridge.config.write_text(bridge.config.read_text().replace("refresh_interval: 200ms", "refresh_interval: 1h"))
+    bridge.start()
+    try:
+        assert bridge.ready() and _wait(lambda: _read(marker) == "x")
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.write_text("planted")
+
+        def tamper_link_deleted() -> None:
+            (out_dir / "a").unlink()
+
+        def tamper_link_planted() -> None:
+            (out_dir / "a").unlink()
+            (out_dir / "a").symlink_to(elsewhere)
+
+        def tamper_chmod() -> None:
+            os.chmod(out_dir / "..data" / "a", 0o666)
+
+        def tamper_data_dir() -> None:
+            target = os.readlink(out_dir / "..data")
+            (out_dir / "..data").unlink()
+            (out_dir / "..data").mkdir()
+            (out_dir / "..data" / "a").write_text("planted")
+            assert target
+
+        for tamper in (tamper_link_deleted, tamper_link_planted, tamper_chmod, tamper_data_dir):
+            tamper()
+            started = time.monotonic()
+            assert _wait(lambda: _read(out_dir / "a") == "a-0" and (out_dir / "a").is_symlink()
+                         and os.readlink(out_dir / "a") == "..data/a"
+                         and (out_dir / "..data" / "a").stat().st_mode & 0o777 == 0o444, timeout=6), tamper.__name__
+            assert time.monotonic() - started <= 5.5, tamper.__name__
+        assert elsewhere.read_text() == "planted"
+        time.sleep(1.5)  # past the grace: one generation left
+        assert len([p for p in out_dir.iterdir() if p.name.startswith("..2")]) == 1
+    finally:
+        assert bridge.stop() == 0
+    assert _read(marker) == "x" and "put back" in bridge.output()
