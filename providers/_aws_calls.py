@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import functools
 import re
-import time
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import botocore.session
@@ -39,11 +37,14 @@ from botocore.exceptions import (
 )
 
 from bridge.errors import AccessDenied, ConfigError, ProviderError, SecretNotFound, Unavailable
+from bridge.provider import retry_after_seconds
 
 #: AWS error codes, by the core class they map to. Anything 5xx or 429 is Unavailable as well.
 _NOT_FOUND = {"ResourceNotFoundException"}
-_ACCESS = {
-    "AccessDeniedException", "AccessDenied", "DecryptionFailure", "UnrecognizedClientException",
+#: IAM refuses this action: the credentials worked, the policy does not allow the call
+_ACTION_DENIED = {"AccessDeniedException", "AccessDenied"}
+_ACCESS = _ACTION_DENIED | {
+    "DecryptionFailure", "UnrecognizedClientException",
     "InvalidClientTokenId", "InvalidSignatureException", "SignatureDoesNotMatch", "IncompleteSignature",
     "ExpiredTokenException", "ExpiredToken", "MissingAuthenticationToken", "InvalidIdentityToken",
     "IDPRejectedClaim", "KMSAccessDeniedException", "KMSDisabledException", "KMSInvalidStateException",
@@ -61,6 +62,14 @@ _UNAVAILABLE = _THROTTLED | {
 _REJECTED = {"InvalidParameterException", "ValidationException", "InvalidRequestException"}
 #: codes whose AWS message may echo request details (canonical request, signed headers)
 _NO_MESSAGE = {"SignatureDoesNotMatch", "InvalidSignatureException", "IncompleteSignature"}
+
+
+
+class ActionDenied(AccessDenied):
+    """IAM denied this API action itself (AccessDeniedException): the credentials are good, so a
+    cheaper call (ListSecrets, BatchGetSecretValue) can be replaced by another the policy allows.
+    A bad or expired credential is a plain AccessDenied: every call would fail alike."""
+
 
 _KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA)[A-Z0-9]{12,}\b")
 _LONG_TOKEN = re.compile(r"[A-Za-z0-9/+=_\-.]{40,}")
@@ -159,7 +168,7 @@ def translate_error(
             str(error.get("Message", "")),
             operation=exc.operation_name or operation,
             status=meta.get("HTTPStatusCode"),
-            retry_after=_retry_after(meta.get("HTTPHeaders", {})),
+            retry_after=retry_after_seconds(meta.get("HTTPHeaders")),
             **where,
         )
     name = type(exc).__name__
@@ -200,6 +209,8 @@ def error_from_code(
     # AWS has no code of its own for a secret scheduled for deletion; its message is the only signal.
     if code == "InvalidRequestException" and re.search(r"delet", message, re.IGNORECASE):
         return SecretNotFound(f"{operation}: secret is marked for deletion", **where)
+    if code in _ACTION_DENIED:
+        return ActionDenied(text, **where)
     if code in _ACCESS or status in (401, 403):
         return AccessDenied(text, **where)
     if code in _UNAVAILABLE or status == 429 or (status is not None and status >= 500):
@@ -217,18 +228,3 @@ def _redact(message: str) -> str:
     text = _LONG_TOKEN.sub("<redacted>", text)
     text = _SPACES.sub(" ", text).strip()
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
-
-
-def _retry_after(headers: dict[str, Any]) -> float | None:
-    """Seconds from a Retry-After header (delta seconds or an HTTP date), if the server sent one."""
-    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(str(value)).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None

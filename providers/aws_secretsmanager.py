@@ -3,7 +3,10 @@
 - values: `BatchGetSecretValue` for up to 20 latest secrets per call, `GetSecretValue` for pins and
   for whatever a batch cannot return;
 - change check: `ListSecrets` pages (100 secrets each, with their `SecretVersionsToStages`), falling
-  back to one `DescribeSecret` per secret where a listing cannot answer or IAM denies it;
+  back to one `DescribeSecret` per secret where a listing cannot answer;
+- where IAM denies `ListSecrets` or `BatchGetSecretValue` itself (not one secret in it), the per-secret
+  call stands in and the denied one is tried again every few minutes (`bridge.provider.Fallback`);
+- `version: previous` is the `AWSPREVIOUS` staging label, and follows rotations like any label;
 - every API call is counted by operation and outcome; botocore's retries are off, so the engine's
   backoff is the one place that retries; after a throttle or outage, a batch stops calling AWS.
 
@@ -16,25 +19,32 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field, SecretStr, model_validator
 
-from bridge.errors import ProviderError, SecretNotFound, Unavailable
-from bridge.provider import Fetched, Outcome, Provider, ProviderSettings, Request, VersionOutcome
-from providers._aws_calls import base_session, error_from_code, open_client, translate_error
+from bridge.errors import AccessDenied, ProviderError, SecretNotFound, Unavailable
+from bridge.provider import (
+    PREVIOUS,
+    Fallback,
+    Fetched,
+    Outcome,
+    Provider,
+    ProviderSettings,
+    Request,
+    VersionOutcome,
+    copy_error,
+)
+from providers._aws_calls import ActionDenied, base_session, error_from_code, open_client, translate_error
 
 log = logging.getLogger("secrets_bridge.providers.aws_secretsmanager")
 
 CURRENT = "AWSCURRENT"
+PREVIOUS_LABEL = "AWSPREVIOUS"
 #: the service's limits: secrets per BatchGetSecretValue call, entries per ListSecrets page
 BATCH_SIZE = 20
 PAGE_SIZE = 100
-#: how long to keep using DescribeSecret after IAM denied ListSecrets before asking again
-_LIST_RETRY_SECONDS = 3600.0
 _VERSION_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 #: an ARN's random 6-character suffix, so a partial ARN (without it) matches too
 _ARN_SUFFIX = re.compile(r"-[A-Za-z0-9]{6}$")
@@ -64,10 +74,12 @@ class SecretsManagerSettings(ProviderSettings):
 
 
 class SecretsManagerProvider(Provider):
-    """`ref` is a secret name or ARN; `version` a VersionId (UUID) or a staging label."""
+    """`ref` is a secret name or ARN; `version` a VersionId (UUID), a staging label, or `previous`
+    (AWSPREVIOUS)."""
 
     Settings = SecretsManagerSettings
     settings: SecretsManagerSettings
+    supports_previous = True
 
     def __init__(self, name: str, settings: SecretsManagerSettings) -> None:
         super().__init__(name, settings)
@@ -75,8 +87,15 @@ class SecretsManagerProvider(Provider):
         _, self._region = base_session(settings.profile, settings.region, where=f"providers.{name}")
         self._client: Any = None
         self._client_lock = threading.Lock()
-        self._batch_usable = True
-        self._list_denied_at: float | None = None
+        #: IAM may refuse the batch value call or the listing; each has a per-secret fallback
+        self.batch_fallback = Fallback(
+            name, "BatchGetSecretValue", logger=log,
+            instead="fetching one secret per GetSecretValue call (allow secretsmanager:BatchGetSecretValue "
+                    "to need ~1 call per 20 secrets)")
+        self.list_fallback = Fallback(
+            name, "ListSecrets", logger=log,
+            instead="checking each secret with DescribeSecret, one call per secret per cycle (allow "
+                    "secretsmanager:ListSecrets to need ~1 per 100)")
         #: ListSecrets pages the last listing took: below that many refs, DescribeSecret is cheaper
         self._list_pages = 1
 
@@ -85,7 +104,8 @@ class SecretsManagerProvider(Provider):
     def fetch(self, request: Request) -> Fetched:
         params: dict[str, Any] = {"SecretId": request.ref}
         if request.version is not None:
-            params["VersionId" if _VERSION_ID.match(request.version) else "VersionStage"] = request.version
+            pin = _label(request.version)
+            params["VersionId" if _VERSION_ID.match(pin) else "VersionStage"] = pin
         response = self._call("GetSecretValue", request.ref, request.version, params)
         return _fetched(response, self.name, request)
 
@@ -96,7 +116,7 @@ class SecretsManagerProvider(Provider):
         return holder
 
     def moves(self, version: str) -> bool:
-        """A staging label moves with every rotation; a VersionId never does."""
+        """A staging label (and `previous`) moves with every rotation; a VersionId never does."""
         return not _VERSION_ID.match(version)
 
     def fetch_many(self, requests: Sequence[Request]) -> dict[Request, Outcome]:
@@ -104,28 +124,14 @@ class SecretsManagerProvider(Provider):
         unique = list(dict.fromkeys(requests))
         out: dict[Request, Outcome] = {}
         latest = [r for r in unique if r.version in (None, CURRENT)]
-        singles = [r for r in unique if r.version not in (None, CURRENT)]
-        if len(latest) < 2 or not self._batch_usable:
-            singles = latest + singles
-            latest = []
-        stop: Unavailable | None = None
-        for chunk in _chunks(latest, BATCH_SIZE):
-            if stop is not None or not self._batch_usable:
-                singles.extend(chunk)
-                continue
-            singles.extend(self._fetch_batch(chunk, out))
-            stop = _first_unavailable(out.get(r) for r in chunk)
-        for request in singles:
-            if stop is not None:
-                out[request] = self._copy(stop, request.ref, request.version)
-                continue
-            outcome: Outcome
-            try:
-                outcome = self.fetch(request)
-            except ProviderError as exc:
-                outcome = exc.at(provider=self.name, ref=request.ref, version=request.version)
-            out[request] = outcome
-            stop = outcome if isinstance(outcome, Unavailable) else None
+        down: Unavailable | None = None
+        if len(latest) >= 2:
+            for chunk in _chunks(latest, BATCH_SIZE):
+                if down is not None or not self.batch_fallback.allowed():
+                    break
+                down = self._fetch_batch(chunk, out)
+        rest = [r for r in unique if r not in out]
+        out.update(self.each([(r, r) for r in rest], self.fetch, down=down))
         return {r: out[r] for r in unique}
 
     def current_versions(self, refs: Sequence[str]) -> dict[str, VersionOutcome]:
@@ -143,11 +149,11 @@ class SecretsManagerProvider(Provider):
         for request in unique:
             found = stages[request.ref]
             if isinstance(found, ProviderError):
-                out[request] = self._copy(found, request.ref, request.version)
+                out[request] = copy_error(found, provider=self.name, ref=request.ref, version=request.version)
             elif request.version is not None and not self.moves(request.version):
                 out[request] = request.version  # a VersionId pin is its own answer
             else:
-                label = request.version or CURRENT
+                label = _label(request.version or CURRENT)
                 out[request] = _holder(found, label) or SecretNotFound(
                     f"no version has the staging label {label}", provider=self.name, ref=request.ref,
                     version=request.version)
@@ -157,25 +163,18 @@ class SecretsManagerProvider(Provider):
         """Each ref's versions-to-staging-labels map, from ListSecrets where cheaper, else DescribeSecret."""
         unique = list(dict.fromkeys(refs))
         out: dict[str, dict[str, list[str]] | ProviderError] = {}
-        if len(unique) > self._list_pages and self._list_allowed():
+        if len(unique) > self._list_pages and self.list_fallback.allowed():
             try:
                 out.update(self._list_stages(unique))
-            except Unavailable as exc:
-                return {ref: self._copy(exc, ref, None) for ref in unique}
+                self.list_fallback.worked()
+            except ActionDenied as exc:
+                self.list_fallback.refused(exc)
             except ProviderError as exc:
-                self._list_refused(exc)
-        stop: Unavailable | None = None
-        for ref in unique:
-            if ref in out:
-                continue
-            if stop is not None:
-                out[ref] = self._copy(stop, ref, None)
-                continue
-            try:
-                out[ref] = self._describe_stages(ref)
-            except ProviderError as exc:
-                out[ref] = exc.at(provider=self.name, ref=ref)
-                stop = exc if isinstance(exc, Unavailable) else None
+                # Unavailable, or credentials that fail every call: the same answer for every ref.
+                return {ref: copy_error(exc, provider=self.name, ref=ref, version=None) for ref in unique}
+        described = self.each([(ref, Request(ref)) for ref in unique if ref not in out],
+                              lambda r: self._describe_stages(r.ref))
+        out.update(described)
         return {ref: out[ref] for ref in unique}
 
     def _describe_stages(self, ref: str) -> dict[str, list[str]]:
@@ -192,8 +191,12 @@ class SecretsManagerProvider(Provider):
 
     # -- batching ---------------------------------------------------------------------------
 
-    def _fetch_batch(self, chunk: list[Request], out: dict[Request, Outcome]) -> list[Request]:
-        """Fill `out` from one BatchGetSecretValue; return what must be fetched one by one."""
+    def _fetch_batch(self, chunk: list[Request], out: dict[Request, Outcome]) -> Unavailable | None:
+        """Fill `out` from one BatchGetSecretValue, for the items it answers; the rest are left to
+        GetSecretValue. Returns the Unavailable that must stop further calls, if any.
+
+        Only a refusal of the batch call itself (IAM denies the action) switches to one call per
+        secret, until the next probe; an item the batch could not read is that item's error."""
         ids = [r.ref for r in chunk]
         values: list[dict[str, Any]] = []
         errors: dict[str, dict[str, Any]] = {}
@@ -209,15 +212,18 @@ class SecretsManagerProvider(Provider):
                 token = response.get("NextToken")
                 if not token:
                     break
-        except Unavailable as exc:
+        except ActionDenied as exc:
+            self.batch_fallback.refused(exc)
+            return None
+        except (Unavailable, AccessDenied) as exc:
+            # down, or credentials every call would fail on: the same for each item, no fan-out
             for request in chunk:
-                out[request] = self._copy(exc, request.ref, request.version)
-            return []
-        except ProviderError as exc:
-            self._batch_refused(exc)
-            return chunk
+                out[request] = copy_error(exc, provider=self.name, ref=request.ref, version=request.version)
+            return exc if isinstance(exc, Unavailable) else None
+        except ProviderError:
+            return None  # the batch as a whole was rejected (a malformed ref): each item says why alone
+        self.batch_fallback.worked()
         by_key = {key: value for value in values for key in _keys_of(value)}
-        leftovers = []
         for request in chunk:
             if request.ref in errors:
                 item = errors[request.ref]
@@ -231,9 +237,7 @@ class SecretsManagerProvider(Provider):
                     out[request] = _fetched(by_key[request.ref], self.name, request)
                 except ProviderError as exc:
                     out[request] = exc
-            else:
-                leftovers.append(request)
-        return leftovers
+        return None
 
     def _list_stages(self, refs: list[str]) -> dict[str, dict[str, list[str]] | ProviderError]:
         """Page through ListSecrets until every ref is seen; unseen refs are left to DescribeSecret."""
@@ -260,42 +264,18 @@ class SecretsManagerProvider(Provider):
         self._list_pages = pages if not token else max(pages, self._list_pages)
         return found
 
-    def _list_allowed(self) -> bool:
-        denied_at = self._list_denied_at
-        return denied_at is None or time.monotonic() - denied_at > _LIST_RETRY_SECONDS
-
-    def _list_refused(self, exc: ProviderError) -> None:
-        if self._list_denied_at is None:
-            log.warning(
-                "%s: ListSecrets refused (%s); checking each secret with DescribeSecret instead "
-                "(one call per secret per cycle; allow secretsmanager:ListSecrets to need ~1 per 100)",
-                self.name, exc.code,
-            )
-        self._list_denied_at = time.monotonic()
-
-    def _batch_refused(self, exc: ProviderError) -> None:
-        if self._batch_usable:
-            log.warning(
-                "%s: BatchGetSecretValue refused (%s); fetching one secret per call from now on "
-                "(allow secretsmanager:BatchGetSecretValue to need ~1 call per 20 secrets)",
-                self.name, exc.code,
-            )
-        self._batch_usable = False
-
     # -- calls ------------------------------------------------------------------------------
 
     def _call(self, operation: str, ref: str, version: str | None, params: dict[str, Any]) -> dict[str, Any]:
         """One counted API call; botocore errors leave as core errors naming provider, ref, version."""
-        try:
-            client = self._connected()
-            method: Callable[..., dict[str, Any]] = getattr(client, _snake(operation))
-            response = method(**params)
-        except (BotoCoreError, ClientError) as exc:
-            error = translate_error(exc, provider=self.name, ref=ref, version=version, operation=operation)
-            self.count(operation, error.code)
-            raise error from None
-        self.count(operation, "ok")
-        return response
+        def send() -> dict[str, Any]:
+            method: Callable[..., dict[str, Any]] = getattr(self._connected(), _snake(operation))
+            return method(**params)
+
+        def translate(exc: Exception) -> ProviderError:
+            return translate_error(exc, provider=self.name, ref=ref, version=version, operation=operation)
+
+        return self.call(operation, send, translate=translate, ref=ref, version=version)
 
     def _connected(self) -> Any:
         with self._client_lock:
@@ -308,11 +288,6 @@ class SecretsManagerProvider(Provider):
                 )
             return self._client
 
-    def _copy(self, exc: ProviderError, ref: str, version: str | None) -> ProviderError:
-        """The same failure for another item of a batch that was not attempted."""
-        retry_after = exc.retry_after
-        return type(exc)(exc.message, provider=self.name, ref=ref, version=version, retry_after=retry_after)
-
 
 def _fetched(response: dict[str, Any], provider: str, request: Request) -> Fetched:
     if response.get("SecretString") is not None:
@@ -323,6 +298,11 @@ def _fetched(response: dict[str, Any], provider: str, request: Request) -> Fetch
         version = request.version
         raise SecretNotFound("version holds no value", provider=provider, ref=request.ref, version=version)
     return Fetched(value, str(response["VersionId"]))
+
+
+def _label(version: str) -> str:
+    """The AWS pin a configured version names: `previous` is AWSPREVIOUS, anything else itself."""
+    return PREVIOUS_LABEL if version == PREVIOUS else version
 
 
 def _holder(versions_to_stages: dict[str, list[str]], label: str) -> str | None:
@@ -337,10 +317,6 @@ def _keys_of(entry: dict[str, Any]) -> Iterator[str]:
             yield str(entry[key])
     if entry.get("ARN"):
         yield _ARN_SUFFIX.sub("", str(entry["ARN"]))
-
-
-def _first_unavailable(outcomes: Iterable[object]) -> Unavailable | None:
-    return next((o for o in outcomes if isinstance(o, Unavailable)), None)
 
 
 def _chunks(items: list[Request], size: int) -> Iterator[list[Request]]:

@@ -13,7 +13,12 @@ only prove that nothing changed. A secret read once (one GET: its version and at
 "settled" when that read happened at least `_SETTLE_SECONDS` after the version's `updated` second,
 by the server's own `Date` header: any later write would then carry a later `updated`. For settled
 secrets, one list page that shows the same attributes confirms the version we have; anything else
-(new attributes, unsettled, absent from the listing) costs one GET of that secret.
+(new attributes, unsettled, absent from the listing) costs one GET of that secret. Without the
+secrets/list permission, GETs stand in and the listing is tried again every few minutes.
+
+Key Vault has no batch read, so several values are fetched on a small bounded pool
+(`Provider.each_concurrently`), keeping the batch rule. `version: previous` is the enabled version
+created before the current (newest) one, found by listing the secret's versions; it follows rotations.
 """
 
 from __future__ import annotations
@@ -23,9 +28,8 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +37,18 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, field_validator
 
 from bridge.errors import AccessDenied, ProviderError, SecretNotFound, Unavailable
-from bridge.provider import Fetched, Provider, ProviderSettings, Request, VersionOutcome
+from bridge.provider import (
+    PREVIOUS,
+    Fallback,
+    Fetched,
+    Outcome,
+    Provider,
+    ProviderSettings,
+    Request,
+    VersionOutcome,
+    copy_error,
+    retry_after_seconds,
+)
 from providers._azure_credential import CountedCredential, CredentialSettings, DefaultCredentialSettings
 
 if TYPE_CHECKING:
@@ -48,10 +63,14 @@ _PAGE_SIZE = 25
 _SECRET_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
 _AADSTS = re.compile(r"AADSTS\d+")
 #: what a 403's innererror code means, in the operator's words
+#: 403 reasons that mean "this identity may not do this" (as opposed to a disabled secret or a firewall)
+_PERMISSION = {None, "AccessDenied", "ForbiddenByPolicy", "ForbiddenByRbac"}
+#: fetches of several values run on this many threads (Key Vault has no batch read)
+_WORKERS = 8
 _FORBIDDEN_REASONS = {
     "SecretDisabled": "the secret (or this version) is disabled",
-    "AccessDenied": "the identity lacks the secrets/get permission (access policy or RBAC role)",
-    "ForbiddenByPolicy": "the identity lacks the secrets/get permission (access policy)",
+    "AccessDenied": "the identity lacks the {permission} permission (access policy or RBAC role)",
+    "ForbiddenByPolicy": "the identity lacks the {permission} permission (access policy)",
     "ForbiddenByRbac": "the identity lacks a Key Vault Secrets User role assignment",
     "ForbiddenByFirewall": "the vault's firewall refuses this client's address",
     "ForbiddenByConnection": "the vault refuses public access; use its private endpoint",
@@ -76,6 +95,11 @@ class KeyVaultSettings(ProviderSettings):
         return value.rstrip("/") if value else value
 
 
+class PermissionRefused(AccessDenied):
+    """The vault's 403 for an operation the identity lacks the permission for (not a disabled secret,
+    not a firewall): the cue to fall back from listing to reading each secret."""
+
+
 @dataclass(frozen=True)
 class _Observation:
     """What one GET of the current version told us (never the value)."""
@@ -87,10 +111,11 @@ class _Observation:
 
 
 class KeyVaultProvider(Provider):
-    """One vault; `ref` is a secret name."""
+    """One vault; `ref` is a secret name; `version` a version id or `previous`."""
 
     Settings = KeyVaultSettings
     settings: KeyVaultSettings
+    supports_previous = True
 
     def __init__(self, name: str, settings: Any) -> None:
         super().__init__(name, settings)
@@ -99,23 +124,29 @@ class KeyVaultProvider(Provider):
         self._lock = threading.Lock()
         self._seen: dict[str, _Observation] = {}  # lower-case name -> last current-version read
         self._expiry_warned: set[tuple[str, str]] = set()
-        self._list_allowed = True
+        self.list_fallback = Fallback(name, "secrets/list", logger=log,
+                                      instead="reading each secret once per check (grant secrets/list to need "
+                                              "one list page per 25 secrets)")
 
     # -- the interface ---------------------------------------------------------------------------
 
     def fetch(self, request: Request) -> Fetched:
-        secret, server_time = self._get(request.ref, request.version)
+        version = self._previous(request.ref) if request.version == PREVIOUS else request.version
+        secret, server_time = self._get(request.ref, version)
         props = secret.properties
         version = props.version or ""
         if request.version is None:
             self._observe(request.ref, props, server_time)
         expires_at = props.expires_on.timestamp() if props.expires_on else None
-        if expires_at is not None and expires_at < server_time and (request.ref, version) not in self._expiry_warned:
-            self._expiry_warned.add((request.ref, version))
+        if expires_at is not None and expires_at < server_time and self._first_expiry(request.ref, version):
             log.warning("%s: secret %s version %s expired at %s; Key Vault still serves it, so it is written",
                         self.name, request.ref, version, props.expires_on.isoformat() if props.expires_on else "")
         value = (secret.value or "").encode("utf-8")
         return Fetched(value, version, content_type=props.content_type, expires_at=expires_at)
+
+    def fetch_many(self, requests: Sequence[Request]) -> dict[Request, Outcome]:
+        """One GET per value (Key Vault has no batch read), on a small pool under the batch rule."""
+        return self.each_concurrently([(r, r) for r in requests], self.fetch, workers=_WORKERS)
 
     def current_version(self, ref: str) -> str | None:
         secret, server_time = self._get(ref, None)
@@ -128,19 +159,31 @@ class KeyVaultProvider(Provider):
         with self._lock:
             settled = {ref.lower(): obs for ref in refs if (obs := self._seen.get(ref.lower())) and obs.settled}
         # A listing only pays off when it can stand in for two or more GETs.
-        if len(settled) >= 2 and self._list_allowed:
-            listed = self._list_fingerprints(set(settled))
+        if len(settled) >= 2 and self.list_fallback.allowed():
+            try:
+                listed = self._list_fingerprints(set(settled))
+                self.list_fallback.worked()
+            except PermissionRefused as exc:
+                self.list_fallback.refused(exc)
+                listed = {}
+            except ProviderError as exc:
+                # down (the batch rule), or a credential every call would fail on: no GET per secret
+                return {ref: copy_error(exc, provider=self.name, ref=ref, version=None) for ref in refs}
             for ref in refs:
                 obs = settled.get(ref.lower())
                 if obs is not None and listed.get(ref.lower()) == obs.fingerprint:
                     out[ref] = obs.version
-        for ref in refs:
-            if ref not in out:
-                try:
-                    out[ref] = self.current_version(ref)
-                except ProviderError as exc:
-                    out[ref] = exc.at(provider=self.name, ref=ref)
-        return out
+        rest = [(ref, Request(ref)) for ref in refs if ref not in out]
+        out.update(self.each_concurrently(rest, lambda r: self.current_version(r.ref), workers=_WORKERS))
+        return {ref: out[ref] for ref in refs}
+
+    def moves(self, version: str) -> bool:
+        """`previous` moves with each new version; a version id never does."""
+        return version == PREVIOUS
+
+    def resolve_pin(self, request: Request) -> str | None:
+        """`previous` from the version listing (no value read); a version id is its own answer."""
+        return self._previous(request.ref) if request.version == PREVIOUS else request.version
 
     def close(self) -> None:
         with self._lock:
@@ -173,60 +216,72 @@ class KeyVaultProvider(Provider):
                 self._client = SecretClient(s.vault_url, self._credential, **transport)
             return self._client
 
-    def _get(self, ref: str, version: str | None) -> tuple[KeyVaultSecret, float]:
-        """GET one secret (latest or pinned) and the server's clock at the time."""
+    def _check_name(self, ref: str, version: str | None) -> None:
         if not _SECRET_NAME.match(ref):
             raise SecretNotFound("not a valid Key Vault secret name (1-127 letters, digits and dashes)",
                                  provider=self.name, ref=ref, version=version)
+
+    def _get(self, ref: str, version: str | None) -> tuple[KeyVaultSecret, float]:
+        """GET one secret (latest or pinned) and the server's clock at the time."""
+        self._check_name(ref, version)
         dates: list[str] = []
 
         def remember_date(response: Any) -> None:
             dates.append(response.http_response.headers.get("Date", ""))
 
-        try:
-            secret = self._secret_client().get_secret(ref, version, raw_response_hook=remember_date)
-        except Exception as exc:
-            error = self._translate(exc, ref, version)
-            self.count("get_secret", error.code)
-            raise error from None
-        self.count("get_secret", "ok")
+        secret = self.call("get_secret",
+                           lambda: self._secret_client().get_secret(ref, version, raw_response_hook=remember_date),
+                           translate=lambda exc: self._translate(exc, ref, version), ref=ref, version=version)
         return secret, _server_time(dates[-1] if dates else "")
+
+    def _previous(self, ref: str) -> str:
+        """The id of the enabled version created before the newest one (Key Vault's current version).
+
+        Versions created in the same second keep the listing's order."""
+        self._check_name(ref, PREVIOUS)
+        versions: list[tuple[float, int, bool, str]] = []
+        pager = self._secret_client().list_properties_of_secret_versions(ref, max_page_size=_PAGE_SIZE).by_page()
+        for page in self._paged(pager, "list_secret_versions", ref, PREVIOUS):
+            versions += [(p.created_on.timestamp() if p.created_on else 0.0, len(versions) + i, bool(p.enabled),
+                          p.version or "") for i, p in enumerate(page)]
+        if not versions:
+            raise SecretNotFound("no such secret", provider=self.name, ref=ref, version=PREVIOUS)
+        newest = max(versions)
+        before = [v for v in versions if v[2] and v < newest]
+        if not before:
+            raise SecretNotFound("no enabled version before the current one", provider=self.name, ref=ref,
+                                 version=PREVIOUS)
+        return max(before)[3]
 
     def _list_fingerprints(self, wanted: set[str]) -> dict[str, tuple[Any, ...]]:
         """Fingerprints of the wanted names from the vault listing, paging only while it still pays."""
         found: dict[str, tuple[Any, ...]] = {}
-        pages = 0
-        try:
-            for page in self._pages():
-                pages += 1
-                for props in page:
-                    if props.name and props.name.lower() in wanted:
-                        found[props.name.lower()] = _fingerprint(props)
-                unseen = len(wanted) - len(found)
-                # Stop when every name is found, or when GETs for the rest cost no more than paging on.
-                if unseen == 0 or pages >= unseen:
-                    break
-        except ProviderError as exc:
-            self.count("list_secrets", exc.code)
-            if not self._list_allowed:
-                log.info("%s: cannot list secrets (%s); using one read per secret from now on",
-                         self.name, exc.message)
+        pager = self._secret_client().list_properties_of_secrets(max_page_size=_PAGE_SIZE).by_page()
+        for pages, page in enumerate(self._paged(pager, "list_secrets", "", None), start=1):
+            for props in page:
+                if props.name and props.name.lower() in wanted:
+                    found[props.name.lower()] = _fingerprint(props)
+            unseen = len(wanted) - len(found)
+            # Stop when every name is found, or when GETs for the rest cost no more than paging on.
+            if unseen == 0 or pages >= unseen:
+                break
         return found
 
-    def _pages(self) -> Iterator[list[SecretProperties]]:
-        pager = self._secret_client().list_properties_of_secrets(max_page_size=_PAGE_SIZE).by_page()
+    def _paged(self, pager: Any, operation: str, ref: str, version: str | None) -> Iterator[list[Any]]:
+        """The pages of an SDK pager, one counted call each, stopping after the last page."""
         while True:
-            try:
-                page = list(next(pager))
-            except StopIteration:
-                return
-            except Exception as exc:
-                if getattr(exc, "status_code", None) == 403:
-                    # No secrets/list permission: per-secret reads work without it, so stop listing.
-                    self._list_allowed = False
-                raise self._translate(exc, "", None) from None
-            self.count("list_secrets", "ok")
+            page: list[Any] = self.call(operation, lambda: list(next(pager)),
+                                        translate=lambda exc: self._translate(exc, ref, version, "secrets/list"),
+                                        ref=ref, version=version)
             yield page
+            if getattr(pager, "continuation_token", None) is None:
+                return
+
+    def _first_expiry(self, ref: str, version: str) -> bool:
+        with self._lock:
+            first = (ref, version) not in self._expiry_warned
+            self._expiry_warned.add((ref, version))
+        return first
 
     def _observe(self, ref: str, props: SecretProperties, server_time: float) -> _Observation:
         updated = props.updated_on.timestamp() if props.updated_on else server_time
@@ -238,7 +293,8 @@ class KeyVaultProvider(Provider):
 
     # -- errors ----------------------------------------------------------------------------------
 
-    def _translate(self, exc: Exception, ref: str, version: str | None) -> ProviderError:
+    def _translate(self, exc: Exception, ref: str, version: str | None,
+                   permission: str = "secrets/get") -> ProviderError:
         """Every SDK and transport error, mapped to the core's taxonomy. Messages carry no value or token."""
         from azure.core.exceptions import (
             ClientAuthenticationError,
@@ -254,6 +310,10 @@ class KeyVaultProvider(Provider):
             return Unavailable(f"cannot reach the vault or identity endpoint ({type(exc).__name__})", **where)
         if isinstance(exc, ClientAuthenticationError) and not _from_vault(exc, self.settings.vault_url):
             kind = self._credential.kind if self._credential else "credential"
+            if isinstance(exc.__cause__, (ServiceRequestError, ServiceResponseError)):
+                # the identity endpoint did not answer: an outage, not a refusal
+                return Unavailable(f"{kind} cannot reach the identity endpoint ({type(exc.__cause__).__name__})",
+                                   **where)
             aadsts = _AADSTS.search(str(exc.message or ""))
             detail = f": {aadsts.group(0)}" if aadsts else ""
             if type(exc).__name__ == "CredentialUnavailableError":
@@ -262,12 +322,13 @@ class KeyVaultProvider(Provider):
         if isinstance(exc, HttpResponseError):
             status = exc.status_code or 0
             code, inner, message = _error_body(exc)
-            retry_after = _retry_after(exc)
+            retry_after = retry_after_seconds(getattr(getattr(exc, "response", None), "headers", None))
             if status == 404:
                 return SecretNotFound(f"{code or 'SecretNotFound'}: no such secret or version", **where)
             if status == 403:
-                reason = _FORBIDDEN_REASONS.get(inner or "", message or "forbidden")
-                return AccessDenied(f"403 {inner or code or 'Forbidden'}: {reason}", **where)
+                reason = _FORBIDDEN_REASONS.get(inner or "", message or "forbidden").replace("{permission}", permission)
+                refused = PermissionRefused if inner in _PERMISSION else AccessDenied
+                return refused(f"403 {inner or code or 'Forbidden'}: {reason}", **where)
             if status == 401:
                 return AccessDenied("401: the vault rejected the token (wrong tenant, or no access)", **where)
             if status == 400:
@@ -311,20 +372,3 @@ def _error_body(exc: Any) -> tuple[str | None, str | None, str | None]:
         return error.get("code"), inner, message
     except Exception:
         return None, None, None
-
-
-def _retry_after(exc: Any) -> float | None:
-    headers: Callable[[str], str | None] = getattr(getattr(exc, "response", None), "headers", {}).get
-    for name, scale in (("retry-after-ms", 0.001), ("x-ms-retry-after-ms", 0.001), ("Retry-After", 1.0)):
-        value = headers(name)
-        if not value:
-            continue
-        try:
-            return max(0.0, float(value) * scale)
-        except ValueError:
-            try:
-                when: datetime = parsedate_to_datetime(value)
-            except (TypeError, ValueError, IndexError):
-                continue
-            return max(0.0, when.timestamp() - time.time())
-    return None

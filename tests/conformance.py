@@ -3,18 +3,27 @@
 A provider's test module subclasses `ProviderConformance` and supplies two fixtures:
 - `provider`: a connected `bridge.provider.Provider`;
 - `backend`: an object with the `Backend` shape below, writing through the server's own API.
+
+A backend that cannot do what a case needs says so in `unsupported` (capability -> reason), and the
+case is skipped with that reason; nothing is skipped silently. Capabilities:
+- `pins`: a version can be pinned (a pin to the current version id reads it);
+- `history`: old versions stay readable after newer writes;
+- `versions`: the provider reports version ids (without them the engine compares content);
+- `outage`: the backend can be made unavailable (`outage()`), to prove the batch rule.
+`version: previous` cases run when the provider class says `supports_previous`.
 """
 
 from __future__ import annotations
 
 import uuid
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import pytest
 
-from bridge.errors import ProviderError, SecretNotFound
+from bridge.errors import ProviderError, SecretNotFound, Unavailable
 from bridge.extract import extract
-from bridge.provider import Fetched, Provider, Request
+from bridge.provider import PREVIOUS, Fetched, Provider, Request
 
 
 class Backend(Protocol):
@@ -38,6 +47,28 @@ class Backend(Protocol):
     def credentials(self) -> list[str]:
         """Tokens and credentials in play, which must never show in any repr or message."""
         ...
+
+
+class OutageBackend(Backend, Protocol):
+    """What the `outage` capability needs, on top of `Backend`."""
+
+    def outage(self) -> AbstractContextManager[None]:
+        """While inside, the server answers every request as unavailable (or cannot be reached)."""
+        ...
+
+    def calls(self) -> int | None:
+        """Requests the server has received from providers so far, counted outside the code under
+        test; None where a backend cannot count them (a filesystem)."""
+        ...
+
+
+def needs(backend: Backend, capability: str) -> None:
+    """Skip the case, with the backend's own reason, when it lacks `capability`."""
+    reason = getattr(backend, "unsupported", {}).get(capability)
+    if reason:
+        pytest.skip(f"{capability}: {reason}")
+    if capability == "outage" and not hasattr(backend, "outage"):
+        pytest.skip("outage: this backend has no outage() hook yet")
 
 
 def read(provider: Provider, ref: str, version: str | None, fields: dict[str, Any]) -> tuple[bytes, Fetched]:
@@ -69,6 +100,7 @@ class ProviderConformance:
 
     def test_fetch_pinned(self, provider: Provider, backend: Backend) -> None:
         """A pinned version returns that version's value and id."""
+        needs(backend, "pins")
         ref = backend.new_ref()
         first = unique_text()
         v1 = backend.put(ref, first)
@@ -78,6 +110,7 @@ class ProviderConformance:
 
     def test_old_pin_after_update(self, provider: Provider, backend: Backend) -> None:
         """A pin to an old version still reads the old value after newer writes."""
+        needs(backend, "history")
         ref = backend.new_ref()
         first = unique_text()
         v1 = backend.put(ref, first)
@@ -98,6 +131,7 @@ class ProviderConformance:
 
     def test_cheap_check_equals_fetched_version(self, provider: Provider, backend: Backend) -> None:
         """current_versions reports the version a fetch of the latest returns, and sees a change."""
+        needs(backend, "versions")
         ref = backend.new_ref()
         backend.put(ref, unique_text())
         _, fetched = read(provider, ref, None, backend.text_fields)
@@ -127,3 +161,68 @@ class ProviderConformance:
             assert value not in text
             for credential in backend.credentials():
                 assert credential not in text
+
+    def test_batch_errors_stay_per_item(self, provider: Provider, backend: Backend) -> None:
+        """In one batch, a missing ref fails alone: the refs around it are fetched and checked as usual."""
+        first, missing, last = backend.new_ref(), backend.new_ref(), backend.new_ref()
+        values = {first: unique_text(), last: unique_text()}
+        versions = {ref: backend.put(ref, value) for ref, value in values.items()}
+        requests = [Request(first), Request(missing), Request(last)]
+        got = provider.fetch_many(requests)
+        assert isinstance(got[requests[1]], SecretNotFound) and missing in str(got[requests[1]])
+        for request in (requests[0], requests[2]):
+            outcome = got[request]
+            assert isinstance(outcome, Fetched) and outcome.version == versions[request.ref]
+        resolved = provider.resolve_versions(requests)
+        assert isinstance(resolved[requests[1]], SecretNotFound)
+        assert [resolved[requests[0]], resolved[requests[2]]] == [versions[first], versions[last]]
+
+    def test_batch_stops_calling_after_unavailable(self, provider: Provider, backend: Backend) -> None:
+        """While the backend is down, a batch makes one request: every item is Unavailable naming its own
+        ref, the items not tried get a copy; once it is back, the same batch succeeds."""
+        needs(backend, "outage")
+        down: OutageBackend = backend  # type: ignore[assignment]
+        refs = [backend.new_ref() for _ in range(4)]
+        versions = [backend.put(ref, unique_text()) for ref in refs]
+        requests = [Request(ref) for ref in refs]
+        if not getattr(backend, "unsupported", {}).get("pins"):
+            requests += [Request(ref, version) for ref, version in zip(refs[:2], versions[:2], strict=True)]
+        read(provider, refs[0], None, backend.text_fields)  # connected and authenticated before the outage
+        with down.outage():
+            before = down.calls()
+            fetched = provider.fetch_many(requests)
+            during_fetch = down.calls()
+            resolved = provider.resolve_versions(requests)
+            after = down.calls()
+        for outcomes in (fetched, resolved):
+            assert all(isinstance(outcomes[r], Unavailable) and r.ref in str(outcomes[r]) for r in requests)
+        if before is not None and during_fetch is not None and after is not None:
+            assert (during_fetch - before, after - during_fetch) == (1, 1)
+        recovered = provider.fetch_many(requests)
+        assert all(isinstance(recovered[r], Fetched) for r in requests)
+
+    def test_previous_follows_rotation(self, provider: Provider, backend: Backend) -> None:
+        """`version: previous` is the version before the current one, moves with each rotation, and is
+        resolved by the change check; with a single version there is no previous."""
+        if not provider.supports_previous:
+            pytest.skip(f"{type(provider).__name__} does not support version: previous (a config error)")
+        assert provider.moves(PREVIOUS)
+        ref = backend.new_ref()
+        previous = Request(ref, PREVIOUS)
+        backend.put(ref, unique_text())
+        assert isinstance(provider.resolve_versions([previous])[previous], SecretNotFound)
+        with pytest.raises(SecretNotFound):
+            read(provider, ref, PREVIOUS, backend.text_fields)
+        texts = [unique_text(), unique_text()]
+        versions = [backend.put(ref, text) for text in texts]
+        backend.put(ref, unique_text())
+        assert provider.resolve_versions([previous, Request(ref)])[previous] == versions[1]
+        content, fetched = read(provider, ref, PREVIOUS, backend.text_fields)
+        assert (content, fetched.version) == (texts[1].encode(), versions[1])
+        rotated = unique_text()
+        newest = backend.put(ref, rotated)
+        assert provider.resolve_versions([previous])[previous] != newest
+        backend.put(ref, unique_text())
+        assert provider.resolve_versions([previous])[previous] == newest
+        content, fetched = read(provider, ref, PREVIOUS, backend.text_fields)
+        assert (content, fetched.version) == (rotated.encode(), newest)

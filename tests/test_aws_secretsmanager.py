@@ -10,6 +10,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,11 +89,14 @@ def make_provider(url: str, region: str = REGION, **fields: Any) -> SecretsManag
 
 
 class MotoBackend:
+    """Writes straight to moto; the provider under test goes through the counting proxy."""
+
     text_fields: dict[str, Any] = {}
     binary_fields: dict[str, Any] = {}
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, proxy: CountingProxy) -> None:
         self.client = sm(url)
+        self.proxy = proxy
 
     def new_ref(self) -> str:
         return f"conformance/{uuid.uuid4().hex}"
@@ -112,17 +116,29 @@ class MotoBackend:
     def credentials(self) -> list[str]:
         return [ACCESS_KEY_ID, SECRET_ACCESS_KEY, "bridge-external-id-0451"]
 
+    @contextmanager
+    def outage(self) -> Iterator[None]:
+        """The proxy answers every call with 503 ServiceUnavailable while inside."""
+        self.proxy.fail["*"] = (503, "ServiceUnavailable", None)
+        try:
+            yield
+        finally:
+            self.proxy.fail.clear()
+
+    def calls(self) -> int:
+        return sum(self.proxy.counts.values())
+
 
 class TestConformance(ProviderConformance):
     @pytest.fixture
-    def provider(self, moto_url: str) -> Iterator[SecretsManagerProvider]:
-        aws = make_provider(moto_url, role_arn=None)
+    def provider(self, counted: CountingProxy) -> Iterator[SecretsManagerProvider]:
+        aws = make_provider(counted.url, role_arn=None)
         yield aws
         aws.close()
 
     @pytest.fixture
-    def backend(self, moto_url: str) -> MotoBackend:
-        return MotoBackend(moto_url)
+    def backend(self, moto_url: str, counted: CountingProxy) -> MotoBackend:
+        return MotoBackend(moto_url, counted)
 
 
 def requests_total(operation: str, outcome: str) -> float:
@@ -282,6 +298,103 @@ def test_batch_denied_falls_back_to_get_logged_once(moto_url: str, counted: Coun
             assert [value_of(got[Request(ref)]) for ref in refs] == [b"v0", b"v1", b"v2"]
     assert counted.counts["BatchGetSecretValue"] == 1 and counted.counts["GetSecretValue"] == 6
     assert sum("BatchGetSecretValue refused" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_batch_denied_is_probed_again(moto_url: str, counted: CountingProxy) -> None:
+    """After IAM denied BatchGetSecretValue, it is tried again once the re-probe interval has passed."""
+    client = sm(moto_url)
+    refs = [f"reprobe/{uuid.uuid4().hex}" for _ in range(3)]
+    for i, ref in enumerate(refs):
+        client.create_secret(Name=ref, SecretString=f"v{i}")
+    aws = make_provider(counted.url)
+    counted.fail["BatchGetSecretValue"] = (400, "AccessDeniedException", None)
+    aws.fetch_many([Request(ref) for ref in refs])
+    counted.fail.clear()  # the policy was fixed
+    aws.fetch_many([Request(ref) for ref in refs])
+    assert (counted.counts["BatchGetSecretValue"], counted.counts["GetSecretValue"]) == (1, 6)
+    aws.batch_fallback.reprobe_seconds = 0
+    got = aws.fetch_many([Request(ref) for ref in refs])
+    assert [value_of(got[Request(ref)]) for ref in refs] == [b"v0", b"v1", b"v2"]
+    assert (counted.counts["BatchGetSecretValue"], counted.counts["GetSecretValue"]) == (2, 6)
+
+
+@pytest.mark.parametrize("code", ["ExpiredTokenException", "ValidationException"])
+def test_batch_failing_for_other_reasons_keeps_batching(moto_url: str, counted: CountingProxy, code: str) -> None:
+    """Only IAM denying the batch action itself switches batching off: an expired credential or a rejected
+    request fails this batch (per item, as GetSecretValue would say), and the next cycle batches again."""
+    client = sm(moto_url)
+    refs = [f"keep-batch/{uuid.uuid4().hex}" for _ in range(3)]
+    for ref in refs:
+        client.create_secret(Name=ref, SecretString="x")
+    aws = make_provider(counted.url)
+    counted.fail["BatchGetSecretValue"] = (400, code, None)
+    failed = aws.fetch_many([Request(ref) for ref in refs])
+    if code == "ExpiredTokenException":  # every call would fail alike: one error for all, no fan-out
+        assert all(isinstance(o, AccessDenied) and code in str(o) for o in failed.values())
+        assert counted.counts["GetSecretValue"] == 0
+    else:  # the batch request was refused as a whole: each secret is asked for on its own
+        assert all(isinstance(o, Fetched) for o in failed.values())
+        assert counted.counts["GetSecretValue"] == 3
+    counted.fail.clear()
+    got = aws.fetch_many([Request(ref) for ref in refs])
+    assert all(isinstance(o, Fetched) for o in got.values())
+    assert counted.counts["BatchGetSecretValue"] == 2 and aws.batch_fallback.allowed()
+
+
+def test_item_errors_in_a_batch_keep_batching(moto_url: str, counted: CountingProxy) -> None:
+    """A secret the batch could not return (here: missing) is that item's error; batching stays on."""
+    client = sm(moto_url)
+    refs = [f"item-error/{uuid.uuid4().hex}" for _ in range(2)]
+    for ref in refs:
+        client.create_secret(Name=ref, SecretString="x")
+    requests = [Request(refs[0]), Request(f"item-error/{uuid.uuid4().hex}"), Request(refs[1])]
+    aws = make_provider(counted.url)
+    for _ in range(2):
+        got = aws.fetch_many(requests)
+        assert isinstance(got[requests[1]], SecretNotFound)
+    assert counted.counts == {"BatchGetSecretValue": 2} and aws.batch_fallback.allowed()
+
+
+def test_list_denied_is_probed_again(moto_url: str, counted: CountingProxy) -> None:
+    """After IAM denied ListSecrets, the listing is tried again once the re-probe interval has passed."""
+    client = sm(moto_url)
+    refs = [f"relist/{uuid.uuid4().hex}" for _ in range(3)]
+    expected = {ref: client.create_secret(Name=ref, SecretString="x")["VersionId"] for ref in refs}
+    aws = make_provider(counted.url)
+    counted.fail["ListSecrets"] = (400, "AccessDeniedException", None)
+    assert aws.current_versions(refs) == expected
+    counted.fail.clear()
+    aws.list_fallback.reprobe_seconds = 0
+    assert aws.current_versions(refs) == expected
+    assert counted.counts["ListSecrets"] == 2 and counted.counts["DescribeSecret"] == 3
+
+
+def test_list_with_expired_credentials_is_not_fanned_out(moto_url: str, counted: CountingProxy) -> None:
+    """An expired credential on ListSecrets is every secret's answer at once: no DescribeSecret per secret,
+    and the listing stays in use."""
+    refs = [f"expired/{uuid.uuid4().hex}" for _ in range(3)]
+    aws = make_provider(counted.url)
+    counted.fail["ListSecrets"] = (400, "ExpiredTokenException", None)
+    out = aws.current_versions(refs)
+    assert all(isinstance(o, AccessDenied) and ref in str(o) for ref, o in out.items())
+    assert counted.counts == {"ListSecrets": 1} and aws.list_fallback.allowed()
+
+
+def test_engine_previous_follows_rotation(moto_url: str, counted: CountingProxy, tmp_path: Path) -> None:
+    """Through the engine: `version: previous` writes the AWSPREVIOUS value and follows a rotation."""
+    client = sm(moto_url)
+    ref = f"engine-previous/{uuid.uuid4().hex}"
+    client.create_secret(Name=ref, SecretString="one")
+    client.put_secret_value(SecretId=ref, SecretString="two")
+    engine = _engine(tmp_path, counted.url, f"  prev: {{provider: aws, ref: {ref}, version: previous}}\n")
+    try:
+        assert not engine.sync().failed
+        assert (tmp_path / "prev").read_text() == "one"
+        client.put_secret_value(SecretId=ref, SecretString="three")
+        assert not engine.cycle(list(engine._tracked.values())).failed
+        assert (tmp_path / "prev").read_text() == "two"
+    finally:
+        engine.close()
 
 
 def test_batch_mixes_found_missing_arn_and_partial_arn(moto_url: str, counted: CountingProxy) -> None:

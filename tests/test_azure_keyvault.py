@@ -11,7 +11,8 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from bridge.config import parse_config
 from bridge.engine import Engine
 from bridge.errors import AccessDenied, SecretNotFound, Unavailable
 from bridge.metrics import PROVIDER_REQUESTS
-from bridge.provider import Request
+from bridge.provider import PREVIOUS, Fetched, Request
 from providers.azure_keyvault import KeyVaultProvider
 from tests.azure_fake import VAULT_RESOURCE, VAULT_SCOPE, FakeKeyVault
 from tests.azure_fixtures import (  # noqa: F401 - fixtures
@@ -48,8 +49,30 @@ from tests.conformance import ProviderConformance, read, unique_text
 MakeProvider = Callable[..., KeyVaultProvider]
 
 
+class OutageBackend(KeyVaultBackend):
+    """The vault answers 503 to every authorised request while inside `outage()`."""
+
+    @contextmanager
+    def outage(self) -> Iterator[None]:
+        self.fake.fail_next(10**9, 503)
+        try:
+            yield
+        finally:
+            with self.fake.state.lock:
+                self.fake.state.faults.clear()
+
+    def calls(self) -> int:
+        return len(self.fake.requests(self.vault_url))
+
+
 class TestKeyVaultConformance(ProviderConformance):
     """The shared provider cases, with the default credential chain (AZURE_* service principal)."""
+
+    @pytest.fixture
+    def backend(self, fake: FakeKeyVault, ca_file: Path) -> Iterator[OutageBackend]:
+        writer = OutageBackend(fake, ca_file)
+        yield writer
+        writer.close()
 
 
 def _gets(fake: FakeKeyVault, vault: str, name: str) -> int:
@@ -372,6 +395,24 @@ def test_throttling_carries_retry_after_and_is_not_retried(
     assert provider.fetch(Request(ref)).value == b"busy"
 
 
+def test_unreachable_identity_endpoint_is_unavailable(
+    make_provider: MakeProvider, backend: KeyVaultBackend, fake: FakeKeyVault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token endpoint that cannot be reached is Unavailable (back off, stop the batch), not AccessDenied."""
+    from tests.servers import free_port
+
+    ref = backend.new_ref()
+    backend.put(ref, "x")
+    client_id, secret = fake.add_client()
+    provider = make_provider(credential={"method": "client_secret", "tenant_id": fake.tenant_id,
+                                         "client_id": client_id, "client_secret": secret})
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{free_port()}")
+    requests = [Request(ref), Request(backend.new_ref()), Request(backend.new_ref())]
+    out = provider.fetch_many(requests)
+    assert all(isinstance(out[r], Unavailable) and r.ref in str(out[r]) for r in requests)
+    assert secret not in str(out[requests[0]])
+
+
 def test_server_error_is_unavailable(
     provider: KeyVaultProvider, backend: KeyVaultBackend, fake: FakeKeyVault
 ) -> None:
@@ -470,7 +511,54 @@ def test_cheap_check_without_list_permission(
         fake.state.list_denied = False
     assert [s for m, p, s in fake.requests(url) if p == "/secrets"] == [403]
     assert all(_gets(fake, url, n) == 3 for n in versions)
-    assert len([r for r in caplog.records if "cannot list" in r.getMessage()]) == 1
+    assert len([r for r in caplog.records if "secrets/list refused" in r.getMessage()]) == 1
+    provider.list_fallback.reprobe_seconds = 0  # the permission was granted: the next check lists again
+    assert provider.current_versions(list(versions)) == versions
+    assert [s for m, p, s in fake.requests(url) if p == "/secrets"] == [403, 200]
+    assert all(_gets(fake, url, n) == 3 for n in versions)
+
+
+def test_cheap_check_listing_down_stops_calls(make_provider: MakeProvider, fake: FakeKeyVault) -> None:
+    """A listing that fails with 503 is Unavailable for every secret it stood for, with no GET after it."""
+    url, versions = _vault(fake, ["one", "two", "three"])
+    provider = make_provider(vault_url=url)
+    for name in versions:
+        provider.fetch(Request(name))
+    before = len(fake.requests(url))
+    fake.fail_next(1, 503, retry_after=9)
+    out = provider.current_versions(list(versions))
+    assert len(fake.requests(url)) == before + 1
+    assert all(isinstance(o, Unavailable) and o.retry_after == 9.0 and n in str(o) for n, o in out.items())
+
+
+def test_previous_skips_disabled_and_follows_rotation(make_provider: MakeProvider, fake: FakeKeyVault,
+                                                      backend: KeyVaultBackend) -> None:
+    """`previous` is the newest enabled version created before the current one; a disabled one is passed over."""
+    url = f"https://kv-{uuid.uuid4().hex[:12]}.vault.azure.net"
+    first = fake.set_secret(url, "app", "one", age_seconds=300)
+    second = fake.set_secret(url, "app", "two", age_seconds=200)
+    fake.set_secret(url, "app", "three", age_seconds=100)
+    provider = make_provider(vault_url=url)
+    previous = Request("app", PREVIOUS)
+    assert provider.resolve_versions([previous])[previous] == second
+    next(v for v in fake.state.vaults[url.removeprefix("https://")]["app"] if v.version == second).enabled = False
+    assert provider.resolve_versions([previous])[previous] == first
+    got = provider.fetch_many([previous])[previous]
+    assert isinstance(got, Fetched) and (got.value, got.version) == (b"one", first)
+    assert [p for m, p, s in fake.requests(url) if m == "GET" and s == 200][-2:] == [
+        "/secrets/app/versions", f"/secrets/app/{first}"]
+
+
+def test_fetch_many_on_a_pool_fetches_each_once(make_provider: MakeProvider, fake: FakeKeyVault) -> None:
+    """A cold fetch of 40 secrets reads each exactly once, with one token and one challenge in all."""
+    url, versions = _vault(fake, [f"p{i:02d}" for i in range(40)])
+    provider = make_provider(vault_url=url)
+    tokens = len(fake.token_requests())
+    got = provider.fetch_many([Request(n) for n in versions])
+    assert {r.ref: o.version for r, o in got.items() if isinstance(o, Fetched)} == versions
+    assert all(_gets(fake, url, n) == 1 for n in versions)
+    assert [s for _, _, s in fake.requests(url)].count(401) == 1
+    assert len(fake.token_requests()) == tokens + 1
 
 
 # -- through the engine ----------------------------------------------------------------------------------
