@@ -96,6 +96,8 @@ class VaultState:
     identity_header: str = ""
     managed_identity_client_ids: set[str] = field(default_factory=set)
     token_lifetime_seconds: int = 3600
+    #: added to every vault response, to stand for a real network round trip (benchmarks)
+    latency_seconds: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -400,6 +402,8 @@ class _Handler(BaseHTTPRequestHandler):
     # -- vault ---------------------------------------------------------------------------------------
 
     def _vault(self) -> None:
+        if self.state.latency_seconds:
+            time.sleep(self.state.latency_seconds)
         status = self._vault_inner()
         with self.state.lock:
             self.state.requests.append((self.vault, self.command, self.url.path, status))
