@@ -180,37 +180,25 @@ class Provider:
         """Called every few seconds between cycles: keep credentials alive (renew a token before
         it expires) so a long refresh interval never lets them lapse. Default: nothing."""
 
-    def renew(self, fetched: Fetched, increment_seconds: float | None) -> Fetched:
-        """Renew a leased value's lease; the same value with the granted timing."""
-        raise NotImplementedError
-
-    def revoke(self, lease_id: str) -> None:
-        """Revoke a lease (revoke_on_exit)."""
-        raise NotImplementedError
-
-    def lease_alive(self, lease_id: str) -> float | None:
-        """Seconds a lease has left, or None when it is gone."""
-        raise NotImplementedError
-
     def close(self) -> None:
         """Release connections and background work."""
 
     # -- leased values (the engine calls these only for a Fetched with a lease_id) ---------------
 
-    def renew(self, request: Request, fetched: Fetched) -> Fetched:
-        """Extend the lease of `fetched`: the same value with new lease fields (lease_seconds,
+    def renew(self, fetched: Fetched, increment_seconds: float | None) -> Fetched:
+        """Renew a leased value's lease: the same value with the granted timing (lease_seconds,
         expires_at, obtained_at). Raise a ProviderError when it cannot be renewed; the engine then
-        fetches a new value. Only providers whose `fetch` returns a lease_id implement it."""
+        issues a new value. Only providers whose `fetch` returns a lease_id implement it."""
         raise NotImplementedError(f"{type(self).__name__} has no leases")
 
-    def revoke(self, request: Request, fetched: Fetched) -> None:
-        """Revoke the lease of `fetched` (on shutdown with revoke_on_exit, or when replaced)."""
+    def revoke(self, lease_id: str) -> None:
+        """Revoke a lease (revoke_on_exit)."""
         raise NotImplementedError(f"{type(self).__name__} has no leases")
 
-    def lease_alive(self, request: Request, fetched: Fetched) -> bool:
-        """Whether the lease of a value kept across a restart is still valid, so it can be resumed
-        instead of minting a new one. Default, without asking the backend: its expiry is ahead."""
-        return fetched.expires_at is None or fetched.expires_at > time.time()
+    def lease_alive(self, lease_id: str) -> float | None:
+        """Seconds a lease kept across a restart has left, or None when it is gone, so the engine
+        resumes it instead of minting a new one."""
+        raise NotImplementedError(f"{type(self).__name__} has no leases")
 
     # -- the shared rules, for providers to use --------------------------------------------------
 
