@@ -88,6 +88,7 @@ class VaultState:
     faults: list[Fault] = field(default_factory=list)
     #: (vault host, method, path, status) of every vault request, in order
     requests: list[tuple[str, str, str, int]] = field(default_factory=list)
+    requests_lock: threading.Lock = field(default_factory=threading.Lock)
     token_requests: list[TokenRequest] = field(default_factory=list)
     #: client id -> client secret
     clients: dict[str, str] = field(default_factory=dict)
@@ -210,7 +211,7 @@ class FakeKeyVault:
 
     def requests(self, vault: str | None = None) -> list[tuple[str, str, int]]:
         """(method, path, status) of the vault requests so far, optionally of one vault."""
-        with self.state.lock:
+        with self.state.requests_lock:
             return [(m, p, s) for h, m, p, s in self.state.requests if vault is None or h == _host(vault)]
 
     def token_requests(self) -> list[TokenRequest]:
@@ -290,6 +291,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out as two writes; don't wait for an ACK
     server: _Server
+    #: this request is to a vault, so its answer is recorded in `state.requests`
+    vault_request = False
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -305,6 +308,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server.state
 
     def _dispatch(self) -> None:
+        self.vault_request = False  # a kept-alive connection's next request starts afresh
         length = int(self.headers.get("Content-Length") or 0)
         self.body = self.rfile.read(length) if length else b""
         self.url = urlsplit(self.path)
@@ -324,6 +328,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
+        if self.vault_request:
+            # Recorded before the answer goes out: a client that has its answer finds it counted.
+            # (Its own lock: the vault handlers answer while holding `state.lock`.)
+            with self.state.requests_lock:
+                self.state.requests.append((self.vault, self.command, self.url.path, status))
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
@@ -404,9 +413,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _vault(self) -> None:
         if self.state.latency_seconds:
             time.sleep(self.state.latency_seconds)
-        status = self._vault_inner()
-        with self.state.lock:
-            self.state.requests.append((self.vault, self.command, self.url.path, status))
+        self.vault_request = True
+        self._vault_inner()
 
     def _challenge(self) -> int:
         challenge = (f'Bearer authorization="https://{LOGIN_HOST}/{self.state.tenant_id}", '

@@ -22,14 +22,26 @@ VAULT_URL = "https://kv-bridge-test.vault.azure.net"
 ENV_CLIENT = "env-client"
 
 
+#: one server per test process, even when several modules import the `fake` fixture (pytest then
+#: holds one session fixture per module): the Key Vault SDK caches each vault URL's challenge, with
+#: its tenant, process-wide, so a second server with another tenant would be refused its tokens.
+_SHARED: dict[str, Any] = {"server": None, "users": 0}
+
+
 @pytest.fixture(scope="session")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeKeyVault]:
-    server = FakeKeyVault()
-    server.write_ca(str(tmp_path_factory.mktemp("azure-ca") / "ca.pem"))
-    server.add_client(ENV_CLIENT)
-    server.enable_managed_identity()
-    yield server
-    server.close()
+    if _SHARED["server"] is None:
+        server = FakeKeyVault()
+        server.write_ca(str(tmp_path_factory.mktemp("azure-ca") / "ca.pem"))
+        server.add_client(ENV_CLIENT)
+        server.enable_managed_identity()
+        _SHARED["server"] = server
+    _SHARED["users"] += 1
+    yield _SHARED["server"]
+    _SHARED["users"] -= 1
+    if _SHARED["users"] == 0:
+        _SHARED["server"].close()
+        _SHARED["server"] = None
 
 
 @pytest.fixture(scope="session")

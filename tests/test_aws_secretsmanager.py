@@ -391,7 +391,7 @@ def test_engine_previous_follows_rotation(moto_url: str, counted: CountingProxy,
         assert not engine.sync().failed
         assert (tmp_path / "prev").read_text() == "one"
         client.put_secret_value(SecretId=ref, SecretString="three")
-        assert not engine.cycle(list(engine._tracked.values())).failed
+        assert not engine.cycle(list(engine.units.values())).failed
         assert (tmp_path / "prev").read_text() == "two"
     finally:
         engine.close()
@@ -499,12 +499,12 @@ def test_engine_keeps_files_and_backs_off_when_throttled(moto_url: str, counted:
         assert not engine.sync().failed
         counted.reset()
         counted.fail["*"] = (400, "ThrottlingException", "30")
-        result = engine.cycle(list(engine._tracked.values()))
+        result = engine.cycle(list(engine.units.values()))
         assert sorted(result.failed) == ["s0", "s1", "s2"]
         assert all(isinstance(e, Unavailable) for e in result.failed.values())
         assert sum(counted.counts.values()) == 1  # one ListSecrets, no fan-out, no SDK retry
         assert [(tmp_path / f"s{i}").read_text() for i in range(3)] == ["good-0", "good-1", "good-2"]
-        assert all(t.next_due >= time.monotonic() + 25 for t in engine._tracked.values())
+        assert all(t.next_due >= time.monotonic() + 25 for t in engine.units.values())
     finally:
         engine.close()
 
@@ -537,12 +537,12 @@ def test_engine_label_pins_follow_rotation(moto_url: str, counted: CountingProxy
         client.update_secret_version_stage(SecretId=ref, VersionStage="BLUE", MoveToVersionId=v4,
                                            RemoveFromVersionId=v1)
         counted.reset()
-        result = engine.cycle(list(engine._tracked.values()))
+        result = engine.cycle(list(engine.units.values()))
         assert not result.failed
         assert read() == {"current": "four", "previous": "three", "first": "one", "blue": "four"}
         assert counted.counts.get("ListSecrets", 0) >= 1 and counted.counts.get("DescribeSecret", 0) == 0
         counted.reset()
-        assert engine.cycle(list(engine._tracked.values())).changed == []
+        assert engine.cycle(list(engine.units.values())).changed == []
         assert set(counted.counts) == {"ListSecrets"}  # nothing moved: no value calls at all
     finally:
         engine.close()

@@ -612,8 +612,8 @@ def test_engine_waits_at_least_retry_after(
         before = _gets(fake, VAULT_URL, ref)
         fake.fail_next(1, 429, retry_after=30)
         now = time.monotonic()
-        result = engine.cycle(list(engine._tracked.values()))
-        (tracked,) = engine._tracked.values()
+        result = engine.cycle(list(engine.units.values()))
+        (tracked,) = engine.units.values()
     finally:
         engine.close()
     assert isinstance(result.failed["app"], Unavailable)
