@@ -241,6 +241,9 @@ class Provider:
                 down = exc if isinstance(exc, Unavailable) else None
         return out
 
+    #: the name `each` had before it was public; kept until every provider says `each`
+    _each = each
+
     def each_concurrently(self, items: Sequence[tuple[K, Request]], call: Callable[[Request], V], *,
                           workers: int = 8, down: ProviderError | None = None) -> dict[K, V | ProviderError]:
         """The batch rule on a small bounded pool, for backends with no batch API. The first item
