@@ -242,7 +242,6 @@ class Provider:
         return out
 
     #: the name `each` had before it was public; kept until every provider says `each`
-    _each = each
 
     def each_concurrently(self, items: Sequence[tuple[K, Request]], call: Callable[[Request], V], *,
                           workers: int = 8, down: ProviderError | None = None) -> dict[K, V | ProviderError]:

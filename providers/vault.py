@@ -102,7 +102,7 @@ class VaultProvider(Provider):
         """The latest or `previous` version of each KV v2 request from its metadata (no value read).
         Any other engine's path answers None: a plain read is compared by content, and a leased or
         issued value is renewed and re-issued on its own clock, never polled."""
-        return self._each([(r, r) for r in dict.fromkeys(requests)], self._resolve)
+        return self.each([(r, r) for r in dict.fromkeys(requests)], self._resolve)
 
     # -- leases -------------------------------------------------------------------------------
 

@@ -8,15 +8,13 @@ Messages carry Vault's own error text (never a value) and never a token or a lea
 
 from __future__ import annotations
 
-import email.utils
 import re
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from bridge.errors import AccessDenied, ProviderError, SecretNotFound, Unavailable
-from bridge.provider import Request
+from bridge.provider import Request, retry_after_seconds
 from providers.vault_auth import AuthConfig, TokenAuth, TokenKeeper
 
 try:
@@ -31,7 +29,6 @@ T = TypeVar("T")
 #: Vault answers these statuses when it is throttling (429: rate limit quota) or sealed/standby (503)
 _THROTTLED = (429, 503)
 #: a Retry-After beyond this is not believed (a misconfigured proxy must not park a secret for days)
-_MAX_RETRY_AFTER_SECONDS = 3600.0
 
 
 class VaultClient:
@@ -81,26 +78,10 @@ class VaultClient:
     def _remember_retry_after(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         self._seen.status = response.status_code
         if response.status_code in _THROTTLED:
-            self._seen.retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+            self._seen.retry_after = retry_after_seconds(response.headers)
 
     def _retry_after(self) -> float | None:
         return getattr(self._seen, "retry_after", None)
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """`Retry-After` as seconds from now: delta-seconds or an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        seconds = float(value)
-    else:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    return min(max(seconds, 0.0), _MAX_RETRY_AFTER_SECONDS)
 
 
 def one_line(text: str) -> str:

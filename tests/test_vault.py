@@ -477,15 +477,6 @@ def test_retry_after_is_carried(openbao, backend: VaultBackend, throttling, monk
     assert read(p, ref, None, backend.text_fields)[0] == b"v"
 
 
-def test_retry_after_http_date() -> None:
-    """Retry-After as an HTTP date is seconds from now; garbage is ignored; huge values are capped."""
-    from providers.vault_client import retry_after_seconds
-
-    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:30 GMT", now=1445412500.0) == 10.0
-    assert retry_after_seconds("soon") is None
-    assert retry_after_seconds("99999999") == 3600.0
-
-
 # -- recovery (issue 9) ----------------------------------------------------------------------
 
 def test_bad_token_teaches_nothing_about_mounts(openbao, kv1: str, tmp_path: Path) -> None:
