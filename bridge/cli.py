@@ -63,20 +63,10 @@ COMMANDS = (
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.log_format or "auto", args.debug)
-    path = config_path(args.config)
     try:
-        config = load_config(path)
-        if args.log_format is None:
-            setup_logging(config.settings.log_format, args.debug)
-        if args.command in ("run", "sync"):
-            refuse_disk_output_dir(config.settings)
-        if args.command == "run":
-            from bridge.runner import Runner  # watchdog and the server: only `run` pays for them
-
-            return Runner(path, config).run()
-        if args.command == "inspect":
-            return cmd_inspect(config, args.name)
-        return {"sync": cmd_sync, "check": cmd_check, "ls": cmd_ls}[args.command](config)
+        status = _dispatch(args)
+        sys.stdout.flush()  # here, not at exit: a reader that left is handled below
+        return status
     except BridgeError as exc:
         if args.debug:
             log.exception("failed")
@@ -84,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `secrets-bridge ls | head`: the reader left; stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception as exc:
         if args.debug:
             raise
@@ -91,6 +85,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"secrets-bridge: internal error ({type(exc).__name__}); run with --debug for details",
               file=sys.stderr)
         return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Load the config, apply its log format, refuse a disk output_dir, run one command."""
+    path = config_path(args.config)
+    config = load_config(path)
+    if args.log_format is None:
+        setup_logging(config.settings.log_format, args.debug)
+    if args.command in ("run", "sync"):
+        refuse_disk_output_dir(config.settings)
+    if args.command == "run":
+        from bridge.runner import Runner  # watchdog and the server: only `run` pays for them
+
+        return Runner(path, config).run()
+    if args.command == "inspect":
+        return cmd_inspect(config, args.name)
+    return {"sync": cmd_sync, "check": cmd_check, "ls": cmd_ls}[args.command](config)
 
 
 def _options(default: object) -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import posixpath
+import stat
 from pathlib import Path
 from signal import Signals
 from typing import Annotated, Any, Literal
@@ -55,6 +56,10 @@ from bridge.fields import parse_mode as parse_mode
 from bridge.provider import Provider, ProviderSettings, provider_class
 
 DEFAULT_CONFIG = "secrets-bridge.yaml"
+#: a config file larger than this is a mistake (a log file, /dev/zero copied), not a config
+MAX_CONFIG_BYTES = 16 * 2**20
+#: YAML aliases may repeat a node this many times in all: more is an alias bomb, not a config
+MAX_ALIAS_REPEATS = 10_000
 ENV_PREFIX = "SECRETS_BRIDGE_"
 #: `version: previous`, the uniform relative pin
 PREVIOUS = "previous"
@@ -352,11 +357,25 @@ def config_path(cli_value: str | None) -> Path:
 def load_config(path: Path) -> Config:
     """Read, validate and return the configuration, or raise one-line `ConfigError`."""
     try:
-        text = path.read_text(encoding="utf-8")
+        # O_NONBLOCK: a FIFO at the path must not hang start-up or the running bridge's reload
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path} (use --config or SECRETS_BRIDGE_CONFIG)") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError(f"config file {path} is not a regular file")
+            data = file.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 2**20} MiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     return parse_config(text, source=str(path))
 
 
@@ -381,6 +400,7 @@ def _parse_config(text: str, source: str) -> Config:
         raise ConfigError(f"{source}: the config file is empty (write `secrets: {{}}` to sync none)")
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping")
+    _check_aliases(data, source)
     for key in data:
         if not isinstance(key, str):
             raise ConfigError(f"{printable(str(key))}: unknown field")
@@ -404,6 +424,24 @@ def _parse_config(text: str, source: str) -> Config:
             if origin.params is not None and not getattr(cls, "supports_params", False):
                 raise ConfigError(f"{loc}.params: provider {origin.provider!r} takes no params")
     return Config(settings, providers)
+
+
+def _check_aliases(data: dict[str, Any], source: str) -> None:
+    """Refuse a document whose aliases expand past MAX_ALIAS_REPEATS nodes (a "billion laughs"):
+    every later walk or comparison of the config would pay for the expansion."""
+    seen: set[int] = set()
+    repeats = 0
+    pending: list[Any] = [data]
+    while pending:
+        node = pending.pop()
+        if not isinstance(node, dict | list):
+            continue
+        if id(node) in seen:
+            repeats += 1
+            if repeats > MAX_ALIAS_REPEATS:
+                raise ConfigError(f"{source}: YAML aliases repeat more than {MAX_ALIAS_REPEATS} nodes")
+        seen.add(id(node))
+        pending.extend(node.values() if isinstance(node, dict) else node)
 
 
 def _check_numbers(settings: BaseModel, loc: tuple[str, ...]) -> None:

@@ -55,6 +55,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
+#: control characters as escapes, so no name or ref in a message can forge a second log line
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message`, the message on one line whatever names it quotes."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = record.message.translate(_ESCAPES)
+        return super().formatMessage(record)
+
+
 def resolve_format(log_format: str, stream: TextIO) -> str:
     """`auto` is `json` unless the stream is a terminal (a person reading), then `text`."""
     if log_format != "auto":
@@ -75,8 +90,8 @@ def setup_logging(log_format: str = "auto", debug: bool = False) -> None:
     if _handler is not None:
         root.removeHandler(_handler)
     _handler = logging.StreamHandler(sys.stderr)
-    formatter = JsonFormatter() if resolve_format(log_format, sys.stderr) == "json" else logging.Formatter(TEXT_FORMAT)
-    _handler.setFormatter(formatter)
+    json_lines = resolve_format(log_format, sys.stderr) == "json"
+    _handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     root.addHandler(_handler)
     root.setLevel(logging.INFO)
     # Only our own loggers go to debug.

@@ -539,3 +539,18 @@ def test_fuzzed_configs_through_the_cli(data: st.DataObject) -> None:
             elif command == "sync" and proc.returncode == 0:
                 assert all((out / name).exists() for name, entry in doc["secrets"].items()
                            if entry.get("optional") is not True and not env)
+
+
+def test_reader_that_leaves_early(out_dir: Path, tmp_path: Path) -> None:
+    """`ls | head` that closes the pipe at once: no traceback, no `Exception ignored`, no internal error."""
+    entries = "".join(f"  s{i}: {{provider: dev, ref: one}}\n" for i in range(50))
+    config = str(_local(tmp_path, out_dir, secrets=entries))
+    assert _cli("--config", config, "sync").returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECRETS_BRIDGE_")}
+    proc = subprocess.Popen([venv_binary("secrets-bridge"), "--config", config, "ls"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 1) and "Traceback" not in err and "Exception ignored" not in err, err
+    assert "internal error" not in err

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from bridge.config import (
     MAX_COMPONENT,
+    MAX_CONFIG_BYTES,
     MAX_DURATION_SECONDS,
     MAX_ID,
     MAX_TARGET_DEPTH,
@@ -428,3 +429,38 @@ def test_fuzzed_configs_load_or_fail_in_one_line(doc: dict[str, Any], env: dict[
             assert "\n" not in str(exc) and str(exc)
             return
     _assert_usable(config)
+
+
+def test_config_file_not_utf8(tmp_path: Path) -> None:
+    """A config file that is not UTF-8 is one line naming the byte, not a UnicodeDecodeError."""
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"secrets: {}\nx: \xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 15\)$"):
+        load_config(path)
+
+
+def test_config_file_must_be_a_regular_file(tmp_path: Path) -> None:
+    """A FIFO or a device as the config is refused at once (a FIFO would hang start-up and reloads)."""
+    fifo = tmp_path / "c.fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero"), tmp_path):
+        with pytest.raises(ConfigError, match="not a regular file|cannot read config file"):
+            load_config(path)
+
+
+def test_config_file_too_large(tmp_path: Path) -> None:
+    """A config file past MAX_CONFIG_BYTES is refused without parsing it."""
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"secrets: {}\n" + b"#" * MAX_CONFIG_BYTES)
+    with pytest.raises(ConfigError, match="larger than 16 MiB"):
+        load_config(path)
+
+
+def test_alias_bomb_refused() -> None:
+    """YAML aliases that expand exponentially (billion laughs) are refused in one line."""
+    levels = ["_0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    levels += [f"_{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 8)]
+    text = "providers:\n  dev: {type: file, base_dir: /tmp, anchors: {" + ", ".join(levels) + "}}\nsecrets: {}\n"
+    assert "YAML aliases repeat more than" in _error(text)
+    shared = "providers:\n  a: &p {type: file, base_dir: /tmp}\n  b: *p\nsecrets: {}\n"
+    assert set(parse_config(shared).settings.providers) == {"a", "b"}

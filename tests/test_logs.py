@@ -13,7 +13,7 @@ import pytest
 
 from bridge.changes import Change
 from bridge.errors import WriteError
-from bridge.logs import AUDIT_LOGGER, AuditLog, JsonFormatter
+from bridge.logs import AUDIT_LOGGER, AuditLog, JsonFormatter, TextFormatter
 
 CHANGES = [
     Change(file="db/password", entry="db", provider="vault", ref="secret/app/db", old_version="3", new_version="4",
@@ -119,3 +119,11 @@ def test_audit_file_in_a_missing_folder(tmp_path: Path) -> None:
     """An audit_log whose folder does not exist stops the start with one line naming the field."""
     with pytest.raises(WriteError, match=r"^audit_log: cannot open .*No such file or directory$"):
         AuditLog(tmp_path / "nope" / "audit.jsonl")
+
+
+def test_text_lines_cannot_be_forged() -> None:
+    """A name with a newline in a text log message is escaped: one record, one line."""
+    record = logging.LogRecord("secrets_bridge", logging.ERROR, __file__, 1, "failed: %s", ("a\nFAKE INFO ok\x1b[0m",),
+                               None)
+    line = TextFormatter().format(record)
+    assert "\n" not in line and line.endswith("failed: a\\x0aFAKE INFO ok\\x1b[0m")
