@@ -18,7 +18,7 @@ from bridge import __version__
 from bridge.config import STATE_FILE, BridgeConfig, Config, config_path, load_config
 from bridge.engine import Engine
 from bridge.errors import BridgeError, ConfigError, WriteError
-from bridge.logs import setup_logging
+from bridge.logs import one_line, setup_logging
 from bridge.state import read_state
 from bridge.writer import is_memory_backed
 
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BridgeError as exc:
         if args.debug:
             log.exception("failed")
-        print(f"secrets-bridge: {exc}", file=sys.stderr)
+        print(f"secrets-bridge: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
         return 130
@@ -209,9 +209,10 @@ def cmd_inspect(config: Config, name: str) -> int:
 
 
 def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    rows = [tuple(one_line(str(c)) for c in row) for row in rows]  # a ref may hold anything
+    widths = [max(len(c) for c in col) for col in zip(header, *rows, strict=False)]
     for row in (header, *rows):
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
 
 
 if __name__ == "__main__":

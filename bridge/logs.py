@@ -52,11 +52,16 @@ class JsonFormatter(logging.Formatter):
                 doc[key] = value
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str)
+        return json.dumps(doc, default=str, ensure_ascii=False)
 
 
 #: control characters as escapes, so no name or ref in a message can forge a second log line
 _ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters escaped: safe to print as one line to a terminal or a log."""
+    return text.translate(_ESCAPES)
 
 
 class TextFormatter(logging.Formatter):
@@ -66,7 +71,7 @@ class TextFormatter(logging.Formatter):
         super().__init__(TEXT_FORMAT)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = record.message.translate(_ESCAPES)
+        record.message = one_line(record.message)
         return super().formatMessage(record)
 
 

@@ -554,3 +554,16 @@ def test_reader_that_leaves_early(out_dir: Path, tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode in (0, 1) and "Traceback" not in err and "Exception ignored" not in err, err
     assert "internal error" not in err
+
+
+def test_control_characters_never_reach_the_terminal(out_dir: Path, tmp_path: Path) -> None:
+    """A ref holding an escape sequence and a newline is printed escaped by check and ls, in text logs too."""
+    config = _local(tmp_path, out_dir, secrets='  a: {provider: dev, ref: "x\\e[2J\\nFAKE"}\n')
+    (tmp_path / "source" / "x\x1b[2J\nFAKE").write_text("value")
+    outputs = [_cli("--config", str(config), "check"), _cli("--config", str(config), "--log-format", "text", "sync"),
+               _cli("--config", str(config), "ls")]
+    assert [p.returncode for p in outputs] == [0, 0, 0], [p.stderr for p in outputs]
+    for proc in outputs:
+        assert "\x1b" not in proc.stdout + proc.stderr
+    assert outputs[0].stdout.count("\n") == 2 and "x\\x1b[2J\\x0aFAKE" in outputs[0].stdout
+    assert outputs[2].stdout.count("\n") == 2
