@@ -13,6 +13,7 @@ import ipaddress
 import math
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -200,6 +201,11 @@ def shorten(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: control characters (C0, DEL, C1), format characters (bidi overrides) and line/paragraph separators:
+#: nothing a terminal, a log line or a reader of `ls` should meet in a file name
+_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
 def check_target(name: str, loc: tuple[str, ...] | None = None, output_dir: Path | None = None) -> None:
     """Validate a target path under output_dir (an entry's name, or `entry/file` of a files: entry):
     relative, in normal form, outside the writer's `..` names and the bridge's own files, printable,
@@ -209,8 +215,8 @@ def check_target(name: str, loc: tuple[str, ...] | None = None, output_dir: Path
     loc = loc or ("secrets", name)
     if not name or name.startswith("/"):
         raise FieldError(loc, "target must be a relative path")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
-        raise FieldError(loc, "target must not contain control characters")
+    if any(unicodedata.category(c) in _INVISIBLE for c in name):
+        raise FieldError(loc, "target must not contain control characters (or bidi/format or line separators)")
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:

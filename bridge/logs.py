@@ -55,8 +55,8 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str, ensure_ascii=False)
 
 
-#: control characters as escapes, so no name or ref in a message can forge a second log line
-_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+#: control characters (C0, DEL, C1) as escapes, so no name or ref in a message can forge a second log line
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
 
 
 def one_line(text: str) -> str:
