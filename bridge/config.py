@@ -501,6 +501,10 @@ def _validate(build: Any, prefix: tuple[str, ...]) -> Any:
         raise ConfigError(_describe(exc, prefix)) from None
     except _FieldError as exc:
         raise ConfigError(str(exc)) from None
+    except (TypeError, KeyError, OverflowError, OSError) as exc:
+        # a provider's own validator that failed other than by ValueError: still a config error
+        # (the reload that meets it must reject it, not end the bridge); its text may echo a value
+        raise ConfigError(f"{field_path(prefix) or 'config'}: invalid ({type(exc).__name__})") from None
 
 
 def _describe(exc: ValidationError, prefix: tuple[str, ...]) -> str:

@@ -22,6 +22,7 @@ from bridge.config import (
     MAX_ID,
     MAX_TARGET_DEPTH,
     Config,
+    _validate,
     load_config,
     parse_config,
     parse_duration,
@@ -467,3 +468,14 @@ def test_alias_bomb_refused() -> None:
     assert "YAML aliases repeat more than" in _error(text)
     shared = "providers:\n  a: &p {type: file, base_dir: /tmp}\n  b: *p\nsecrets: {}\n"
     assert set(parse_config(shared).settings.providers) == {"a", "b"}
+
+
+@pytest.mark.parametrize("error", [OSError(2, "No such file"), TypeError("bad"), KeyError("k"), OverflowError("big")])
+def test_provider_validator_failing_oddly_is_a_config_error(error: Exception) -> None:
+    """A provider model that fails with OSError, TypeError, KeyError or OverflowError gives one ConfigError
+    naming the section (so a reload rejects it instead of ending the bridge)."""
+    def build() -> None:
+        raise error
+
+    with pytest.raises(ConfigError, match=rf"^providers\.v: invalid \({type(error).__name__}\)$"):
+        _validate(build, ("providers", "v"))
