@@ -49,8 +49,10 @@ from bridge.fields import MAX_TARGET_DEPTH as MAX_TARGET_DEPTH
 from bridge.fields import RESERVED_PREFIX as RESERVED_PREFIX
 from bridge.fields import STATE_FILE as STATE_FILE
 from bridge.fields import FieldError as _FieldError
+from bridge.fields import HttpUrl as HttpUrl
 from bridge.fields import check_target as check_target
 from bridge.fields import parse_duration as parse_duration
+from bridge.fields import parse_http_url as parse_http_url
 from bridge.fields import parse_listen as parse_listen
 from bridge.fields import parse_mode as parse_mode
 from bridge.provider import Provider, ProviderSettings, provider_class

@@ -14,6 +14,7 @@ import math
 import os
 import re
 import unicodedata
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -157,6 +158,33 @@ def _listen(value: Any) -> Any:
     return value
 
 
+def parse_http_url(value: str) -> str:
+    """An http(s) URL with a host, a valid port if any, no credentials (a URL is logged) and no
+    whitespace or control characters. For `on_change` http actions and providers' endpoints."""
+    if any(c.isspace() or unicodedata.category(c) in _INVISIBLE for c in value):
+        raise ValueError("a URL cannot contain spaces or control characters")
+    try:
+        url = urllib.parse.urlsplit(value)
+        port = url.port
+    except ValueError:
+        raise ValueError("not a valid URL (check the host and port)") from None
+    if url.scheme not in ("http", "https"):
+        raise ValueError("expected an http:// or https:// URL")
+    if not url.hostname:
+        raise ValueError("the URL names no host")
+    if url.username is not None or url.password is not None:
+        raise ValueError("credentials do not belong in the URL (it is logged); use the provider's auth fields")
+    if port == 0:
+        raise ValueError("port 0 cannot be connected to")
+    return value
+
+
+def _http_url(value: Any) -> Any:
+    if isinstance(value, str):
+        parse_http_url(value)
+    return value
+
+
 def _local_path(value: Any) -> Any:
     """A path the OS can take: not empty, no NUL byte, not past PATH_MAX."""
     text = os.fspath(value) if isinstance(value, str | os.PathLike) else value
@@ -177,6 +205,8 @@ Version = Annotated[str, BeforeValidator(_version_text)]
 OwnerId = Annotated[int, BeforeValidator(refuse_bool), Field(ge=0, le=MAX_ID)]
 LocalPath = Annotated[Path, BeforeValidator(_local_path)]
 Listen = Annotated[str, BeforeValidator(_listen)]
+#: an http(s) URL (see parse_http_url)
+HttpUrl = Annotated[str, BeforeValidator(_http_url)]
 
 
 class FieldError(ValueError):

@@ -26,6 +26,7 @@ from bridge.config import (
     load_config,
     parse_config,
     parse_duration,
+    parse_http_url,
     parse_listen,
     parse_mode,
 )
@@ -479,3 +480,23 @@ def test_provider_validator_failing_oddly_is_a_config_error(error: Exception) ->
 
     with pytest.raises(ConfigError, match=rf"^providers\.v: invalid \({type(error).__name__}\)$"):
         _validate(build, ("providers", "v"))
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/-/reload", "https://vault:8200", "http://[::1]:80/x?y=1",
+                                 "https://prod-kv.vault.azure.net"])
+def test_http_urls_accepted(url: str) -> None:
+    """http(s) URLs with a host (and a valid port) pass parse_http_url, for on_change and provider endpoints."""
+    assert parse_http_url(url) == url
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("ftp://x/y", "http:// or https://"), ("javascript:alert(1)", "http:// or https://"), ("http://", "no host"),
+    ("http://a b/", "spaces"), ("http://x/\n", "control"), ("http://x:99999/", "not a valid URL"),
+    ("http://x:port/", "not a valid URL"), ("http://user:hunter2@x/", "credentials"), ("http://x:0/", "port 0"),
+    ("http://[::1/", "not a valid URL"), ("127.0.0.1:8080", "http:// or https://"),
+])
+def test_bad_http_urls(url: str, message: str) -> None:
+    """A URL the bridge could not call, or one carrying credentials, is refused with a reason and not echoed."""
+    with pytest.raises(ValueError, match=message) as info:
+        parse_http_url(url)
+    assert "hunter2" not in str(info.value)
