@@ -20,7 +20,6 @@ from signal import Signals
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
@@ -32,7 +31,6 @@ from bridge.fields import MAX_COMPONENT as MAX_COMPONENT
 from bridge.fields import (
     MAX_DURATION_SECONDS,
     MIN_REFRESH_SECONDS,
-    DecimalInt,
     Duration,
     Listen,
     LocalPath,
@@ -56,12 +54,11 @@ from bridge.fields import parse_http_url as parse_http_url
 from bridge.fields import parse_listen as parse_listen
 from bridge.fields import parse_mode as parse_mode
 from bridge.provider import Provider, ProviderSettings, provider_class
+from bridge.strict_yaml import load_yaml
 
 DEFAULT_CONFIG = "secrets-bridge.yaml"
 #: a config file larger than this is a mistake (a log file, /dev/zero copied), not a config
 MAX_CONFIG_BYTES = 16 * 2**20
-#: YAML aliases may repeat a node this many times in all: more is an alias bomb, not a config
-MAX_ALIAS_REPEATS = 10_000
 ENV_PREFIX = "SECRETS_BRIDGE_"
 #: `version: previous`, the uniform relative pin
 PREVIOUS = "previous"
@@ -391,18 +388,12 @@ def parse_config(text: str, source: str = "<config>") -> Config:
 
 
 def _parse_config(text: str, source: str) -> Config:
-    try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: invalid YAML: {_yaml_problem(exc)}") from None
-    except ValueError:  # an integer of more than 4,300 digits (sys.get_int_max_str_digits)
-        raise ConfigError(f"{source}: invalid YAML: a number too large") from None
+    data = load_yaml(text, source)
     if data is None or data == {}:
         # an empty file (a bad mount, a truncated ConfigMap) must not mean "remove every secret"
         raise ConfigError(f"{source}: the config file is empty (write `secrets: {{}}` to sync none)")
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping")
-    _check_aliases(data, source)
     for key in data:
         if not isinstance(key, str):
             raise ConfigError(f"{printable(str(key))}: unknown field")
@@ -426,24 +417,6 @@ def _parse_config(text: str, source: str) -> Config:
             if origin.params is not None and not getattr(cls, "supports_params", False):
                 raise ConfigError(f"{loc}.params: provider {origin.provider!r} takes no params")
     return Config(settings, providers)
-
-
-def _check_aliases(data: dict[str, Any], source: str) -> None:
-    """Refuse a document whose aliases expand past MAX_ALIAS_REPEATS nodes (a "billion laughs"):
-    every later walk or comparison of the config would pay for the expansion."""
-    seen: set[int] = set()
-    repeats = 0
-    pending: list[Any] = [data]
-    while pending:
-        node = pending.pop()
-        if not isinstance(node, dict | list):
-            continue
-        if id(node) in seen:
-            repeats += 1
-            if repeats > MAX_ALIAS_REPEATS:
-                raise ConfigError(f"{source}: YAML aliases repeat more than {MAX_ALIAS_REPEATS} nodes")
-        seen.add(id(node))
-        pending.extend(node.values() if isinstance(node, dict) else node)
 
 
 def _check_numbers(settings: BaseModel, loc: tuple[str, ...]) -> None:
@@ -523,40 +496,3 @@ def _describe(exc: ValidationError, prefix: tuple[str, ...]) -> str:
         lines.append(f"{loc}: {message}" if loc else message)
     more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
     return lines[0] + more
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    return f"line {mark.line + 1}: {problem}" if mark else problem
-
-
-class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """SafeLoader (LibYAML's parser where present: 10,000 entries parse in a tenth of the time)
-    that refuses duplicate keys (a silently overridden secret is a bug)."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    mapping: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-        if not isinstance(key, str | int | float | bool | None):
-            raise yaml.constructor.ConstructorError(
-                None, None, "a mapping key must be a plain value", key_node.start_mark
-            )
-        if key in mapping:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        mapping[key] = loader.construct_object(value_node, deep=deep)  # type: ignore[no-untyped-call]
-    return mapping
-
-
-def _construct_int(loader: _StrictLoader, node: yaml.ScalarNode) -> int:
-    value: int = loader.construct_yaml_int(node)  # type: ignore[no-untyped-call]
-    digits = str(node.value).replace("_", "").lstrip("+-")
-    return DecimalInt(value) if digits.isdigit() and not digits.startswith("0") else value
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-_StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)

@@ -500,3 +500,10 @@ def test_bad_http_urls(url: str, message: str) -> None:
     with pytest.raises(ValueError, match=message) as info:
         parse_http_url(url)
     assert "hunter2" not in str(info.value)
+
+
+def test_duplicate_long_key_message_stays_short() -> None:
+    """A YAML error quoting a very long key stays one short line."""
+    key = "k" * 5000
+    message = _error(f"secrets:\n  ? {key}\n  : {{}}\n  ? {key}\n  : {{}}\n")
+    assert "duplicate key" in message and len(message) < 300
