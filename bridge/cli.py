@@ -1,5 +1,6 @@
-"""The command line: parse, load the config, call one function, map the error class to an exit
-status. No traceback for a user mistake unless --debug; never a value in any output."""
+"""The command line: parse, set up logging, load the config, call one function, map the error
+class to an exit status. No traceback for a user mistake unless --debug; never a value in any output.
+The README's command table and `--help` state the same exit statuses; keep them in step."""
 
 from __future__ import annotations
 
@@ -7,40 +8,76 @@ import bridge.startup  # noqa: F401 - first: holds SIGHUP during the imports bel
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from bridge import __version__
-from bridge.config import STATE_FILE, Config, config_path, load_config
+from bridge.config import STATE_FILE, BridgeConfig, Config, config_path, load_config
 from bridge.engine import Engine
-from bridge.errors import BridgeError, ConfigError
-from bridge.runner import Runner
+from bridge.errors import BridgeError, ConfigError, WriteError
+from bridge.logs import one_line, setup_logging
 from bridge.state import read_state
+from bridge.writer import is_memory_backed
 
 log = logging.getLogger("secrets_bridge")
 
+DESCRIPTION = """\
+Keep a directory of files (default /run/secrets, a tmpfs shared with your application) in step
+with secrets in HashiCorp Vault / OpenBao, AWS Secrets Manager, Azure Key Vault, or local files
+and environment variables. Applications read /run/secrets/NAME as they read Docker secrets."""
+
+EPILOG = """\
+exit status: 0 success; 1 a required secret failed, the bridge could not start, or (inspect) no
+secret of that name; 2 a configuration or usage error, or (ls, inspect) no state yet.
+Options may come before or after the command. Run `secrets-bridge COMMAND --help` for more."""
+
+#: name, one-line help, description, exit statuses (as the README's command table says)
+COMMANDS = (
+    ("run", "sync, then keep the files in step until SIGTERM",
+     "Sync every secret, then keep the files in step: re-check each secret every refresh_interval, "
+     "rotate files atomically, run on_change actions, reload the config on SIGHUP or when its file "
+     "changes, and serve /healthz, /readyz and /metrics on `listen`.",
+     "exit status: 0 clean shutdown (SIGTERM/SIGINT); 1 cannot start; 2 config error"),
+    ("sync", "one pass, then exit (init containers)",
+     "Fetch every secret once, write them in one atomic commit, and exit.",
+     "exit status: 0 every required secret written; 1 any failed (the rest are still written) "
+     "or the output directory cannot be used; 2 config error"),
+    ("check", "validate, authenticate and resolve every version; writes nothing",
+     "Fetch every secret as sync would and apply key, encoding and format, but write nothing; print "
+     "each resolved version or error, never a value.",
+     "exit status: 0 every required secret resolves; 1 any does not; 2 config error"),
+    ("ls", "list the secrets in the output directory (metadata only)",
+     "List name, provider, ref, version, size and update time of each file the last sync or run "
+     "wrote, from the state file beside them. Contacts no provider.",
+     "exit status: 0; 2 config error or no state yet (run `secrets-bridge sync` first)"),
+    ("inspect", "JSON metadata of one secret, never its value",
+     "Print the state the bridge keeps about one secret as JSON (like `docker secret inspect`), "
+     "never its value. Contacts no provider.",
+     "exit status: 0; 1 no secret of that name; 2 config error or no state yet"),
+)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    _setup_logging(args.debug)
-    path = config_path(args.config)
+    args = _parser().parse_args(argv)
+    setup_logging(args.log_format or "auto", args.debug)
     try:
-        config = load_config(path)
-        if args.command == "run":
-            return Runner(path, config).run()
-        if args.command == "inspect":
-            return cmd_inspect(config, args.name)
-        return {"sync": cmd_sync, "check": cmd_check, "ls": cmd_ls}[args.command](config)
+        status = _dispatch(args)
+        sys.stdout.flush()  # here, not at exit: a reader that left is handled below
+        return status
     except BridgeError as exc:
         if args.debug:
             log.exception("failed")
-        print(f"secrets-bridge: {exc}", file=sys.stderr)
+        print(f"secrets-bridge: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `secrets-bridge ls | head`: the reader left; stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception as exc:
         if args.debug:
             raise
@@ -50,29 +87,66 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _dispatch(args: argparse.Namespace) -> int:
+    """Load the config, apply its log format, refuse a disk output_dir, run one command."""
+    path = config_path(args.config)
+    config = load_config(path)
+    if args.log_format is None:
+        setup_logging(config.settings.log_format, args.debug)
+    if args.command in ("run", "sync"):
+        refuse_disk_output_dir(config.settings)
+    if args.command == "run":
+        from bridge.runner import Runner  # watchdog and the server: only `run` pays for them
+
+        return Runner(path, config).run()
+    if args.command == "inspect":
+        return cmd_inspect(config, args.name)
+    return {"sync": cmd_sync, "check": cmd_check, "ls": cmd_ls}[args.command](config)
+
+
+def _options(default: object) -> argparse.ArgumentParser:
+    """The options every command takes. The copy on each subcommand has SUPPRESS defaults, so an
+    option given before the command is not overwritten by the subcommand's default."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=default,
+                        help="the YAML config (default: $SECRETS_BRIDGE_CONFIG, else ./secrets-bridge.yaml)")
+    common.add_argument("--debug", action="store_true", default=False if default is None else default,
+                        help="debug logs of the bridge itself (never of the SDKs) and tracebacks")
+    common.add_argument("--log-format", choices=("auto", "text", "json"), default=default,
+                        help="log lines on stderr; overrides the config's log_format (default auto: "
+                             "JSON lines unless stderr is a terminal)")
+    return common
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="secrets-bridge", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="secrets-bridge", description=DESCRIPTION, epilog=EPILOG, parents=[_options(None)],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"secrets-bridge {__version__}")
-    parser.add_argument("--config", help="YAML config (default $SECRETS_BRIDGE_CONFIG or ./secrets-bridge.yaml)")
-    parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("run", help="sync, then keep the files in step until SIGTERM")
-    sub.add_parser("sync", help="one pass, then exit (init containers)")
-    sub.add_parser("check", help="validate, authenticate and resolve every version; writes nothing")
-    sub.add_parser("ls", help="list the secrets in the output directory (metadata only)")
-    inspect = sub.add_parser("inspect", help="JSON metadata of one secret, never its value")
-    inspect.add_argument("name")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+    common = _options(argparse.SUPPRESS)
+    for name, short, description, statuses in COMMANDS:
+        command = sub.add_parser(name, parents=[common], help=short, description=description, epilog=statuses)
+        if name == "inspect":
+            command.add_argument("name", metavar="NAME", help="the secret's file name, as in `ls`")
     return parser
 
 
-def _setup_logging(debug: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # Only our own loggers go to debug: SDK debug logs can carry request headers.
-    logging.getLogger("secrets_bridge").setLevel(logging.DEBUG if debug else logging.INFO)
-    for noisy in ("urllib3", "botocore", "boto3", "azure", "msal", "hvac", "watchdog"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def refuse_disk_output_dir(settings: BridgeConfig) -> None:
+    """With require_tmpfs, refuse a disk-backed output_dir before anything creates it: checked on
+    the directory, or, while it does not exist, on the nearest folder above it that does."""
+    if not settings.require_tmpfs:
+        return
+    nearest = Path(settings.output_dir).absolute()
+    while not os.path.lexists(nearest) and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not is_memory_backed(nearest):
+        raise WriteError(
+            f"output_dir {settings.output_dir} is on a disk-backed filesystem; mount a tmpfs there "
+            f"(Compose: a tmpfs volume; Kubernetes: emptyDir with medium: Memory; by hand: "
+            f"mount -t tmpfs tmpfs {settings.output_dir}) or set require_tmpfs: false"
+        )
 
 
 def cmd_sync(config: Config) -> int:
@@ -135,9 +209,10 @@ def cmd_inspect(config: Config, name: str) -> int:
 
 
 def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    rows = [tuple(one_line(str(c)) for c in row) for row in rows]  # a ref may hold anything
+    widths = [max(len(c) for c in col) for col in zip(header, *rows, strict=False)]
     for row in (header, *rows):
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
 
 
 if __name__ == "__main__":

@@ -3,103 +3,76 @@
 Owns parsing and validation only; every error becomes one `ConfigError` line naming the field
 path (`secrets.db.mode: ...`). It never echoes an input value, since a value may be a credential.
 Each provider section is validated by that provider's own model, imported only when named.
+The value types (durations, modes, ids, listen, paths, target names) live in bridge/fields.py.
+Nothing but `ConfigError` leaves `parse_config`: not a RecursionError from deep YAML, not a
+SettingsError from a malformed SECRETS_BRIDGE_* variable, not an OverflowError from a huge number.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import posixpath
-import re
+import stat
 from pathlib import Path
 from signal import Signals
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from bridge.errors import ConfigError
+
+# re-exported: modules and tests import these from bridge.config
+from bridge.fields import LEASE_FILE as LEASE_FILE
+from bridge.fields import MAX_COMPONENT as MAX_COMPONENT
+from bridge.fields import (
+    MAX_DURATION_SECONDS,
+    MIN_REFRESH_SECONDS,
+    Duration,
+    Listen,
+    LocalPath,
+    Mode,
+    OwnerId,
+    Version,
+    field_path,
+    printable,
+    refuse_bool,
+)
+from bridge.fields import MAX_ID as MAX_ID
+from bridge.fields import MAX_PATH as MAX_PATH
+from bridge.fields import MAX_TARGET_DEPTH as MAX_TARGET_DEPTH
+from bridge.fields import RESERVED_PREFIX as RESERVED_PREFIX
+from bridge.fields import STATE_FILE as STATE_FILE
+from bridge.fields import FieldError as _FieldError
+from bridge.fields import HttpUrl as HttpUrl
+from bridge.fields import check_target as check_target
+from bridge.fields import parse_duration as parse_duration
+from bridge.fields import parse_http_url as parse_http_url
+from bridge.fields import parse_listen as parse_listen
+from bridge.fields import parse_mode as parse_mode
 from bridge.provider import Provider, ProviderSettings, provider_class
+from bridge.strict_yaml import load_yaml
 
 DEFAULT_CONFIG = "secrets-bridge.yaml"
-#: the metadata file kept beside the secrets (names and versions, never values)
-STATE_FILE = ".secrets-bridge-state.json"
-
+#: a config file larger than this is a mistake (a log file, /dev/zero copied), not a config
+MAX_CONFIG_BYTES = 16 * 2**20
+ENV_PREFIX = "SECRETS_BRIDGE_"
 #: `version: previous`, the uniform relative pin
 PREVIOUS = "previous"
-#: the shortest refresh interval (a smaller one would be a busy loop against the vault)
-MIN_REFRESH_SECONDS = 0.1
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(value: Any) -> float:
-    """`500ms`, `30s`, `5m`, `1h`, `1h30m` or a plain number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 5m or 1h")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and value.strip():
-        text = value.strip()
-        try:
-            seconds = float(text)
-        except ValueError:
-            parts = _DURATION_PART.findall(text)
-            if not parts or "".join(n + u for n, u in parts) != text:
-                raise ValueError(f"invalid duration {text!r}: use 500ms, 30s, 5m, 1h or seconds") from None
-            seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
-    else:
-        raise ValueError("expected a duration such as 30s, 5m or 1h")
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return seconds
-
-
-class _DecimalInt(int):
-    """An integer the YAML file wrote in decimal (so a mode written as 400 can be refused)."""
-
-
-def parse_mode(value: Any) -> int:
-    """`"0400"` (string) or YAML octal `0400`; a bare decimal that reads like octal is refused."""
-    if isinstance(value, bool):
-        raise ValueError("expected an octal file mode such as \"0400\"")
-    if isinstance(value, str):
-        try:
-            mode = int(value.strip(), 8)
-        except ValueError:
-            raise ValueError(f"invalid file mode {value!r}: use an octal string such as \"0400\"") from None
-    elif isinstance(value, int):
-        # YAML reads 0400 as octal but 400 as decimal (0620): a decimal mode is almost surely a mistake.
-        if isinstance(value, _DecimalInt) and value >= 8:
-            raise ValueError(f"mode {value} is a decimal number; write it as octal: \"0{value}\"")
-        mode = int(value)
-    else:
-        raise ValueError("expected an octal file mode such as \"0400\"")
-    if not 0 <= mode <= 0o777:
-        raise ValueError("file mode out of range (0000-0777; set-id and sticky bits make no sense on a secret)")
-    return mode
-
-
-def _version_text(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("expected a version id")
-    return str(value) if isinstance(value, int) else value
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Mode = Annotated[int, BeforeValidator(parse_mode)]
-Version = Annotated[str, BeforeValidator(_version_text)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: no number anywhere in the config may be inf or nan
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class FileDefaults(_Model):
     mode: Mode = 0o444
-    uid: int | None = Field(default=None, ge=0)
-    gid: int | None = Field(default=None, ge=0)
+    uid: OwnerId | None = None
+    gid: OwnerId | None = None
 
 
 class FileRule(_Model):
@@ -109,8 +82,8 @@ class FileRule(_Model):
     encoding: Literal["base64"] | None = None
     format: Literal["pem"] | None = None
     mode: Mode | None = None
-    uid: int | None = Field(default=None, ge=0)
-    gid: int | None = Field(default=None, ge=0)
+    uid: OwnerId | None = None
+    gid: OwnerId | None = None
 
 
 class ValueSource(_Model):
@@ -136,8 +109,8 @@ class SecretConfig(_Model):
     encoding: Literal["base64"] | None = None
     format: Literal["pem"] | None = None
     mode: Mode | None = None
-    uid: int | None = Field(default=None, ge=0)
-    gid: int | None = Field(default=None, ge=0)
+    uid: OwnerId | None = None
+    gid: OwnerId | None = None
     optional: bool = False
     refresh_interval: Duration | None = Field(default=None, ge=MIN_REFRESH_SECONDS)
     files: Literal["*"] | dict[str, str | FileRule] | None = None
@@ -266,20 +239,26 @@ class BridgeConfig(BaseSettings):
     """The whole configuration file."""
 
     model_config = SettingsConfigDict(
-        env_prefix="SECRETS_BRIDGE_",
+        env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
+        env_parse_none_str="null",  # SECRETS_BRIDGE_LISTEN=null disables, as in YAML
         extra="forbid",
         frozen=True,
+        allow_inf_nan=False,
     )
 
-    output_dir: Path = Path("/run/secrets")
+    output_dir: LocalPath = Path("/run/secrets")
     refresh_interval: Duration = Field(default=300.0, ge=MIN_REFRESH_SECONDS)
-    jitter: float = Field(default=0.1, ge=0, le=1)
+    jitter: Annotated[float, BeforeValidator(refuse_bool)] = Field(default=0.1, ge=0, le=1)
     max_staleness: Duration = Field(default=3600.0, gt=0)
     require_tmpfs: bool = True
     defaults: FileDefaults = FileDefaults()
-    listen: str | None = "0.0.0.0:9098"
+    listen: Listen | None = "0.0.0.0:9098"
     cleanup_on_exit: bool = False
+    #: auto: JSON lines when stderr is not a terminal, text when it is
+    log_format: Literal["auto", "text", "json"] = "auto"
+    #: a file the audit events are appended to (JSON lines, mode 0600), besides the log
+    audit_log: LocalPath | None = None
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     secrets: dict[str, SecretConfig] = Field(default_factory=dict)
     on_change: list[OnChange] = Field(default_factory=list)
@@ -300,7 +279,7 @@ class BridgeConfig(BaseSettings):
     def _check_targets(self) -> BridgeConfig:
         targets: dict[str, str] = {}
         for name, secret in self.secrets.items():
-            check_target(name)
+            check_target(name, output_dir=self.output_dir)
             for required in ("provider", "ref"):
                 if secret.template is None and getattr(secret, required) is None:
                     raise _FieldError(("secrets", name, required), "required field missing (or give template)")
@@ -310,7 +289,7 @@ class BridgeConfig(BaseSettings):
                         "secrets", name, "provider")
                     raise _FieldError(loc, f"no provider named {source.provider!r}")
             for file in secret.file_rules():
-                check_target(file, ("secrets", name, "files", file))
+                check_target(f"{name}/{file}", ("secrets", name, "files", file), self.output_dir)
                 targets[f"{name}/{file}"] = name
             targets[name] = name
             if secret.template is not None:
@@ -357,27 +336,6 @@ class BridgeConfig(BaseSettings):
         return self.refresh_interval if secret.refresh_interval is None else secret.refresh_interval
 
 
-class _FieldError(ValueError):
-    """A validation error raised with its own field path (outside pydantic's loc)."""
-
-    def __init__(self, loc: tuple[str, ...], message: str) -> None:
-        super().__init__(f"{'.'.join(loc)}: {message}")
-
-
-def check_target(name: str, loc: tuple[str, ...] | None = None) -> None:
-    """Validate a target file name: relative, in normal form, outside the writer's `..` names."""
-    loc = loc or ("secrets", name)
-    if not name or name.startswith("/"):
-        raise _FieldError(loc, "target must be a relative path")
-    parts = name.split("/")
-    if any(p == ".." for p in parts):
-        raise _FieldError(loc, "target must not contain '..'")
-    if name.startswith(".."):
-        raise _FieldError(loc, "target must not begin with '..' (reserved for generations)")
-    if any(p in ("", ".") for p in parts):
-        raise _FieldError(loc, "target must not have empty or '.' parts (write it as a/b)")
-    if name == STATE_FILE or "\0" in name:
-        raise _FieldError(loc, "target name is reserved")
 
 
 class Config:
@@ -398,27 +356,49 @@ def config_path(cli_value: str | None) -> Path:
 def load_config(path: Path) -> Config:
     """Read, validate and return the configuration, or raise one-line `ConfigError`."""
     try:
-        text = path.read_text(encoding="utf-8")
+        # O_NONBLOCK: a FIFO at the path must not hang start-up or the running bridge's reload
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path} (use --config or SECRETS_BRIDGE_CONFIG)") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError(f"config file {path} is not a regular file")
+            data = file.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 2**20} MiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     return parse_config(text, source=str(path))
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:
+    """Validate a whole configuration, or raise one-line `ConfigError`. Nothing else escapes:
+    deep nesting, huge numbers and malformed environment JSON are config errors too."""
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: invalid YAML: {_yaml_problem(exc)}") from None
-    if data is None:
-        data = {}
+        return _parse_config(text, source)
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
+
+
+def _parse_config(text: str, source: str) -> Config:
+    data = load_yaml(text, source)
+    if data is None or data == {}:
+        # an empty file (a bad mount, a truncated ConfigMap) must not mean "remove every secret"
+        raise ConfigError(f"{source}: the config file is empty (write `secrets: {{}}` to sync none)")
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping")
     for key in data:
         if not isinstance(key, str):
-            raise ConfigError(f"{key}: unknown field")
-    settings = _validate(lambda: BridgeConfig(**data), ())
+            raise ConfigError(f"{printable(str(key))}: unknown field")
+    _check_environment()
+    settings = _validate(lambda: _settings(data), ())
     providers: dict[str, tuple[type[Provider], ProviderSettings]] = {}
     for name, section in settings.providers.items():
         try:
@@ -426,6 +406,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         except ConfigError as exc:
             raise ConfigError(f"providers.{name}.type: {exc}") from None
         parsed = _validate(lambda cls=cls, section=section: cls.Settings(**section), ("providers", name))
+        _check_numbers(parsed, ("providers", name))
         providers[name] = (cls, parsed)
     for name, secret in settings.secrets.items():
         for value_name, origin in secret.sources().items():
@@ -438,6 +419,56 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     return Config(settings, providers)
 
 
+def _check_numbers(settings: BaseModel, loc: tuple[str, ...]) -> None:
+    """Every number in a provider's section is a timeout or a count: refuse inf, nan and floats
+    past MAX_DURATION_SECONDS, which overflow a socket timeout at use. (A loop, not recursion.)"""
+    pending: list[tuple[tuple[str, ...], Any]] = [(loc, settings)]
+    while pending:
+        where, value = pending.pop()
+        if isinstance(value, BaseModel):
+            pending += [((*where, k), v) for k, v in value.__dict__.items()]
+        elif isinstance(value, dict):
+            pending += [((*where, str(k)), v) for k, v in value.items()]
+        elif isinstance(value, list | tuple):
+            pending += [((*where, str(i)), v) for i, v in enumerate(value)]
+        elif isinstance(value, float) and not (math.isfinite(value) and abs(value) <= MAX_DURATION_SECONDS):
+            raise ConfigError(f"{field_path(where)}: expected a finite number of at most {MAX_DURATION_SECONDS:.0f}")
+
+
+def _settings(data: dict[str, Any]) -> BridgeConfig:
+    try:
+        return BridgeConfig(**data)
+    except SettingsError:
+        # pydantic-settings could not decode a variable; say which one, never its value
+        raise ConfigError(f"{_bad_json_variable() or ENV_PREFIX + '*'}: not valid JSON") from None
+
+
+def _check_environment() -> None:
+    """Refuse SECRETS_BRIDGE_* variables that name no field: a typo must not pass silently."""
+    fields = {name.upper() for name in BridgeConfig.model_fields} | {"CONFIG"}
+    for variable in os.environ:
+        if variable.upper().startswith(ENV_PREFIX):
+            field = variable[len(ENV_PREFIX) :].upper().split("__")[0]
+            if field not in fields:
+                raise ConfigError(f"{printable(variable)}: no such setting (unknown {ENV_PREFIX}* variable)")
+
+
+def _bad_json_variable() -> str | None:
+    for variable, value in os.environ.items():
+        field = variable[len(ENV_PREFIX) :].lower()
+        if variable.upper().startswith(ENV_PREFIX) and field in BridgeConfig.model_fields:
+            try:
+                json.loads(value)
+            except ValueError:
+                if field in _JSON_FIELDS:
+                    return printable(variable)
+    return None
+
+
+#: fields a variable gives as JSON (pydantic-settings decodes these itself)
+_JSON_FIELDS = {"defaults", "providers", "secrets", "on_change"}
+
+
 def _validate(build: Any, prefix: tuple[str, ...]) -> Any:
     try:
         return build()
@@ -445,51 +476,23 @@ def _validate(build: Any, prefix: tuple[str, ...]) -> Any:
         raise ConfigError(_describe(exc, prefix)) from None
     except _FieldError as exc:
         raise ConfigError(str(exc)) from None
+    except (TypeError, KeyError, OverflowError, OSError) as exc:
+        # a provider's own validator that failed other than by ValueError: still a config error
+        # (the reload that meets it must reject it, not end the bridge); its text may echo a value
+        raise ConfigError(f"{field_path(prefix) or 'config'}: invalid ({type(exc).__name__})") from None
 
 
 def _describe(exc: ValidationError, prefix: tuple[str, ...]) -> str:
     lines = []
     for err in exc.errors(include_input=False, include_url=False):
-        loc = ".".join(str(p) for p in (*prefix, *err["loc"]))
+        loc = field_path((*prefix, *err["loc"]))
         if err["type"] == "extra_forbidden":
             message = "unknown field"
         elif err["type"] == "missing":
             message = "required field missing"
         else:
             message = str(err["msg"]).removeprefix("Value error, ")
+        message = " ".join(message.splitlines())  # a provider's own message, kept to one line
         lines.append(f"{loc}: {message}" if loc else message)
     more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
     return lines[0] + more
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    return f"line {mark.line + 1}: {problem}" if mark else problem
-
-
-class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """SafeLoader (LibYAML's parser where present: 10,000 entries parse in a tenth of the time)
-    that refuses duplicate keys (a silently overridden secret is a bug)."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    mapping: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-        if key in mapping:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        mapping[key] = loader.construct_object(value_node, deep=deep)  # type: ignore[no-untyped-call]
-    return mapping
-
-
-def _construct_int(loader: _StrictLoader, node: yaml.ScalarNode) -> int:
-    value: int = loader.construct_yaml_int(node)  # type: ignore[no-untyped-call]
-    digits = str(node.value).replace("_", "").lstrip("+-")
-    return _DecimalInt(value) if digits.isdigit() and not digits.startswith("0") else value
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-_StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)

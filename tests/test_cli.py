@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from bridge.cli import _parser
 from bridge.writer import is_memory_backed
+from tests.config_strategies import cli_environments, config_documents, to_yaml
 from tests.servers import free_port, venv_binary
 
 
@@ -352,3 +358,212 @@ secrets:
     assert read_as_app("mine").stdout == "for-the-app"
     denied = read_as_app("tls/root_only")
     assert denied.returncode != 0 and "Permission denied" in denied.stderr
+
+
+# --- CLI conventions and fail-closed start (issues 9 and 10), with the `file` provider ---
+
+def _cli(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SECRETS_BRIDGE_")}
+    return subprocess.run([venv_binary("secrets-bridge"), *args], env={**clean, **(env or {})},
+                          capture_output=True, text=True, timeout=60, **kw)
+
+
+def _local(tmp_path: Path, out_dir: Path, extra: str = "", secrets: str = "  a: {provider: dev, ref: one}\n") -> Path:
+    source = tmp_path / "source"
+    source.mkdir(exist_ok=True)
+    for name in ("one", "two"):
+        if not (source / name).exists():
+            (source / name).write_text(f"value-{name}")
+    config = tmp_path / "c.yaml"
+    interval = "" if "refresh_interval" in extra else "refresh_interval: 200ms\n"
+    config.write_text(f"output_dir: {out_dir}\n{interval}listen: null\n"
+                      f"providers:\n  dev: {{type: file, base_dir: {source}}}\n{extra}secrets:\n{secrets}")
+    return config
+
+
+def test_options_before_or_after_the_command(tmp_path: Path) -> None:
+    """--config, --debug and --log-format work before or after the command, and one given before is kept."""
+    assert _parser().parse_args(["sync", "--config", "c.yaml", "--debug", "--log-format", "text"]) == \
+        _parser().parse_args(["--config", "c.yaml", "--debug", "--log-format", "text", "sync"])
+    before = _parser().parse_args(["--config", "c.yaml", "--debug", "--log-format", "json", "inspect", "x"])
+    assert (before.config, before.debug, before.log_format, before.name) == ("c.yaml", True, "json", "x")
+    missing = str(tmp_path / "nope.yaml")
+    for args in (["ls", "--config", missing, "--debug"], ["--debug", "ls", "--config", missing]):
+        proc = _cli(*args)
+        assert proc.returncode == 2 and "Traceback" in proc.stderr and "nope.yaml" in proc.stderr
+    assert "Traceback" not in _cli("ls", "--config", missing).stderr
+
+
+def test_every_command_has_help() -> None:
+    """`--help` is written for users at the top and for each command, listing its options and exit statuses."""
+    top = _cli("--help")
+    assert top.returncode == 0 and "Keep a directory of files" in top.stdout
+    assert "The command line:" not in top.stdout and "exit status:" in top.stdout
+    for command in ("run", "sync", "check", "ls", "inspect"):
+        proc = _cli(command, "--help")
+        assert proc.returncode == 0 and proc.stdout.startswith(f"usage: secrets-bridge {command}")
+        for option in ("--config", "--debug", "--log-format", "exit status:"):
+            assert option in proc.stdout, (command, option)
+
+
+def test_ls_and_inspect_exit_statuses(out_dir: Path, tmp_path: Path) -> None:
+    """ls and inspect exit 2 without state; after a sync, ls 0, inspect 0, an unknown name 1 (README table)."""
+    config = str(_local(tmp_path, out_dir))
+    assert _cli("--config", config, "ls").returncode == 2
+    no_state = _cli("--config", config, "inspect", "a")
+    assert no_state.returncode == 2 and "run `secrets-bridge sync` first" in no_state.stderr
+    assert _cli("--config", config, "sync").returncode == 0
+    assert _cli("--config", config, "ls").returncode == 0
+    assert _cli("--config", config, "inspect", "a").returncode == 0
+    unknown = _cli("--config", config, "inspect", "b")
+    assert unknown.returncode == 1 and unknown.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["sync", "run"])
+def test_refused_disk_output_dir_leaves_no_directory(tmp_path: Path, command: str) -> None:
+    """Refusing a disk-backed output_dir (exit 1) creates nothing, not even its missing parents."""
+    if is_memory_backed(tmp_path):
+        pytest.skip("tmp_path is on tmpfs")
+    config = _local(tmp_path, tmp_path / "a" / "b" / "out")
+    proc = _cli("--config", str(config), command)
+    assert proc.returncode == 1 and "mount -t tmpfs" in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize(("extra", "env", "field"), [
+    ("defaults: {uid: 4294967296}\n", {}, "defaults.uid"),
+    ("", {"SECRETS_BRIDGE_DEFAULTS__GID": "99999999999999999999"}, "defaults.gid"),
+    ("refresh_interval: 1e400\n", {}, "refresh_interval"),
+    ("jitter: .nan\n", {}, "jitter"),
+    ("", {"SECRETS_BRIDGE_LISTEN": "[::1]:99999"}, "listen"),
+    ("", {"SECRETS_BRIDGE_PROVIDERS": '{"dev": {"type": "file", "token": "hunter2-in-env"'},
+     "SECRETS_BRIDGE_PROVIDERS"),
+    ("", {"SECRETS_BRIDGE_SECRETS__A__UID": "1" * 5000}, "secrets.a.uid"),
+])
+def test_bad_values_exit_2_in_one_line(out_dir: Path, tmp_path: Path, extra: str, env: dict[str, str],
+                                       field: str) -> None:
+    """Out-of-range ids, non-finite numbers, a bad listen and malformed env JSON: exit 2, one line naming the
+    field, never `internal error`, never the value; nothing written."""
+    config = _local(tmp_path, out_dir, extra)
+    for command in ("sync", "check", "run"):
+        proc = _cli("--config", str(config), command, env=env)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith(f"secrets-bridge: {field}: ") and proc.stderr.count("\n") == 1
+        assert "internal error" not in proc.stderr and "hunter2" not in proc.stderr
+    assert not out_dir.exists()
+
+
+def test_empty_config_removes_nothing(out_dir: Path, tmp_path: Path) -> None:
+    """An empty config (or only comments) is an error exit 2, and the files of the last sync stay."""
+    config = _local(tmp_path, out_dir)
+    assert _cli("--config", str(config), "sync").returncode == 0
+    for text in ("", "# emptied by a bad deploy\n"):
+        config.write_text(text)
+        proc = _cli("--config", str(config), "sync", env={"SECRETS_BRIDGE_OUTPUT_DIR": str(out_dir)})
+        assert proc.returncode == 2 and "the config file is empty" in proc.stderr
+    assert (out_dir / "a").read_text() == "value-one"
+
+
+def test_reload_with_an_out_of_range_uid_keeps_running(out_dir: Path, tmp_path: Path) -> None:
+    """A reload whose uid the OS cannot take is rejected at validation; the running bridge keeps syncing."""
+    config = _local(tmp_path, out_dir)
+    proc = subprocess.Popen([venv_binary("secrets-bridge"), "--config", str(config), "run"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert _wait(lambda: (out_dir / "a").exists())
+        config.write_text(config.read_text().replace("ref: one}", "ref: one, uid: 4294967296}"))
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        (tmp_path / "source" / "one").write_text("rotated")
+        assert _wait(lambda: (out_dir / "a").read_text() == "rotated")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out
+    assert "config reload rejected" in out and "secrets.a.uid" in out and "internal error" not in out
+
+
+def _json_lines(text: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_log_format(out_dir: Path, tmp_path: Path) -> None:
+    """auto is JSON lines when stderr is not a terminal; log_format: text and --log-format override it."""
+    config = _local(tmp_path, out_dir)
+    records = _json_lines(_cli("--config", str(config), "sync").stderr)
+    assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert any(r["logger"] == "secrets_bridge" and "sync:" in str(r["message"]) for r in records)
+    config.write_text("log_format: text\n" + config.read_text())
+    text = _cli("--config", str(config), "sync").stderr
+    assert " INFO secrets_bridge: sync:" in text and not text.lstrip().startswith("{")
+    assert _json_lines(_cli("--config", str(config), "--log-format", "json", "sync").stderr)
+
+
+def test_log_format_auto_on_a_terminal(out_dir: Path, tmp_path: Path) -> None:
+    """auto is text when stderr is a terminal (a person reading)."""
+    config = _local(tmp_path, out_dir)
+    controller, terminal = os.openpty()
+    try:
+        proc = subprocess.run([venv_binary("secrets-bridge"), "--config", str(config), "sync"], stderr=terminal,
+                              stdout=subprocess.DEVNULL, timeout=60, check=False)
+        os.close(terminal)
+        printed = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal's last writer is gone
+            while chunk := os.read(controller, 65536):
+                printed += chunk
+    finally:
+        os.close(controller)
+    assert proc.returncode == 0
+    assert b" INFO secrets_bridge: sync:" in printed and not printed.lstrip().startswith(b"{")
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzzed_configs_through_the_cli(data: st.DataObject) -> None:
+    """Random configs and SECRETS_BRIDGE_* environments through `check` and `sync`: exit 2 in one line, or
+    a valid run (0, or 1 with a named failure); never a traceback or `internal error`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        base, out = Path(tmp) / "source", Path(tmp) / "out"
+        base.mkdir()
+        for name in ("one", "two"):
+            (base / name).write_text(f"value-{name}")
+        doc = data.draw(config_documents(base_dir=str(base), output_dir=str(out)))
+        env = data.draw(cli_environments)
+        (Path(tmp) / "c.yaml").write_text(to_yaml(doc))
+        for command in ("check", "sync"):
+            proc = _cli("--config", str(Path(tmp) / "c.yaml"), command, env=env)
+            assert proc.returncode in (0, 1, 2), proc.stderr
+            assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
+            if proc.returncode == 2:
+                assert proc.stderr.startswith("secrets-bridge: ") and proc.stderr.count("\n") == 1, proc.stderr
+            elif command == "sync" and proc.returncode == 0:
+                assert all((out / name).exists() for name, entry in doc["secrets"].items()
+                           if entry.get("optional") is not True and not env)
+
+
+def test_reader_that_leaves_early(out_dir: Path, tmp_path: Path) -> None:
+    """`ls | head` that closes the pipe at once: no traceback, no `Exception ignored`, no internal error."""
+    entries = "".join(f"  s{i}: {{provider: dev, ref: one}}\n" for i in range(50))
+    config = str(_local(tmp_path, out_dir, secrets=entries))
+    assert _cli("--config", config, "sync").returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECRETS_BRIDGE_")}
+    proc = subprocess.Popen([venv_binary("secrets-bridge"), "--config", config, "ls"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 1) and "Traceback" not in err and "Exception ignored" not in err, err
+    assert "internal error" not in err
+
+
+def test_control_characters_never_reach_the_terminal(out_dir: Path, tmp_path: Path) -> None:
+    """A ref holding an escape sequence and a newline is printed escaped by check and ls, in text logs too."""
+    config = _local(tmp_path, out_dir, secrets='  a: {provider: dev, ref: "x\\e[2J\\nFAKE"}\n')
+    (tmp_path / "source" / "x\x1b[2J\nFAKE").write_text("value")
+    outputs = [_cli("--config", str(config), "check"), _cli("--config", str(config), "--log-format", "text", "sync"),
+               _cli("--config", str(config), "ls")]
+    assert [p.returncode for p in outputs] == [0, 0, 0], [p.stderr for p in outputs]
+    for proc in outputs:
+        assert "\x1b" not in proc.stdout + proc.stderr
+    assert outputs[0].stdout.count("\n") == 2 and "x\\x1b[2J\\x0aFAKE" in outputs[0].stdout
+    assert outputs[2].stdout.count("\n") == 2
