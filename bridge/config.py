@@ -16,11 +16,9 @@ import os
 import posixpath
 import stat
 from pathlib import Path
-from signal import Signals
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from bridge.errors import ConfigError
@@ -34,9 +32,6 @@ from bridge.fields import (
     Duration,
     Listen,
     LocalPath,
-    Mode,
-    OwnerId,
-    Version,
     field_path,
     printable,
     refuse_bool,
@@ -54,185 +49,42 @@ from bridge.fields import parse_http_url as parse_http_url
 from bridge.fields import parse_listen as parse_listen
 from bridge.fields import parse_mode as parse_mode
 from bridge.provider import Provider, ProviderSettings, provider_class
+from bridge.sections import (
+    MAX_HOOK_SECONDS as MAX_HOOK_SECONDS,
+)
+from bridge.sections import (
+    PREVIOUS as PREVIOUS,
+)
+from bridge.sections import (
+    FileDefaults as FileDefaults,
+)
+from bridge.sections import (
+    FileRule as FileRule,
+)
+from bridge.sections import (
+    HookWait as HookWait,
+)
+from bridge.sections import (
+    HttpHook as HttpHook,
+)
+from bridge.sections import (
+    OnChange as OnChange,
+)
+from bridge.sections import (
+    SecretConfig as SecretConfig,
+)
+from bridge.sections import (
+    ValueSource as ValueSource,
+)
+from bridge.sections import (
+    _Model as _Model,
+)
 from bridge.strict_yaml import load_yaml
 
 DEFAULT_CONFIG = "secrets-bridge.yaml"
 #: a config file larger than this is a mistake (a log file, /dev/zero copied), not a config
 MAX_CONFIG_BYTES = 16 * 2**20
 ENV_PREFIX = "SECRETS_BRIDGE_"
-#: `version: previous`, the uniform relative pin
-PREVIOUS = "previous"
-
-
-class _Model(BaseModel):
-    # allow_inf_nan: no number anywhere in the config may be inf or nan
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class FileDefaults(_Model):
-    mode: Mode = 0o444
-    uid: OwnerId | None = None
-    gid: OwnerId | None = None
-
-
-class FileRule(_Model):
-    """One file of a `files:` entry: a key of the fetched map, written with its own options."""
-
-    key: str = Field(min_length=1)
-    encoding: Literal["base64"] | None = None
-    format: Literal["pem"] | None = None
-    mode: Mode | None = None
-    uid: OwnerId | None = None
-    gid: OwnerId | None = None
-
-
-class ValueSource(_Model):
-    """One value of a template: what to fetch (the same fetch unit as an entry naming the same)."""
-
-    provider: str
-    ref: str = Field(min_length=1)
-    version: Version | None = None
-    params: dict[str, Any] | None = None
-
-
-class SecretConfig(_Model):
-    """One entry under `secrets:`; its key is the target file (or, with `files:`, folder) name.
-
-    Three shapes: a plain entry (provider + ref -> one file), a `files:` entry (provider + ref ->
-    several files under the folder), a `template:` entry (values -> one file)."""
-
-    provider: str | None = None
-    ref: str | None = Field(default=None, min_length=1)
-    key: str | None = None
-    version: Version | None = None
-    params: dict[str, Any] | None = None
-    encoding: Literal["base64"] | None = None
-    format: Literal["pem"] | None = None
-    mode: Mode | None = None
-    uid: OwnerId | None = None
-    gid: OwnerId | None = None
-    optional: bool = False
-    refresh_interval: Duration | None = Field(default=None, ge=MIN_REFRESH_SECONDS)
-    files: Literal["*"] | dict[str, str | FileRule] | None = None
-    template: str | None = None
-    values: dict[str, ValueSource] | None = None
-
-    @model_validator(mode="after")
-    def _one_shape(self) -> SecretConfig:
-        if self.template is not None:
-            if not self.values:
-                raise ValueError("template needs values: (the named secrets it renders)")
-            extra = [f for f in ("provider", "ref", "key", "version", "params", "encoding", "format", "files")
-                     if getattr(self, f) is not None]
-            if extra:
-                raise ValueError(f"a template entry takes its sources from values:, not {', '.join(extra)}")
-            return self
-        if self.values is not None:
-            raise ValueError("values: belongs to a template entry (add template:)")
-        if self.files is not None and self.key is not None:
-            raise ValueError("key goes on each file of files:, not on the entry")
-        if isinstance(self.files, dict) and not self.files:
-            raise ValueError("files: names no file")
-        return self
-
-    def sources(self) -> dict[str, ValueSource]:
-        """The fetch units this entry reads, by value name (the entry's own name for one source)."""
-        if self.values is not None:
-            return dict(self.values)
-        assert self.provider is not None and self.ref is not None
-        return {"": ValueSource(provider=self.provider, ref=self.ref, version=self.version, params=self.params)}
-
-    def file_rules(self) -> dict[str, FileRule]:
-        """Each named file of a `files:` entry with its rule (the entry's encoding/format as defaults)."""
-        if not isinstance(self.files, dict):
-            return {}
-        rules = {}
-        for name, rule in self.files.items():
-            if isinstance(rule, str):
-                rule = FileRule(key=rule)
-            rules[name] = rule.model_copy(update={
-                "encoding": rule.encoding or self.encoding, "format": rule.format or self.format})
-        return rules
-
-
-#: the longest an on_change action may run, or a notification wait
-MAX_HOOK_SECONDS = 3600.0
-
-
-def _check_hook_url(url: str) -> str:
-    """http(s) only, with a host and a valid port; the URL is never echoed (it may hold a password)."""
-    if any(ord(c) < 33 or ord(c) == 127 for c in url):
-        raise ValueError("URL must not contain spaces or control characters")
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError:
-        raise ValueError("not a valid URL") from None
-    if parts.scheme not in ("http", "https"):
-        raise ValueError("only http:// and https:// URLs are allowed")
-    if not parts.hostname:
-        raise ValueError("URL has no host")
-    return url
-
-
-class HttpHook(_Model):
-    url: Annotated[str, AfterValidator(_check_hook_url)]
-    method: Literal["GET", "POST", "PUT"] = "POST"
-
-
-class HookWait(_Model):
-    """consul-template's quiescence: fire `min` after the last change, at most `max` after the first."""
-
-    min: Duration = Field(ge=0, le=MAX_HOOK_SECONDS)
-    #: default 4 x min, as consul-template does
-    max: Duration | None = Field(default=None, ge=0, le=MAX_HOOK_SECONDS)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> HookWait:
-        if self.max is None:
-            return self.model_copy(update={"max": min(4 * self.min, MAX_HOOK_SECONDS)})
-        if self.max < self.min:
-            raise ValueError("wait.max must not be shorter than wait.min")
-        return self
-
-
-class OnChange(_Model):
-    """One notification run after a commit that changed any of `secrets` (default: any), each
-    name an entry or a file under output_dir."""
-
-    secrets: list[str] | None = None
-    signal: str | None = None
-    pid_file: Path | None = None
-    exec: list[str] | None = Field(default=None, min_length=1)
-    http: HttpHook | None = None
-    timeout: Duration = Field(default=10.0, gt=0, le=MAX_HOOK_SECONDS)
-    wait: HookWait | None = None
-
-    @model_validator(mode="after")
-    def _one_action(self) -> OnChange:
-        actions = [a for a in ("signal", "exec", "http") if getattr(self, a) is not None]
-        if len(actions) != 1:
-            raise ValueError("give exactly one of signal, exec or http")
-        if self.signal is not None:
-            if self.pid_file is None or not str(self.pid_file).strip():
-                raise ValueError("signal needs pid_file")
-            if self.signum is None:
-                raise ValueError(f"unknown signal {self.signal!r}")
-        if self.exec is not None and (not self.exec[0] or any("\0" in arg for arg in self.exec)):
-            raise ValueError("exec needs a command, and no argument may contain a NUL byte")
-        return self
-
-    @property
-    def signum(self) -> Signals | None:
-        if self.signal is None:
-            return None
-        name = self.signal.upper() if self.signal.upper().startswith("SIG") else f"SIG{self.signal.upper()}"
-        return Signals.__members__.get(name)
-
-    @property
-    def kind(self) -> Literal["signal", "exec", "http"]:
-        """The action's kind, as the notifications metric labels it."""
-        return "signal" if self.signal is not None else "exec" if self.exec is not None else "http"
 
 
 class BridgeConfig(BaseSettings):
