@@ -18,7 +18,7 @@ from bridge import __version__
 from bridge.config import STATE_FILE, BridgeConfig, Config, config_path, load_config
 from bridge.engine import Engine
 from bridge.errors import BridgeError, ConfigError, WriteError
-from bridge.logs import one_line, setup_logging
+from bridge.logs import AuditLog, one_line, setup_logging
 from bridge.state import read_state
 from bridge.writer import is_memory_backed
 
@@ -150,7 +150,7 @@ def refuse_disk_output_dir(settings: BridgeConfig) -> None:
 
 
 def cmd_sync(config: Config) -> int:
-    engine = Engine(config)
+    engine = Engine(config, subscribers=[AuditLog(config.settings.audit_log)])
     try:
         engine.start()
         result = engine.sync()

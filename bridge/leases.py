@@ -20,13 +20,13 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from bridge.errors import WriteError
+from bridge.fields import LEASE_FILE
 from bridge.provider import Fetched
 
 if TYPE_CHECKING:
     from bridge.units import Unit
     from bridge.writer import Writer
 
-LEASE_FILE = ".secrets-bridge-leases.json"
 RENEW_AT = 2 / 3
 REISSUE_AT = (0.85, 0.90)
 #: a renewal granting less than asked by more than this is "max_ttl reached"

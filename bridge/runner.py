@@ -21,6 +21,7 @@ from bridge.config import STATE_FILE, Config, load_config
 from bridge.config_watch import ConfigWatch
 from bridge.engine import Engine
 from bridge.errors import BridgeError, ConfigError, WriteError
+from bridge.logs import AuditLog
 from bridge.notify import Notifier
 from bridge.server import HealthServer
 from bridge.wakeup import Wakeup
@@ -124,7 +125,7 @@ class Runner:
         os._exit(0)
 
     def _engine(self, config: Config, writer: Writer | None = None) -> Engine:
-        engine = Engine(config, subscribers=[self.notifier], writer=writer)
+        engine = Engine(config, subscribers=[self.notifier, AuditLog(config.settings.audit_log)], writer=writer)
         engine.start()
         return engine
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from bridge import fields
 from bridge.engine import HEARTBEAT_SECONDS, Engine
 from bridge.errors import ConfigError
 from bridge.metrics import REGISTRY
@@ -37,10 +38,11 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"listen: expected HOST:PORT, got {listen!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    """The config's own rule (validated there already); a ConfigError here for direct callers."""
+    try:
+        return fields.parse_listen(listen)
+    except ValueError as exc:
+        raise ConfigError(f"listen: {exc}") from None
 
 
 @dataclass(eq=False)

@@ -567,3 +567,33 @@ def test_control_characters_never_reach_the_terminal(out_dir: Path, tmp_path: Pa
         assert "\x1b" not in proc.stdout + proc.stderr
     assert outputs[0].stdout.count("\n") == 2 and "x\\x1b[2J\\x0aFAKE" in outputs[0].stdout
     assert outputs[2].stdout.count("\n") == 2
+
+
+def test_audit_events_in_json_logs_and_the_audit_file(openbao, out_dir: Path, tmp_path: Path) -> None:
+    """Each changed file is one secret_changed event, on stderr as JSON lines (not a terminal) and
+    appended to audit_log (0600); an unchanged sync adds none; no value anywhere."""
+    app = f"app-{uuid.uuid4().hex[:8]}"
+    p1, p2 = f"pw1-{uuid.uuid4().hex}", f"pw2-{uuid.uuid4().hex}"
+    _put(openbao, f"{app}/db", username="app", password=p1)
+    audit = tmp_path / "audit" / "events.jsonl"
+    audit.parent.mkdir()
+    config = _config(tmp_path / "c.yaml", out_dir, None, f"""audit_log: {audit}
+secrets:
+  db: {{provider: vault, ref: secret/{app}/db, files: {{username: username, password: password}}}}
+""")
+    bridge = Bridge(openbao, config)
+    first = bridge("sync")
+    events = [json.loads(line) for line in first.stderr.splitlines() if '"secret_changed"' in line]
+    assert sorted(e["file"] for e in events) == ["db/password", "db/username"]
+    assert {(e["secret"], e["provider"], e["ref"], e["old_version"], e["new_version"]) for e in events} == {
+        ("db", "vault", f"secret/{app}/db", None, "1")}
+    assert all(e["generation"] == os.readlink(out_dir / "..data") for e in events)
+    assert audit.stat().st_mode & 0o777 == 0o600 and len(audit.read_text().splitlines()) == 2
+    bridge("sync")
+    assert len(audit.read_text().splitlines()) == 2
+    _put(openbao, f"{app}/db", username="app", password=p2)
+    bridge("sync")
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(e["file"], e["old_version"], e["new_version"]) for e in lines[2:]] == [("db/password", "1", "2")]
+    for text in [*bridge.printed, audit.read_text()]:
+        assert p1 not in text and p2 not in text and openbao.root_token not in text
