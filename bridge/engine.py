@@ -20,7 +20,6 @@ import contextlib
 import functools
 import logging
 import math
-import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -29,20 +28,11 @@ from typing import Protocol, TypeVar
 
 from bridge.changes import Change
 from bridge.config import Config
-from bridge.errors import ExtractError, ProviderError, SecretNotFound, Unavailable, WriteError
-from bridge.leases import Lease, LeaseStore, StoredLease, is_leased, unit_key
-from bridge.metrics import (
-    COMMIT_SECONDS,
-    COMMITS,
-    CYCLE_SECONDS,
-    DRIFT_REPAIRS,
-    LAST_REFRESH,
-    LEASE_EXPIRY,
-    LEASE_ISSUES,
-    LEASE_RENEWALS,
-    SECRET_ERRORS,
-)
+from bridge.errors import ExtractError, ProviderError, WriteError, contained
+from bridge.leases import LeaseKeeper, Renewed
+from bridge.metrics import COMMIT_SECONDS, COMMITS, CYCLE_SECONDS, DRIFT_REPAIRS, LAST_REFRESH, SECRET_ERRORS
 from bridge.provider import Fetched, Provider
+from bridge.schedule import Schedule
 from bridge.state import State, file_record
 from bridge.units import Entry, Unit, build, owner_index
 from bridge.writer import FileSpec, Writer
@@ -50,8 +40,6 @@ from bridge.writer import FileSpec, Writer
 log = logging.getLogger("secrets_bridge.engine")
 T = TypeVar("T")
 
-BACKOFF_BASE_SECONDS = 1.0
-BACKOFF_CAP_SECONDS = 300.0
 #: the loop wakes at least this often, so /healthz can tell it is alive
 HEARTBEAT_SECONDS = 5.0
 #: how often the output directory is checked for drift (SPEC: repaired within 5 seconds)
@@ -62,13 +50,6 @@ _LOG_EACH_UP_TO = 3
 Subscriber = Callable[[list[Change]], None]
 
 
-@dataclass(frozen=True)
-class Renewed:
-    """A lease renewed: the same value with new timing (no file changes)."""
-
-    fetched: Fetched
-
-
 Outcome = Fetched | Renewed | ProviderError | None  # None: checked, unchanged
 
 
@@ -77,14 +58,6 @@ class Waiter(Protocol):
 
     def is_set(self) -> bool: ...
     def wait(self, timeout: float | None = None) -> object: ...
-
-
-@dataclass(eq=False)
-class _Group:
-    """Units of one provider and interval share one jittered schedule, so their check is one batch."""
-
-    due: float = 0.0
-    members: set[Unit] = field(default_factory=set)
 
 
 @dataclass
@@ -116,17 +89,14 @@ class Engine:
         self.heartbeat = time.monotonic()
         self.units, self.entries = build(config, self.providers)
         self._owner = owner_index(self.entries)
-        self._groups: dict[tuple[str, float], _Group] = defaultdict(_Group)
-        #: units on their own timer: failing, or pinned and not yet fetched
-        self._timers: set[Unit] = set(self.units.values())
+        self.schedule = Schedule(self.units.values(), self.settings.jitter)
         self.files: dict[str, FileSpec] = {}  # the last good content of every file, as committed
         self._versions: dict[str, str | None] = {}  # the version each file was last rendered from
         self._committed_versions: dict[str, str | None] = {}  # ... as of its committed content
         self._updated: dict[str, float] = {}
         self._pending: dict[str, FileSpec | None] = {}  # rendered, not yet committed
         self._dirty: set[str] | None = None  # entries whose state records need writing (None: all)
-        self.leases = LeaseStore(self.writer)
-        self._leases_dirty = False
+        self.leases = LeaseKeeper(self.writer, self.providers, self.schedule)
         self._started = False
         self._write_failing = False
         self._drift_failing = False
@@ -153,39 +123,7 @@ class Engine:
                 self._versions[file] = self._committed_versions[file] = record.version
                 if record.updated_epoch() is not None:
                     self._updated[file] = record.updated_epoch()  # type: ignore[assignment]
-        self._resume_leases()
-
-    def _resume_leases(self) -> None:
-        """Take back the leases the output directory holds, if they are still alive: a restart
-        (or the sidecar after the init container) never mints what it already has."""
-        stored = self.leases.load()
-        if not stored:
-            return
-        now, wall = time.monotonic(), time.time()
-        for unit in self.units.values():
-            record = stored.get(unit_key(unit))
-            if record is None:
-                continue
-            fetched = record.fetched()
-            provider = self.providers[unit.provider]
-            if fetched.lease_id is not None:
-                remaining = self._guarded(provider, functools.partial(provider.lease_alive, fetched.lease_id))
-                if remaining is None:
-                    log.info("%s: the stored lease is gone; issuing anew", unit.describe())
-                    LEASE_ISSUES.labels(reason="resume_lost", outcome="ok").inc()
-                    continue
-                if isinstance(remaining, float | int):
-                    # never later than recorded: a lease ends with the token that minted it
-                    ends = wall + float(remaining)
-                    fetched = _with_expiry(fetched, min(ends, fetched.expires_at or ends))
-                # Unreachable vault: keep the lease (minting twice is worse); its renewal retries.
-            elif fetched.expires_at is None or fetched.expires_at <= wall:
-                continue
-            unit.fetched, unit.version = fetched, fetched.version
-            unit.lease = Lease(record.issued_at, record.asked_seconds)
-            unit.lease.plan(fetched, wall)
-            self._schedule_lease(unit, now, wall)
-            log.info("%s: resumed its lease (expires in %.0fs)", unit.describe(), (fetched.expires_at or wall) - wall)
+        self.leases.resume(self.units.values())
 
     def close(self, *, release: bool = True) -> None:
         """Close the providers; remove replaced generations once readers are past them; let the
@@ -204,22 +142,8 @@ class Engine:
 
     def revoke_leases(self) -> None:
         """Revoke the leases of providers that ask for it (`revoke_on_exit`), on shutdown."""
-        revoked = False
-        for unit in self.units.values():
-            provider = self.providers[unit.provider]
-            fetched = unit.fetched
-            if fetched is None or fetched.lease_id is None:
-                continue
-            if not getattr(provider.settings, "revoke_on_exit", False):
-                continue
-            outcome = self._guarded(provider, functools.partial(provider.revoke, fetched.lease_id))
-            if isinstance(outcome, ProviderError):
-                log.warning("%s: cannot revoke its lease: %s", unit.describe(), outcome)
-            else:
-                log.info("%s: revoked its lease (revoke_on_exit)", unit.describe())
-                unit.fetched, unit.lease, revoked = None, None, True
-        if revoked and self._started:
-            self._save_leases(force=True)
+        if self.leases.revoke(self.units.values()) and self._started:
+            self.leases.save(self.units.values(), force=True)
 
     def sync(self) -> CycleResult:
         """One pass: fetch every unit, commit once."""
@@ -228,15 +152,12 @@ class Engine:
     def check(self) -> dict[str, ProviderError]:
         """A dry sync: fetch every unit and render every entry as `sync` would; write nothing.
         Returns the entries that failed; `Entry.version()` gives what each resolved to."""
-        self._resume_leases()  # a running bridge's leases are read, not minted again
+        self.leases.resume(self.units.values())  # a running bridge's leases are read, not minted again
         resumed = {u for u in self.units.values() if u.lease is not None}
         outcomes = self.fetch(self.units.values(), force=True)
         failed = self._settle(outcomes, time.monotonic(), quiet=True)
         self.render(self.entries.values(), failed, quiet=True)
-        for unit in self.units.values():  # what check minted itself goes back at once
-            provider, fetched = self.providers[unit.provider], unit.fetched
-            if unit not in resumed and fetched is not None and fetched.lease_id is not None:
-                self._guarded(provider, functools.partial(provider.revoke, fetched.lease_id))
+        self.leases.revoke(self.units.values(), only=lambda u: u not in resumed)  # what check minted goes back
         return failed
 
     def run(self, wake: Waiter) -> None:
@@ -245,7 +166,7 @@ class Engine:
             self.heartbeat = time.monotonic()
             self.cycle()
             for provider in self.providers.values():
-                self._guarded(provider, provider.maintain)  # e.g. renew a token between cycles
+                contained(provider.name, provider.maintain)  # e.g. renew a token between cycles
             if time.monotonic() >= self._next_drift_check:
                 self.repair_drift()
             prune_in = self.writer.prune()
@@ -301,7 +222,8 @@ class Engine:
         moved = [u for u, o in outcomes.items() if isinstance(o, Fetched)]
         entries = self._affected(moved, everything=force)
         self._pending.update(self.render(entries, failed))
-        self._save_leases()  # before the commit: a crash between the two resumes the new lease
+        if self._started:
+            self.leases.save(self.units.values())  # before the commit: a crash between the two resumes the lease
         changes, write_error = self.commit()
         self._save_state()
         self.announce(changes)
@@ -310,17 +232,10 @@ class Engine:
 
     def plan(self, now: float) -> list[Unit]:
         """The units due now: whole groups whose time has come, and units on their own timer."""
-        due: list[Unit] = []
-        for (_, interval), group in self._groups.items():
-            if group.members and group.due <= now:
-                due.extend(group.members)
-                group.due = now + self._jittered(interval)
-        due.extend(u for u in self._timers if u.next_due <= now)
-        return due
+        return self.schedule.due(now)
 
     def next_wake(self) -> float:
-        groups = (g.due for g in self._groups.values() if g.members)
-        return min(min(groups, default=math.inf), min((u.next_due for u in self._timers), default=math.inf))
+        return self.schedule.next_wake()
 
     def fetch(self, units: Iterable[Unit], *, force: bool = False) -> dict[Unit, Outcome]:
         """Per provider: the cheap check for what has a value, a batched fetch for the rest and
@@ -332,7 +247,7 @@ class Engine:
         for name, group in by_provider.items():
             self.heartbeat = time.monotonic()  # a slow provider is not a stalled loop
             provider = self.providers[name]
-            found = self._guarded(provider, functools.partial(self._fetch_from, provider, group, force))
+            found = contained(provider.name, functools.partial(self._fetch_from, provider, group, force))
             if isinstance(found, ProviderError):
                 outcomes.update(dict.fromkeys(group, found))
             else:
@@ -344,11 +259,13 @@ class Engine:
         to_fetch: list[Unit] = []
         checkable: list[Unit] = []
         renewals: list[Unit] = []
+        wall = time.time()
         for unit in units:
             if unit.lease is not None:
-                if unit.lease.action == "renew" and time.time() >= unit.lease.at - 1:
+                step = self.leases.due(unit, wall)
+                if step == "renew":
                     renewals.append(unit)
-                elif unit.lease.action == "reissue" and time.time() >= unit.lease.at - 1:
+                elif step == "reissue":
                     to_fetch.append(unit)
                 else:
                     outcomes[unit] = None  # a live lease: sync takes it as it is, never mints again
@@ -371,16 +288,11 @@ class Engine:
                 else:
                     to_fetch.append(unit)
         for unit in renewals:
-            assert unit.fetched is not None and unit.lease is not None
-            try:
-                outcomes[unit] = Renewed(provider.renew(unit.fetched, unit.lease.asked_seconds))
-            except SecretNotFound:
-                # revoked, expired or not renewable: only a new issue helps, and at once
-                log.warning("%s: the lease cannot be renewed any more; issuing anew", unit.describe())
-                unit.lease.action, unit.lease.at = "reissue", time.time()
+            renewed = self.leases.renew(provider, unit)
+            if renewed is None:
                 to_fetch.append(unit)
-            except ProviderError as exc:
-                outcomes[unit] = exc
+            else:
+                outcomes[unit] = renewed
         if to_fetch:
             fetched = provider.fetch_many([u.request for u in to_fetch])
             for unit in to_fetch:
@@ -487,24 +399,13 @@ class Engine:
         names = dict.fromkeys(name for unit in moved for name in unit.entries)
         return [self.entries[n] for n in names]
 
-    def _guarded(self, provider: Provider, call: Callable[[], T]) -> T | ProviderError:
-        """Run a provider call; an unexpected exception (a provider bug, an odd server answer) is
-        an Unavailable for its units, never the end of the bridge."""
-        try:
-            return call()
-        except ProviderError as exc:
-            return exc
-        except Exception as exc:
-            log.debug("provider %s raised", provider.name, exc_info=True)
-            return Unavailable(f"internal error ({type(exc).__name__})", provider=provider.name)
-
     def _settle(self, outcomes: dict[Unit, Outcome], now: float, *, quiet: bool = False) -> dict[str, ProviderError]:
         """Record each unit's outcome: a success reschedules it, a failure backs it off."""
         failed: dict[str, ProviderError] = {}
         newly: dict[tuple[str, str], list[Unit]] = defaultdict(list)
         wall = time.time()
         for unit, outcome in outcomes.items():
-            if outcome is None and unit.error is None and unit.lease is None and unit not in self._timers:
+            if outcome is None and unit.error is None and unit.lease is None and not self.schedule.on_timer(unit):
                 unit.refreshed_at = wall  # the idle path: checked, unchanged, still on its group's schedule
                 continue
             if isinstance(outcome, ProviderError):
@@ -515,12 +416,12 @@ class Engine:
                 failed.update(dict.fromkeys(unit.entries, error))
                 continue
             if isinstance(outcome, Renewed):
-                self._renewed(unit, outcome.fetched, wall)
+                self.leases.renewed(unit, outcome.fetched, wall)
             elif isinstance(outcome, Fetched):
                 if outcome.version != unit.version:
                     self._mark(unit.entries)
                 unit.fetched, unit.version = outcome, outcome.version
-                self._issued(unit, outcome, wall)
+                self.leases.issued(unit, outcome, wall)
             unit.refreshed_at = wall
             self._succeed(unit, now)
         for (provider, code), units in newly.items():
@@ -537,19 +438,11 @@ class Engine:
             for name in unit.entries:
                 self._clear_error_metric(self.entries[name])
         if unit.lease is not None:
-            self._schedule_lease(unit, now, time.time())
-            return
-        if unit.fixed:
-            self._timers.discard(unit)  # not polled until its pin changes
-            unit.next_due = math.inf
-            return
-        if unit in self._timers:
-            self._timers.discard(unit)
-            group = self._groups[(unit.provider, unit.interval)]
-            if not group.members or group.due <= now:
-                group.due = now + self._jittered(unit.interval)
-            group.members.add(unit)
-        unit.next_due = self._groups[(unit.provider, unit.interval)].due
+            self.leases.scheduled(unit, now, time.time())
+        elif unit.fixed:
+            self.schedule.never(unit)  # not polled until its pin changes
+        else:
+            self.schedule.polled(unit, now)
 
     def _fail(self, unit: Unit, error: ProviderError, now: float) -> None:
         if unit.error is None or type(unit.error) is not type(error):
@@ -560,83 +453,7 @@ class Engine:
         unit.failing_since = unit.failing_since if unit.failing_since is not None else now
         unit.error = error
         unit.attempts += 1
-        self._groups[(unit.provider, unit.interval)].members.discard(unit)
-        self._timers.add(unit)
-        cap = min(BACKOFF_CAP_SECONDS, max(unit.interval, BACKOFF_BASE_SECONDS))
-        delay = self._jittered(min(cap, BACKOFF_BASE_SECONDS * error.backoff_factor * 2 ** min(unit.attempts - 1, 30)))
-        if error.retry_after is not None:
-            delay = max(delay, error.retry_after)
-        if unit.lease is not None and unit.fetched is not None and unit.fetched.expires_at is not None:
-            delay = self._lease_retry(unit, unit.fetched.expires_at, delay)
-        unit.next_due = now + delay
-
-    # -- leases ----------------------------------------------------------------------------
-
-    def _issued(self, unit: Unit, fetched: Fetched, wall: float) -> None:
-        """A fresh value: if it is leased, start its lifecycle (and keep it for a restart)."""
-        reason = "first" if unit.lease is None else "reissue"
-        if not is_leased(unit):
-            unit.lease = None
-            return
-        issued = fetched.obtained_at or wall
-        asked = fetched.lease_seconds or ((fetched.expires_at or issued) - issued) or None
-        unit.lease = Lease(issued, asked)
-        unit.lease.plan(fetched, wall)
-        LEASE_ISSUES.labels(reason=reason, outcome="ok").inc()
-        self._leases_dirty = True
-        log.info("%s: issued (%s; next %s in %.0fs)", unit.describe(), "lease" if fetched.lease_id else "expiring",
-                 unit.lease.action, unit.lease.at - wall)
-
-    def _renewed(self, unit: Unit, fetched: Fetched, wall: float) -> None:
-        assert unit.lease is not None
-        short = unit.lease.short(fetched)
-        unit.fetched = fetched
-        unit.lease.plan(fetched, wall, short=short)
-        LEASE_RENEWALS.labels(outcome="short" if short else "ok").inc()
-        self._leases_dirty = True
-        if short:
-            log.info("%s: renewal gave %.0fs of %.0fs asked (max_ttl): issuing anew in %.0fs", unit.describe(),
-                     fetched.lease_seconds or 0, unit.lease.asked_seconds or 0, unit.lease.at - wall)
-
-    def _schedule_lease(self, unit: Unit, now: float, wall: float) -> None:
-        assert unit.lease is not None
-        self._groups[(unit.provider, unit.interval)].members.discard(unit)
-        self._timers.add(unit)
-        unit.next_due = now + max(0.0, unit.lease.at - wall)
-        if unit.fetched is not None and unit.fetched.expires_at is not None:
-            for name in unit.entries:
-                LEASE_EXPIRY.labels(secret=name).set(unit.fetched.expires_at)
-
-    def _lease_retry(self, unit: Unit, expires_at: float, delay: float) -> float:
-        """Back off within the time the lease has left, and say loudly when it will lapse."""
-        assert unit.lease is not None
-        left = expires_at - time.time()
-        if unit.lease.action == "renew":
-            LEASE_RENEWALS.labels(outcome="failed").inc()
-        else:
-            LEASE_ISSUES.labels(reason="reissue", outcome="failed").inc()
-        if left <= 2 * delay:
-            unit.lease.action = "reissue"  # too late to renew: a new issue is all that helps
-        if left <= 0:
-            log.error("%s: the lease has lapsed; the files keep the expired value until a new issue works",
-                      unit.describe())
-        elif left < 4 * delay or left < 0.2 * max(1.0, expires_at - unit.lease.issued_at):
-            log.error("%s: the lease lapses in %.0fs; retrying", unit.describe(), left)
-        return max(0.5, min(delay, left / 4)) if left > 0 else delay
-
-    def _save_leases(self, *, force: bool = False) -> None:
-        if not (self._leases_dirty or force) or not self._started:
-            return
-        kept = {unit_key(u): StoredLease.of(u.fetched, u.lease) for u in self.units.values()
-                if u.lease is not None and u.fetched is not None}
-        try:
-            if kept:
-                self.leases.save(kept)
-            else:
-                self.leases.remove()
-            self._leases_dirty = False
-        except WriteError as exc:
-            log.warning("cannot write the lease store: %s", exc)
+        self.schedule.at(unit, now + self.leases.retry_delay(unit, self.schedule.backoff(unit, error)))
 
     def _log_failures(self, provider: str, code: str, units: list[Unit]) -> None:
         for unit in units[:_LOG_EACH_UP_TO] if len(units) <= _LOG_EACH_UP_TO else []:
@@ -672,10 +489,6 @@ class Engine:
                 with contextlib.suppress(KeyError):
                     SECRET_ERRORS.remove(entry.name, error.code)
 
-    def _jittered(self, seconds: float) -> float:
-        spread = self.settings.jitter
-        return seconds * (1 + random.uniform(-spread, spread))  # noqa: S311 - not for security
-
     def _mark(self, entries: Iterable[str]) -> None:
         if self._dirty is not None:
             self._dirty.update(entries)
@@ -704,9 +517,3 @@ class Engine:
 
     def version_of(self, file: str) -> str | None:
         return self._versions.get(file)
-
-
-def _with_expiry(fetched: Fetched, expires_at: float) -> Fetched:
-    from dataclasses import replace
-
-    return replace(fetched, expires_at=expires_at)

@@ -14,6 +14,12 @@ Messages never carry a secret value, token or credential.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class BridgeError(Exception):
     """Base of every error the bridge reports to a user."""
@@ -96,3 +102,16 @@ class ExtractError(SecretNotFound):
     a template naming a missing key)."""
 
     code = "bad_value"
+
+
+def contained(provider: str, call: Callable[[], T]) -> T | ProviderError:
+    """Run a provider call; an unexpected exception (a provider bug, an odd server answer) becomes
+    an Unavailable for what it was serving, never the end of the bridge. Only its class is told:
+    its text may come from an SDK."""
+    try:
+        return call()
+    except ProviderError as exc:
+        return exc
+    except Exception as exc:
+        logging.getLogger("secrets_bridge.engine").debug("provider %s raised", provider, exc_info=True)
+        return Unavailable(f"internal error ({type(exc).__name__})", provider=provider)

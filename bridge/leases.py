@@ -14,18 +14,26 @@ is never logged.
 from __future__ import annotations
 
 import base64
+import functools
 import json
+import logging
 import random
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from bridge.errors import WriteError
+from bridge.errors import ProviderError, SecretNotFound, WriteError, contained
 from bridge.fields import LEASE_FILE
-from bridge.provider import Fetched
+from bridge.metrics import LEASE_EXPIRY, LEASE_ISSUES, LEASE_RENEWALS
+from bridge.provider import Fetched, Provider
 
 if TYPE_CHECKING:
+    from bridge.schedule import Schedule
     from bridge.units import Unit
     from bridge.writer import Writer
+
+log = logging.getLogger("secrets_bridge.engine")
 
 RENEW_AT = 2 / 3
 REISSUE_AT = (0.85, 0.90)
@@ -123,3 +131,157 @@ class LeaseStore:
 
     def remove(self) -> None:
         self.writer.remove_state(LEASE_FILE)
+
+
+@dataclass(frozen=True)
+class Renewed:
+    """A lease renewed: the same value with new timing (no file changes)."""
+
+    fetched: Fetched
+
+
+class LeaseKeeper:
+    """The lifecycle of the leased units: resume at start, renew or issue anew on their own clock,
+    keep the store, revoke on exit. A lease belongs to its fetch unit; this only drives it."""
+
+    def __init__(self, writer: Writer, providers: dict[str, Provider], schedule: Schedule) -> None:
+        self.store = LeaseStore(writer)
+        self.providers = providers
+        self.schedule = schedule
+        self.dirty = False
+
+    def resume(self, units: Iterable[Unit]) -> None:
+        """Take back the leases the output directory holds, if they are still alive: a restart
+        (or the sidecar after the init container) never mints what it already has."""
+        stored = self.store.load()
+        if not stored:
+            return
+        now, wall = time.monotonic(), time.time()
+        for unit in units:
+            record = stored.get(unit_key(unit))
+            if record is None:
+                continue
+            fetched = record.fetched()
+            provider = self.providers[unit.provider]
+            if fetched.lease_id is not None:
+                remaining = contained(provider.name, functools.partial(provider.lease_alive, fetched.lease_id))
+                if remaining is None:
+                    log.info("%s: the stored lease is gone; issuing anew", unit.describe())
+                    LEASE_ISSUES.labels(reason="resume_lost", outcome="ok").inc()
+                    continue
+                if isinstance(remaining, float | int):
+                    # never later than recorded: a lease ends with the token that minted it
+                    ends = wall + float(remaining)
+                    fetched = replace(fetched, expires_at=min(ends, fetched.expires_at or ends))
+                # An unreachable vault: keep the lease (minting twice is worse); its renewal retries.
+            elif fetched.expires_at is None or fetched.expires_at <= wall:
+                continue
+            unit.fetched, unit.version = fetched, fetched.version
+            unit.lease = Lease(record.issued_at, record.asked_seconds)
+            unit.lease.plan(fetched, wall)
+            self.scheduled(unit, now, wall)
+            log.info("%s: resumed its lease (expires in %.0fs)", unit.describe(), (fetched.expires_at or wall) - wall)
+
+    def due(self, unit: Unit, wall: float) -> str | None:
+        """"renew" or "reissue" when the unit's lease step has come, else None."""
+        lease = unit.lease
+        return lease.action if lease is not None and wall >= lease.at - 1 else None
+
+    def renew(self, provider: Provider, unit: Unit) -> Renewed | ProviderError | None:
+        """Renew; None when the lease cannot be renewed any more, so a new issue is due now."""
+        assert unit.fetched is not None and unit.lease is not None
+        try:
+            return Renewed(provider.renew(unit.fetched, unit.lease.asked_seconds))
+        except SecretNotFound:
+            # revoked, expired or not renewable: only a new issue helps, and at once
+            log.warning("%s: the lease cannot be renewed any more; issuing anew", unit.describe())
+            unit.lease.action, unit.lease.at = "reissue", time.time()
+            return None
+        except ProviderError as exc:
+            return exc
+
+    def issued(self, unit: Unit, fetched: Fetched, wall: float) -> None:
+        """A fresh value: if it is leased, start its lifecycle (and keep it for a restart)."""
+        reason = "first" if unit.lease is None else "reissue"
+        if not is_leased(unit):
+            unit.lease = None
+            return
+        issued = fetched.obtained_at or wall
+        asked = fetched.lease_seconds or ((fetched.expires_at or issued) - issued) or None
+        unit.lease = Lease(issued, asked)
+        unit.lease.plan(fetched, wall)
+        LEASE_ISSUES.labels(reason=reason, outcome="ok").inc()
+        self.dirty = True
+        log.info("%s: issued (%s; next %s in %.0fs)", unit.describe(), "lease" if fetched.lease_id else "expiring",
+                 unit.lease.action, unit.lease.at - wall)
+
+    def renewed(self, unit: Unit, fetched: Fetched, wall: float) -> None:
+        assert unit.lease is not None
+        short = unit.lease.short(fetched)
+        unit.fetched = fetched
+        unit.lease.plan(fetched, wall, short=short)
+        LEASE_RENEWALS.labels(outcome="short" if short else "ok").inc()
+        self.dirty = True
+        if short:
+            log.info("%s: renewal gave %.0fs of %.0fs asked (max_ttl): issuing anew in %.0fs", unit.describe(),
+                     fetched.lease_seconds or 0, unit.lease.asked_seconds or 0, unit.lease.at - wall)
+
+    def scheduled(self, unit: Unit, now: float, wall: float) -> None:
+        """Put the unit on its lease's clock; publish its expiry."""
+        assert unit.lease is not None
+        self.schedule.at(unit, now + max(0.0, unit.lease.at - wall))
+        if unit.fetched is not None and unit.fetched.expires_at is not None:
+            for name in unit.entries:
+                LEASE_EXPIRY.labels(secret=name).set(unit.fetched.expires_at)
+
+    def retry_delay(self, unit: Unit, delay: float) -> float:
+        """Back off within the time the lease has left, and say loudly when it will lapse."""
+        lease, fetched = unit.lease, unit.fetched
+        if lease is None or fetched is None or fetched.expires_at is None:
+            return delay
+        left = fetched.expires_at - time.time()
+        if lease.action == "renew":
+            LEASE_RENEWALS.labels(outcome="failed").inc()
+        else:
+            LEASE_ISSUES.labels(reason="reissue", outcome="failed").inc()
+        if left <= 2 * delay:
+            lease.action = "reissue"  # too late to renew: a new issue is all that helps
+        if left <= 0:
+            log.error("%s: the lease has lapsed; the files keep the expired value until a new issue works",
+                      unit.describe())
+        elif left < 4 * delay or left < 0.2 * max(1.0, fetched.expires_at - lease.issued_at):
+            log.error("%s: the lease lapses in %.0fs; retrying", unit.describe(), left)
+        return max(0.5, min(delay, left / 4)) if left > 0 else delay
+
+    def save(self, units: Iterable[Unit], *, force: bool = False) -> None:
+        """Write the store when a lease changed (before the commit of its files: a crash between the
+        two resumes the new lease); remove it when no lease is left."""
+        if not (self.dirty or force):
+            return
+        kept = {unit_key(u): StoredLease.of(u.fetched, u.lease) for u in units
+                if u.lease is not None and u.fetched is not None}
+        try:
+            if kept:
+                self.store.save(kept)
+            else:
+                self.store.remove()
+            self.dirty = False
+        except WriteError as exc:
+            log.warning("cannot write the lease store: %s", exc)
+
+    def revoke(self, units: Iterable[Unit], *, only: Callable[[Unit], bool] | None = None) -> bool:
+        """Revoke the leases of providers with `revoke_on_exit` (or those `only` picks)."""
+        revoked = False
+        for unit in units:
+            provider, fetched = self.providers[unit.provider], unit.fetched
+            if fetched is None or fetched.lease_id is None:
+                continue
+            if not (only(unit) if only is not None else getattr(provider.settings, "revoke_on_exit", False)):
+                continue
+            outcome = contained(provider.name, functools.partial(provider.revoke, fetched.lease_id))
+            if isinstance(outcome, ProviderError):
+                log.warning("%s: cannot revoke its lease: %s", unit.describe(), outcome)
+            else:
+                log.info("%s: revoked its lease", unit.describe())
+                unit.fetched, unit.lease, revoked = None, None, True
+        return revoked

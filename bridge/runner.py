@@ -105,7 +105,7 @@ class Runner:
             if self.config.settings.cleanup_on_exit:
                 self.engine.writer.clear()
                 self.engine.writer.remove_state(STATE_FILE)
-                self.engine.leases.remove()
+                self.engine.leases.store.remove()
                 log.info("removed the secrets from %s (cleanup_on_exit)", self.config.settings.output_dir)
             self.engine.close()
         log.info("stopped")

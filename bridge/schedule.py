@@ -1,0 +1,83 @@
+"""When each fetch unit is next due.
+
+Units of one provider and refresh interval share one jittered time, so their change check stays one
+batch call, and an idle cycle costs one comparison per group. Units that are failing (backing off),
+pinned but not yet fetched, or leased (renewed on their own clock) run on their own timers. Never
+fetches or logs.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from bridge.errors import ProviderError
+from bridge.units import Unit
+
+BACKOFF_BASE_SECONDS = 1.0
+BACKOFF_CAP_SECONDS = 300.0
+
+
+@dataclass(eq=False)
+class _Group:
+    due: float = 0.0
+    members: set[Unit] = field(default_factory=set)
+
+
+class Schedule:
+    def __init__(self, units: Iterable[Unit], jitter: float) -> None:
+        self.jitter = jitter
+        self._groups: dict[tuple[str, float], _Group] = defaultdict(_Group)
+        #: units on their own timer (all of them until their first success)
+        self._timers: set[Unit] = set(units)
+
+    def due(self, now: float) -> list[Unit]:
+        """Whole groups whose time has come, and units on their own timer whose time has come."""
+        due: list[Unit] = []
+        for (_, interval), group in self._groups.items():
+            if group.members and group.due <= now:
+                due.extend(group.members)
+                group.due = now + self.jittered(interval)
+        due.extend(u for u in self._timers if u.next_due <= now)
+        return due
+
+    def next_wake(self) -> float:
+        groups = (g.due for g in self._groups.values() if g.members)
+        return min(min(groups, default=math.inf), min((u.next_due for u in self._timers), default=math.inf))
+
+    def on_timer(self, unit: Unit) -> bool:
+        return unit in self._timers
+
+    def polled(self, unit: Unit, now: float) -> None:
+        """A unit polled every interval succeeded: it (re)joins its group's schedule."""
+        group = self._groups[(unit.provider, unit.interval)]
+        if unit in self._timers:
+            self._timers.discard(unit)
+            if not group.members or group.due <= now:
+                group.due = now + self.jittered(unit.interval)
+            group.members.add(unit)
+        unit.next_due = group.due
+
+    def never(self, unit: Unit) -> None:
+        """A fetched fixed pin: not polled until the pin changes (a reload)."""
+        self._timers.discard(unit)
+        unit.next_due = math.inf
+
+    def at(self, unit: Unit, when: float) -> None:
+        """Put `unit` on its own timer, due at `when` (monotonic)."""
+        self._groups[(unit.provider, unit.interval)].members.discard(unit)
+        self._timers.add(unit)
+        unit.next_due = when
+
+    def backoff(self, unit: Unit, error: ProviderError) -> float:
+        """Exponential backoff with jitter, capped at the interval (and 5 minutes), slower for
+        not-found and access-denied, never sooner than the server's Retry-After."""
+        cap = min(BACKOFF_CAP_SECONDS, max(unit.interval, BACKOFF_BASE_SECONDS))
+        delay = self.jittered(min(cap, BACKOFF_BASE_SECONDS * error.backoff_factor * 2 ** min(unit.attempts - 1, 30)))
+        return delay if error.retry_after is None else max(delay, error.retry_after)
+
+    def jittered(self, seconds: float) -> float:
+        return seconds * (1 + random.uniform(-self.jitter, self.jitter))  # noqa: S311 - not for security
