@@ -111,6 +111,7 @@ class Entry:
             specs = {}
             for key, content in top_level_files(fetched).items():
                 try:
+                    check_target(key)  # a key is a name of its own: no "..data", no "a/../b"
                     check_target(f"{self.name}/{key}", output_dir=settings.output_dir)
                 except ValueError:
                     raise ExtractError(f"key {key!r} cannot be a file name") from None
