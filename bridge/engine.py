@@ -16,7 +16,6 @@ to what is due. It never logs a value.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
@@ -26,11 +25,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from bridge import failures
 from bridge.changes import Change
 from bridge.config import Config
 from bridge.errors import ExtractError, ProviderError, WriteError, contained
 from bridge.leases import LeaseKeeper, Renewed
-from bridge.metrics import COMMIT_SECONDS, COMMITS, CYCLE_SECONDS, DRIFT_REPAIRS, LAST_REFRESH, SECRET_ERRORS
+from bridge.metrics import COMMIT_SECONDS, COMMITS, CYCLE_SECONDS, DRIFT_REPAIRS, LAST_REFRESH
 from bridge.provider import Fetched, Provider
 from bridge.schedule import Schedule
 from bridge.state import State, file_record
@@ -44,8 +44,6 @@ T = TypeVar("T")
 HEARTBEAT_SECONDS = 5.0
 #: how often the output directory is checked for drift (SPEC: repaired within 5 seconds)
 DRIFT_CHECK_SECONDS = 4.0
-#: more new failures than this in one cycle are logged as one line per provider and error
-_LOG_EACH_UP_TO = 3
 
 Subscriber = Callable[[list[Change]], None]
 
@@ -130,8 +128,7 @@ class Engine:
         directory go (unless the writer passes to a reloaded engine)."""
         for provider in self.providers.values():
             provider.close()
-        for entry in self.entries.values():
-            self._clear_error_metric(entry)
+        failures.forget(self.entries.values())
         if self._started:
             pending = self.writer.prune()
             while pending is not None:
@@ -317,7 +314,8 @@ class Engine:
             except Exception as exc:  # a converter's own error: its text may hold the value
                 error = ExtractError(f"cannot use the value ({type(exc).__name__})")
             else:
-                self._render_ok(entry)
+                if failures.renders_again(entry):
+                    self._mark([entry.name])
                 version = entry.version()
                 for file, spec in specs.items():
                     self._versions[file] = version
@@ -331,8 +329,8 @@ class Engine:
                 unit = entry.units[""]
                 error.at(provider=unit.provider, ref=unit.request.ref, version=unit.version)
             failed[entry.name] = error
-            if not quiet:
-                self._render_failed(entry, error)
+            if not quiet and failures.render_failed(entry, error):
+                self._mark([entry.name])
         return updates
 
     def commit(self) -> tuple[list[Change], WriteError | None]:
@@ -426,17 +424,16 @@ class Engine:
             self._succeed(unit, now)
         for (provider, code), units in newly.items():
             if not quiet:
-                self._log_failures(provider, code, units)
+                failures.log_new_failures(provider, code, units, self.entries.__getitem__)
         return failed
 
     def _succeed(self, unit: Unit, now: float) -> None:
         if unit.error is not None:
             log.info("%s: recovered after %d attempts (%.0fs)", unit.describe(), unit.attempts,
                      now - (unit.failing_since or now))
+            failures.failing(unit.entries, unit.error, None)
             unit.error, unit.failing_since, unit.attempts = None, None, 0
             self._mark(unit.entries)
-            for name in unit.entries:
-                self._clear_error_metric(self.entries[name])
         if unit.lease is not None:
             self.leases.scheduled(unit, now, time.time())
         elif unit.fixed:
@@ -447,47 +444,11 @@ class Engine:
     def _fail(self, unit: Unit, error: ProviderError, now: float) -> None:
         if unit.error is None or type(unit.error) is not type(error):
             self._mark(unit.entries)
-            for name in unit.entries:
-                self._clear_error_metric(self.entries[name])
-                SECRET_ERRORS.labels(secret=name, code=error.code).set(1)
+            failures.failing(unit.entries, unit.error, error)
         unit.failing_since = unit.failing_since if unit.failing_since is not None else now
         unit.error = error
         unit.attempts += 1
         self.schedule.at(unit, now + self.leases.retry_delay(unit, self.schedule.backoff(unit, error)))
-
-    def _log_failures(self, provider: str, code: str, units: list[Unit]) -> None:
-        for unit in units[:_LOG_EACH_UP_TO] if len(units) <= _LOG_EACH_UP_TO else []:
-            entries = [self.entries[n] for n in unit.entries]
-            has_files = any(e.files for e in entries)
-            level = logging.WARNING if has_files or unit.optional else logging.ERROR
-            keeps = "keeping the last good file" if has_files else "no file yet"
-            log.log(level, "secret %s: %s (%s); %s", ", ".join(unit.entries), unit.error, code, keeps)
-        if len(units) > _LOG_EACH_UP_TO:
-            log.error("provider %s: %d secrets failing (%s), e.g. %s: %s; keeping their last good files",
-                      provider, len(units), code, ", ".join(units[0].entries), units[0].error)
-
-    def _render_ok(self, entry: Entry) -> None:
-        if entry.error is not None:
-            log.info("secret %s: renders again", entry.name)
-            self._clear_error_metric(entry)
-            entry.error = None
-            self._mark([entry.name])
-
-    def _render_failed(self, entry: Entry, error: ProviderError) -> None:
-        if entry.error is None or str(entry.error) != str(error):
-            keeps = "keeping the last good file" if entry.files else "no file yet"
-            log.log(logging.WARNING if entry.files else logging.ERROR, "secret %s: %s (%s); %s",
-                    entry.name, error, error.code, keeps)
-            self._clear_error_metric(entry)
-            SECRET_ERRORS.labels(secret=entry.name, code=error.code).set(1)
-            self._mark([entry.name])
-        entry.error = error
-
-    def _clear_error_metric(self, entry: Entry) -> None:
-        for error in {entry.error, *(u.error for u in entry.units.values())}:
-            if error is not None:
-                with contextlib.suppress(KeyError):
-                    SECRET_ERRORS.remove(entry.name, error.code)
 
     def _mark(self, entries: Iterable[str]) -> None:
         if self._dirty is not None:

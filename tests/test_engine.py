@@ -492,3 +492,25 @@ def test_last_refresh_metric_per_entry(tmp_path: Path) -> None:
     name = "secrets_bridge_secret_last_refresh_timestamp_seconds{secret=\"c\"}"
     line = next(x for x in text.splitlines() if x.startswith(name))
     assert float(line.split()[-1]) >= before - 1
+
+
+def test_failing_gauge_follows_failure_and_recovery(tmp_path: Path) -> None:
+    """secrets_bridge_secret_failing is 1 while a secret fails and gone once it recovers."""
+    from bridge.metrics import SECRET_ERRORS
+
+    def failing() -> list[tuple[str, str]]:
+        return [(s.labels["secret"], s.labels["code"]) for m in SECRET_ERRORS.collect() for s in m.samples
+                if s.labels["secret"] == "a"]
+
+    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
+    fake.put("r1", b"one")
+    engine.sync()
+    fake.failure = Unavailable("down")
+    engine.cycle(engine.units.values())
+    assert failing() == [("a", "unavailable")]
+    fake.failure = SecretNotFound("gone")
+    engine.cycle(engine.units.values())
+    assert failing() == [("a", "not_found")]
+    fake.failure = None
+    engine.cycle(engine.units.values())
+    assert failing() == []
