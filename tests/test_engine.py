@@ -500,17 +500,17 @@ def test_failing_gauge_follows_failure_and_recovery(tmp_path: Path) -> None:
 
     def failing() -> list[tuple[str, str]]:
         return [(s.labels["secret"], s.labels["code"]) for m in SECRET_ERRORS.collect() for s in m.samples
-                if s.labels["secret"] == "a"]
+                if s.labels["secret"] == "gauge_a"]
 
-    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
+    engine, fake = make_engine(tmp_path, "  gauge_a: {provider: fake, ref: r1}\n")
     fake.put("r1", b"one")
     engine.sync()
     fake.failure = Unavailable("down")
     engine.cycle(engine.units.values())
-    assert failing() == [("a", "unavailable")]
+    assert failing() == [("gauge_a", "unavailable")]
     fake.failure = SecretNotFound("gone")
     engine.cycle(engine.units.values())
-    assert failing() == [("a", "not_found")]
+    assert failing() == [("gauge_a", "not_found")]
     fake.failure = None
     engine.cycle(engine.units.values())
     assert failing() == []
