@@ -278,10 +278,11 @@ class Engine:
             current = provider.resolve_versions([u.request for u in checkable])
             for unit in checkable:
                 latest = current.get(unit.request)
-                if isinstance(latest, ProviderError):
+                if latest is not None and latest == unit.version:
+                    # the idle path, 10,000 times a cycle at scale: confirmed, and nothing to settle
+                    unit.refreshed_at = wall
+                elif isinstance(latest, ProviderError):
                     outcomes[unit] = latest
-                elif latest is not None and latest == unit.version:
-                    outcomes[unit] = None
                 else:
                     to_fetch.append(unit)
         for unit in renewals:

@@ -100,6 +100,11 @@ class FileProvider(Provider):
                 down = error if isinstance(error, Unavailable) else None
         return out
 
+    def resolve_versions(self, requests: Sequence[Request]) -> dict[Request, VersionOutcome]:
+        """Files have no moving pins: the change check is `current_versions`, in one pass."""
+        versions = self.current_versions([r.ref for r in requests])
+        return {r: versions[r.ref] for r in requests}
+
     def _stat_path(self, ref: str) -> str:
         path = self._paths.get(ref)
         if path is None:
