@@ -23,7 +23,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from bridge import failures
 from bridge.changes import Change
@@ -38,7 +38,6 @@ from bridge.units import Entry, Unit, build, owner_index
 from bridge.writer import FileSpec, Writer
 
 log = logging.getLogger("secrets_bridge.engine")
-T = TypeVar("T")
 
 #: the loop wakes at least this often, so /healthz can tell it is alive
 HEARTBEAT_SECONDS = 5.0
@@ -46,8 +45,6 @@ HEARTBEAT_SECONDS = 5.0
 DRIFT_CHECK_SECONDS = 4.0
 
 Subscriber = Callable[[list[Change]], None]
-
-
 Outcome = Fetched | Renewed | ProviderError | None  # None: checked, unchanged
 
 
