@@ -106,6 +106,17 @@ class StoredLease:
                    fetched.expires_at, fetched.lease_id, fetched.lease_seconds, fetched.renewable,
                    fetched.obtained_at, lease.issued_at, lease.asked_seconds)
 
+    def check(self) -> None:
+        """Raise ValueError unless every field has its type (the store is a file anyone with the
+        bridge's uid may have edited)."""
+        numbers = (self.expires_at, self.lease_seconds, self.obtained_at, self.asked_seconds)
+        texts = (self.version, self.content_type, self.lease_id)
+        if not (all(n is None or (isinstance(n, int | float) and not isinstance(n, bool)) for n in numbers)
+                and all(t is None or isinstance(t, str) for t in texts) and isinstance(self.renewable, bool)
+                and isinstance(self.issued_at, int | float) and isinstance(self.value, str)):
+            raise ValueError("a lease record has a field of the wrong type")
+        base64.b64decode(self.value, validate=True)
+
     def fetched(self) -> Fetched:
         return Fetched(base64.b64decode(self.value), self.version, self.content_type, self.expires_at,
                        self.lease_id, self.lease_seconds, self.renewable, self.obtained_at)
@@ -121,8 +132,12 @@ class LeaseStore:
         try:
             data = self.writer.read_state(LEASE_FILE)
             doc: Any = json.loads(data) if data is not None else {"leases": {}}
-            return {key: StoredLease(**fields) for key, fields in doc["leases"].items()}
-        except (WriteError, ValueError, KeyError, TypeError):
+            records = {key: StoredLease(**fields) for key, fields in doc["leases"].items()}
+            for record in records.values():
+                record.check()  # an edited or foreign store must not stop the bridge later
+            return records
+        except (WriteError, ValueError, KeyError, TypeError, AttributeError):
+            log.warning("the lease store is unreadable; ignoring it (leases are issued anew)")
             return {}
 
     def save(self, leases: dict[str, StoredLease]) -> None:
@@ -159,8 +174,8 @@ class LeaseKeeper:
         now, wall = time.monotonic(), time.time()
         for unit in units:
             record = stored.get(unit_key(unit))
-            if record is None:
-                continue
+            if record is None or (record.lease_id is None and unit.request.params is None):
+                continue  # only a lease or an issued value (params) is resumed, never a polled value
             fetched = record.fetched()
             provider = self.providers[unit.provider]
             if fetched.lease_id is not None:

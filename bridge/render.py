@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import posixpath
+import re
 import shlex
 import urllib.parse
 from functools import cache
@@ -45,6 +47,13 @@ def top_level_files(fetched: Fetched) -> dict[str, bytes]:
     doc = value_of(fetched)
     if not isinstance(doc, dict):
         raise ExtractError('value is not a JSON object, so files: "*" has no keys to write')
+    for key in doc:
+        # "b" and "b/c" cannot both be files: caught here, it fails this entry, not the whole commit
+        parent = posixpath.dirname(key)
+        while parent:
+            if parent in doc:
+                raise ExtractError(f"key {key!r} lies inside key {parent!r}, which is a file")
+            parent = posixpath.dirname(parent)
     return {key: extract(fetched, key=key, encoding=None, fmt=None) for key in doc}
 
 
@@ -78,17 +87,32 @@ def environment() -> ImmutableSandboxedEnvironment:
 
 def compile_template(source: str, declared: set[str]) -> Template:
     """Parse `source` and check it names only `declared` values; raise ValueError naming the problem."""
-    from jinja2 import TemplateSyntaxError, meta
+    from jinja2 import TemplateSyntaxError, meta, nodes
 
     env = environment()
     try:
         tree = env.parse(source)
     except TemplateSyntaxError as exc:
         raise ValueError(f"template does not parse: line {exc.lineno}: {exc.message}") from None
+    if next(tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)), None) is not None:
+        raise ValueError("template loads another template (extends, include or import): a template is one text")
     unknown = sorted(meta.find_undeclared_variables(tree) - declared)
     if unknown:
         raise ValueError(f"template names {', '.join(unknown)}, not declared in values")
-    return env.from_string(source)
+    template = env.from_string(source)
+    # The names written in the template are config, so a render error may repeat them (and no other).
+    written = {n.name for n in tree.find_all(nodes.Name)} | {n.attr for n in tree.find_all(nodes.Getattr)}
+    written |= {str(n.value) for n in tree.find_all(nodes.Const)}
+    template.bridge_names = frozenset(written)  # type: ignore[attr-defined]
+    return template
+
+
+def _names_in(message: str) -> list[str]:
+    """The names an UndefinedError message mentions ("'dict object' has no attribute 'x'",
+    "str object has no element 3", "'x' is undefined"), without the type names."""
+    quoted = [q for q in re.findall(r"'([^']*)'", message) if not q.endswith(" object")]
+    element = re.search(r" has no element (.*)$", message)
+    return quoted + ([element.group(1)] if element else [])
 
 
 def render_template(template: Template, values: dict[str, Any]) -> bytes:
@@ -100,7 +124,12 @@ def render_template(template: Template, values: dict[str, Any]) -> bytes:
     try:
         return template.render(values).encode()
     except UndefinedError as exc:
-        raise ExtractError(f"template: {exc.message}") from None
+        # The missing key may itself come from a value (`{{ users[db.username] }}`): then say less.
+        message = exc.message or "undefined"
+        written: frozenset[str] = getattr(template, "bridge_names", frozenset())
+        if not all(name in written for name in _names_in(message)):
+            message = "a key looked up with a computed name (perhaps a value) is missing"
+        raise ExtractError(f"template: {message}") from None
     except SecurityError:
         raise ExtractError("template: unsafe access refused by the sandbox") from None
     except ValueError as exc:

@@ -7,6 +7,8 @@ times, the last error. Never a value, never a hash of a value, never a credentia
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -122,7 +124,10 @@ def _plain(record: SecretRecord) -> dict[str, object]:
 def read_state(path: Path) -> dict[str, SecretRecord]:
     """Records from a state file; empty when there is none or it is unreadable."""
     try:
-        return parse_state(path.read_bytes())
+        # O_NONBLOCK and a regular-file check: a FIFO planted as the state file must not hang `ls`
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            return parse_state(f.read()) if stat.S_ISREG(os.fstat(fd).st_mode) else {}
     except OSError:
         return {}
 

@@ -391,13 +391,16 @@ class Writer:
         with self._errors(f"read {name}"):
             dfd = self._dfd if self._dfd is not None else os.open(self.output_dir, DIR_FLAGS & ~os.O_NOFOLLOW)
             try:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                # O_NONBLOCK: a FIFO planted under the name must not hang the bridge in open()
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
             except FileNotFoundError:
                 return None
             finally:
                 if dfd != self._dfd:
                     os.close(dfd)
             with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise WriteError(f"read {name} in {self.output_dir}: not a regular file")
                 return f.read()
 
     def remove_state(self, name: str) -> None:
