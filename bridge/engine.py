@@ -93,7 +93,8 @@ class Engine:
         self._dirty: set[str] | None = None  # entries whose state records need writing (None: all)
         self.leases = LeaseKeeper(self.writer, self.providers, self.schedule)
         self._started = False
-        self._write_failing = False
+        self._write_failing: float | None = None  # since when commits fail (monotonic)
+        self._state_failing = False
         self._drift_failing = False
         self._next_drift_check = 0.0
 
@@ -194,10 +195,14 @@ class Engine:
                 and (not e.files if e.expected is None else not e.expected <= e.files)]
 
     def stale(self) -> list[str]:
-        """Required entries whose units have failed for longer than max_staleness."""
+        """Required entries whose units have failed, or which have failed to render, for longer than
+        max_staleness; and the output directory when commits have failed that long."""
         limit = time.monotonic() - self.settings.max_staleness
-        return [e.name for e in self.entries.values() if not e.optional and any(
-            u.failing_since is not None and u.failing_since < limit for u in e.units.values())]
+        stale = [e.name for e in self.entries.values() if not e.optional and any(
+            t is not None and t < limit for t in (e.failing_since, *(u.failing_since for u in e.units.values())))]
+        if self._write_failing is not None and self._write_failing < limit:
+            stale.append(f"commits to {self.settings.output_dir}")
+        return stale
 
     def ready(self) -> bool:
         return not self.missing_required() and not self.stale()
@@ -341,14 +346,14 @@ class Engine:
             changed = self.writer.commit(self._pending)
         except WriteError as exc:
             # e.g. the tmpfs is full: the last generation stays whole; the updates wait for the next cycle.
-            if not self._write_failing:
+            if self._write_failing is None:
                 log.error("cannot commit to %s: %s; the last generation stays", self.settings.output_dir, exc)
-                self._write_failing = True
+                self._write_failing = time.monotonic()
             return [], exc
         COMMIT_SECONDS.observe(time.perf_counter() - started)
-        if self._write_failing:
+        if self._write_failing is not None:
             log.info("commits to %s work again", self.settings.output_dir)
-            self._write_failing = False
+            self._write_failing = None
         pending, self._pending = self._pending, {}
         stamp = time.time()
         changes = []
@@ -459,7 +464,13 @@ class Engine:
             self.state.save(self, self._dirty)
             self._dirty = set()
         except WriteError as exc:
-            log.warning("cannot write the state file: %s", exc)
+            if not self._state_failing:  # once when it starts, not every cycle of a full tmpfs
+                log.warning("cannot write the state file: %s", exc)
+            self._state_failing = True
+            return
+        if self._state_failing:
+            log.info("the state file is written again")
+            self._state_failing = False
 
     def last_refreshed(self) -> Iterable[tuple[str, float]]:
         """Each entry with the time its least recently confirmed unit was last confirmed."""

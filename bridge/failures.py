@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 from bridge.errors import ProviderError
@@ -57,6 +58,8 @@ def render_failed(entry: Entry, error: ProviderError) -> bool:
         log.log(logging.WARNING if entry.files else logging.ERROR, "secret %s: %s (%s); %s",
                 entry.name, error, error.code, keeps)
         failing([entry.name], entry.error, error)
+    if entry.error is None:
+        entry.failing_since = time.monotonic()  # its files are stale from now (readiness)
     entry.error = error
     return new
 
@@ -67,5 +70,5 @@ def renders_again(entry: Entry) -> bool:
         return False
     log.info("secret %s: renders again", entry.name)
     failing([entry.name], entry.error, None)
-    entry.error = None
+    entry.error, entry.failing_since = None, None
     return True

@@ -164,6 +164,7 @@ class LeaseKeeper:
         self.providers = providers
         self.schedule = schedule
         self.dirty = False
+        self._save_failing = False
 
     def resume(self, units: Iterable[Unit]) -> None:
         """Take back the leases the output directory holds, if they are still alive: a restart
@@ -280,9 +281,11 @@ class LeaseKeeper:
                 self.store.save(kept)
             else:
                 self.store.remove()
-            self.dirty = False
+            self.dirty = self._save_failing = False
         except WriteError as exc:
-            log.warning("cannot write the lease store: %s", exc)
+            if not self._save_failing:  # once, not at every cycle of a full tmpfs
+                log.warning("cannot write the lease store: %s", exc)
+            self._save_failing = True
 
     def revoke(self, units: Iterable[Unit], *, only: Callable[[Unit], bool] | None = None) -> bool:
         """Revoke the leases of providers with `revoke_on_exit` (or those `only` picks)."""

@@ -68,6 +68,8 @@ class Entry:
     #: the files it has in the output directory now
     files: set[str] = field(default_factory=set)
     error: ProviderError | None = None
+    #: monotonic time the entry started failing to render (its files are stale from then)
+    failing_since: float | None = None
 
     @property
     def optional(self) -> bool:

@@ -4,9 +4,14 @@ real `secrets-bridge` process against the `file` provider and failed before its 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import signal
 import subprocess
+import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -14,7 +19,7 @@ import pytest
 
 from bridge.fields import LEASE_FILE, STATE_FILE
 from bridge.writer import is_memory_backed
-from tests.servers import venv_binary
+from tests.servers import free_port, venv_binary
 
 SECRET = "S3CRET-probe-value"
 
@@ -130,3 +135,96 @@ def test_a_fifo_planted_as_a_bridge_file_hangs_nothing(tmp_path: Path, out_dir: 
     proc = _cli("sync", "--config", str(config))
     assert proc.returncode == 0, proc.stderr
     assert (out_dir / "other").read_text() == "plain-value"
+
+
+def _wait(predicate, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _readyz(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def _run(config: Path) -> subprocess.Popen[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SECRETS_BRIDGE_")}
+    return subprocess.Popen([venv_binary("secrets-bridge"), "run", "--config", str(config)], env=clean,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out
+    return out
+
+
+def test_readyz_fails_when_a_required_file_cannot_be_rendered_for_max_staleness(tmp_path: Path, out_dir: Path) -> None:
+    """A required template whose key vanished keeps its last file, and /readyz turns 503 after max_staleness."""
+    port = free_port()
+    config = _config(tmp_path, out_dir, "  t.txt: {template: 'P={{ db.password }}',"
+                                        " values: {db: {provider: dev, ref: r.json}}}\n"
+                                        "  p: {provider: dev, ref: r.json, key: password}\n",
+                     {"r.json": json.dumps({"password": "one"})})
+    config.write_text(config.read_text().replace("listen: null", f"listen: '127.0.0.1:{port}'\n"
+                                                 "refresh_interval: 200ms\nmax_staleness: 1s"))
+    proc = _run(config)
+    try:
+        assert _wait(lambda: _readyz(port)[0] == 200)
+        (tmp_path / "source" / "r.json").write_text(json.dumps({"pw": "two"}))
+        assert _wait(lambda: _readyz(port)[0] == 503), _readyz(port)
+        assert "t.txt" in _readyz(port)[1] and "p" in _readyz(port)[1]
+        assert (out_dir / "t.txt").read_text() == "P=one"
+        (tmp_path / "source" / "r.json").write_text(json.dumps({"password": "three"}))
+        assert _wait(lambda: _readyz(port)[0] == 200)
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):
+    """A 256 KiB tmpfs of its own, so the test can fill it."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_tmpfs_is_logged_once_and_fails_readiness(tmp_path: Path, small_tmpfs: Path) -> None:
+    """ENOSPC: one line per kind of failure (not one per cycle), /readyz 503 after max_staleness, then recovery."""
+    port, out = free_port(), small_tmpfs / "out"
+    config = _config(tmp_path, out, "  w: {provider: dev, ref: w}\n", {"w": "one"})
+    config.write_text(config.read_text().replace("listen: null", f"listen: '127.0.0.1:{port}'\n"
+                                                 "refresh_interval: 100ms\nmax_staleness: 1s"))
+    proc = _run(config)
+    try:
+        assert _wait(lambda: _readyz(port)[0] == 200)
+        fd = os.open(small_tmpfs / "fill", os.O_WRONLY | os.O_CREAT, 0o600)
+        with contextlib.suppress(OSError):  # until ENOSPC
+            while os.write(fd, b"\0" * 4096):
+                pass
+        os.close(fd)
+        (tmp_path / "source" / "w").write_text("two")
+        assert _wait(lambda: _readyz(port)[0] == 503), _readyz(port)
+        assert "commits to" in _readyz(port)[1]
+        time.sleep(1)  # several cycles while full
+        (small_tmpfs / "fill").unlink()
+        assert _wait(lambda: (out / "w").read_text() == "two")
+        assert _wait(lambda: _readyz(port)[0] == 200)
+    finally:
+        printed = _stop(proc)
+    assert printed.count("cannot write the state file") <= 1, printed
+    assert printed.count("cannot commit") == 1, printed
