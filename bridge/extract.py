@@ -40,7 +40,11 @@ def _pick(data: bytes, key: str) -> bytes:
         raise ExtractError(f"value is not a JSON object, so key {key!r} cannot be picked")
     if key not in doc:
         raise ExtractError(f"key {key!r} not in the secret (it has {len(doc)} keys)")
-    field = doc[key]
+    return field_bytes(doc[key])
+
+
+def field_bytes(field: Any) -> bytes:
+    """One field of a JSON map as file content: a string as is, anything else as compact JSON."""
     if isinstance(field, str):
         return field.encode()
     return json.dumps(field, separators=(",", ":")).encode()

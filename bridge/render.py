@@ -19,7 +19,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from bridge.errors import ExtractError
-from bridge.extract import extract
+from bridge.extract import field_bytes
 
 if TYPE_CHECKING:
     from jinja2 import Template
@@ -54,7 +54,8 @@ def top_level_files(fetched: Fetched) -> dict[str, bytes]:
             if parent in doc:
                 raise ExtractError(f"key {key!r} lies inside key {parent!r}, which is a file")
             parent = posixpath.dirname(parent)
-    return {key: extract(fetched, key=key, encoding=None, fmt=None) for key in doc}
+    # one parse for all keys (extract() per key would parse the map once per key: quadratic)
+    return {key: field_bytes(field) for key, field in doc.items()}
 
 
 def _b64decode(text: str) -> str:

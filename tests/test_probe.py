@@ -228,3 +228,18 @@ def test_a_full_tmpfs_is_logged_once_and_fails_readiness(tmp_path: Path, small_t
         printed = _stop(proc)
     assert printed.count("cannot write the state file") <= 1, printed
     assert printed.count("cannot commit") == 1, printed
+
+
+def test_a_star_entry_parses_its_map_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`files: "*"` over 2,000 keys parses the JSON once, not once per key (quadratic before: 5,000 keys
+    took 3.9 s from a source change to the file)."""
+    from bridge.provider import Fetched
+    from bridge.render import top_level_files
+
+    doc = {f"k{i}": {"n": i} if i % 2 else f"v{i}" for i in range(2000)}
+    calls = []
+    real = json.loads
+    monkeypatch.setattr(json, "loads", lambda *a, **k: calls.append(1) or real(*a, **k))
+    files = top_level_files(Fetched(json.dumps(doc).encode(), "1"))
+    assert len(calls) == 1
+    assert files["k2"] == b"v2" and files["k3"] == b'{"n":3}' and len(files) == 2000
