@@ -169,6 +169,9 @@ class LeaseKeeper:
     def resume(self, units: Iterable[Unit]) -> None:
         """Take back the leases the output directory holds, if they are still alive: a restart
         (or the sidecar after the init container) never mints what it already has."""
+        # A fresh engine (start, reload) publishes expiries anew: an entry a reload removed must not
+        # keep a frozen gauge that fires the expiry alert forever.
+        LEASE_EXPIRY.clear()
         stored = self.store.load()
         if not stored:
             return

@@ -243,3 +243,37 @@ def test_a_star_entry_parses_its_map_once(monkeypatch: pytest.MonkeyPatch) -> No
     files = top_level_files(Fetched(json.dumps(doc).encode(), "1"))
     assert len(calls) == 1
     assert files["k2"] == b"v2" and files["k3"] == b'{"n":3}' and len(files) == 2000
+
+
+def test_a_reload_that_removes_a_leased_entry_drops_its_expiry_gauge(openbao, vault_pki, tmp_path: Path,
+                                                                        out_dir: Path) -> None:
+    """After a reload removes a certificate entry, /metrics no longer has its expiry (a frozen gauge
+    would fire the expiry alert forever); the entry still configured keeps its gauge."""
+    port = free_port()
+    config = tmp_path / "c.yaml"
+    issue = (f"{{provider: vault, ref: {vault_pki.mount}/issue/{vault_pki.role}, "
+             f"params: {{common_name: a.{vault_pki.domain}, ttl: 1h}}")
+    both = (f"output_dir: {out_dir}\nlisten: '127.0.0.1:{port}'\nrefresh_interval: 200ms\n"
+            f"providers:\n  vault: {{type: vault}}\nsecrets:\n"
+            f"  kept: {issue}, key: certificate}}\n  gone: {issue}, key: private_key}}\n")
+    config.write_text(both)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SECRETS_BRIDGE_")},
+           "VAULT_ADDR": openbao.address, "VAULT_TOKEN": openbao.root_token}
+    proc = subprocess.Popen([venv_binary("secrets-bridge"), "run", "--config", str(config)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def gauges() -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return ""
+        return "\n".join(line for line in text.splitlines() if line.startswith("secrets_bridge_lease_expiry"))
+
+    try:
+        assert _wait(lambda: 'secret="gone"' in gauges() and 'secret="kept"' in gauges())
+        config.write_text(both.split("  gone:")[0])
+        assert _wait(lambda: 'secret="gone"' not in gauges()), gauges()
+        assert 'secret="kept"' in gauges()
+    finally:
+        _stop(proc)
