@@ -90,6 +90,7 @@ class Engine:
         self._committed_versions: dict[str, str | None] = {}  # ... as of its committed content
         self._updated: dict[str, float] = {}
         self._pending: dict[str, FileSpec | None] = {}  # rendered, not yet committed
+        self._gone: dict[str, tuple[str, str]] = {}  # (provider, ref) of files no entry makes any more
         self._dirty: set[str] | None = None  # entries whose state records need writing (None: all)
         self.leases = LeaseKeeper(self.writer, self.providers, self.schedule)
         self._started = False
@@ -109,12 +110,15 @@ class Engine:
         previous = self.state.load()
         for file, spec in self.writer.committed.items():
             entry = self._owner(file)
+            record = previous.get(file)
             if entry is None:
                 self._pending[file] = None
+                if record is not None:  # so the removal's audit event says what was removed
+                    self._committed_versions[file] = record.version
+                    self._gone[file] = (record.provider, record.ref)
                 continue
             self.files[file] = spec
             entry.files.add(file)
-            record = previous.get(file)
             if record is not None and record.source() == file_record(file, entry, self).source():
                 self._versions[file] = self._committed_versions[file] = record.version
                 if record.updated_epoch() is not None:
@@ -371,7 +375,7 @@ class Engine:
             self._committed_versions[file] = new_version
             if entry is not None:
                 (entry.files.discard if spec is None else entry.files.add)(file)
-            provider, ref = entry.source() if entry is not None else ("", "")
+            provider, ref = entry.source() if entry is not None else self._gone.pop(file, ("", ""))
             action = "removed" if spec is None else "added" if before[file] is None else "updated"
             changes.append(Change(file, entry.name if entry else file, provider, ref, old_version,
                                   new_version, self.writer.generation, action))

@@ -277,3 +277,17 @@ def test_a_reload_that_removes_a_leased_entry_drops_its_expiry_gauge(openbao, va
         assert 'secret="kept"' in gauges()
     finally:
         _stop(proc)
+
+
+def test_the_audit_event_of_a_removed_file_says_what_was_removed(tmp_path: Path, out_dir: Path) -> None:
+    """A file removed because its entry left the config is audited with its provider, ref and old version."""
+    config = _config(tmp_path, out_dir, "  a: {provider: dev, ref: one}\n  b: {provider: dev, ref: two}\n",
+                     {"one": "1", "two": "2"})
+    assert _cli("sync", "--config", str(config)).returncode == 0
+    version = json.loads(_cli("inspect", "b", "--config", str(config)).stdout)[0]["version"]
+    audit = tmp_path / "audit.jsonl"
+    config.write_text(config.read_text().split("  b:")[0].replace("listen: null", f"listen: null\naudit_log: {audit}"))
+    assert _cli("sync", "--config", str(config)).returncode == 0
+    events = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(e["file"], e["provider"], e["ref"], e["old_version"], e["new_version"]) for e in events] == \
+        [("b", "dev", "two", version, None)]
