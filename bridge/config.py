@@ -14,6 +14,7 @@ import json
 import math
 import os
 import posixpath
+import re
 import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -141,6 +142,7 @@ class BridgeConfig(BaseSettings):
                         "secrets", name, "provider")
                     raise _FieldError(loc, f"no provider named {source.provider!r}")
             for file in secret.file_rules():
+                check_target(file, ("secrets", name, "files", file))  # a name of its own, as a "*" key is
                 check_target(f"{name}/{file}", ("secrets", name, "files", file), self.output_dir)
                 targets[f"{name}/{file}"] = name
             targets[name] = name
@@ -334,10 +336,19 @@ def _validate(build: Any, prefix: tuple[str, ...]) -> Any:
         raise ConfigError(f"{field_path(prefix) or 'config'}: invalid ({type(exc).__name__})") from None
 
 
+#: the tags pydantic puts in an error's loc for the branches of a union (`files: "*" | {name: key | rule}`)
+_UNION_TAG = re.compile(r"(literal|dict|list|union)\[.*\]|str|FileRule")
+
+
 def _describe(exc: ValidationError, prefix: tuple[str, ...]) -> str:
     lines = []
-    for err in exc.errors(include_input=False, include_url=False):
-        loc = field_path((*prefix, *err["loc"]))
+    # The deepest error first: of a union's branches, the one that got furthest says what is wrong
+    # (`secrets.e.files.a.mode`), not "Input should be '*'".
+    errors = sorted(exc.errors(include_input=False, include_url=False), key=lambda e: -len(e["loc"]))
+    for err in errors:
+        tagged = any(isinstance(p, str) and p.startswith(("literal[", "dict[")) for p in err["loc"])
+        where = [p for p in err["loc"] if not (tagged and isinstance(p, str) and _UNION_TAG.fullmatch(p))]
+        loc = field_path((*prefix, *where))
         if err["type"] == "extra_forbidden":
             message = "unknown field"
         elif err["type"] == "missing":

@@ -291,3 +291,27 @@ def test_the_audit_event_of_a_removed_file_says_what_was_removed(tmp_path: Path,
     events = [json.loads(line) for line in audit.read_text().splitlines()]
     assert [(e["file"], e["provider"], e["ref"], e["old_version"], e["new_version"]) for e in events] == \
         [("b", "dev", "two", version, None)]
+
+
+@pytest.mark.parametrize(("rule", "named"), [
+    ('{key: a, mode: "9999"}', "secrets.e.files.a.mode: invalid file mode"),
+    ("{key: a, uid: 99999999999}", "secrets.e.files.a.uid:"),
+    ("{key: a, bogus: 1}", "secrets.e.files.a.bogus: unknown field"),
+    ('{mode: "0400"}', "secrets.e.files.a.key: required field missing"),
+])
+def test_a_bad_file_rule_is_named_by_its_field(tmp_path: Path, out_dir: Path, rule: str, named: str) -> None:
+    """A bad option of one file of a `files:` entry is named by its path, not by pydantic's union branch."""
+    config = _config(tmp_path, out_dir, f"  e: {{provider: dev, ref: x.json, files: {{a: {rule}}}}}\n",
+                     {"x.json": "{}"})
+    proc = _cli("check", "--config", str(config))
+    assert proc.returncode == 2 and proc.stderr.startswith(f"secrets-bridge: {named}"), proc.stderr
+    assert "literal[" not in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["..data", "..2026_11_28_00_00_00.0", ".."])
+def test_a_files_name_is_checked_as_a_name_of_its_own(tmp_path: Path, out_dir: Path, name: str) -> None:
+    """`files: {"..data": key}` is refused as a `files: "*"` key of that name is (names beginning with `..`)."""
+    config = _config(tmp_path, out_dir, f"  e: {{provider: dev, ref: x.json, files: {{'{name}': a}}}}\n",
+                     {"x.json": "{}"})
+    proc = _cli("check", "--config", str(config))
+    assert proc.returncode == 2 and "secrets.e.files" in proc.stderr, proc.stderr
