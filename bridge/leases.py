@@ -79,9 +79,11 @@ class Lease:
         return self.asked_seconds is not None and granted + _SHORT_SECONDS < self.asked_seconds
 
 
-def unit_key(unit: Unit) -> str:
+def unit_key(unit: Unit, origin: str | None = None) -> str:
+    """The key of a unit's record in the store; `origin` (the provider's server) keeps a lease
+    from another server (the config's address changed) from being resumed."""
     request = unit.request
-    return json.dumps([unit.provider, request.ref, request.version, request.params])
+    return json.dumps([unit.provider, request.ref, request.version, request.params, origin])
 
 
 @dataclass
@@ -177,7 +179,7 @@ class LeaseKeeper:
             return
         now, wall = time.monotonic(), time.time()
         for unit in units:
-            record = stored.get(unit_key(unit))
+            record = stored.get(unit_key(unit, self.providers[unit.provider].origin()))
             if record is None or (record.lease_id is None and unit.request.params is None):
                 continue  # only a lease or an issued value (params) is resumed, never a polled value
             fetched = record.fetched()
@@ -277,7 +279,7 @@ class LeaseKeeper:
         two resumes the new lease); remove it when no lease is left."""
         if not (self.dirty or force):
             return
-        kept = {unit_key(u): StoredLease.of(u.fetched, u.lease) for u in units
+        kept = {unit_key(u, self.providers[u.provider].origin()): StoredLease.of(u.fetched, u.lease) for u in units
                 if u.lease is not None and u.fetched is not None}
         try:
             if kept:

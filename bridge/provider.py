@@ -7,10 +7,10 @@ place).
 
 The seam, said plainly:
 - **the engine calls** `fetch_many`, `resolve_versions`, `moves`, `maintain`, `close`, and for
-  leased values `renew`, `revoke`, `lease_alive`; it reads `supports_previous` at config time;
+  leased values `renew`, `revoke`, `lease_alive`, `origin`; it reads `supports_previous` at config time;
 - **a provider implements** `fetch`, and optionally `current_version`, `fetch_many`,
   `current_versions`, `resolve_versions`, `resolve_pin`, `moves`, `maintain`, `close`, and the
-  three lease methods. The defaults are correct, merely not cheap.
+  four lease methods. The defaults are correct, merely not cheap.
 
 The rules a provider must not hand-copy live here, once: the batch rule (`each`,
 `each_concurrently`: stop calling after Unavailable, the items not tried get a copy), the counted
@@ -199,6 +199,11 @@ class Provider:
         """Seconds a lease kept across a restart has left, or None when it is gone, so the engine
         resumes it instead of minting a new one."""
         raise NotImplementedError(f"{type(self).__name__} has no leases")
+
+    def origin(self) -> str | None:
+        """Where this provider's leases come from (a Vault address and namespace), kept with each
+        stored lease so one from another server is never resumed. Never a credential."""
+        return None
 
     # -- the shared rules, for providers to use --------------------------------------------------
 

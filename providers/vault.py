@@ -69,6 +69,7 @@ class VaultProvider(Provider):
         self._vault = VaultClient(name, address, verify=verify, timeout=settings.timeout,
                                   namespace=settings.namespace, auth=settings.auth, count=self.count)
         self._client = self._vault.hvac  # tests look at the token in use
+        self._origin = f"{address}|{settings.namespace or ''}"
         self._kv = KeyValue(self._vault, name)
         self._mounts: dict[str, Mount] = {}
         self._lease_tokens: dict[str, TokenLife] = {}  # lease id -> the life of the token that minted it
@@ -122,6 +123,9 @@ class VaultProvider(Provider):
         """Revoke a lease now (`revoke_on_exit`); the policy needs `update` on sys/leases/revoke."""
         vault_leases.revoke(self._vault, lease_id)
         self._lease_tokens.pop(lease_id, None)
+
+    def origin(self) -> str | None:
+        return self._origin
 
     def lease_alive(self, lease_id: str) -> float | None:
         """Seconds left on a lease, or None when it was revoked or expired (a restart resumes it or

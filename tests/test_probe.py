@@ -100,7 +100,7 @@ def _plant_lease(out_dir: Path, **fields: object) -> None:
               "expires_at": 9e9, "lease_id": None, "lease_seconds": None, "renewable": False,
               "obtained_at": None, "issued_at": 0, "asked_seconds": None, **fields}
     out_dir.mkdir(exist_ok=True)
-    key = json.dumps(["dev", "plain", None, None])
+    key = json.dumps(["dev", "plain", None, None, None])
     (out_dir / LEASE_FILE).write_text(json.dumps({"leases": {key: record}}))
 
 
@@ -315,3 +315,31 @@ def test_a_files_name_is_checked_as_a_name_of_its_own(tmp_path: Path, out_dir: P
                      {"x.json": "{}"})
     proc = _cli("check", "--config", str(config))
     assert proc.returncode == 2 and "secrets.e.files" in proc.stderr, proc.stderr
+
+
+def test_a_lease_from_another_vault_is_not_resumed(openbao, vault_pki, tmp_path: Path, out_dir: Path) -> None:
+    """When the provider's address changes, the certificate issued by the old server is not resumed
+    (before, `sync` kept serving the old CA's certificate until its re-issue time)."""
+    config = tmp_path / "c.yaml"
+
+    def write(address: str) -> None:
+        config.write_text(f"output_dir: {out_dir}\nlisten: null\n"
+                          f"providers:\n  vault: {{type: vault, address: '{address}'}}\n"
+                          f"secrets:\n  crt: {{provider: vault, ref: {vault_pki.mount}/issue/{vault_pki.role}, "
+                          f"key: certificate, params: {{common_name: a.{vault_pki.domain}, ttl: 1h}}}}\n")
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SECRETS_BRIDGE_", "VAULT_", "BAO_"))},
+           "VAULT_TOKEN": openbao.root_token}
+
+    def sync() -> str:
+        proc = subprocess.run([venv_binary("secrets-bridge"), "sync", "--config", str(config)], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return (out_dir / "crt").read_text()
+
+    write(openbao.address)
+    first = sync()
+    assert sync() == first  # the same server: resumed, not issued again
+    # The same server under another name (localhost for 127.0.0.1) stands in for another server.
+    write(openbao.address.replace("127.0.0.1", "localhost"))
+    assert sync() != first
