@@ -133,8 +133,25 @@ def read_state(path: Path) -> dict[str, SecretRecord]:
 
 
 def parse_state(data: bytes) -> dict[str, SecretRecord]:
+    """The records of a state file; a record someone edited into a wrong shape is left out (a start
+    must never fail on it: the state is only what `ls` shows and what a restart keeps)."""
     try:
         doc = json.loads(data)
-        return {name: SecretRecord(**fields) for name, fields in doc["secrets"].items()}
-    except (ValueError, KeyError, TypeError):
+        records = {name: SecretRecord(**fields) for name, fields in doc["secrets"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
         return {}
+    return {name: r for name, r in records.items() if _well_formed(r)}
+
+
+def _well_formed(record: SecretRecord) -> bool:
+    texts = (record.name, record.entry, record.provider, record.provider_type, record.ref, record.mode)
+    optional = (record.key, record.pinned_version, record.version, record.updated)
+    if not (all(isinstance(t, str) for t in texts) and all(t is None or isinstance(t, str) for t in optional)
+            and (record.size is None or type(record.size) is int) and type(record.uid) is int
+            and type(record.gid) is int and (record.error is None or isinstance(record.error, dict))):
+        return False
+    try:
+        record.updated_epoch()
+    except (ValueError, OverflowError):
+        return False
+    return True

@@ -343,3 +343,23 @@ def test_a_lease_from_another_vault_is_not_resumed(openbao, vault_pki, tmp_path:
     # The same server under another name (localhost for 127.0.0.1) stands in for another server.
     write(openbao.address.replace("127.0.0.1", "localhost"))
     assert sync() != first
+
+
+@pytest.mark.parametrize(("field", "value"), [("updated", "garbage"), ("updated", 12), ("version", ["x"]),
+                                              ("size", "big"), ("uid", None)])
+def test_an_edited_state_file_does_not_stop_the_bridge(tmp_path: Path, out_dir: Path, field: str,
+                                                       value: object) -> None:
+    """A state record with a field of the wrong shape is left out: `sync` still works (it ended in
+    `internal error (ValueError)` before) and `ls` shows no garbage."""
+    config = _config(tmp_path, out_dir, "  other: {provider: dev, ref: plain}\n", {"plain": "plain-value"})
+    assert _cli("sync", "--config", str(config)).returncode == 0
+    state = out_dir / STATE_FILE
+    doc = json.loads(state.read_text())
+    doc["secrets"]["other"][field] = value
+    state.write_text(json.dumps(doc))
+    (tmp_path / "source" / "plain").write_text("new-value")
+    proc = _cli("sync", "--config", str(config))
+    assert proc.returncode == 0 and "internal error" not in proc.stderr, proc.stderr
+    assert (out_dir / "other").read_text() == "new-value"
+    listed = _cli("ls", "--config", str(config))
+    assert listed.returncode == 0 and "garbage" not in listed.stdout and "big" not in listed.stdout
