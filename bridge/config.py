@@ -166,6 +166,14 @@ class BridgeConfig(BaseSettings):
             for name in hook.secrets or ():
                 if name not in targets:
                     raise _FieldError(("on_change", str(i), "secrets"), f"no secret or file named {name!r}")
+        if self.audit_log is not None:
+            # Inside output_dir it would be a name the bridge manages (a target, the state file, a
+            # generation): appends would corrupt it, or a commit would remove it.
+            relative = os.path.relpath(os.path.abspath(self.audit_log), os.path.abspath(self.output_dir))
+            if not relative.startswith(".." + os.sep) and relative != "..":
+                first = relative.split(os.sep)[0]
+                if first.startswith((RESERVED_PREFIX, "..")) or first in {t.split("/")[0] for t in targets}:
+                    raise _FieldError(("audit_log",), "names a file the bridge manages in output_dir")
         for name, section in self.providers.items():
             if not isinstance(section.get("type"), str):
                 raise _FieldError(("providers", name, "type"), "missing provider type")

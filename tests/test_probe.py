@@ -363,3 +363,18 @@ def test_an_edited_state_file_does_not_stop_the_bridge(tmp_path: Path, out_dir: 
     assert (out_dir / "other").read_text() == "new-value"
     listed = _cli("ls", "--config", str(config))
     assert listed.returncode == 0 and "garbage" not in listed.stdout and "big" not in listed.stdout
+
+
+@pytest.mark.parametrize("name", [STATE_FILE, LEASE_FILE, "other", "..data"])
+def test_audit_log_naming_a_file_the_bridge_manages_is_a_config_error(tmp_path: Path, out_dir: Path,
+                                                                       name: str) -> None:
+    """audit_log on the state file (or a target, ..data) is refused: appends corrupted the state so
+    that `ls` said "no state"."""
+    config = _config(tmp_path, out_dir, "  other: {provider: dev, ref: plain}\n", {"plain": "plain-value"})
+    config.write_text(config.read_text().replace("listen: null", f"listen: null\naudit_log: {out_dir / name}"))
+    proc = _cli("sync", "--config", str(config))
+    assert proc.returncode == 2 and "audit_log:" in proc.stderr, proc.stderr
+    out_dir.mkdir()
+    beside = tmp_path / "c2.yaml"
+    beside.write_text(config.read_text().replace(str(out_dir / name), str(out_dir / "audit.jsonl")))
+    assert _cli("sync", "--config", str(beside)).returncode == 0
