@@ -195,8 +195,9 @@ class Engine:
 
     def missing_required(self) -> list[str]:
         """Required entries with a file not written yet."""
-        return [e.name for e in self.entries.values() if not e.optional
-                and (not e.files if e.expected is None else not e.expected <= e.files)]
+        return [e.name for e in self.entries.values() if not e.optional and (not e.expected <= e.files
+                if e.expected is not None  # a files: "*" entry over an empty map rightly has no file
+                else not e.files and (e.error is not None or not e.ready_to_render()))]
 
     def stale(self) -> list[str]:
         """Required entries whose units have failed, or which have failed to render, for longer than

@@ -378,3 +378,20 @@ def test_audit_log_naming_a_file_the_bridge_manages_is_a_config_error(tmp_path: 
     beside = tmp_path / "c2.yaml"
     beside.write_text(config.read_text().replace(str(out_dir / name), str(out_dir / "audit.jsonl")))
     assert _cli("sync", "--config", str(beside)).returncode == 0
+
+
+def test_readyz_is_green_for_a_star_entry_over_an_empty_map(tmp_path: Path, out_dir: Path) -> None:
+    """`files: "*"` over `{}` makes no file and is ready (sync exits 0; /readyz said "missing" forever),
+    while a star entry that cannot be fetched is still missing."""
+    port = free_port()
+    config = _config(tmp_path, out_dir, "  e: {provider: dev, ref: empty.json, files: '*'}\n", {"empty.json": "{}"})
+    config.write_text(config.read_text().replace("listen: null", f"listen: '127.0.0.1:{port}'\n"
+                                                 "refresh_interval: 200ms"))
+    proc = _run(config)
+    try:
+        assert _wait(lambda: _readyz(port)[0] == 200), _readyz(port)
+        (tmp_path / "source" / "empty.json").unlink()
+        config.write_text(config.read_text().replace("ref: empty.json", "ref: gone.json"))
+        assert _wait(lambda: "missing: e" in _readyz(port)[1]), _readyz(port)
+    finally:
+        _stop(proc)
