@@ -55,7 +55,7 @@ COMMANDS = (
      "exit status: 0; 2 config error or no state yet (run `secrets-bridge sync` first)"),
     ("inspect", "JSON metadata of one secret, never its value",
      "Print the state the bridge keeps about one secret as JSON (like `docker secret inspect`), "
-     "never its value. Contacts no provider.",
+     "never its value; the name of a files: entry gives each of its files. Contacts no provider.",
      "exit status: 0; 1 no secret of that name; 2 config error or no state yet"),
 )
 
@@ -201,10 +201,12 @@ def cmd_ls(config: Config) -> int:
 
 def cmd_inspect(config: Config, name: str) -> int:
     state = _state_of(config)
-    if name not in state:
+    # a file, or an entry: a `files:` entry's name gives each of its files
+    records = [state[name]] if name in state else [r for r in state.values() if r["entry"] == name]
+    if not records:
         print(f"secrets-bridge: no secret named {name!r} in {config.settings.output_dir}", file=sys.stderr)
         return 1
-    print(json.dumps([state[name]], indent=4))
+    print(json.dumps(records, indent=4))
     return 0
 
 

@@ -395,3 +395,14 @@ def test_readyz_is_green_for_a_star_entry_over_an_empty_map(tmp_path: Path, out_
         assert _wait(lambda: "missing: e" in _readyz(port)[1]), _readyz(port)
     finally:
         _stop(proc)
+
+
+def test_inspect_a_files_entry_by_its_name(tmp_path: Path, out_dir: Path) -> None:
+    """`inspect NAME` of a `files:` entry lists each of its files (it said "no secret named" before)."""
+    config = _config(tmp_path, out_dir, "  star: {provider: dev, ref: x.json, files: '*'}\n",
+                     {"x.json": json.dumps({"a": "1", "b": "2"})})
+    assert _cli("sync", "--config", str(config)).returncode == 0
+    proc = _cli("inspect", "star", "--config", str(config))
+    assert proc.returncode == 0, proc.stderr
+    assert [r["name"] for r in json.loads(proc.stdout)] == ["star/a", "star/b"]
+    assert _cli("inspect", "sta", "--config", str(config)).returncode == 1
