@@ -479,9 +479,12 @@ class Engine:
 
     def last_refreshed(self) -> Iterable[tuple[str, float]]:
         """Each entry with the time its least recently confirmed unit was last confirmed."""
+        wall, now = time.time(), time.monotonic()
         for entry in self.entries.values():
             stamps = [u.refreshed_at for u in entry.units.values() if u.refreshed_at is not None]
-            if len(stamps) == len(entry.units):
+            if entry.failing_since is not None:
+                stamps.append(wall - (now - entry.failing_since))  # its file stopped following the source
+            if len(stamps) >= len(entry.units):
                 yield entry.name, min(stamps)
 
     def entry_of(self, file: str) -> Entry | None:

@@ -75,13 +75,52 @@ def _filters() -> dict[str, Any]:
     }
 
 
+#: a rendered file larger than this is a runaway template, not a secret file
+MAX_OUTPUT_BYTES = 1 << 20
+#: the items all `range()` calls of one render may make together (nested loops multiply)
+MAX_RANGE_ITEMS = 100_000
+
+
+class TemplateTooBig(Exception):
+    """A render went past MAX_OUTPUT_BYTES or MAX_RANGE_ITEMS (it would stall the loop or fill memory)."""
+
+
+class _Budget:
+    """The work one render may do; `range` and the big operators draw from it."""
+
+    def __init__(self) -> None:
+        self.items = MAX_RANGE_ITEMS
+
+    def range(self, *args: int) -> range:
+        made = range(*args)
+        self.items -= len(made)
+        if self.items < 0:
+            raise TemplateTooBig(f"loops make more than {MAX_RANGE_ITEMS} items")
+        return made
+
+
 @cache
 def environment() -> ImmutableSandboxedEnvironment:
-    """One sandboxed environment (imported only when a config has templates)."""
+    """One sandboxed environment (imported only when a config has templates): immutable values,
+    no Python internals, `*` and `**` checked so an operand cannot blow up memory."""
     from jinja2 import StrictUndefined
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    class Sandbox(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset(["*", "**"])
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            if operator == "**" and isinstance(right, int) and abs(right) > 64:
+                raise TemplateTooBig("exponent too large")
+            if operator == "*" and isinstance(left, str | bytes | list | tuple) and isinstance(right, int) \
+                    and len(left) * right > MAX_OUTPUT_BYTES:
+                raise TemplateTooBig(f"a repeated text past {MAX_OUTPUT_BYTES} bytes")
+            if operator == "*" and isinstance(right, str | bytes | list | tuple) and isinstance(left, int) \
+                    and len(right) * left > MAX_OUTPUT_BYTES:
+                raise TemplateTooBig(f"a repeated text past {MAX_OUTPUT_BYTES} bytes")
+            return super().call_binop(context, operator, left, right)
+
+    env = Sandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
     env.filters.update(_filters())
     return env
 
@@ -122,8 +161,17 @@ def render_template(template: Template, values: dict[str, Any]) -> bytes:
     from jinja2 import UndefinedError
     from jinja2.exceptions import SecurityError
 
+    budget = _Budget()
     try:
-        return template.render(values).encode()
+        out, size = [], 0
+        for chunk in template.generate({**values, "range": budget.range}):
+            size += len(chunk)
+            if size > MAX_OUTPUT_BYTES:
+                raise TemplateTooBig(f"output past {MAX_OUTPUT_BYTES} bytes")
+            out.append(chunk)
+        return "".join(out).encode()
+    except TemplateTooBig as exc:
+        raise ExtractError(f"template: too big: {exc}") from None
     except UndefinedError as exc:
         # The missing key may itself come from a value (`{{ users[db.username] }}`): then say less.
         message = exc.message or "undefined"

@@ -152,6 +152,10 @@ class EnvProvider(Provider):
     Settings = EnvSettings
 
     def fetch(self, request: Request) -> Fetched:
+        if _own_credential(request.ref):
+            # The bridge's environment holds its own tokens: never copy one into a readable file.
+            raise AccessDenied("is one of the bridge's own credentials; it is never written to a file",
+                               provider=self.name, ref=request.ref)
         value = os.environ.get(request.ref)
         if value is None:
             raise SecretNotFound("environment variable not set", provider=self.name, ref=request.ref)
@@ -161,3 +165,14 @@ class EnvProvider(Provider):
         if ref not in os.environ:
             raise SecretNotFound("environment variable not set", provider=self.name, ref=ref)
         return None
+
+
+#: variables that hold the bridge's own credentials (the env provider refuses them)
+_OWN_CREDENTIALS = frozenset({
+    "VAULT_TOKEN", "BAO_TOKEN", "VAULT_SECRET_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PASSWORD", "IDENTITY_HEADER",
+})
+
+
+def _own_credential(name: str) -> bool:
+    return name.upper() in _OWN_CREDENTIALS or name.upper().startswith("SECRETS_BRIDGE_")

@@ -514,3 +514,21 @@ def test_failing_gauge_follows_failure_and_recovery(tmp_path: Path) -> None:
     fake.failure = None
     engine.cycle(engine.units.values())
     assert failing() == []
+
+
+@pytest.mark.parametrize("template", [
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    '{{ "x" * 200000000 }}',
+    "{% for i in range(90000) %}{{ db.user * 20 }}{% endfor %}",
+    "{{ 2 ** 100000000 }}",
+])
+def test_runaway_template_fails_its_file_fast(tmp_path: Path, template: str) -> None:
+    """A template that would loop for ever or fill memory fails its own file quickly; others are written."""
+    secrets = (f"  t:\n    template: '{template}'\n    values: {{db: {{provider: fake, ref: creds}}}}\n"
+               "  plain: {provider: fake, ref: creds}\n")
+    engine, fake = make_engine(tmp_path, secrets)
+    fake.put("creds", b'{"user": "u1"}')
+    started = time.monotonic()
+    result = engine.sync()
+    assert time.monotonic() - started < 5
+    assert "too big" in str(result.failed["t"]) and result.changed == ["plain"]

@@ -238,3 +238,17 @@ secrets:
     assert sorted(engine.sync().changed) == ["api_token", "site.key"]
     assert (tmp_path / "out" / "site.key").read_text() == "KEY"
     assert (tmp_path / "out" / "api_token").read_text() == "tok"
+
+
+def test_env_never_writes_the_bridges_own_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`{provider: env, ref: VAULT_TOKEN}` is refused: the bridge's own token never lands in a file."""
+    from bridge.errors import AccessDenied
+    from providers.local import EnvProvider, EnvSettings
+
+    monkeypatch.setenv("VAULT_TOKEN", "hvs.own-token-never-written")
+    monkeypatch.setenv("APP_TOKEN", "app")
+    provider = EnvProvider("env", EnvSettings())
+    outcomes = provider.fetch_many([Request("VAULT_TOKEN"), Request("APP_TOKEN")])
+    assert isinstance(outcomes[Request("VAULT_TOKEN")], AccessDenied)
+    assert "hvs." not in str(outcomes[Request("VAULT_TOKEN")])
+    assert outcomes[Request("APP_TOKEN")].value == b"app"
