@@ -222,7 +222,7 @@ class Engine:
         if not units and not self._pending:
             return CycleResult([], {})
         outcomes = self.fetch(units, force=force)
-        failed = self._settle(outcomes, now)
+        failed = self._settle(outcomes, time.monotonic())  # a Retry-After counts from the answer, not the plan
         moved = [u for u, o in outcomes.items() if isinstance(o, Fetched)]
         entries = self._affected(moved, everything=force)
         self._pending.update(self.render(entries, failed))
