@@ -27,8 +27,10 @@ FIGURES = Path(os.environ.get("SB_RELIABILITY_FIGURES", "/tmp/secrets-bridge-rel
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def record(section: str, **figures: Any) -> None:
-    """Add `figures` to `section` of the figures file (numbers are summed over runs of the session)."""
+def record(section: str, *, fixed: dict[str, Any] | None = None, peak: dict[str, float] | None = None,
+           **summed: Any) -> None:
+    """Add the `summed` figures (numbers, or dicts of numbers) to `section` of the figures file, over
+    every run since it was removed; `fixed` ones are set as given, `peak` ones keep their maximum."""
     FIGURES.parent.mkdir(parents=True, exist_ok=True)
     with open(FIGURES.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -37,15 +39,16 @@ def record(section: str, **figures: Any) -> None:
         except (OSError, ValueError):
             data = {}
         here = data.setdefault(section, {})
-        for key, value in figures.items():
+        for key, value in summed.items():
             if isinstance(value, dict):
                 mine = here.setdefault(key, {})
                 for k, v in value.items():
                     mine[k] = mine.get(k, 0) + v
-            elif isinstance(value, int | float) and not isinstance(value, bool):
-                here[key] = here.get(key, 0) + value
             else:
-                here[key] = value
+                here[key] = here.get(key, 0) + value
+        here.update(fixed or {})
+        for key, value in (peak or {}).items():
+            here[key] = max(here.get(key, value), value)
         FIGURES.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 

@@ -4,7 +4,6 @@ and the files converge once the faults stop."""
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import threading
@@ -213,9 +212,9 @@ def test_run_through_faults(openbao: OpenBao, moto_url: str, fake: FakeKeyVault,
     record("faults", trials=1, seconds_under_faults=round(faulted), rotations=sum(rotations.values()),
            requests=sum(p.requests() for p in proxies.values()), reads=reads,
            faults_by_kind=dict(injected), faults_by_provider={k: sum(p.faults.values()) for k, p in proxies.items()},
-           torn_empty_missing=0, retry_after_early=0, max_requests_per_secret_minute=round(worst),
-           bound_per_secret_minute=round(bound), converged_seconds=round(healed, 1))
-    (tmp_path / "faults.json").write_text(json.dumps({"rates": rates}))
+           torn_empty_missing=0, retry_after_early=0, peak={"max_requests_per_secret_minute": round(worst),
+                                                             "converged_seconds": round(healed, 1)},
+           fixed={"bound_per_secret_minute": round(bound)})
 
 
 def _read(path: Path) -> str | None:

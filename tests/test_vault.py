@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import jwt as pyjwt
@@ -17,6 +19,7 @@ from bridge.errors import AccessDenied, SecretNotFound, Unavailable
 from bridge.provider import Request
 from providers.vault import VaultProvider, VaultSettings
 from tests.conformance import ProviderConformance, read, unique_text
+from tests.fault_proxy import FaultProxy
 
 POLICY = 'path "secret/*" { capabilities = ["read", "list"] }\npath "kv1/*" { capabilities = ["read"] }'
 
@@ -77,8 +80,46 @@ def backend(openbao) -> VaultBackend:
     return VaultBackend(openbao)
 
 
+class ProxiedVaultBackend(VaultBackend):
+    """VaultBackend whose provider reaches OpenBao through a fault proxy, so an outage can be made
+    and the provider's requests counted outside the code under test."""
+
+    def __init__(self, openbao, proxy: FaultProxy) -> None:
+        super().__init__(openbao)
+        self.proxy = proxy
+
+    @contextlib.contextmanager
+    def outage(self) -> Iterator[None]:
+        """Every request through the proxy is answered 503 while inside."""
+        self.proxy.inject({"5xx": 1.0})
+        try:
+            yield
+        finally:
+            self.proxy.heal()
+
+    def calls(self) -> int:
+        return self.proxy.requests()
+
+
 class TestVaultConformance(ProviderConformance):
-    """The shared provider cases, on KV v2."""
+    """The shared provider cases, on KV v2, through a fault proxy (for the outage case)."""
+
+    @pytest.fixture
+    def fault_proxy(self, openbao) -> Iterator[FaultProxy]:
+        proxy = FaultProxy(openbao.address)
+        yield proxy
+        proxy.close()
+
+    @pytest.fixture
+    def provider(self, openbao, fault_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch):
+        monkeypatch.setenv("VAULT_TOKEN", openbao.root_token)
+        p = VaultProvider("vault", VaultSettings(type="vault", address=fault_proxy.url, auth={"method": "token"}))
+        yield p
+        p.close()
+
+    @pytest.fixture
+    def backend(self, openbao, fault_proxy: FaultProxy) -> ProxiedVaultBackend:
+        return ProxiedVaultBackend(openbao, fault_proxy)
 
 
 @pytest.fixture(scope="module")
