@@ -105,7 +105,7 @@ def open_folder(root: int, folder: str, *, create: bool = False) -> int:
             os.close(fd)
             fd = child
             if create and made:
-                os.fchmod(fd, 0o755)  # nosec B103: a folder, narrowed by the umask at mkdir
+                os.fchmod(fd, 0o755)  # nosec B103  # a folder, narrowed by the umask at mkdir
     except BaseException:
         os.close(fd)
         raise
@@ -295,7 +295,7 @@ def open_output_dir(path: Path, *, require_tmpfs: bool) -> int:
         raise WriteError(f"cannot open output_dir {path}: {exc.strerror}") from None
     try:
         if created:
-            os.fchmod(fd, 0o755)  # nosec B103: a folder, narrowed by the umask at mkdir
+            os.fchmod(fd, 0o755)  # nosec B103  # a folder, narrowed by the umask at mkdir
         if require_tmpfs and not _fd_is_memory_backed(fd, str(path)):
             raise WriteError(
                 f"output_dir {path} is on a disk-backed filesystem; mount a tmpfs there "

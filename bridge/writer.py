@@ -150,7 +150,7 @@ class Writer:
                     remove_names(sfd, changes)  # unlinked, never written through: the inode is live
                 written = {name: spec for name, spec in changes.items() if spec is not None}
                 stamps = write_files(sfd, written, lambda: self._step("file_written"))
-                os.fchmod(sfd, 0o755)  # nosec B103: a folder; readers of other uids walk through it
+                os.fchmod(sfd, 0o755)  # nosec B103  # a folder; readers of other uids walk through it
                 st = os.fstat(sfd)
             gen = rename_new(dfd, spare, "..")
             self._step("generation_written")

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: virtualenv, install, lint, type-check, tests.
+# The whole test suite, from a fresh clone: virtualenv, install, lint, type-check, security lint, tests.
 # The tests start their own servers (OpenBao dev server, moto, the Azure Key Vault fake) on loopback.
 set -euo pipefail
 source "$(dirname "$0")/venv.sh" test
 .venv/bin/ruff check bridge providers tests bench
 .venv/bin/mypy
+.venv/bin/bandit -q -r bridge providers -c pyproject.toml
 exec .venv/bin/pytest "$@"
