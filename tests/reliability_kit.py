@@ -112,6 +112,13 @@ class Bridge:
             log.write(done.stdout + done.stderr)
         return done
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        """Another command (`ls`, `inspect NAME`), its output kept in the log as well."""
+        done = subprocess.run(self.command(*args), capture_output=True, env=self.env, timeout=60)
+        with open(self.log, "ab") as log:
+            log.write(done.stdout + done.stderr)
+        return done
+
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)

@@ -109,6 +109,7 @@ def test_readers_over_rotations_and_reloads(tmp_path: Path) -> None:
             seconds = time.monotonic() - started
         assert wait_for(lambda: not (out / "gone").exists() and (out / f"extra{RELOADS - 1}").exists(), 10)
         assert bridge.stop() == 0
+        assert bridge.cli("ls").returncode == 0 and bridge.cli("inspect", "pair/user").returncode == 0
     finally:
         stop.set()
         if bridge.proc is not None and bridge.proc.poll() is None:
