@@ -4,6 +4,7 @@ and the files converge once the faults stop."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import threading
@@ -223,3 +224,37 @@ def _read(path: Path) -> str | None:
     except OSError:
         return None
 
+
+
+def test_fault_proxy_injects_each_kind(openbao: OpenBao) -> None:
+    """The proxy's faults are what a client sees: a reset, a timeout, a 503, a 429 with Retry-After,
+    a slow but whole body; a request inside the Retry-After is recorded as early, and faults and
+    requests are counted."""
+    import http.client
+    import urllib.error
+
+    proxy = FaultProxy(openbao.address, hang_seconds=2.0, retry_after=30)
+    url = f"{proxy.url}/v1/sys/health"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            direct = response.read()
+        proxy.inject(schedule=["reset", "hang", "5xx", "429", None, "slow"])
+        with pytest.raises((ConnectionError, http.client.RemoteDisconnected, urllib.error.URLError)):
+            urllib.request.urlopen(url, timeout=5)
+        with pytest.raises((TimeoutError, urllib.error.URLError)) as timed_out:
+            urllib.request.urlopen(url, timeout=0.5)
+        assert "timed out" in str(timed_out.value)
+        with pytest.raises(urllib.error.HTTPError) as server_error:
+            urllib.request.urlopen(url, timeout=5)
+        assert server_error.value.code == 503
+        with pytest.raises(urllib.error.HTTPError) as throttled:
+            urllib.request.urlopen(url, timeout=5)
+        assert (throttled.value.code, throttled.value.headers["Retry-After"]) == (429, "30")
+        with urllib.request.urlopen(url, timeout=5) as response:  # inside the Retry-After: early
+            assert response.status == 200
+        with urllib.request.urlopen(url, timeout=5) as response:  # slow: whole, a few bytes at a time
+            assert json.loads(response.read()).keys() == json.loads(direct).keys()  # its clock field moves
+    finally:
+        proxy.close()
+    assert proxy.faults == Counter({"reset": 1, "hang": 1, "5xx": 1, "429": 1, "slow": 1})
+    assert proxy.requests() == 7 and [key for key, _ in proxy.early] == ["/v1/sys/health"]
