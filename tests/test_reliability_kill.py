@@ -155,7 +155,7 @@ def test_sigkill_at_random_moments(tmp_path: Path) -> None:
     with Rig(tmp_path) as rig:
         for _ in range(20):
             proc = rig.bridge.start()
-            time.sleep(rng.uniform(0.3, 1.0))  # interpreter start-up takes ~0.3 s
+            time.sleep(rng.uniform(0.3, 0.7))  # interpreter start-up takes ~0.3 s
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             rig.after_kill()
