@@ -14,9 +14,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from bridge import __version__
+from bridge import metrics
 from bridge.config import STATE_FILE, BridgeConfig, Config, config_path, load_config
-from bridge.engine import Engine
 from bridge.errors import BridgeError, ConfigError, WriteError
 from bridge.logs import AuditLog, one_line, setup_logging
 from bridge.state import read_state
@@ -123,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="secrets-bridge", description=DESCRIPTION, epilog=EPILOG, parents=[_options(None)],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"secrets-bridge {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
     common = _options(argparse.SUPPRESS)
     for name, short, description, statuses in COMMANDS:
@@ -131,6 +130,17 @@ def _parser() -> argparse.ArgumentParser:
         if name == "inspect":
             command.add_argument("name", metavar="NAME", help="the secret's file name, as in `ls`")
     return parser
+
+
+class _Version(argparse.Action):
+    """--version, looked up only when asked: importlib.metadata costs every other command ~20 ms."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from bridge import __version__
+
+        print(f"secrets-bridge {__version__}")
+        parser.exit()
 
 
 def refuse_disk_output_dir(settings: BridgeConfig) -> None:
@@ -150,12 +160,16 @@ def refuse_disk_output_dir(settings: BridgeConfig) -> None:
 
 
 def cmd_sync(config: Config) -> int:
-    engine = Engine(config, subscribers=[AuditLog(config.settings.audit_log)])
-    try:
-        engine.start()
-        result = engine.sync()
-    finally:
-        engine.close()
+    from bridge.engine import Engine  # not for ls and inspect, which read the state file only
+
+    # No metrics: nothing can scrape a process about to exit, and prometheus_client stays unloaded.
+    with metrics.unrecorded():
+        engine = Engine(config, subscribers=[AuditLog(config.settings.audit_log)])
+        try:
+            engine.start()
+            result = engine.sync()
+        finally:
+            engine.close()
     if result.write_error is not None:
         raise result.write_error
     required = [n for n in result.failed if not config.settings.secrets[n].optional]
@@ -166,11 +180,14 @@ def cmd_sync(config: Config) -> int:
 def cmd_check(config: Config) -> int:
     """A dry `sync` through the engine's own path: fetch (batched), extract and render every
     entry, write nothing; print each resolved version or error, never a value."""
-    engine = Engine(config)
-    try:
-        failed = engine.check()
-    finally:
-        engine.close()
+    from bridge.engine import Engine
+
+    with metrics.unrecorded():  # as in cmd_sync
+        engine = Engine(config)
+        try:
+            failed = engine.check()
+        finally:
+            engine.close()
     rows = []
     for name, entry in engine.entries.items():
         provider, ref = entry.source()

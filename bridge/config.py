@@ -10,6 +10,7 @@ SettingsError from a malformed SECRETS_BRIDGE_* variable, not an OverflowError f
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -17,10 +18,9 @@ import posixpath
 import re
 import stat
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from bridge.errors import ConfigError
 
@@ -82,23 +82,20 @@ from bridge.sections import (
 )
 from bridge.strict_yaml import load_yaml
 
+if TYPE_CHECKING:
+    from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+
 DEFAULT_CONFIG = "secrets-bridge.yaml"
 #: a config file larger than this is a mistake (a log file, /dev/zero copied), not a config
 MAX_CONFIG_BYTES = 16 * 2**20
 ENV_PREFIX = "SECRETS_BRIDGE_"
 
 
-class BridgeConfig(BaseSettings):
-    """The whole configuration file."""
+class BridgeConfig(BaseModel):
+    """The whole configuration file. With SECRETS_BRIDGE_* variables set it is validated as
+    `_with_environment()`, a subclass that lets them override the file."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter="__",
-        env_parse_none_str="null",  # SECRETS_BRIDGE_LISTEN=null disables, as in YAML
-        extra="forbid",
-        frozen=True,
-        allow_inf_nan=False,
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_default=True)
 
     output_dir: LocalPath = Path("/run/secrets")
     refresh_interval: Duration = Field(default=300.0, ge=MIN_REFRESH_SECONDS)
@@ -115,18 +112,6 @@ class BridgeConfig(BaseSettings):
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     secrets: dict[str, SecretConfig] = Field(default_factory=dict)
     on_change: list[OnChange] = Field(default_factory=list)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The YAML arrives as init kwargs; the environment overrides it.
-        return (env_settings, init_settings)
 
     @model_validator(mode="after")
     def _check_targets(self) -> BridgeConfig:
@@ -298,11 +283,52 @@ def _check_numbers(settings: BaseModel, loc: tuple[str, ...]) -> None:
 
 
 def _settings(data: dict[str, Any]) -> BridgeConfig:
-    try:
+    if not _overrides():
         return BridgeConfig(**data)
+    from pydantic_settings import SettingsError
+
+    try:
+        return _with_environment()(**data)
     except SettingsError:
         # pydantic-settings could not decode a variable; say which one, never its value
         raise ConfigError(f"{_bad_json_variable() or ENV_PREFIX + '*'}: not valid JSON") from None
+
+
+def _overrides() -> bool:
+    """Whether any SECRETS_BRIDGE_* variable other than SECRETS_BRIDGE_CONFIG is set."""
+    return any(v.upper().startswith(ENV_PREFIX) and v.upper() != ENV_PREFIX + "CONFIG" for v in os.environ)
+
+
+@functools.cache
+def _with_environment() -> type[BridgeConfig]:
+    """BridgeConfig with SECRETS_BRIDGE_* variables over the file (pydantic-settings), made only
+    when one is set: pydantic-settings and what it imports (asyncio, dotenv) cost ~30 ms and
+    ~14 MiB of memory that a config without overrides never needs."""
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    class BridgeConfigWithEnvironment(BaseSettings, BridgeConfig):  # type: ignore[misc]
+        model_config = SettingsConfigDict(
+            env_prefix=ENV_PREFIX,
+            env_nested_delimiter="__",
+            env_parse_none_str="null",  # SECRETS_BRIDGE_LISTEN=null disables, as in YAML
+            extra="forbid",
+            frozen=True,
+            allow_inf_nan=False,
+        )
+
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            # The YAML arrives as init kwargs; the environment overrides it.
+            return (env_settings, init_settings)
+
+    return BridgeConfigWithEnvironment
 
 
 def _check_environment() -> None:

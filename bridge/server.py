@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bridge import fields
 from bridge.engine import HEARTBEAT_SECONDS, Engine
 from bridge.errors import ConfigError
-from bridge.metrics import REGISTRY
+from bridge.metrics import registry
 
 log = logging.getLogger("secrets_bridge.server")
 
@@ -210,7 +210,7 @@ class HealthServer:
             lines += [f"stale: {', '.join(stale)}"] if stale else []
             return 503, ("\n".join(lines) + "\n").encode(), _TEXT
         if path == "/metrics":
-            return 200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+            return 200, generate_latest(registry()), CONTENT_TYPE_LATEST
         return 404, b"not found\n", _TEXT
 
 

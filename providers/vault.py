@@ -7,6 +7,10 @@ leased (database credentials) or time-limited (PKI certificates). Lease renewal,
 revocation are methods here; when to call them is the engine's business. Every request goes
 through `VaultClient.call`, the one place errors are translated; messages carry Vault's error
 text, never a value, a token or a lease id.
+
+Vault has no batch read, so `fetch_many` runs on a small bounded pool (`FETCH_WORKERS` threads over
+one connection pool, the core's batch rule kept): the mount cache, the lease map, the token keeper
+and the KV bookkeeping are safe to use from several threads.
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import Field, model_validator
 
 from bridge.errors import AccessDenied, ProviderError, SecretNotFound
-from bridge.provider import Fetched, Provider, ProviderSettings, Request, VersionOutcome
+from bridge.provider import Fetched, Outcome, Provider, ProviderSettings, Request, VersionOutcome
 from providers import vault_leases
 from providers.vault_auth import AuthConfig, TokenAuth, TokenLife
 from providers.vault_client import VaultClient
@@ -36,6 +41,10 @@ log = logging.getLogger("secrets_bridge.providers.vault")
 
 #: leases remembered with the token that minted them (the oldest are forgotten past this)
 _MAX_TRACKED_LEASES = 10_000
+#: concurrent reads in one `fetch_many`: enough to hide the round trips to a nearby server, few
+#: enough not to flood one (Vault Agent renders templates concurrently too); below the HTTP
+#: connection pool's 10, so every thread keeps its connection
+FETCH_WORKERS = 8
 
 
 class VaultSettings(ProviderSettings):
@@ -71,8 +80,12 @@ class VaultProvider(Provider):
         self._client = self._vault.hvac  # tests look at the token in use
         self._origin = f"{address}|{settings.namespace or ''}"
         self._kv = KeyValue(self._vault, name)
+        # Replaced, never changed in place, so a reader on another thread iterates a stable map;
+        # new mounts are looked up one at a time, so a burst of first reads asks the server once.
         self._mounts: dict[str, Mount] = {}
+        self._mount_lookup = threading.Lock()
         self._lease_tokens: dict[str, TokenLife] = {}  # lease id -> the life of the token that minted it
+        self._lease_lock = threading.Lock()
 
     def close(self) -> None:
         self._vault.close()
@@ -91,6 +104,11 @@ class VaultProvider(Provider):
             raise exc.at(provider=self.name, ref=request.ref, version=request.version) from None
         self._learn(mount)
         return fetched
+
+    def fetch_many(self, requests: Sequence[Request]) -> dict[Request, Outcome]:
+        """Each request on the pool; the first alone (it warms the token, the connection and the
+        mount cache), and none started once the server is unavailable."""
+        return self.each_concurrently([(r, r) for r in requests], self.fetch, workers=FETCH_WORKERS)
 
     def current_version(self, ref: str) -> str | None:
         return self._resolve(Request(ref))
@@ -116,13 +134,16 @@ class VaultProvider(Provider):
         renewed = vault_leases.renew(self._vault, fetched, increment_seconds)
         if fetched.lease_id is None:
             return renewed
-        life = self._lease_tokens.get(fetched.lease_id) or vault_leases.token_limited(fetched)
+        with self._lease_lock:
+            life = self._lease_tokens.get(fetched.lease_id)
+        life = life or vault_leases.token_limited(fetched)
         return vault_leases.within_token_life(renewed, life)
 
     def revoke(self, lease_id: str) -> None:
         """Revoke a lease now (`revoke_on_exit`); the policy needs `update` on sys/leases/revoke."""
         vault_leases.revoke(self._vault, lease_id)
-        self._lease_tokens.pop(lease_id, None)
+        with self._lease_lock:
+            self._lease_tokens.pop(lease_id, None)
 
     def origin(self) -> str | None:
         return self._origin
@@ -133,7 +154,8 @@ class VaultProvider(Provider):
         `expires_at` it was fetched with, and use the smaller of the two."""
         left = vault_leases.lease_alive(self._vault, lease_id)
         if left is None:
-            self._lease_tokens.pop(lease_id, None)
+            with self._lease_lock:
+                self._lease_tokens.pop(lease_id, None)
         return left
 
     def maintain(self) -> None:
@@ -165,22 +187,36 @@ class VaultProvider(Provider):
         if fetched.lease_id is None:
             return fetched
         life = self._vault.tokens.life
-        self._lease_tokens[fetched.lease_id] = life
-        while len(self._lease_tokens) > _MAX_TRACKED_LEASES:
-            del self._lease_tokens[next(iter(self._lease_tokens))]
+        with self._lease_lock:
+            self._lease_tokens[fetched.lease_id] = life
+            while len(self._lease_tokens) > _MAX_TRACKED_LEASES:
+                del self._lease_tokens[next(iter(self._lease_tokens))]
         return vault_leases.within_token_life(fetched, life)
 
     def _learn(self, mount: Mount) -> None:
         """A read through an assumed mount worked: keep it."""
         if mount.guessed:
-            self._mounts[mount.path] = dataclasses.replace(mount, guessed=False)
+            with self._mount_lookup:
+                self._mounts = {**self._mounts, mount.path: dataclasses.replace(mount, guessed=False)}
+
+    def _known(self, ref: str) -> tuple[Mount, str] | None:
+        for prefix, mount in self._mounts.items():
+            if ref.startswith(prefix + "/"):
+                return mount, ref[len(prefix) + 1:]
+        return None
 
     def _split(self, request: Request) -> tuple[Mount, str]:
         """Find the mount holding the ref (cached) and the path below it."""
         ref = request.ref.strip("/")
-        for prefix, mount in self._mounts.items():
-            if ref.startswith(prefix + "/"):
-                return mount, ref[len(prefix) + 1:]
+        known = self._known(ref)
+        if known is not None:
+            return known
+        with self._mount_lookup:
+            known = self._known(ref)  # another thread may have looked it up meanwhile
+            return known if known is not None else self._look_up(request, ref)
+
+    def _look_up(self, request: Request, ref: str) -> tuple[Mount, str]:
+        """Ask the server which mount holds `ref` (under `_mount_lookup`)."""
         try:
             info = self._vault.call("mount_info", request, lambda: self._vault.hvac.adapter.get(
                 f"/v1/sys/internal/ui/mounts/{ref}"))["data"]
@@ -197,7 +233,7 @@ class VaultProvider(Provider):
             mount = Mount(ref.split("/", 1)[0], "kv", 2, guessed=True)
             log.debug("%s: mount lookup refused (%s); assuming %s/ is KV v2", self.name, exc.message, mount.path)
             return mount, ref.split("/", 1)[-1]
-        self._mounts[mount.path] = mount
+        self._mounts = {**self._mounts, mount.path: mount}
         if not ref.startswith(mount.path + "/"):
             raise SecretNotFound(f"ref names the mount {mount.path}/ but no secret in it")
         return mount, ref[len(mount.path) + 1:]

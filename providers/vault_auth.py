@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,10 @@ def _read(path: Path, what: str) -> str:
 
 
 class TokenKeeper:
-    """Holds the client's token: logs in, renews before expiry, logs in again when renewal fails."""
+    """Holds the client's token: logs in, renews before expiry, logs in again when renewal fails.
+
+    Safe to share between threads (the provider fetches on a pool): one thread at a time checks,
+    renews or replaces the token, and the others wait and then use the token it left."""
 
     def __init__(self, client: Any, auth: TokenAuth | AppRoleAuth | JwtAuth | KubernetesAuth) -> None:
         self.client = client
@@ -104,13 +108,18 @@ class TokenKeeper:
         self._issued_ttl = 0.0  # the TTL the token came with: a renewal granting less hit the max
         #: the life of the token in use; leases minted with it end with it
         self.life = TokenLife()
+        self._lock = threading.RLock()
 
     def ensure(self) -> None:
         """Make sure the client carries a live token before a request."""
+        with self._lock:
+            self._ensure()
+
+    def _ensure(self) -> None:
         if isinstance(self.auth, TokenAuth):
             self._use_static_token()
         elif not self._logged_in:
-            self.login()
+            self._login()
             return
         if self._expires_at is None:
             return
@@ -130,18 +139,31 @@ class TokenKeeper:
             self._expires_at = None  # a given token cannot be replaced here; the server will refuse it
             return
         log.info("logging in to vault again")
-        self.login()
+        self._login()
 
     def in_use(self) -> bool:
         """A token has been obtained (logged in, or taken from the file or environment)."""
         return self._logged_in or self._token_file_stamp is not None
 
-    def invalidate(self) -> None:
-        """The server refused the token: log in again before the next request."""
-        self._logged_in = False
-        self._token_file_stamp = None
+    def token(self) -> str | None:
+        """The token requests carry now (to say which one was refused, to `invalidate`)."""
+        return self.client.token  # type: ignore[no-any-return]
+
+    def invalidate(self, refused: str | None = None) -> None:
+        """The server refused the token: log in again before the next request. Given the token
+        that was `refused`, only while it is still the one in use: of several threads refused
+        together, the first logs in again and the rest use its new token."""
+        with self._lock:
+            if refused is not None and refused != self.client.token:
+                return
+            self._logged_in = False
+            self._token_file_stamp = None
 
     def login(self) -> None:
+        with self._lock:
+            self._login()
+
+    def _login(self) -> None:
         from hvac import exceptions  # the provider module imports hvac first, with its extra hint
 
         auth = self.auth

@@ -4,10 +4,14 @@ hvac's exceptions carry no response headers, so a response hook on the requests 
 last throttling answer's `Retry-After` (per thread) and `_translate` puts it in
 `Unavailable.retry_after`. The session never retries: the engine is the one place that does.
 Messages carry Vault's own error text (never a value) and never a token or a lease id.
+
+The environment's proxy and CA bundle settings are read once, for the one address: requests would
+otherwise walk every environment variable twice per request (a quarter of a KV read's CPU).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Callable
@@ -45,6 +49,13 @@ class VaultClient:
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.hooks["response"].append(self._remember_retry_after)
+        # What trust_env would look up on every request, once: HTTP(S)_PROXY unless NO_PROXY
+        # names the address, and REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE when no ca_cert is given.
+        session.trust_env = False
+        session.proxies = requests.utils.get_environ_proxies(address or "")
+        if verify is True:
+            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        session.verify = verify  # hvac takes a session's own verify over its argument
         self.hvac = hvac.Client(url=address, verify=verify, timeout=timeout, namespace=namespace, session=session)
         self.tokens = TokenKeeper(self.hvac, auth)
 
@@ -55,8 +66,10 @@ class VaultClient:
         """One Vault request with a live token; logs in again once if the token was refused."""
         for attempt in (1, 2):
             self._seen.retry_after, self._seen.status = None, None
+            token = None
             try:
                 self.tokens.ensure()
+                token = self.tokens.token()
                 result = call()
                 self._count(operation, "ok")
                 return result
@@ -70,7 +83,7 @@ class VaultClient:
                 error = error.at(provider=self.name, ref=request.ref, version=request.version)
                 self._count(operation, error.code)
                 if attempt == 1 and isinstance(error, AccessDenied) and not isinstance(self._auth, TokenAuth):
-                    self.tokens.invalidate()
+                    self.tokens.invalidate(refused=token)
                     continue
                 raise error from None
         raise AssertionError("unreachable")

@@ -9,11 +9,14 @@ Common policies grant only `<mount>/data/*`. A refused metadata read is taken fo
 once a data read in that mount works with the same token (a revoked token is refused everywhere),
 and even then it is probed again every `metadata_reprobe_seconds`, so a widened policy or a
 fixed token brings the cheap check back.
+
+Reads run on the provider's pool: the bookkeeping of refused metadata changes under one lock.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +61,7 @@ class KeyValue:
         self._no_metadata: dict[str, float] = {}  # mount -> monotonic time to probe its metadata again
         self._refused: set[str] = set()  # metadata refused, not yet known to be the policy's doing
         self._warned: set[str] = set()
+        self._lock = threading.Lock()
 
     def fetch(self, mount: Mount, path: str, request: Request) -> Fetched:
         kv = self._client.hvac.secrets.kv
@@ -114,13 +118,16 @@ class KeyValue:
             meta: dict[str, Any] = self._client.call("read_metadata", request, lambda: (
                 self._client.hvac.secrets.kv.v2.read_secret_metadata(path=path, mount_point=mount.path)))["data"]
         except AccessDenied:
-            if probe_at is not None:
-                self._no_metadata[mount.path] = time.monotonic() + self.metadata_reprobe_seconds
-            else:
-                self._refused.add(mount.path)  # the policy, or a token refused everywhere: a data read tells
+            with self._lock:
+                if probe_at is not None:
+                    self._no_metadata[mount.path] = time.monotonic() + self.metadata_reprobe_seconds
+                else:
+                    self._refused.add(mount.path)  # the policy, or a token refused everywhere: a data read tells
             return None
-        self._refused.discard(mount.path)
-        if self._no_metadata.pop(mount.path, None) is not None:
+        with self._lock:
+            self._refused.discard(mount.path)
+            readable_again = self._no_metadata.pop(mount.path, None) is not None
+        if readable_again:
             log.info("%s: %s/metadata/* is readable again; checking versions cheaply", self.name, mount.path)
         return meta
 
@@ -137,10 +144,14 @@ class KeyValue:
         """A data read worked where metadata was refused: the policy grants data only."""
         if mount.path not in self._refused:
             return
-        self._refused.discard(mount.path)
-        self._no_metadata[mount.path] = time.monotonic() + self.metadata_reprobe_seconds
-        if mount.path not in self._warned:
+        with self._lock:
+            if mount.path not in self._refused:
+                return  # another thread got here first
+            self._refused.discard(mount.path)
+            self._no_metadata[mount.path] = time.monotonic() + self.metadata_reprobe_seconds
+            first = mount.path not in self._warned
             self._warned.add(mount.path)
+        if first:
             log.warning("%s: no read access to %s/metadata/*; checking for changes by reading values "
                         "(grant it to check versions cheaply)", self.name, mount.path)
 
