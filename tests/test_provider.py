@@ -9,18 +9,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import tomllib
 from email.utils import formatdate
+from pathlib import Path
 
 import pytest
 
-from bridge.errors import AccessDenied, SecretNotFound, Unavailable
+from bridge.errors import AccessDenied, ConfigError, SecretNotFound, Unavailable
 from bridge.metrics import REGISTRY
 from bridge.provider import (
+    BUILT_IN,
     RETRY_AFTER_CAP_SECONDS,
     Fallback,
     Fetched,
     Provider,
     Request,
+    provider_class,
     retry_after_seconds,
 )
 
@@ -181,3 +185,18 @@ def test_fallback_logs_once_and_reprobes(caplog: pytest.LogCaptureFixture) -> No
     assert warnings == ["aws: ListSecrets refused (access_denied: AccessDeniedException); "
                         "one DescribeSecret per secret; trying ListSecrets again every 3600s"]
     assert infos == ["aws: ListSecrets allowed again; using it"]
+
+
+def test_built_in_providers_match_the_entry_points() -> None:
+    """The built-in table used at start-up names exactly the entry points pyproject.toml registers,
+    and each names a Provider."""
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert pyproject["project"]["entry-points"]["secrets_bridge.providers"] == BUILT_IN
+    for name in BUILT_IN:
+        assert issubclass(provider_class(name), Provider)
+
+
+def test_unknown_provider_type_lists_the_known_ones() -> None:
+    """A type that is neither built in nor registered is a config error naming the known types."""
+    with pytest.raises(ConfigError, match=r"unknown provider type 'vaultt' \(known: .*azure-keyvault.*vault"):
+        provider_class("vaultt")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,10 +17,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bridge.errors import AccessDenied, SecretNotFound, Unavailable
+from bridge.metrics import registry
 from bridge.provider import Request
 from providers.vault import VaultProvider, VaultSettings
 from tests.conformance import ProviderConformance, read, unique_text
 from tests.fault_proxy import FaultProxy
+from tests.servers import free_port
 
 POLICY = 'path "secret/*" { capabilities = ["read", "list"] }\npath "kv1/*" { capabilities = ["read"] }'
 
@@ -636,3 +639,100 @@ def test_previous_needs_metadata_access(openbao, backend: VaultBackend, tmp_path
     p = _provider(openbao, method="token", token_file=str(tmp_path / "token"))
     outcome = p.fetch_many([Request(ref, "previous")])[Request(ref, "previous")]
     assert isinstance(outcome, AccessDenied) and "secret/metadata/*" in str(outcome) and "\n" not in str(outcome)
+
+
+# -- fetch_many on a pool (several threads share the token, the mount cache and one session) ---
+
+def _calls(provider: VaultProvider, operation: str, outcome: str = "ok") -> float:
+    labels = {"provider": provider.name, "operation": operation, "outcome": outcome}
+    return registry().get_sample_value("secrets_bridge_provider_requests_total", labels) or 0.0
+
+
+def _together(count: int, call) -> list:  # type: ignore[no-untyped-def]
+    """`call(i)` on `count` threads released at once; their results in order."""
+    start = threading.Barrier(count)
+    results: list = [None] * count
+
+    def one(i: int) -> None:
+        start.wait()
+        results[i] = call(i)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return results
+
+
+def test_fetch_many_reads_every_secret_on_the_pool(openbao, backend: VaultBackend, monkeypatch) -> None:
+    """fetch_many of 40 secrets in two mounts returns each one's own value and version, and asks
+    the server for each mount once."""
+    monkeypatch.setenv("VAULT_TOKEN", openbao.root_token)
+    client = openbao.client()
+    mounts = [f"pool{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    expected = {}
+    for mount in mounts:
+        client.sys.enable_secrets_engine("kv", path=mount, options={"version": "2"})
+        for i in range(20):
+            value = unique_text()
+            client.secrets.kv.v2.create_or_update_secret(path=f"s{i}", secret={"value": value}, mount_point=mount)
+            expected[Request(f"{mount}/s{i}")] = value
+    p = VaultProvider(f"pool-{uuid.uuid4().hex[:6]}", VaultSettings(type="vault", address=openbao.address))
+    try:
+        out = p.fetch_many(list(expected))
+    finally:
+        p.close()
+    assert {r: f.value for r, f in out.items()} == {r: f'{{"value":"{v}"}}'.encode() for r, v in expected.items()}
+    assert {f.version for f in out.values()} == {"1"}
+    assert _calls(p, "mount_info") == 2
+
+
+def test_mount_looked_up_once_by_threads_at_once(openbao, monkeypatch) -> None:
+    """Eight first reads of one new mount, all at the same moment, look the mount up once."""
+    monkeypatch.setenv("VAULT_TOKEN", openbao.root_token)
+    client = openbao.client()
+    mount = f"burst{uuid.uuid4().hex[:8]}"
+    client.sys.enable_secrets_engine("kv", path=mount, options={"version": "2"})
+    for i in range(8):
+        client.secrets.kv.v2.create_or_update_secret(path=f"s{i}", secret={"value": str(i)}, mount_point=mount)
+    p = VaultProvider(f"burst-{uuid.uuid4().hex[:6]}", VaultSettings(type="vault", address=openbao.address))
+    try:
+        fetched = _together(8, lambda i: p.fetch(Request(f"{mount}/s{i}")))
+    finally:
+        p.close()
+    assert [f.value for f in fetched] == [f'{{"value":"{i}"}}'.encode() for i in range(8)]
+    assert _calls(p, "mount_info") == 1
+
+
+def test_refused_token_logs_in_again_once_for_all_threads(openbao, backend: VaultBackend,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """When the token is revoked under eight reads at once, one of them logs in again and every
+    read succeeds with the new token."""
+    role_id, secret_id = _approle(openbao, "bridge")
+    refs = [backend.new_ref() for _ in range(8)]
+    for ref in refs:
+        backend.put(ref, ref)
+    p = _provider(openbao, method="approle", role_id=role_id, secret_id=secret_id)
+    try:
+        p.fetch(Request(refs[0]))  # logged in, mount known
+        openbao.client().auth.token.revoke(p._client.token)
+        with caplog.at_level(logging.INFO, logger="secrets_bridge"):
+            fetched = _together(8, lambda i: p.fetch(Request(refs[i])))
+    finally:
+        p.close()
+    assert [f.value for f in fetched] == [f'{{"value":"{ref}"}}'.encode() for ref in refs]
+    assert sum("logged in to vault" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_fetch_many_stops_at_an_unreachable_server(monkeypatch) -> None:
+    """Against a server that does not answer, fetch_many makes one request, not one per secret."""
+    monkeypatch.setenv("VAULT_TOKEN", "s.unused")
+    p = VaultProvider(f"down-{uuid.uuid4().hex[:6]}",
+                      VaultSettings(type="vault", address=f"http://127.0.0.1:{free_port()}", timeout=2))
+    try:
+        out = p.fetch_many([Request(f"secret/s{i}") for i in range(20)])
+    finally:
+        p.close()
+    assert all(isinstance(o, Unavailable) for o in out.values()) and len(out) == 20
+    assert _calls(p, "mount_info", "unavailable") == 1

@@ -1,0 +1,85 @@
+"""Start-up: each command loads only what its path needs (bridge/startup.py and the lazy imports
+across bridge/ and providers/), so a one-shot `sync` pays for no server, watcher, template engine,
+environment parser or unnamed provider. Each case runs the real CLI in a fresh interpreter."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+#: what a one-shot `sync` of plain files must not load
+HEAVY = ("prometheus_client", "watchdog", "jinja2", "pydantic_settings", "hvac", "requests", "botocore",
+         "azure", "cryptography", "asyncio")
+
+_PROBE = textwrap.dedent("""
+    import json, sys
+    from bridge.cli import main
+    status = main(sys.argv[1:])
+    print(json.dumps({"status": status, "loaded": sorted(sys.modules)}))
+""")
+
+
+def _sync(tmp_path: Path, secrets: str, env: dict[str, str] | None = None) -> tuple[int, set[str], Path]:
+    source = tmp_path / "src"
+    source.mkdir(exist_ok=True)
+    (source / "a.json").write_text('{"user": "u1", "token": "t1"}')
+    out = tmp_path / "out"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"output_dir: {out}\nrequire_tmpfs: false\nlisten: null\n"
+                      f"providers:\n  dev: {{type: file, base_dir: {source}}}\nsecrets:\n{secrets}")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SECRETS_BRIDGE_")}
+    proc = subprocess.run([sys.executable, "-c", _PROBE, "--config", str(config), "--log-format", "text", "sync"],
+                          capture_output=True, text=True, env={**clean, **(env or {})}, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.splitlines()[-1])
+    return report["status"], _packages(report["loaded"]), out
+
+
+def _packages(modules: list[str]) -> set[str]:
+    """Loaded modules as top-level packages, plus bridge's own modules by full name."""
+    return {m.split(".")[0] for m in modules} | {m for m in modules if m.startswith("bridge.")}
+
+
+def test_sync_of_plain_files_loads_nothing_heavy(tmp_path: Path) -> None:
+    """A `sync` with one file provider and no template writes its file without loading metrics,
+    the config watcher, jinja2, pydantic-settings, or any other provider's SDK."""
+    status, loaded, out = _sync(tmp_path, "  a: {provider: dev, ref: a.json, key: user}\n")
+    assert status == 0 and (out / "a").read_text() == "u1"
+    assert sorted(loaded & set(HEAVY)) == []
+
+
+def test_template_loads_jinja2(tmp_path: Path) -> None:
+    """jinja2 is loaded when, and because, the config has a template."""
+    secrets = "  app.env:\n    template: 'TOKEN={{ a.token }}'\n    values: {a: {provider: dev, ref: a.json}}\n"
+    status, loaded, out = _sync(tmp_path, secrets)
+    assert status == 0 and (out / "app.env").read_text() == "TOKEN=t1"
+    assert "jinja2" in loaded and "prometheus_client" not in loaded
+
+
+def test_environment_override_loads_pydantic_settings(tmp_path: Path) -> None:
+    """A SECRETS_BRIDGE_* override still applies; only then is pydantic-settings loaded."""
+    status, loaded, out = _sync(tmp_path, "  a: {provider: dev, ref: a.json, key: user}\n",
+                                env={"SECRETS_BRIDGE_DEFAULTS__MODE": "0400"})
+    assert status == 0 and (out / "a").stat().st_mode & 0o777 == 0o400
+    assert "pydantic_settings" in loaded
+
+
+@pytest.mark.parametrize("command", ["ls", "--version"])
+def test_state_commands_load_no_engine(tmp_path: Path, command: str) -> None:
+    """`ls` and `--version` load neither the engine nor the run-time modules."""
+    _sync(tmp_path, "  a: {provider: dev, ref: a.json, key: user}\n")
+    probe = _PROBE.replace("status = main(sys.argv[1:])",
+                           "try:\n    status = main(sys.argv[1:])\nexcept SystemExit as e:\n    status = e.code")
+    args = ["--config", str(tmp_path / "c.yaml"), command] if command == "ls" else [command]
+    proc = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=60)
+    report = json.loads(proc.stdout.splitlines()[-1])
+    assert report["status"] == 0
+    loaded = _packages(report["loaded"])
+    assert sorted(loaded & {"bridge.engine", "bridge.runner", "prometheus_client", "watchdog"}) == []
