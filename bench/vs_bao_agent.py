@@ -1,14 +1,23 @@
 """secrets-bridge against OpenBao Agent (Vault Agent's fork), measured in the same run.
 
-Both keep N KV v2 secrets rendered to files from one local `bao server -dev`, re-checking every
-INTERVAL seconds. Each tool runs alone in turn, and for each we measure over a steady window:
-- memory: resident set size (VmRSS) and its peak (VmHWM), from /proc;
-- CPU seconds used (utime + stime), from /proc;
-- server requests, counted by OpenBao's own file audit device;
-- rotation latency: from a `kv put` to the new value in the file.
+Both render N KV v2 secrets to files from one local `bao server -dev`. Each tool runs alone in turn.
+- one-shot: `secrets-bridge sync` against `bao agent` with `exit_after_auth = true` (renders every
+  template once, then exits), each a cold process writing into an empty directory; wall time to
+  exit, CPU seconds and peak RSS from wait4(), median of --runs alternating runs (after one
+  untimed run of each, so both start from a warm page cache);
+- steady: `run` against the agent daemon, re-checking every INTERVAL seconds, over a window:
+  resident set size (VmRSS) and its peak (VmHWM) and CPU seconds (utime + stime) from /proc,
+  server requests counted by OpenBao's own file audit device, and rotation latency (from a write
+  to the new value in the file);
+- idle: the same daemons with a one-hour refresh, so nothing is due within the window: CPU only;
+- floor: the bridge's RSS and wall time after its imports alone, what no change of ours below the
+  libraries can go under.
 The report gives each number and the ratio bridge / agent (below 1 means the bridge uses less).
 
-    python bench/vs_bao_agent.py --secrets 100 --interval 1 --window 20
+The bridge runs from compiled bytecode, as the pip-installed package in the image does: this
+environment's PYTHONDONTWRITEBYTECODE is dropped and the bytecode kept under the work directory.
+
+    python bench/vs_bao_agent.py --secrets 100 --interval 1 --window 20 --runs 7
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,12 +77,12 @@ class Bench:
         self.audit = work / "audit.log"
 
     def kv_put(self, i: int, value: str) -> None:
-        subprocess.run([venv_binary("bao"), "kv", "put", "-mount=secret", f"bench/s{i}", f"value={value}"],
-                       check=True, capture_output=True, env=self.env())
+        self.client.secrets.kv.v2.create_or_update_secret(path=f"bench/s{i}", secret={"value": value})
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "BAO_ADDR": self.address, "BAO_TOKEN": self.token,
-                "VAULT_ADDR": self.address, "VAULT_TOKEN": self.token}
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        return {**env, "PYTHONPYCACHEPREFIX": str(self.work / "pycache"), "BAO_ADDR": self.address,
+                "BAO_TOKEN": self.token, "VAULT_ADDR": self.address, "VAULT_TOKEN": self.token}
 
     def audit_lines(self) -> int:
         try:
@@ -91,31 +101,98 @@ class Bench:
         wait_http(f"{self.address}/v1/sys/health", proc=server)
         import hvac
 
-        client = hvac.Client(url=self.address, token=self.token)
+        self.client = hvac.Client(url=self.address, token=self.token)
         for i in range(self.n):
-            client.secrets.kv.v2.create_or_update_secret(path=f"bench/s{i}", secret={"value": f"v0-{i}"})
+            self.kv_put(i, f"v0-{i}")
         return server
 
-    def bridge_command(self, out: Path) -> list[str]:
-        config = self.work / "bridge.yaml"
-        lines = [f"output_dir: {out}", "require_tmpfs: false", "listen: null", f"refresh_interval: {self.interval}",
-                 "jitter: 0", "providers:", "  vault: {type: vault}", "secrets:"]
+    def bridge_command(self, out: Path, command: str = "run", interval: float | None = None) -> list[str]:
+        config = self.work / f"bridge-{command}.yaml"
+        lines = [f"output_dir: {out}", "require_tmpfs: false", "listen: null",
+                 f"refresh_interval: {interval or self.interval}", "jitter: 0", "providers:",
+                 "  vault: {type: vault}", "secrets:"]
         lines += [f"  s{i}: {{provider: vault, ref: secret/bench/s{i}, key: value}}" for i in range(self.n)]
         config.write_text("\n".join(lines) + "\n")
-        return [venv_binary("secrets-bridge"), "--config", str(config), "run"]
+        return [venv_binary("secrets-bridge"), "--config", str(config), "--log-format", "text", command]
 
-    def agent_command(self, out: Path) -> list[str]:
+    def agent_command(self, out: Path, one_shot: bool = False, interval: float | None = None) -> list[str]:
         token_file = self.work / "agent-token"
         token_file.write_text(self.token)
         parts = [f'vault {{ address = "{self.address}" }}',
                  f'auto_auth {{ method "token_file" {{ config = {{ token_file_path = "{token_file}" }} }} }}',
-                 f'template_config {{ static_secret_render_interval = "{self.interval}s" }}']
+                 f'template_config {{ static_secret_render_interval = "{interval or self.interval}s" }}']
+        if one_shot:
+            parts.append("exit_after_auth = true")  # with templates: render each once, then exit
         for i in range(self.n):
             contents = '{{ with secret "secret/data/bench/s' + str(i) + '" }}{{ .Data.data.value }}{{ end }}'
             parts.append(f'template {{ contents = {json.dumps(contents)} destination = "{out}/s{i}" }}')
-        config = self.work / "agent.hcl"
+        config = self.work / f"agent-{'once' if one_shot else 'daemon'}.hcl"
         config.write_text("\n".join(parts) + "\n")
         return [venv_binary("bao"), "agent", f"-config={config}"]
+
+    def once(self, name: str, command: list[str], out: Path) -> dict[str, float]:
+        """One cold run into an empty directory: wall seconds to exit, CPU seconds, peak RSS."""
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        started = time.monotonic()
+        proc = subprocess.Popen(command, env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        missing = [i for i in range(self.n) if read(out / f"s{i}") != f"once-{i}"]
+        if proc.returncode != 0 or missing:
+            raise RuntimeError(f"{name} one-shot: exit {proc.returncode}, {len(missing)} files wrong")
+        return {"seconds": wall, "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mib": usage.ru_maxrss / 1024}
+
+    def one_shot(self, runs: int) -> tuple[dict[str, float], dict[str, float]]:
+        """Median of `runs` alternating cold runs of each, after one untimed run of each."""
+        for i in range(self.n):
+            self.kv_put(i, f"once-{i}")
+        out = {"bridge": self.work / "once-bridge", "agent": self.work / "once-agent"}
+        commands = {"bridge": self.bridge_command(out["bridge"], "sync"),
+                    "agent": self.agent_command(out["agent"], one_shot=True)}
+        samples: dict[str, list[dict[str, float]]] = {"bridge": [], "agent": []}
+        for round_ in range(runs + 1):
+            for name in ("bridge", "agent") if round_ % 2 else ("agent", "bridge"):
+                sample = self.once(name, commands[name], out[name])
+                if round_:
+                    samples[name].append(sample)
+        medians = {name: {key: statistics.median(s[key] for s in runs_) for key in runs_[0]}
+                   for name, runs_ in samples.items()}
+        return medians["bridge"], medians["agent"]
+
+    def floor(self, runs: int) -> dict[str, float]:
+        """The bridge's imports alone (what `run` loads before reading its config): RSS and wall time."""
+        probe = ("import time; t = time.monotonic(); import bridge.cli, bridge.runner, providers.vault; "
+                 "t = time.monotonic() - t; rss = next(l for l in open('/proc/self/status') if l.startswith('VmRSS'))"
+                 "; print(int(rss.split()[1]) / 1024, t)")
+        python = str(Path(venv_binary("secrets-bridge")).parent / "python")
+        bare = ("rss = next(l for l in open('/proc/self/status') if l.startswith('VmRSS')); "
+                "print(int(rss.split()[1]) / 1024)")
+        samples = [subprocess.run([python, "-c", probe], env=self.env(), capture_output=True, text=True,
+                                  check=True).stdout.split() for _ in range(runs)]
+        interpreter = subprocess.run([python, "-c", bare], env=self.env(), capture_output=True, text=True,
+                                     check=True).stdout
+        return {"import_rss_mib": statistics.median(float(s[0]) for s in samples),
+                "import_seconds": statistics.median(float(s[1]) for s in samples),
+                "interpreter_rss_mib": float(interpreter)}
+
+    def idle(self, name: str, command: list[str], out: Path) -> dict[str, float]:
+        """CPU over the window with nothing due (a one-hour refresh), once the first sync is done."""
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        proc = subprocess.Popen(command, env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: read(out / f"s{self.n - 1}") != "", 120)
+            time.sleep(2)
+            before = proc_stats(proc.pid)
+            time.sleep(self.window)
+            after = proc_stats(proc.pid)
+            return {"idle_cpu_seconds_per_minute": (after["cpu_seconds"] - before["cpu_seconds"]) * 60 / self.window,
+                    "idle_rss_mib": after["rss_mib"]}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
 
     def measure(self, name: str, command: list[str], out: Path) -> dict[str, float]:
         for i in range(self.n):
@@ -154,22 +231,33 @@ def main() -> None:
     parser.add_argument("--secrets", type=int, default=100)
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--window", type=float, default=20.0)
+    parser.add_argument("--runs", type=int, default=7, help="one-shot runs of each tool (median)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sb-bench-"))
     bench = Bench(args.secrets, args.interval, args.window, work)
     server = bench.start_server()
     try:
+        once_bridge, once_agent = bench.one_shot(args.runs)
+        floor = bench.floor(args.runs)
         bridge = bench.measure("bridge", bench.bridge_command(work / "bridge-out"), work / "bridge-out")
         agent = bench.measure("agent", bench.agent_command(work / "agent-out"), work / "agent-out")
+        bridge |= bench.idle("bridge", bench.bridge_command(work / "idle-bridge", interval=3600), work / "idle-bridge")
+        agent |= bench.idle("agent", bench.agent_command(work / "idle-agent", interval=3600), work / "idle-agent")
     finally:
         server.terminate()
         server.wait(timeout=20)
         shutil.rmtree(work, ignore_errors=True)
-    print(f"{args.secrets} KV v2 secrets, refresh every {args.interval}s, steady window {args.window}s")
-    print(f"{'metric':28} {'secrets-bridge':>15} {'bao agent':>12} {'ratio':>8}")
-    for key in bridge:
-        ratio = bridge[key] / agent[key] if agent[key] else float("nan")
-        print(f"{key:28} {bridge[key]:15.3f} {agent[key]:12.3f} {ratio:8.2f}")
+    print(f"{args.secrets} KV v2 secrets; one-shot: median of {args.runs} cold runs; run: refresh every "
+          f"{args.interval}s, steady window {args.window}s; idle: one-hour refresh, window {args.window}s")
+    print(f"{'metric':32} {'secrets-bridge':>15} {'bao agent':>12} {'ratio':>8}")
+    rows = [(f"one_shot_{k}", once_bridge[k], once_agent[k]) for k in once_bridge]
+    rows += [(k, bridge[k], agent[k]) for k in bridge]
+    for key, ours, theirs in rows:
+        ratio = ours / theirs if theirs else float("nan")
+        print(f"{key:32} {ours:15.3f} {theirs:12.3f} {ratio:8.2f}")
+    print(f"floor (bridge imports alone, for `run`): RSS {floor['import_rss_mib']:.1f} MiB "
+          f"({floor['import_rss_mib'] / agent['rss_mib']:.2f}x the agent's steady RSS; the bare interpreter "
+          f"{floor['interpreter_rss_mib']:.1f} MiB), {floor['import_seconds']:.3f} s")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bridge.startup  # noqa: F401 - first: holds SIGHUP during the imports below  # isort: skip
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import NoReturn
 
 from bridge import metrics
 from bridge.config import STATE_FILE, BridgeConfig, Config, config_path, load_config
@@ -60,6 +62,28 @@ COMMANDS = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command and return its exit status. Without `argv` this is the program itself (the
+    console script, `python -m bridge.cli`): it then ends the process as soon as the command is
+    done, since the interpreter's teardown of the ~500 modules loaded takes 40-90 ms, as long as
+    a whole `sync` of 100 secrets takes to fetch them."""
+    status = _main(argv)
+    if argv is None:
+        end_process(status)
+    return status
+
+
+def end_process(status: int) -> NoReturn:
+    """Flush the logs and standard streams, then exit without the interpreter's teardown. Nothing
+    is left to it: files are written and closed by the writer and the audit log (unbuffered),
+    provider connections are closed, and every thread has been joined or is a daemon."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(status)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.log_format or "auto", args.debug)
     try:

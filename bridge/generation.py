@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fcntl
+import functools
 import os
 import shutil
 import stat
@@ -270,10 +270,15 @@ class _StatFs(ctypes.Structure):
     _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 256)]
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # The process's own symbols include libc's: no find_library (it runs ldconfig) at every check.
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _fs_type(call: str, arg: object, what: str) -> int:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     buf = _StatFs()
-    if getattr(libc, call)(arg, ctypes.byref(buf)) != 0:
+    if getattr(_libc(), call)(arg, ctypes.byref(buf)) != 0:
         err = ctypes.get_errno()
         raise WriteError(f"cannot statfs {what}: {os.strerror(err or errno.EIO)}")
     return int(buf.f_type) & 0xFFFFFFFF
