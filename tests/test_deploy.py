@@ -167,6 +167,7 @@ _AS_IMAGE_USER = """
 import os, sys
 import bridge.cli, bridge.runner, bridge.server, providers.vault, providers.vault_auth, hvac, watchdog.observers
 import encodings.idna, http.client, json, logging.handlers, ssl, urllib.request
+import bridge.engine, concurrent.futures.thread, pydantic_settings  # loaded on demand, for these runs
 os.setgroups([]); os.setgid(int(sys.argv[1])); os.setuid(int(sys.argv[1]))
 sys.exit(bridge.cli.main(sys.argv[2:]))
 """
