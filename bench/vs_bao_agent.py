@@ -52,6 +52,18 @@ def proc_stats(pid: int) -> dict[str, float]:
     }
 
 
+def cpu_seconds_fine(pid: int) -> float:
+    """CPU seconds of a process's live threads, to the nanosecond (schedstat), where /proc/PID/stat
+    counts in 10 ms ticks: an idle process may use less than a tick in a whole window."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            continue  # the thread ended meanwhile
+    return total / 1e9
+
+
 def wait_for(predicate, timeout: float) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
@@ -185,11 +197,11 @@ class Bench:
         try:
             wait_for(lambda: read(out / f"s{self.n - 1}") != "", 120)
             time.sleep(2)
-            before = proc_stats(proc.pid)
+            before = cpu_seconds_fine(proc.pid)
             time.sleep(self.window)
-            after = proc_stats(proc.pid)
-            return {"idle_cpu_seconds_per_minute": (after["cpu_seconds"] - before["cpu_seconds"]) * 60 / self.window,
-                    "idle_rss_mib": after["rss_mib"]}
+            after = cpu_seconds_fine(proc.pid)
+            return {"idle_cpu_seconds_per_minute": (after - before) * 60 / self.window,
+                    "idle_rss_mib": proc_stats(proc.pid)["rss_mib"]}
         finally:
             proc.terminate()
             proc.wait(timeout=20)
