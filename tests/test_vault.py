@@ -5,24 +5,27 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import hvac
 import jwt as pyjwt
 import pytest
+import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bridge.errors import AccessDenied, SecretNotFound, Unavailable
 from bridge.metrics import registry
-from bridge.provider import Request
+from bridge.provider import Fetched, Request
 from providers.vault import VaultProvider, VaultSettings
 from tests.conformance import ProviderConformance, read, unique_text
 from tests.fault_proxy import FaultProxy
-from tests.servers import free_port
+from tests.servers import free_port, venv_binary
 
 POLICY = 'path "secret/*" { capabilities = ["read", "list"] }\npath "kv1/*" { capabilities = ["read"] }'
 
@@ -736,3 +739,51 @@ def test_fetch_many_stops_at_an_unreachable_server(monkeypatch) -> None:
         p.close()
     assert all(isinstance(o, Unavailable) for o in out.values()) and len(out) == 20
     assert _calls(p, "mount_info", "unavailable") == 1
+
+
+# -- TLS -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def openbao_tls(tmp_path_factory: pytest.TempPathFactory):
+    """`bao server -dev-tls`: HTTPS with a CA of its own; yields (address, CA file), with one secret."""
+    certs = tmp_path_factory.mktemp("bao-tls")
+    ca = certs / "vault-ca.pem"
+    address = f"https://127.0.0.1:{free_port()}"
+    proc = subprocess.Popen([venv_binary("bao"), "server", "-dev", "-dev-tls", f"-dev-tls-cert-dir={certs}",
+                             "-dev-root-token-id=tls-root", f"-dev-listen-address={address[8:]}",
+                             "-dev-no-store-token"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = hvac.Client(url=address, token="tls-root", verify=str(ca))
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.secrets.kv.v2.create_or_update_secret(path="tls/one", secret={"value": "over-tls"})
+                break
+            except (OSError, requests.RequestException, hvac.exceptions.VaultError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield address, ca
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize(("fields", "works"), [({"ca_cert": True}, True), ({}, False),
+                                                ({"tls_skip_verify": True}, True)])
+def test_tls_ca_cert_and_skip_verify_apply(openbao_tls, monkeypatch, fields: dict, works: bool) -> None:
+    """A server whose CA is no system root is read with `ca_cert` (or `tls_skip_verify`), and
+    refused as a TLS error without either."""
+    address, ca = openbao_tls
+    monkeypatch.setenv("VAULT_TOKEN", "tls-root")
+    if "ca_cert" in fields:
+        fields = {"ca_cert": str(ca)}
+    p = VaultProvider("tls", VaultSettings(type="vault", address=address, **fields))
+    try:
+        outcome = p.fetch_many([Request("secret/tls/one")])[Request("secret/tls/one")]
+    finally:
+        p.close()
+    if works:
+        assert isinstance(outcome, Fetched) and outcome.value == b'{"value":"over-tls"}'
+    else:
+        assert isinstance(outcome, Unavailable) and "TLS error" in str(outcome)
