@@ -77,6 +77,14 @@ class _Metric:
     def remove(self, *values: str) -> None:
         self._target().remove(*values)
 
+    def __getattr__(self, name: str) -> Any:
+        """Anything else (`collect`, `describe`) is the real metric's, made for it."""
+        if name.startswith("__") or "made" not in self.__dict__:
+            raise AttributeError(name)
+        if self.made is None:
+            registry()
+        return getattr(self.made, name)
+
 
 _ALL: list[_Metric] = []
 

@@ -769,6 +769,7 @@ def openbao_tls(tmp_path_factory: pytest.TempPathFactory):
         proc.wait(timeout=10)
 
 
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")  # tls_skip_verify
 @pytest.mark.parametrize(("fields", "works"), [({"ca_cert": True}, True), ({}, False),
                                                 ({"tls_skip_verify": True}, True)])
 def test_tls_ca_cert_and_skip_verify_apply(openbao_tls, monkeypatch, fields: dict, works: bool) -> None:
