@@ -121,7 +121,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from bridge.runner import Runner  # watchdog and the server: only `run` pays for them
 
-        return Runner(path, config).run()
+        if config.settings.listen:
+            return Runner(path, config).run()
+        with metrics.unrecorded():  # no /metrics to read them (the listener is set at start only)
+            return Runner(path, config).run()
     if args.command == "inspect":
         return cmd_inspect(config, args.name)
     return {"sync": cmd_sync, "check": cmd_check, "ls": cmd_ls}[args.command](config)

@@ -23,7 +23,6 @@ from bridge.engine import Engine
 from bridge.errors import BridgeError, ConfigError, WriteError
 from bridge.logs import AuditLog
 from bridge.notify import Notifier
-from bridge.server import HealthServer
 from bridge.wakeup import Wakeup
 from bridge.writer import Writer
 
@@ -58,6 +57,8 @@ class Runner:
         self.engine = self._engine(self.config)
         server = None
         if self.config.settings.listen:
+            from bridge.server import HealthServer  # and prometheus_client: only where /metrics is served
+
             try:
                 server = HealthServer(lambda: self.engine, self.config.settings.listen)
             except OSError as exc:

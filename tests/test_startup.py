@@ -25,16 +25,31 @@ _PROBE = textwrap.dedent("""
 """)
 
 
-def _sync(tmp_path: Path, secrets: str, env: dict[str, str] | None = None) -> tuple[int, set[str], Path]:
+#: `run` in the probe, stopped by its own SIGTERM once the first file is written
+_RUN_PROBE = _PROBE.replace("from bridge.cli import main", textwrap.dedent("""
+    import os, signal, threading, time
+    from bridge.cli import main
+    def stop():
+        deadline = time.monotonic() + 30
+        while not os.path.exists("out/a") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=stop, daemon=True).start()
+"""))
+
+
+def _sync(tmp_path: Path, secrets: str, env: dict[str, str] | None = None, *, command: str = "sync",
+          listen: str = "null") -> tuple[int, set[str], Path]:
     source = tmp_path / "src"
     source.mkdir(exist_ok=True)
     (source / "a.json").write_text('{"user": "u1", "token": "t1"}')
     out = tmp_path / "out"
     config = tmp_path / "c.yaml"
-    config.write_text(f"output_dir: {out}\nrequire_tmpfs: false\nlisten: null\n"
+    config.write_text(f"output_dir: {out}\nrequire_tmpfs: false\nlisten: {listen}\n"
                       f"providers:\n  dev: {{type: file, base_dir: {source}}}\nsecrets:\n{secrets}")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SECRETS_BRIDGE_")}
-    proc = subprocess.run([sys.executable, "-c", _PROBE, "--config", str(config), "--log-format", "text", "sync"],
+    probe = _RUN_PROBE if command == "run" else _PROBE
+    proc = subprocess.run([sys.executable, "-c", probe, "--config", str(config), "--log-format", "text", command],
                           capture_output=True, text=True, env={**clean, **(env or {})}, cwd=tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.splitlines()[-1])
@@ -83,3 +98,13 @@ def test_state_commands_load_no_engine(tmp_path: Path, command: str) -> None:
     assert report["status"] == 0
     loaded = _packages(report["loaded"])
     assert sorted(loaded & {"bridge.engine", "bridge.runner", "prometheus_client", "watchdog"}) == []
+
+
+@pytest.mark.parametrize(("listen", "metrics"), [("null", False), ("'127.0.0.1:0'", True)])
+def test_run_loads_metrics_only_with_a_listener(tmp_path: Path, listen: str, metrics: bool) -> None:
+    """`run` loads prometheus_client and the HTTP server only when `listen` serves /metrics."""
+    status, loaded, out = _sync(tmp_path, "  a: {provider: dev, ref: a.json, key: user}\n", command="run",
+                                listen=listen)
+    assert status == 0 and (out / "a").read_text() == "u1"
+    assert "watchdog" in loaded
+    assert ("prometheus_client" in loaded, "bridge.server" in loaded) == (metrics, metrics)
