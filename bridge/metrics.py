@@ -39,6 +39,9 @@ class _Discarded:
     def remove(self, *values: str) -> None:
         pass
 
+    def clear(self) -> None:
+        pass
+
 
 _DISCARDED = _Discarded()
 
@@ -76,6 +79,9 @@ class _Metric:
 
     def remove(self, *values: str) -> None:
         self._target().remove(*values)
+
+    def clear(self) -> None:
+        self._target().clear()
 
     def __getattr__(self, name: str) -> Any:
         """Anything else (`collect`, `describe`) is the real metric's, made for it."""
