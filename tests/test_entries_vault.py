@@ -3,14 +3,9 @@ counted by a proxy in front of the server."""
 
 from __future__ import annotations
 
-import http.client
 import os
-import threading
-import urllib.parse
 import uuid
-from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,55 +13,14 @@ import pytest
 from bridge.config import parse_config
 from bridge.engine import Engine
 from tests.conftest import OpenBao
+from tests.fault_proxy import FaultProxy
 
 
-class PathCounter:
-    """A reverse proxy to `upstream` that counts requests by (method, path)."""
-
-    def __init__(self, upstream: str) -> None:
-        parsed = urllib.parse.urlsplit(upstream)
-        self.upstream = (parsed.hostname or "127.0.0.1", parsed.port or 80)
-        self.counts: Counter[tuple[str, str]] = Counter()
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def _serve(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                proxy.counts[(self.command, self.path.split("?")[0])] += 1
-                upstream = http.client.HTTPConnection(*proxy.upstream, timeout=30)
-                try:
-                    upstream.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
-                    response = upstream.getresponse()
-                    data = response.read()
-                    self.send_response(response.status)
-                    for key, value in response.getheaders():
-                        if key.lower() not in ("content-length", "transfer-encoding", "connection"):
-                            self.send_header(key, value)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                finally:
-                    upstream.close()
-
-            do_GET = do_POST = do_PUT = do_LIST = _serve
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+class PathCounter(FaultProxy):
+    """The fault proxy with no faults: it counts requests by path."""
 
     def reads_of(self, fragment: str) -> int:
-        return sum(n for (_, path), n in self.counts.items() if fragment in path)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        return sum(n for path, n in self.seen.items() if path != "requests" and fragment in path)
 
 
 @pytest.fixture
@@ -113,12 +67,12 @@ def test_three_entries_one_fetch_and_one_generation(openbao: OpenBao, counted: P
         assert (out / "app.env").read_text() == "DATABASE_URL=postgres://app:pw%20one@db/app\n"
         generation = os.readlink(out / "..data")
 
-        counted.counts.clear()
+        counted.seen.clear()
         assert engine.cycle(engine.units.values()).changed == []
         assert counted.reads_of(f"/v1/secret/metadata/{ref}") == 1 and counted.reads_of("/data/") == 0
 
         client.secrets.kv.v2.create_or_update_secret(path=ref, secret={"username": "app", "password": "pw two"})
-        counted.counts.clear()
+        counted.seen.clear()
         result = engine.cycle(engine.units.values())
         assert sorted(result.changed) == ["app.env", "db/password", "pw"]
         assert counted.reads_of(f"/v1/secret/data/{ref}") == 1
