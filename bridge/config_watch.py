@@ -66,6 +66,11 @@ class _DropInactiveEmitterError(logging.Filter):
 _INACTIVE_FILTER = _DropInactiveEmitterError()
 
 
+def quiet_watchdog() -> None:
+    """Drop that one spurious message of watchdog's (adding the filter again changes nothing)."""
+    logging.getLogger("watchdog.observers.inotify").addFilter(_INACTIVE_FILTER)
+
+
 class ConfigWatch(FileSystemEventHandler):
     """Calls `on_change` (from watchdog's thread) when the config or a link to it changes."""
 
@@ -76,7 +81,7 @@ class ConfigWatch(FileSystemEventHandler):
         self._folders: dict[str, ObservedWatch] = {}
         self._observer = Observer()
         self._observer.daemon = True
-        logging.getLogger("watchdog.observers.inotify").addFilter(_INACTIVE_FILTER)
+        quiet_watchdog()
 
     def start(self) -> None:
         self.refresh()

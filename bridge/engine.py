@@ -23,7 +23,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from bridge import failures
 from bridge.changes import Change
@@ -37,12 +37,16 @@ from bridge.state import State, file_record
 from bridge.units import Entry, Unit, build, owner_index
 from bridge.writer import FileSpec, Writer
 
+if TYPE_CHECKING:
+    from bridge.drift_watch import DriftWatch
+
 log = logging.getLogger("secrets_bridge.engine")
 
-#: the loop wakes at least this often, so /healthz can tell it is alive
-HEARTBEAT_SECONDS = 5.0
-#: how often the output directory is checked for drift (SPEC: repaired within 5 seconds)
-DRIFT_CHECK_SECONDS = 4.0
+#: a commit that failed (a full tmpfs) is tried again this often
+RETRY_COMMIT_SECONDS = 4.0
+#: a provider's upkeep (`maintain()`) runs at most this often, and this long after one that failed
+UPKEEP_MIN_SECONDS = 1.0
+UPKEEP_RETRY_SECONDS = 5.0
 
 Subscriber = Callable[[list[Change]], None]
 Outcome = Fetched | Renewed | ProviderError | None  # None: checked, unchanged
@@ -73,6 +77,7 @@ class Engine:
         providers: dict[str, Provider] | None = None,
         subscribers: Sequence[Subscriber] = (),
         writer: Writer | None = None,
+        drift: DriftWatch | None = None,
     ) -> None:
         self.config = config
         self.settings = config.settings
@@ -81,7 +86,10 @@ class Engine:
         self.writer = writer or Writer(self.settings.output_dir, require_tmpfs=self.settings.require_tmpfs)
         self.state = State(self.writer)
         self.subscribers = list(subscribers)
-        self.heartbeat = time.monotonic()
+        self.heartbeat = time.monotonic()  # the loop was last seen at work (/healthz)
+        self.waiting = False  # the loop is waiting for its next due time: alive, whatever the heartbeat
+        self.drift = drift  # made by `run` when not given (`sync` and `check` load no watchdog)
+        self._own_drift = False
         self.units, self.entries = build(config, self.providers)
         self._owner = owner_index(self.entries)
         self.schedule = Schedule(self.units.values(), self.settings.jitter)
@@ -97,7 +105,7 @@ class Engine:
         self._write_failing: float | None = None  # since when commits fail (monotonic)
         self._state_failing = False
         self._drift_failing = False
-        self._next_drift_check = 0.0
+        self._next_upkeep = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -130,6 +138,8 @@ class Engine:
         directory go (unless the writer passes to a reloaded engine)."""
         for provider in self.providers.values():
             provider.close()
+        if self._own_drift and self.drift is not None:
+            self.drift.stop()
         failures.forget(self.entries.values())
         if self._started:
             pending = self.writer.prune()
@@ -160,22 +170,46 @@ class Engine:
         return failed
 
     def run(self, wake: Waiter) -> None:
-        """Keep in step until `wake` is set; the cycle in progress always finishes."""
+        """Keep in step until `wake` is set; the cycle in progress always finishes. Between due
+        times the loop sleeps: nothing runs on a clock while nothing is due."""
+        if self.drift is None:
+            from bridge.drift_watch import DriftWatch
+
+            self.drift, self._own_drift = DriftWatch(), True
         while not wake.is_set():
             self.heartbeat = time.monotonic()
             self.cycle()
-            for provider in self.providers.values():
-                contained(provider.name, provider.maintain)  # e.g. renew a token between cycles
-            if time.monotonic() >= self._next_drift_check:
+            if time.monotonic() >= self._next_upkeep:
+                self._next_upkeep = self._upkeep()
+            self.drift.follow(self.settings.output_dir, self.writer.generation)
+            if time.monotonic() >= self.drift.next_sweep():
                 self.repair_drift()
             prune_in = self.writer.prune()
-            wait = min(self.next_wake(), self._next_drift_check) - time.monotonic()
-            wake.wait(max(0.0, min(wait, HEARTBEAT_SECONDS, math.inf if prune_in is None else prune_in)))
+            due = min(self.next_wake(), self._next_upkeep, self.drift.next_sweep(),
+                      time.monotonic() + (math.inf if prune_in is None else prune_in))
+            self.waiting = True
+            try:
+                wake.wait(max(0.0, due - time.monotonic()) if due < math.inf else None)
+            finally:
+                self.waiting = False
+
+    def _upkeep(self) -> float:
+        """Let each provider keep its credentials alive (renew a token before it expires, whatever
+        the refresh interval); returns when the next upkeep is due."""
+        now, upkeep = time.monotonic(), math.inf
+        for provider in self.providers.values():
+            wait = contained(provider.name, provider.maintain)
+            if isinstance(wait, ProviderError):
+                wait = UPKEEP_RETRY_SECONDS
+            if wait is not None:
+                upkeep = min(upkeep, now + max(UPKEEP_MIN_SECONDS, wait))
+        return upkeep
 
     def repair_drift(self) -> list[str]:
         """Put back what something else changed in the output directory (SPEC "Drift repair"): logged
         and counted, never a change, so no on_change and no audit event."""
-        self._next_drift_check = time.monotonic() + DRIFT_CHECK_SECONDS
+        if self.drift is not None:
+            self.drift.sweeping()
         try:
             repaired = self.writer.check_drift()
         except WriteError as exc:
@@ -192,6 +226,10 @@ class Engine:
         return repaired
 
     # -- health ----------------------------------------------------------------------------
+
+    def stalled_seconds(self) -> float:
+        """How long the loop has been at work without coming round (0 while it waits)."""
+        return 0.0 if self.waiting else time.monotonic() - self.heartbeat
 
     def missing_required(self) -> list[str]:
         """Required entries with a file not written yet."""
@@ -239,7 +277,9 @@ class Engine:
         return self.schedule.due(now)
 
     def next_wake(self) -> float:
-        return self.schedule.next_wake()
+        """When a unit is due, or a failed commit is to be tried again."""
+        retry = time.monotonic() + RETRY_COMMIT_SECONDS if self._pending else math.inf
+        return min(self.schedule.next_wake(), retry)
 
     def fetch(self, units: Iterable[Unit], *, force: bool = False) -> dict[Unit, Outcome]:
         """Per provider: the cheap check for what has a value, a batched fetch for the rest and

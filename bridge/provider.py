@@ -182,9 +182,11 @@ class Provider:
         pinned = self.each([(r, r) for r in unique if r.version is not None], self.resolve_pin, down=down)
         return {r: latest[r.ref] if r.version is None else pinned[r] for r in unique}
 
-    def maintain(self) -> None:
-        """Called every few seconds between cycles: keep credentials alive (renew a token before
-        it expires) so a long refresh interval never lets them lapse. Default: nothing."""
+    def maintain(self) -> float | None:
+        """Called between cycles: keep credentials alive (renew a token before it expires) so a
+        long refresh interval never lets them lapse. Returns the seconds until it has work to do
+        again, None when that is never (the engine does not wake for it). Default: nothing."""
+        return None
 
     def close(self) -> None:
         """Release connections and background work."""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bridge.config import STATE_FILE, Config, load_config
 from bridge.config_watch import ConfigWatch
+from bridge.drift_watch import DriftWatch
 from bridge.engine import Engine
 from bridge.errors import BridgeError, ConfigError, WriteError
 from bridge.logs import AuditLog
@@ -44,6 +45,7 @@ class Runner:
         self.config_path = config_path
         self.config = config
         self.wakeup = Wakeup()
+        self.drift = DriftWatch(self.wakeup.set)  # one for the directory, across reloads
 
     def run(self) -> int:
         self.wakeup.install_signals()  # first: nothing before this may be slow
@@ -99,6 +101,7 @@ class Runner:
             if deferred is not None:
                 deferred.cancel()
             watch.stop()
+            self.drift.stop()
             if server is not None:
                 server.stop()
             self.notifier.close(NOTIFY_GRACE_SECONDS)
@@ -126,7 +129,8 @@ class Runner:
         os._exit(0)
 
     def _engine(self, config: Config, writer: Writer | None = None) -> Engine:
-        engine = Engine(config, subscribers=[self.notifier, AuditLog(config.settings.audit_log)], writer=writer)
+        engine = Engine(config, subscribers=[self.notifier, AuditLog(config.settings.audit_log)], writer=writer,
+                        drift=self.drift)
         engine.start()
         return engine
 

@@ -45,6 +45,8 @@ _MAX_TRACKED_LEASES = 10_000
 #: enough not to flood one (Vault Agent renders templates concurrently too); below the HTTP
 #: connection pool's 10, so every thread keeps its connection
 FETCH_WORKERS = 8
+#: a token upkeep that failed (the server unreachable) is tried again this soon
+_UPKEEP_RETRY_SECONDS = 5.0
 
 
 class VaultSettings(ProviderSettings):
@@ -158,13 +160,16 @@ class VaultProvider(Provider):
                 self._lease_tokens.pop(lease_id, None)
         return left
 
-    def maintain(self) -> None:
+    def maintain(self) -> float | None:
         """Renew the token between cycles, so a long refresh interval never lets it lapse."""
-        if self._vault.tokens.in_use():
-            try:
-                self._vault.tokens.ensure()
-            except (hvac_errors.VaultError, requests.RequestException, ProviderError) as exc:
-                log.debug("%s: token upkeep failed (%s)", self.name, type(exc).__name__)
+        if not self._vault.tokens.in_use():
+            return None  # no token yet: the next fetch logs in
+        try:
+            self._vault.tokens.ensure()
+        except (hvac_errors.VaultError, requests.RequestException, ProviderError) as exc:
+            log.debug("%s: token upkeep failed (%s)", self.name, type(exc).__name__)
+            return _UPKEEP_RETRY_SECONDS
+        return self._vault.tokens.next_upkeep()
 
     # -- internals -------------------------------------------------------------------------
 

@@ -141,6 +141,13 @@ class TokenKeeper:
         log.info("logging in to vault again")
         self._login()
 
+    def next_upkeep(self) -> float | None:
+        """Seconds until `ensure` renews the token (at a third of its TTL left), None if it never expires."""
+        with self._lock:
+            if self._expires_at is None:
+                return None
+            return max(0.0, self._expires_at - self._ttl / 3 - time.monotonic())
+
     def in_use(self) -> bool:
         """A token has been obtained (logged in, or taken from the file or environment)."""
         return self._logged_in or self._token_file_stamp is not None

@@ -1,0 +1,104 @@
+"""The drift watch: a change by someone else brings the sweep forward; the writer's own work beside
+the generation and readers do not; the watch follows each new generation."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bridge.drift_watch import FALLBACK_SWEEP_SECONDS, SAFETY_SWEEP_SECONDS, SETTLE_SECONDS, DriftWatch
+from bridge.writer import FileSpec, Writer
+
+FILES = {"a": FileSpec(b"a-0", 0o444), "tls/cert.pem": FileSpec(b"cert-0", 0o444)}
+
+
+class Watched:
+    """A writer's directory with a drift watch following it; counts the watch's wake-ups."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.writer = Writer(path, require_tmpfs=False)
+        self.writer.prepare()
+        self.writer.commit(dict(FILES))
+        self.woken = threading.Event()
+        self.watch = DriftWatch(self.woken.set)
+        self.follow()
+
+    def follow(self) -> None:
+        self.watch.follow(self.path, self.writer.generation)
+        time.sleep(0.2)  # events already queued by earlier steps arrive
+        self.quiet()
+
+    def quiet(self) -> None:
+        self.watch.sweeping()
+        self.woken.clear()
+
+    def woke_after(self, action: Callable[[], object]) -> bool:
+        self.quiet()
+        action()
+        return self.woken.wait(2)
+
+
+@pytest.fixture
+def watched(tmp_path: Path):
+    w = Watched(tmp_path / "out")
+    yield w
+    w.watch.stop()
+    w.writer.release()
+
+
+def _tamper_cases(d: Path) -> dict[str, Callable[[], object]]:
+    return {
+        "link deleted": lambda: (d / "a").unlink(),
+        "file edited": lambda: (d / "..data" / "a").chmod(0o644) or (d / "..data" / "a").write_bytes(b"x"),
+        "file chmod'ed": lambda: (d / "..data" / "a").chmod(0o666),
+        "nested file deleted": lambda: (d / "tls" / "cert.pem").unlink(),
+        "name added to the generation": lambda: (d / "..data" / "extra").write_bytes(b"x"),
+        "..data replaced": lambda: (d / "..data").unlink() or (d / "..data").mkdir(),
+        "generation chmod'ed": lambda: os.chmod(d / os.readlink(d / "..data"), 0o777),
+        "visible name added": lambda: (d / "planted").symlink_to("/etc/hostname"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_tamper_cases(Path())))
+def test_a_change_by_someone_else_wakes_the_loop(watched: Watched, case: str) -> None:
+    """Each kind of tampering wakes the loop and makes the sweep due within the settle time."""
+    tamper = _tamper_cases(watched.path)[case]
+    assert watched.woke_after(tamper), case
+    assert watched.watch.next_sweep() <= time.monotonic() + SETTLE_SECONDS
+    watched.writer.check_drift()
+
+
+def test_readers_and_the_writers_own_work_do_not(watched: Watched) -> None:
+    """Reading every file, preparing a spare and removing a replaced generation wake nothing; a
+    commit wakes once (its `..data` swap), and the watch then follows the new generation."""
+    d = watched.path
+
+    def read_all() -> None:
+        for _ in range(50):
+            (d / "a").read_bytes()
+            (d / "tls" / "cert.pem").read_bytes()
+            os.stat(d / "..data" / "a")
+
+    assert not watched.woke_after(read_all)
+    assert watched.woke_after(lambda: watched.writer.commit({**FILES, "a": FileSpec(b"a-1", 0o444)}))
+    watched.follow()
+    assert not watched.woke_after(lambda: watched.writer.prune(grace_seconds=0))
+    assert not watched.woke_after(lambda: watched.writer.prune(grace_seconds=0))  # the spare is ready now
+    assert watched.woke_after(lambda: (d / "..data" / "a").chmod(0o600)), "the new generation is watched"
+    assert watched.writer.check_drift() == ["a"]
+
+
+def test_sweep_clock(watched: Watched, tmp_path: Path) -> None:
+    """With a watch the sweep comes every SAFETY_SWEEP_SECONDS; without one (here a directory that
+    is gone) every FALLBACK_SWEEP_SECONDS, as before the watch existed."""
+    now = time.monotonic()
+    assert now + SAFETY_SWEEP_SECONDS - 1 < watched.watch.next_sweep() <= now + SAFETY_SWEEP_SECONDS
+    unwatched = DriftWatch()
+    unwatched.follow(tmp_path / "missing", None)
+    assert unwatched.next_sweep() <= time.monotonic() + FALLBACK_SWEEP_SECONDS
