@@ -90,7 +90,7 @@ class DriftWatch(FileSystemEventHandler):
                 self._observer.start()
             if self._followed is None or self._followed[:2] != key[:2]:
                 self._unschedule(self._top)
-                self._top_path = os.fsdecode(os.path.abspath(output_dir))
+                self._top_path = os.path.realpath(output_dir)  # a watch on a symlink would see only the link
                 self._top = self._schedule(self._top_path, recursive=False)
             self._unschedule(self._generation)
             self._generation, self._generation_path = None, ""

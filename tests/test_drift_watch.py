@@ -20,8 +20,9 @@ FILES = {"a": FileSpec(b"a-0", 0o444), "tls/cert.pem": FileSpec(b"cert-0", 0o444
 class Watched:
     """A writer's directory with a drift watch following it; counts the watch's wake-ups."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, named: Path | None = None) -> None:
         self.path = path
+        self.named = named or path
         self.writer = Writer(path, require_tmpfs=False)
         self.writer.prepare()
         self.writer.commit(dict(FILES))
@@ -30,7 +31,7 @@ class Watched:
         self.follow()
 
     def follow(self) -> None:
-        self.watch.follow(self.path, self.writer.generation)
+        self.watch.follow(self.named, self.writer.generation)
         time.sleep(0.2)  # events already queued by earlier steps arrive
         self.quiet()
 
@@ -102,3 +103,16 @@ def test_sweep_clock(watched: Watched, tmp_path: Path) -> None:
     unwatched = DriftWatch()
     unwatched.follow(tmp_path / "missing", None)
     assert unwatched.next_sweep() <= time.monotonic() + FALLBACK_SWEEP_SECONDS
+
+
+def test_output_dir_reached_through_a_symlink(tmp_path: Path) -> None:
+    """An output_dir named through a symlink (/run/secrets -> /dev/shm/x) is watched where it leads."""
+    real = tmp_path / "real"
+    (tmp_path / "named").symlink_to(real, target_is_directory=True)
+    w = Watched(real, named=tmp_path / "named")
+    try:
+        assert w.woke_after(lambda: (real / "a").unlink())
+        assert w.woke_after(lambda: (real / "..data" / "a").chmod(0o600))
+    finally:
+        w.watch.stop()
+        w.writer.release()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bridge.config import parse_config
-from bridge.engine import Engine
+from bridge.engine import UPKEEP_MIN_SECONDS, Engine
 from bridge.errors import SecretNotFound, Unavailable
 from bridge.provider import Fetched, Provider, ProviderSettings, Request
 
@@ -532,3 +532,42 @@ def test_runaway_template_fails_its_file_fast(tmp_path: Path, template: str) -> 
     result = engine.sync()
     assert time.monotonic() - started < 5
     assert "too big" in str(result.failed["t"]) and result.changed == ["plain"]
+
+
+class UpkeepProvider(FakeProvider):
+    """Asks for its upkeep every `every` seconds (None: never); counts the calls."""
+
+    def __init__(self, every: float | None) -> None:
+        super().__init__()
+        self.every = every
+        self.upkeeps = 0
+
+    def maintain(self) -> float | None:
+        self.upkeeps += 1
+        return self.every
+
+
+@pytest.mark.parametrize("every", [None, 0.0])
+def test_run_sleeps_until_something_is_due(tmp_path: Path, every: float | None) -> None:
+    """With a one-hour refresh the loop wakes only for what asks: a provider upkeep that never comes
+    due runs once, one due at once runs at most every UPKEEP_MIN_SECONDS; nothing is polled."""
+    config = parse_config(f"output_dir: {tmp_path}\nrequire_tmpfs: false\nrefresh_interval: 1h\n"
+                          "providers:\n  fake: {type: env}\nsecrets:\n  a: {provider: fake, ref: r1}\n")
+    fake = UpkeepProvider(every)
+    fake.put("r1", b"one")
+    engine = Engine(config, providers={"fake": fake})
+    engine.start()
+    engine.sync()
+    stop = threading.Event()
+    thread = threading.Thread(target=engine.run, args=(stop,))
+    thread.start()
+    time.sleep(2.5)
+    assert engine.stalled_seconds() == 0.0  # waiting, so alive however long ago it last worked
+    stop.set()
+    thread.join(timeout=10)
+    engine.close()
+    if every is None:
+        assert fake.upkeeps == 1
+    else:
+        assert 2 <= fake.upkeeps <= 2.5 / UPKEEP_MIN_SECONDS + 1
+    assert len(fake.checks) <= 1 and len(fake.fetches) == 1  # only the sync's fetch: nothing was due
