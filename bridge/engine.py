@@ -142,10 +142,10 @@ class Engine:
             self.drift.stop()
         failures.forget(self.entries.values())
         if self._started:
-            pending = self.writer.prune()
+            pending = self.writer.prune(spare=False)
             while pending is not None:
                 time.sleep(pending)
-                pending = self.writer.prune()
+                pending = self.writer.prune(spare=False)
             if release:
                 self.writer.release()
 

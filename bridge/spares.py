@@ -84,11 +84,11 @@ class Spares:
             self._replaced[old] = _Replaced(self._current_since, stale, tainted)
 
     def prune(self, dfd: int, generation: str | None, committed: Collection[str],
-              grace_seconds: float) -> float | None:
+              grace_seconds: float, *, spare: bool = True) -> float | None:
         """Retire replaced generations past their grace (each becomes a spare or is removed) and
-        make a spare if none is ready once the current generation has stood for the grace period
-        (the replaced one becomes a spare by then at a fraction of the cost, and a one-shot sync
-        makes none). Returns the seconds until the next may go, None if none."""
+        (with `spare`) make a spare if none is ready once the current generation has stood for the
+        grace period (the replaced one becomes a spare by then at a fraction of the cost, and a
+        one-shot sync makes none). Returns the seconds until there is more to do, None if nothing."""
         now, wait = time.monotonic(), None
         try:
             for name, old in list(self._replaced.items()):
@@ -110,9 +110,12 @@ class Spares:
                         self.discard(dfd, spare)
                         raise
                     stale.clear()
-            if (not self._spares and generation is not None and now >= self._retry_at
-                    and now - self._current_since >= grace_seconds):
-                self._build(dfd, generation, committed)
+            if spare and not self._spares and generation is not None:
+                due = max(self._retry_at, self._current_since + grace_seconds) - now
+                if due <= 0:
+                    self._build(dfd, generation, committed)
+                else:
+                    wait = due if wait is None else min(wait, due)
         except OSError:
             self._retry_at = now + _RETRY_SECONDS
             raise
