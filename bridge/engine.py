@@ -142,10 +142,10 @@ class Engine:
             self.drift.stop()
         failures.forget(self.entries.values())
         if self._started:
-            pending = self.writer.prune(spare=False)
+            pending = self.writer.prune(make_spare=False)
             while pending is not None:
                 time.sleep(pending)
-                pending = self.writer.prune(spare=False)
+                pending = self.writer.prune(make_spare=False)
             if release:
                 self.writer.release()
 

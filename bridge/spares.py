@@ -84,9 +84,9 @@ class Spares:
             self._replaced[old] = _Replaced(self._current_since, stale, tainted)
 
     def prune(self, dfd: int, generation: str | None, committed: Collection[str],
-              grace_seconds: float, *, spare: bool = True) -> float | None:
+              grace_seconds: float, *, make_spare: bool = True) -> float | None:
         """Retire replaced generations past their grace (each becomes a spare or is removed) and
-        (with `spare`) make a spare if none is ready once the current generation has stood for the
+        (with `make_spare`) make a spare if none is ready once the current generation has stood for the
         grace period (the replaced one becomes a spare by then at a fraction of the cost, and a
         one-shot sync makes none). Returns the seconds until there is more to do, None if nothing."""
         now, wait = time.monotonic(), None
@@ -110,7 +110,7 @@ class Spares:
                         self.discard(dfd, spare)
                         raise
                     stale.clear()
-            if spare and not self._spares and generation is not None:
+            if make_spare and not self._spares and generation is not None:
                 due = max(self._retry_at, self._current_since + grace_seconds) - now
                 if due <= 0:
                     self._build(dfd, generation, committed)

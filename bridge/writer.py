@@ -194,8 +194,8 @@ class Writer:
         self._step("data_tmp_linked")
         self._links.rename_over(dfd, _DATA_TMP, DATA_LINK)
 
-    def prune(self, grace_seconds: float = GENERATION_GRACE_SECONDS, *, spare: bool = True) -> float | None:
-        """Retire generations replaced more than `grace_seconds` ago and (with `spare`) make sure a
+    def prune(self, grace_seconds: float = GENERATION_GRACE_SECONDS, *, make_spare: bool = True) -> float | None:
+        """Retire generations replaced more than `grace_seconds` ago and (with `make_spare`) make sure a
         spare is ready for the next commit. Never raises (a spare only makes commits faster).
         Returns the seconds until the next replaced generation may go or a spare is due, None if
         there is nothing left to do.
@@ -205,7 +205,8 @@ class Writer:
         try:
             if self._dfd is None or os.fstat(self._dfd).st_nlink == 0:
                 return None  # removed: the next commit or check_drift() makes it again
-            wait = self._spares.prune(self._dfd, self.generation, self._committed, grace_seconds, spare=spare)
+            wait = self._spares.prune(self._dfd, self.generation, self._committed, grace_seconds,
+                                      make_spare=make_spare)
         except (OSError, WriteError) as exc:
             if not self._prune_failing:
                 log.warning("%s: cannot prepare the next generation ahead (commits will be slower): %s",

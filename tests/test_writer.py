@@ -399,12 +399,12 @@ def test_committed_is_read_once_at_start(tmp_path: Path) -> None:
 def test_spare_waits_for_the_generation_to_stand(tmp_path: Path) -> None:
     """No spare is linked right after a commit (a one-shot sync makes none); prune() says when one
     is due, so a sleeping loop wakes for it, and makes one once the generation has stood for the
-    grace period. At shutdown (spare=False) nothing is due."""
+    grace period. At shutdown (make_spare=False) nothing is due."""
     w = Writer(tmp_path, require_tmpfs=False)
     w.prepare()
     w.commit({"a": FileSpec(b"1"), "b": FileSpec(b"2")})
     assert 59 < w.prune(grace_seconds=60) <= 60
-    assert w.prune(grace_seconds=0, spare=False) is None
+    assert w.prune(grace_seconds=0, make_spare=False) is None
     assert _spares(tmp_path) == []
     w.prune(grace_seconds=0)
     assert len(_spares(tmp_path)) == 1
