@@ -4,8 +4,9 @@ sweep on a short clock that costs a `lstat` per file while nothing happens.
 Two watches (watchdog, inotify): the output directory itself (its visible links and `..data`) and
 the current generation with its folders, moved to each new generation after a commit. Reads never
 wake anything (no open or close events are asked for). The writer's own work beside the
-generation (spare generations made and renamed in, replaced ones removed) is not drift: events on
-`..` names other than `..data` are ignored, so a commit costs one sweep, for its `..data` swap.
+generation (spare generations made and renamed in, replaced ones removed, its state and lease
+files) is not drift: events on `..` names other than `..data`, and on names it reserves
+(`.secrets-bridge*`), are ignored, so a commit costs one sweep, for its `..data` swap.
 
 The sweep stays the judge (`Writer.check_drift()`): an event only brings it forward. It still runs
 every `SAFETY_SWEEP_SECONDS` for what inotify cannot see (a file edited through another hard link),
@@ -39,6 +40,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
 
 from bridge.config_watch import quiet_watchdog
+from bridge.fields import RESERVED_PREFIX
 from bridge.links import DATA_LINK
 
 log = logging.getLogger("secrets_bridge.writer")
@@ -150,7 +152,7 @@ class DriftWatch(FileSystemEventHandler):
             return False  # the generation itself, told by its own watch
         names = [os.path.basename(p) for p in paths if os.path.dirname(p) == self._top_path]
         return len(names) == len([p for p in paths if p]) and all(
-            n.startswith("..") and n != DATA_LINK for n in names)
+            (n.startswith("..") and n != DATA_LINK) or n.startswith(RESERVED_PREFIX) for n in names)
 
     def _schedule(self, path: str, *, recursive: bool) -> ObservedWatch:
         assert self._observer is not None

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bridge.drift_watch import FALLBACK_SWEEP_SECONDS, SAFETY_SWEEP_SECONDS, SETTLE_SECONDS, DriftWatch
+from bridge.fields import STATE_FILE
 from bridge.writer import FileSpec, Writer
 
 FILES = {"a": FileSpec(b"a-0", 0o444), "tls/cert.pem": FileSpec(b"cert-0", 0o444)}
@@ -91,6 +92,7 @@ def test_readers_and_the_writers_own_work_do_not(watched: Watched) -> None:
     watched.follow()
     assert not watched.woke_after(lambda: watched.writer.prune(grace_seconds=0))
     assert not watched.woke_after(lambda: watched.writer.prune(grace_seconds=0))  # the spare is ready now
+    assert not watched.woke_after(lambda: watched.writer.write_state(STATE_FILE, b"{}"))
     assert watched.woke_after(lambda: (d / "..data" / "a").chmod(0o600)), "the new generation is watched"
     assert watched.writer.check_drift() == ["a"]
 
