@@ -10,8 +10,8 @@ Both render N KV v2 secrets to files from one local `bao server -dev`. Each tool
   server requests counted by OpenBao's own file audit device, and rotation latency (from a write
   to the new value in the file);
 - idle: the same daemons with a one-hour refresh, so nothing is due within the window: CPU only;
-- floor: the bridge's RSS and wall time after its imports alone, what no change of ours below the
-  libraries can go under.
+- floor: the bridge's RSS and wall time after its imports alone (what `run`, and what `sync`,
+  imports before its first request), what no change of ours below the libraries can go under.
 The report gives each number and the ratio bridge / agent (below 1 means the bridge uses less).
 
 The bridge runs from compiled bytecode, as the pip-installed package in the image does: this
@@ -173,21 +173,25 @@ class Bench:
                    for name, runs_ in samples.items()}
         return medians["bridge"], medians["agent"]
 
+    #: what each command imports before its first request (the engine's Vault reads run on a pool)
+    FLOOR_IMPORTS = {"run": "bridge.cli, bridge.runner, providers.vault, concurrent.futures.thread",
+                     "sync": "bridge.cli, bridge.engine, providers.vault, concurrent.futures.thread"}
+
     def floor(self, runs: int) -> dict[str, float]:
-        """The bridge's imports alone (what `run` loads before reading its config): RSS and wall time."""
-        probe = ("import time; t = time.monotonic(); import bridge.cli, bridge.runner, providers.vault; "
-                 "t = time.monotonic() - t; rss = next(l for l in open('/proc/self/status') if l.startswith('VmRSS'))"
-                 "; print(int(rss.split()[1]) / 1024, t)")
+        """The bridge's imports alone, for `run` and for `sync`: RSS and wall time, each the median
+        of `runs` fresh interpreters; and the bare interpreter's RSS."""
         python = str(Path(venv_binary("secrets-bridge")).parent / "python")
-        bare = ("rss = next(l for l in open('/proc/self/status') if l.startswith('VmRSS')); "
-                "print(int(rss.split()[1]) / 1024)")
-        samples = [subprocess.run([python, "-c", probe], env=self.env(), capture_output=True, text=True,
-                                  check=True).stdout.split() for _ in range(runs)]
-        interpreter = subprocess.run([python, "-c", bare], env=self.env(), capture_output=True, text=True,
-                                     check=True).stdout
-        return {"import_rss_mib": statistics.median(float(s[0]) for s in samples),
-                "import_seconds": statistics.median(float(s[1]) for s in samples),
-                "interpreter_rss_mib": float(interpreter)}
+        rss = "int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1]) / 1024"
+        out: dict[str, float] = {}
+        for command, modules in self.FLOOR_IMPORTS.items():
+            probe = f"import time; t = time.monotonic(); import {modules}; t = time.monotonic() - t; print({rss}, t)"
+            samples = [subprocess.run([python, "-c", probe], env=self.env(), capture_output=True, text=True,
+                                      check=True).stdout.split() for _ in range(runs)]
+            out[f"{command}_rss_mib"] = statistics.median(float(s[0]) for s in samples)
+            out[f"{command}_seconds"] = statistics.median(float(s[1]) for s in samples)
+        out["interpreter_rss_mib"] = float(subprocess.run([python, "-c", f"print({rss})"], env=self.env(),
+                                                          capture_output=True, text=True, check=True).stdout)
+        return out
 
     def idle(self, name: str, command: list[str], out: Path) -> dict[str, float]:
         """CPU over the window with nothing due (a one-hour refresh), once the first sync is done."""
@@ -267,9 +271,10 @@ def main() -> None:
     for key, ours, theirs in rows:
         ratio = ours / theirs if theirs else float("nan")
         print(f"{key:32} {ours:15.3f} {theirs:12.3f} {ratio:8.2f}")
-    print(f"floor (bridge imports alone, for `run`): RSS {floor['import_rss_mib']:.1f} MiB "
-          f"({floor['import_rss_mib'] / agent['rss_mib']:.2f}x the agent's steady RSS; the bare interpreter "
-          f"{floor['interpreter_rss_mib']:.1f} MiB), {floor['import_seconds']:.3f} s")
+    print(f"floor (bridge imports alone; the bare interpreter {floor['interpreter_rss_mib']:.1f} MiB): "
+          f"`run` {floor['run_rss_mib']:.1f} MiB ({floor['run_rss_mib'] / agent['rss_mib']:.2f}x the agent's "
+          f"steady RSS), {floor['run_seconds']:.3f} s; `sync` {floor['sync_rss_mib']:.1f} MiB, "
+          f"{floor['sync_seconds']:.3f} s ({floor['sync_seconds'] / once_agent['seconds']:.2f}x the agent's one-shot)")
 
 
 if __name__ == "__main__":

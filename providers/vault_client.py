@@ -7,13 +7,20 @@ Messages carry Vault's own error text (never a value) and never a token or a lea
 
 The environment's proxy and CA bundle settings are read once, for the one address: requests would
 otherwise walk every environment variable twice per request (a quarter of a KV read's CPU).
+
+requests is loaded without a character-set detector (`_load_requests`): it would load
+charset_normalizer, 2.7 MiB resident, for `Response.apparent_encoding` alone, which only decodes a
+body that is not JSON and names no charset. hvac reads that text for an error that is not JSON,
+and `translate` does not use it; requests then decodes it as UTF-8, as it documents.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -21,6 +28,31 @@ from bridge.errors import AccessDenied, ProviderError, SecretNotFound, Unavailab
 from bridge.provider import Request, retry_after_seconds
 from providers.vault_auth import AuthConfig, TokenAuth, TokenKeeper
 
+#: what requests loads, when it can, only for `Response.apparent_encoding`
+_DETECTORS = ("charset_normalizer", "chardet")
+
+
+def _load_requests() -> None:
+    """Import requests (not loaded yet) with the detectors hidden, then let go of them, so another
+    library can still import one. Without either, requests warns once and falls back to UTF-8."""
+    if "requests" in sys.modules:
+        return
+    hidden = [name for name in _DETECTORS if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # an import of it fails (importlib's rule)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Unable to find acceptable character detection")
+            import requests  # noqa: F401
+    except ModuleNotFoundError:
+        pass  # not installed: reported below, with the extra's hint
+    finally:
+        for name in hidden:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+
+
+_load_requests()
 try:
     import hvac
     import requests

@@ -108,3 +108,63 @@ def test_run_loads_metrics_only_with_a_listener(tmp_path: Path, listen: str, met
     assert status == 0 and (out / "a").read_text() == "u1"
     assert "watchdog" in loaded
     assert ("prometheus_client" in loaded, "bridge.server" in loaded) == (metrics, metrics)
+
+
+def test_vault_sync_loads_no_charset_detector(tmp_path: Path, openbao) -> None:  # type: ignore[no-untyped-def]
+    """A `sync` from Vault writes its file without loading charset_normalizer (requests' detector),
+    which another library may still import afterwards."""
+    openbao.client().secrets.kv.v2.create_or_update_secret(path="startup/detector", secret={"value": "v1"})
+    out = tmp_path / "out"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"output_dir: {out}\nrequire_tmpfs: false\nlisten: null\nproviders:\n"
+                      f"  vault: {{type: vault, address: '{openbao.address}'}}\n"
+                      "secrets:\n  a: {provider: vault, ref: secret/startup/detector, key: value}\n")
+    probe = _PROBE.replace('print(json.dumps({"status": status, "loaded": sorted(sys.modules)}))',
+                           'loaded = sorted(sys.modules)\nimport charset_normalizer\n'
+                           'print(json.dumps({"status": status, "loaded": loaded}))')
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SECRETS_BRIDGE_")}
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", probe, "--config", str(config), "sync"],
+                          capture_output=True, text=True, env={**clean, "VAULT_TOKEN": openbao.root_token},
+                          cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.splitlines()[-1])
+    assert report["status"] == 0 and (out / "a").read_text() == "v1"
+    assert "requests" in report["loaded"] and "charset_normalizer" not in report["loaded"]
+
+
+_NOT_JSON_PROBE = textwrap.dedent("""
+    import json, sys, threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from providers.vault import VaultProvider, VaultSettings
+    from bridge.provider import Request
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = "<html>passerelle en \\u00e9chec</html>".encode("latin-1")
+            self.send_response(502)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"http://127.0.0.1:{server.server_address[1]}"
+    provider = VaultProvider("v", VaultSettings(type="vault", address=address))
+    outcome = provider.fetch_many([Request("secret/a")])[Request("secret/a")]
+    print(json.dumps({"error": type(outcome).__name__, "message": str(outcome),
+                      "detector": "charset_normalizer" in sys.modules}))
+""")
+
+
+def test_vault_error_page_that_is_not_json(tmp_path: Path) -> None:
+    """Without the detector, an error answer that is not JSON (a proxy's page in Latin-1) is the same
+    Unavailable as with it, and loading requests so warns of nothing (warnings are errors here)."""
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", _NOT_JSON_PROBE], capture_output=True, text=True,
+                          env={**os.environ, "VAULT_TOKEN": "s.unused"}, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.splitlines()[-1])
+    assert report == {"error": "Unavailable", "message": "v: secret/a: server error: BadGateway", "detector": False}
