@@ -287,6 +287,7 @@ class Engine:
         by_provider: dict[str, list[Unit]] = defaultdict(list)
         for unit in units:
             by_provider[unit.provider].append(unit)
+        self._next_upkeep = 0.0  # a login or renewal on the way moves the next upkeep: ask again
         outcomes: dict[Unit, Outcome] = {}
         for name, group in by_provider.items():
             self.heartbeat = time.monotonic()  # a slow provider is not a stalled loop
