@@ -61,12 +61,15 @@ _CHANGES: list[type[FileSystemEvent]] = [
 
 class DriftWatch(FileSystemEventHandler):
     """Says when the next drift sweep is due. `on_event` (called from watchdog's thread, once per
-    quiet spell) wakes the loop; `follow` keeps the watches on the directory and generation."""
+    quiet spell) wakes the loop; `follow` keeps the watches on the directory and generation.
+    Without `on_event` nothing could wake the loop, so nothing is watched: a sweep every
+    FALLBACK_SWEEP_SECONDS."""
 
-    def __init__(self, on_event: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, on_event: Callable[[], object] | None = None) -> None:
         self.on_event = on_event
         self._changed_at: float | None = None  # the first event since the last sweep
         self._last_sweep = time.monotonic()
+        self._retry_at: float | None = None  # a sweep that failed is tried again then
         self._observer: Observer | None = None  # type: ignore[valid-type]
         self._top: ObservedWatch | None = None
         self._generation: ObservedWatch | None = None
@@ -77,6 +80,8 @@ class DriftWatch(FileSystemEventHandler):
 
     def follow(self, output_dir: Path, generation: str | None) -> None:
         """Watch `output_dir` and its current `generation` (nothing to do when already watched)."""
+        if self.on_event is None:
+            return
         try:
             st = os.stat(output_dir)
         except OSError:
@@ -116,14 +121,22 @@ class DriftWatch(FileSystemEventHandler):
         """The monotonic time the next sweep is due."""
         if self._followed is None:
             return self._last_sweep + FALLBACK_SWEEP_SECONDS
+        due = self._last_sweep + SAFETY_SWEEP_SECONDS
+        if self._retry_at is not None:
+            due = min(due, self._retry_at)
         if self._changed_at is not None:
-            return self._changed_at + SETTLE_SECONDS
-        return self._last_sweep + SAFETY_SWEEP_SECONDS
+            due = min(due, self._changed_at + SETTLE_SECONDS)
+        return due
 
     def sweeping(self) -> None:
         """A sweep starts now: events from here on call for another."""
-        self._changed_at = None
+        self._changed_at = self._retry_at = None
         self._last_sweep = time.monotonic()
+
+    def failed(self) -> None:
+        """The sweep could not repair (a full tmpfs, a directory not yet made again): try again
+        soon, as events may not come."""
+        self._retry_at = time.monotonic() + FALLBACK_SWEEP_SECONDS
 
     def stop(self) -> None:
         """Stop watchdog's threads and wait for them, so none logs after the bridge stops."""
@@ -139,7 +152,7 @@ class DriftWatch(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         if self._is_own_work(event):
             return
-        if self._changed_at is None:
+        if self._changed_at is None and self.on_event is not None:
             self._changed_at = time.monotonic()
             self.on_event()
 
@@ -147,7 +160,7 @@ class DriftWatch(FileSystemEventHandler):
         """The writer's own steps beside the generation, seen by the watch of the directory."""
         paths = [os.fsdecode(event.src_path), os.fsdecode(getattr(event, "dest_path", "") or "")]
         if paths[0] == self._top_path:
-            return event.event_type != "deleted"  # a name in it changed (told on its own), or it went
+            return event.event_type == "modified"  # a name in it changed: told on its own
         if self._generation_path and self._generation_path in paths:
             return False  # the generation itself, told by its own watch
         names = [os.path.basename(p) for p in paths if os.path.dirname(p) == self._top_path]

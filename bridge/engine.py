@@ -175,7 +175,7 @@ class Engine:
         if self.drift is None:
             from bridge.drift_watch import DriftWatch
 
-            self.drift, self._own_drift = DriftWatch(), True
+            self.drift, self._own_drift = DriftWatch(), True  # nothing to wake this loop: swept on a clock
         while not wake.is_set():
             self.heartbeat = time.monotonic()
             self.cycle()
@@ -191,7 +191,7 @@ class Engine:
             try:
                 wake.wait(max(0.0, due - time.monotonic()) if due < math.inf else None)
             finally:
-                self.waiting = False
+                self.heartbeat, self.waiting = time.monotonic(), False  # the wait was no stall
 
     def _upkeep(self) -> float:
         """Let each provider keep its credentials alive (renew a token before it expires, whatever
@@ -216,6 +216,8 @@ class Engine:
             if not self._drift_failing:
                 log.error("cannot repair %s: %s", self.settings.output_dir, exc)
                 self._drift_failing = True
+            if self.drift is not None:
+                self.drift.failed()  # nothing may happen to bring the next sweep forward
             return []
         self._drift_failing = False
         if repaired:

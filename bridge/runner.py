@@ -85,9 +85,10 @@ class Runner:
                 too_soon = last_reload + RELOAD_MIN_INTERVAL_SECONDS - time.monotonic()
                 if too_soon > 0:
                     # Come back then; until then further requests do not wake the loop.
-                    deferred = threading.Timer(too_soon, self.wakeup.set)
-                    deferred.daemon = True
-                    deferred.start()
+                    if deferred is None or not deferred.is_alive():  # other wakes find it set already
+                        deferred = threading.Timer(too_soon, self.wakeup.set)
+                        deferred.daemon = True
+                        deferred.start()
                     continue
                 time.sleep(RELOAD_SETTLE_SECONDS)
                 self.wakeup.reload_requested = False

@@ -102,7 +102,7 @@ def test_sweep_clock(watched: Watched, tmp_path: Path) -> None:
     is gone) every FALLBACK_SWEEP_SECONDS, as before the watch existed."""
     now = time.monotonic()
     assert now + SAFETY_SWEEP_SECONDS - 1 < watched.watch.next_sweep() <= now + SAFETY_SWEEP_SECONDS
-    unwatched = DriftWatch()
+    unwatched = DriftWatch(lambda: None)
     unwatched.follow(tmp_path / "missing", None)
     assert unwatched.next_sweep() <= time.monotonic() + FALLBACK_SWEEP_SECONDS
 
@@ -118,3 +118,12 @@ def test_output_dir_reached_through_a_symlink(tmp_path: Path) -> None:
     finally:
         w.watch.stop()
         w.writer.release()
+
+
+def test_a_failed_sweep_is_tried_again_soon(watched: Watched) -> None:
+    """A sweep that could not repair (a full tmpfs) is due again within FALLBACK_SWEEP_SECONDS, as no
+    event may come; a sweep that works puts the safety clock back."""
+    watched.watch.failed()
+    assert watched.watch.next_sweep() <= time.monotonic() + FALLBACK_SWEEP_SECONDS
+    watched.watch.sweeping()
+    assert watched.watch.next_sweep() > time.monotonic() + FALLBACK_SWEEP_SECONDS

@@ -565,9 +565,32 @@ def test_run_sleeps_until_something_is_due(tmp_path: Path, every: float | None) 
     assert engine.stalled_seconds() == 0.0  # waiting, so alive however long ago it last worked
     stop.set()
     thread.join(timeout=10)
+    assert engine.stalled_seconds() < 2.0  # the 2.5 s wait that just ended is no stall
     engine.close()
     if every is None:
         assert fake.upkeeps == 1
     else:
         assert 2 <= fake.upkeeps <= 2.5 / UPKEEP_MIN_SECONDS + 1
     assert len(fake.checks) <= 1 and len(fake.fetches) == 1  # only the sync's fetch: nothing was due
+
+
+def test_run_repairs_drift_without_a_runner(tmp_path: Path) -> None:
+    """Engine.run with only a threading.Event to wait on (nothing a watch could wake) sweeps on the
+    4 s clock: a deleted link is put back within the SPEC's 5 s although nothing is due for an hour."""
+    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n", refresh_interval="1h")
+    fake.put("r1", b"one")
+    engine.sync()
+    stop = threading.Event()
+    thread = threading.Thread(target=engine.run, args=(stop,))
+    thread.start()
+    try:
+        time.sleep(0.5)  # the loop is asleep, watching
+        (tmp_path / "a").unlink()
+        deadline = time.monotonic() + 5
+        while not (tmp_path / "a").is_symlink() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (tmp_path / "a").read_bytes() == b"one"
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        engine.close()
