@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,6 +68,19 @@ def make_engine(tmp_path: Path, secrets: str, **top) -> tuple[Engine, FakeProvid
     engine = Engine(config, providers={"fake": fake})
     engine.start()
     return engine, fake
+
+
+@contextlib.contextmanager
+def running(engine: Engine) -> Iterator[threading.Thread]:
+    """engine.run() on a thread, stopped and joined on the way out."""
+    stop = threading.Event()
+    thread = threading.Thread(target=engine.run, args=(stop,))
+    thread.start()
+    try:
+        yield thread
+    finally:
+        stop.set()
+        thread.join(timeout=10)
 
 
 def unit(engine: Engine, entry: str):
@@ -209,18 +224,12 @@ def test_run_loop_rotates_and_stops(tmp_path: Path) -> None:
     engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n", refresh_interval="200ms")
     fake.put("r1", b"one")
     engine.sync()
-    stop = threading.Event()
-    thread = threading.Thread(target=engine.run, args=(stop,))
-    thread.start()
-    try:
+    with running(engine) as thread:
         fake.put("r1", b"two")
         deadline = time.monotonic() + 5
         while (tmp_path / "a").read_bytes() != b"two" and time.monotonic() < deadline:
             time.sleep(0.05)
         assert (tmp_path / "a").read_bytes() == b"two"
-    finally:
-        stop.set()
-        thread.join(timeout=10)
     assert not thread.is_alive()
 
 
@@ -558,13 +567,9 @@ def test_run_sleeps_until_something_is_due(tmp_path: Path, every: float | None) 
     engine = Engine(config, providers={"fake": fake})
     engine.start()
     engine.sync()
-    stop = threading.Event()
-    thread = threading.Thread(target=engine.run, args=(stop,))
-    thread.start()
-    time.sleep(2.5)
-    assert engine.stalled_seconds() == 0.0  # waiting, so alive however long ago it last worked
-    stop.set()
-    thread.join(timeout=10)
+    with running(engine):
+        time.sleep(2.5)
+        assert engine.stalled_seconds() == 0.0  # waiting, so alive however long ago it last worked
     assert engine.stalled_seconds() < 2.0  # the 2.5 s wait that just ended is no stall
     engine.close()
     if every is None:
@@ -580,17 +585,11 @@ def test_run_repairs_drift_without_a_runner(tmp_path: Path) -> None:
     engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n", refresh_interval="1h")
     fake.put("r1", b"one")
     engine.sync()
-    stop = threading.Event()
-    thread = threading.Thread(target=engine.run, args=(stop,))
-    thread.start()
-    try:
-        time.sleep(0.5)  # the loop is asleep, watching
+    with running(engine):
+        time.sleep(0.5)  # the loop is asleep
         (tmp_path / "a").unlink()
         deadline = time.monotonic() + 5
         while not (tmp_path / "a").is_symlink() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert (tmp_path / "a").read_bytes() == b"one"
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-        engine.close()
+    engine.close()
