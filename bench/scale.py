@@ -52,7 +52,7 @@ def metric(url: str, name: str) -> float:
 
 def floor() -> dict[str, float]:
     """RSS and wall time of a Python that imports what `run` imports, and nothing else."""
-    code = ("import bridge.cli, bridge.runner, bridge.engine, providers.local, time;"
+    code = ("import bridge.cli, bridge.runtime.runner, bridge.engine.cycle, providers.local, time;"
             "print(open('/proc/self/status').read())")
     started = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bridge.writer import is_memory_backed  # noqa: E402
+from bridge.writer.atomic import is_memory_backed  # noqa: E402
 from tests.servers import free_port, venv_binary, wait_http  # noqa: E402
 
 
@@ -181,8 +181,8 @@ class Bench:
         return medians["bridge"], medians["agent"]
 
     #: what each command imports before its first request (the engine's Vault reads run on a pool)
-    FLOOR_IMPORTS = {"run": "bridge.cli, bridge.runner, providers.vault, concurrent.futures.thread",
-                     "sync": "bridge.cli, bridge.engine, providers.vault, concurrent.futures.thread"}
+    FLOOR_IMPORTS = {"run": "bridge.cli, bridge.runtime.runner, providers.vault, concurrent.futures.thread",
+                     "sync": "bridge.cli, bridge.engine.cycle, providers.vault, concurrent.futures.thread"}
 
     def floor(self, runs: int) -> dict[str, float]:
         """The bridge's imports alone, for `run` and for `sync`: RSS and wall time, each the median

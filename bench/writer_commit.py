@@ -19,7 +19,7 @@ import statistics
 import time
 from pathlib import Path
 
-from bridge.writer import FileSpec, Writer
+from bridge.writer.atomic import FileSpec, Writer
 
 
 def _ms(samples: list[tuple[float, float]]) -> str:

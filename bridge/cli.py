@@ -16,12 +16,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import NoReturn
 
-from bridge import metrics
-from bridge.config import STATE_FILE, BridgeConfig, Config, config_path, load_config
+from bridge.config.loader import STATE_FILE, BridgeConfig, Config, config_path, load_config
 from bridge.errors import BridgeError, ConfigError, WriteError
-from bridge.logs import AuditLog, one_line, setup_logging
-from bridge.state import read_state
-from bridge.writer import is_memory_backed
+from bridge.observe import metrics
+from bridge.observe.logs import AuditLog, one_line, setup_logging
+from bridge.writer.atomic import is_memory_backed
+from bridge.writer.state import read_state
 
 log = logging.getLogger("secrets_bridge")
 
@@ -119,7 +119,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("run", "sync"):
         refuse_disk_output_dir(config.settings)
     if args.command == "run":
-        from bridge.runner import Runner  # watchdog and the server: only `run` pays for them
+        from bridge.runtime.runner import Runner  # watchdog and the server: only `run` pays for them
 
         if config.settings.listen:
             return Runner(path, config).run()
@@ -187,7 +187,7 @@ def refuse_disk_output_dir(settings: BridgeConfig) -> None:
 
 
 def cmd_sync(config: Config) -> int:
-    from bridge.engine import Engine  # not for ls and inspect, which read the state file only
+    from bridge.engine.cycle import Engine  # not for ls and inspect, which read the state file only
 
     # No metrics: nothing can scrape a process about to exit, and prometheus_client stays unloaded.
     with metrics.unrecorded():
@@ -207,7 +207,7 @@ def cmd_sync(config: Config) -> int:
 def cmd_check(config: Config) -> int:
     """A dry `sync` through the engine's own path: fetch (batched), extract and render every
     entry, write nothing; print each resolved version or error, never a value."""
-    from bridge.engine import Engine
+    from bridge.engine.cycle import Engine
 
     with metrics.unrecorded():  # as in cmd_sync
         engine = Engine(config)

@@ -33,7 +33,7 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from bridge.errors import ConfigError, ProviderError, Unavailable
-from bridge.metrics import PROVIDER_REQUESTS
+from bridge.observe.metrics import PROVIDER_REQUESTS
 
 ENTRY_POINT_GROUP = "secrets_bridge.providers"
 K = TypeVar("K")

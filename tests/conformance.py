@@ -21,8 +21,8 @@ from typing import Any, Protocol
 
 import pytest
 
+from bridge.engine.extract import extract
 from bridge.errors import ProviderError, SecretNotFound, Unavailable
-from bridge.extract import extract
 from bridge.provider import PREVIOUS, Fetched, Provider, Request
 
 

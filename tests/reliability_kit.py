@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from bridge.writer import is_memory_backed
+from bridge.writer.atomic import is_memory_backed
 from tests.servers import venv_binary
 
 FIGURES = Path(os.environ.get("SB_RELIABILITY_FIGURES", "/tmp/secrets-bridge-reliability.json"))

@@ -18,11 +18,11 @@ import boto3
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from bridge.config import parse_config
-from bridge.engine import Engine
+from bridge.config.loader import parse_config
+from bridge.engine.cycle import Engine
+from bridge.engine.extract import extract
 from bridge.errors import AccessDenied, ConfigError, ProviderError, SecretNotFound, Unavailable
-from bridge.extract import extract
-from bridge.metrics import REGISTRY
+from bridge.observe.metrics import REGISTRY
 from bridge.provider import Fetched, Request
 from providers.aws_secretsmanager import SecretsManagerProvider, SecretsManagerSettings
 from tests.aws_counting_proxy import CountingProxy, free_port, start_moto, stop

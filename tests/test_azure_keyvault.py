@@ -27,10 +27,10 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from pydantic import ValidationError
 
-from bridge.config import parse_config
-from bridge.engine import Engine
+from bridge.config.loader import parse_config
+from bridge.engine.cycle import Engine
 from bridge.errors import AccessDenied, SecretNotFound, Unavailable
-from bridge.metrics import PROVIDER_REQUESTS
+from bridge.observe.metrics import PROVIDER_REQUESTS
 from bridge.provider import PREVIOUS, Fetched, Request
 from providers.azure_keyvault import KeyVaultProvider
 from tests.azure_fake import VAULT_RESOURCE, VAULT_SCOPE, FakeKeyVault
@@ -308,7 +308,7 @@ def test_password_protected_pfx_is_refused(provider: KeyVaultProvider, backend: 
     """A PKCS#12 with a password (not what Key Vault exports) is a clear error, not garbage PEM."""
     import base64
 
-    from bridge.extract import ExtractError
+    from bridge.engine.extract import ExtractError
 
     pfx = pkcs12.serialize_key_and_certificates(
         None, *_key_and_cert(), None, BestAvailableEncryption(b"pw"))

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.cli import _parser
-from bridge.writer import is_memory_backed
+from bridge.writer.atomic import is_memory_backed
 from tests.config_strategies import cli_environments, config_documents, to_yaml
 from tests.servers import free_port, venv_binary
 

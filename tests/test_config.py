@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.config import (
+from bridge.config.loader import (
     MAX_COMPONENT,
     MAX_CONFIG_BYTES,
     MAX_DURATION_SECONDS,

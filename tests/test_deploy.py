@@ -23,7 +23,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from bridge.config import parse_config
+from bridge.config.loader import parse_config
 from tests.servers import free_port, venv_binary, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,9 +165,10 @@ def _bridge_env(mountpoint: Path, openbao: Any) -> dict[str, str]:
 #: read (a pyenv under /root); a container starts as that uid from the first instruction instead.
 _AS_IMAGE_USER = """
 import os, sys
-import bridge.cli, bridge.runner, bridge.server, providers.vault, providers.vault_auth, hvac, watchdog.observers
+import bridge.cli, bridge.runtime.runner, bridge.runtime.server
+import providers.vault, providers.vault_auth, hvac, watchdog.observers
 import encodings.idna, http.client, json, logging.handlers, ssl, urllib.request
-import bridge.engine, concurrent.futures.thread, pydantic_settings  # loaded on demand, for these runs
+import bridge.engine.cycle, concurrent.futures.thread, pydantic_settings  # loaded on demand, for these runs
 os.setgroups([]); os.setgid(int(sys.argv[1])); os.setuid(int(sys.argv[1]))
 sys.exit(bridge.cli.main(sys.argv[2:]))
 """

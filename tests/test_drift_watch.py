@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.drift_watch import FALLBACK_SWEEP_SECONDS, SAFETY_SWEEP_SECONDS, SETTLE_SECONDS, DriftWatch
-from bridge.fields import STATE_FILE
-from bridge.writer import FileSpec, Writer
+from bridge.config.fields import STATE_FILE
+from bridge.runtime.drift_watch import FALLBACK_SWEEP_SECONDS, SAFETY_SWEEP_SECONDS, SETTLE_SECONDS, DriftWatch
+from bridge.writer.atomic import FileSpec, Writer
 
 FILES = {"a": FileSpec(b"a-0", 0o444), "tls/cert.pem": FileSpec(b"cert-0", 0o444)}
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config import parse_config
-from bridge.engine import UPKEEP_MIN_SECONDS, Engine
+from bridge.config.loader import parse_config
+from bridge.engine.cycle import UPKEEP_MIN_SECONDS, Engine
 from bridge.errors import SecretNotFound, Unavailable
 from bridge.provider import Fetched, Provider, ProviderSettings, Request
 
@@ -490,7 +490,7 @@ def test_last_refresh_metric_per_entry(tmp_path: Path) -> None:
     """/metrics gives each entry's last successful refresh, read at scrape time."""
     from prometheus_client import generate_latest
 
-    from bridge.metrics import REGISTRY
+    from bridge.observe.metrics import REGISTRY
 
     engine, fake = make_engine(tmp_path, SECRETS)
     fake.put("r1", b"one")
@@ -505,7 +505,7 @@ def test_last_refresh_metric_per_entry(tmp_path: Path) -> None:
 
 def test_failing_gauge_follows_failure_and_recovery(tmp_path: Path) -> None:
     """secrets_bridge_secret_failing is 1 while a secret fails and gone once it recovers."""
-    from bridge.metrics import SECRET_ERRORS
+    from bridge.observe.metrics import SECRET_ERRORS
 
     def failing() -> list[tuple[str, str]]:
         return [(s.labels["secret"], s.labels["code"]) for m in SECRET_ERRORS.collect() for s in m.samples

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import boto3
 
-from bridge.config import parse_config
-from bridge.engine import Engine
+from bridge.config.loader import parse_config
+from bridge.engine.cycle import Engine
 from tests.azure_fixtures import (  # noqa: F401 - fixtures
     VAULT_URL,
     KeyVaultBackend,

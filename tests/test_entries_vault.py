@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config import parse_config
-from bridge.engine import Engine
+from bridge.config.loader import parse_config
+from bridge.engine.cycle import Engine
 from tests.conftest import OpenBao
 from tests.fault_proxy import FaultProxy
 

@@ -8,10 +8,10 @@ import os
 import time
 from pathlib import Path
 
-from bridge.config import parse_config
-from bridge.engine import Engine
+from bridge.config.loader import parse_config
+from bridge.engine.cycle import Engine
+from bridge.engine.leases import LEASE_FILE
 from bridge.errors import Unavailable
-from bridge.leases import LEASE_FILE
 from bridge.provider import Fetched, Provider, ProviderSettings, Request
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from bridge.config import parse_config
-from bridge.engine import Engine
+from bridge.config.loader import parse_config
+from bridge.engine.cycle import Engine
 from bridge.errors import AccessDenied, SecretNotFound, Unavailable
 from bridge.provider import Fetched, Request
 from providers.local import EnvProvider, EnvSettings, FileProvider, FileSettings

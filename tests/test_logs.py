@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.changes import Change
 from bridge.errors import WriteError
-from bridge.logs import AUDIT_LOGGER, AuditLog, JsonFormatter, TextFormatter
+from bridge.observe.changes import Change
+from bridge.observe.logs import AUDIT_LOGGER, AuditLog, JsonFormatter, TextFormatter
 
 CHANGES = [
     Change(file="db/password", entry="db", provider="vault", ref="secret/app/db", old_version="3", new_version="4",

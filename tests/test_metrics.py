@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from bridge import metrics
+from bridge.observe import metrics
 
 
 def _commits() -> float:

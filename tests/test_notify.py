@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from bridge.changes import Change
-from bridge.config import OnChange, parse_config
+from bridge.config.loader import OnChange, parse_config
 from bridge.errors import ConfigError
-from bridge.metrics import REGISTRY
-from bridge.notify import Notifier, _read_pid
+from bridge.observe.changes import Change
+from bridge.observe.metrics import REGISTRY
+from bridge.runtime.notify import Notifier, _read_pid
 from tests.servers import venv_binary
 
 WAITER = textwrap.dedent("""

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.fields import LEASE_FILE, STATE_FILE
-from bridge.writer import is_memory_backed
+from bridge.config.fields import LEASE_FILE, STATE_FILE
+from bridge.writer.atomic import is_memory_backed
 from tests.servers import free_port, venv_binary
 
 SECRET = "S3CRET-probe-value"
@@ -233,8 +233,8 @@ def test_a_full_tmpfs_is_logged_once_and_fails_readiness(tmp_path: Path, small_t
 def test_a_star_entry_parses_its_map_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """`files: "*"` over 2,000 keys parses the JSON once, not once per key (quadratic before: 5,000 keys
     took 3.9 s from a source change to the file)."""
+    from bridge.engine.render import top_level_files
     from bridge.provider import Fetched
-    from bridge.render import top_level_files
 
     doc = {f"k{i}": {"n": i} if i % 2 else f"v{i}" for i in range(2000)}
     calls = []

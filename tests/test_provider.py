@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import AccessDenied, ConfigError, SecretNotFound, Unavailable
-from bridge.metrics import REGISTRY
+from bridge.observe.metrics import REGISTRY
 from bridge.provider import (
     BUILT_IN,
     RETRY_AFTER_CAP_SECONDS,

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.wakeup import Wakeup
-from bridge.writer import is_memory_backed
+from bridge.runtime.wakeup import Wakeup
+from bridge.writer.atomic import is_memory_backed
 from tests.servers import venv_binary
 
 

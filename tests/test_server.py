@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import ConfigError
-from bridge.server import CONNECTION_SECONDS, MAX_CONNECTIONS, HealthServer, parse_listen
+from bridge.runtime.server import CONNECTION_SECONDS, MAX_CONNECTIONS, HealthServer, parse_listen
 from tests.servers import free_port
 from tests.test_cli import _get
 from tests.test_engine import make_engine

@@ -97,7 +97,7 @@ def test_state_commands_load_no_engine(tmp_path: Path, command: str) -> None:
     report = json.loads(proc.stdout.splitlines()[-1])
     assert report["status"] == 0
     loaded = _packages(report["loaded"])
-    assert sorted(loaded & {"bridge.engine", "bridge.runner", "prometheus_client", "watchdog"}) == []
+    assert sorted(loaded & {"bridge.engine.cycle", "bridge.runtime.runner", "prometheus_client", "watchdog"}) == []
 
 
 @pytest.mark.parametrize(("listen", "metrics"), [("null", False), ("'127.0.0.1:0'", True)])
@@ -107,7 +107,7 @@ def test_run_loads_metrics_only_with_a_listener(tmp_path: Path, listen: str, met
                                 listen=listen)
     assert status == 0 and (out / "a").read_text() == "u1"
     assert "watchdog" in loaded
-    assert ("prometheus_client" in loaded, "bridge.server" in loaded) == (metrics, metrics)
+    assert ("prometheus_client" in loaded, "bridge.runtime.server" in loaded) == (metrics, metrics)
 
 
 def test_vault_sync_loads_no_charset_detector(tmp_path: Path, openbao) -> None:  # type: ignore[no-untyped-def]

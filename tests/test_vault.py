@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bridge.errors import AccessDenied, SecretNotFound, Unavailable
-from bridge.metrics import registry
+from bridge.observe.metrics import registry
 from bridge.provider import Fetched, Request
 from providers.vault import VaultProvider, VaultSettings
 from tests.conformance import ProviderConformance, read, unique_text

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import WriteError
-from bridge.writer import DATA_LINK, MAX_SPARES, FileSpec, Writer, is_memory_backed
+from bridge.writer.atomic import DATA_LINK, MAX_SPARES, FileSpec, Writer, is_memory_backed
 
 
 @pytest.fixture
@@ -203,7 +203,7 @@ def test_reader_never_sees_partial_or_missing(shm_dir: Path) -> None:
 
 CRASHER = textwrap.dedent("""
     import os, signal, sys
-    from bridge.writer import FileSpec, Writer
+    from bridge.writer.atomic import FileSpec, Writer
     class Crashing(Writer):
         def _step(self, name):
             if name == sys.argv[2]:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
-from bridge.generation import link_names, make_dir, opened, remove, remove_names, rename_new
+from bridge.writer.generation import link_names, make_dir, opened, remove, remove_names, rename_new
 
 SPARE_PREFIX = "..spare_"
 #: spares kept ready: one for the next commit, one more for a commit within the grace period

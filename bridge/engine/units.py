@@ -14,17 +14,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from bridge.config import Config, SecretConfig, check_target
+from bridge.config.loader import Config, SecretConfig, check_target
+from bridge.engine.extract import extract
+from bridge.engine.render import compile_template, render_template, top_level_files, value_of
 from bridge.errors import ExtractError, ProviderError
-from bridge.extract import extract
 from bridge.provider import Fetched, Provider, Request
-from bridge.render import compile_template, render_template, top_level_files, value_of
-from bridge.writer import FileSpec
+from bridge.writer.atomic import FileSpec
 
 if TYPE_CHECKING:
     from jinja2 import Template
 
-    from bridge.leases import Lease
+    from bridge.engine.leases import Lease
 
 
 @dataclass(eq=False)

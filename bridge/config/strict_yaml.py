@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
+from bridge.config.fields import DecimalInt, shorten
 from bridge.errors import ConfigError
-from bridge.fields import DecimalInt, shorten
 
 #: YAML aliases may repeat a node this many times in all: more is an alias bomb, not a config
 MAX_ALIAS_REPEATS = 10_000

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from bridge.errors import WriteError
-from bridge.generation import rename_new, unlink
+from bridge.writer.generation import rename_new, unlink
 
 DATA_LINK = "..data"
 _LINK_TMP = "..link_tmp"

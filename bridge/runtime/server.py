@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bridge import fields
-from bridge.engine import Engine
+from bridge.config import fields
+from bridge.engine.cycle import Engine
 from bridge.errors import ConfigError
-from bridge.metrics import registry
+from bridge.observe.metrics import registry
 
 log = logging.getLogger("secrets_bridge.server")
 

@@ -1,5 +1,5 @@
 """The sections of a configuration: secret entries (plain, `files:`, `template:`) and the
-`on_change` actions. Validation only; `bridge.config` assembles them into the whole file and
+`on_change` actions. Validation only; `bridge.config.loader` assembles them into the whole file and
 re-exports them. Never echoes an input value.
 """
 
@@ -12,26 +12,26 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from bridge.fields import LEASE_FILE as LEASE_FILE
-from bridge.fields import MAX_COMPONENT as MAX_COMPONENT
-from bridge.fields import MAX_ID as MAX_ID
-from bridge.fields import MAX_PATH as MAX_PATH
-from bridge.fields import MAX_TARGET_DEPTH as MAX_TARGET_DEPTH
-from bridge.fields import (
+from bridge.config.fields import LEASE_FILE as LEASE_FILE
+from bridge.config.fields import MAX_COMPONENT as MAX_COMPONENT
+from bridge.config.fields import MAX_ID as MAX_ID
+from bridge.config.fields import MAX_PATH as MAX_PATH
+from bridge.config.fields import MAX_TARGET_DEPTH as MAX_TARGET_DEPTH
+from bridge.config.fields import (
     MIN_REFRESH_SECONDS,
     Duration,
     Mode,
     OwnerId,
     Version,
 )
-from bridge.fields import RESERVED_PREFIX as RESERVED_PREFIX
-from bridge.fields import STATE_FILE as STATE_FILE
-from bridge.fields import HttpUrl as HttpUrl
-from bridge.fields import check_target as check_target
-from bridge.fields import parse_duration as parse_duration
-from bridge.fields import parse_http_url as parse_http_url
-from bridge.fields import parse_listen as parse_listen
-from bridge.fields import parse_mode as parse_mode
+from bridge.config.fields import RESERVED_PREFIX as RESERVED_PREFIX
+from bridge.config.fields import STATE_FILE as STATE_FILE
+from bridge.config.fields import HttpUrl as HttpUrl
+from bridge.config.fields import check_target as check_target
+from bridge.config.fields import parse_duration as parse_duration
+from bridge.config.fields import parse_http_url as parse_http_url
+from bridge.config.fields import parse_listen as parse_listen
+from bridge.config.fields import parse_mode as parse_mode
 
 #: `version: previous`, the uniform relative pin
 PREVIOUS = "previous"

@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from bridge.changes import Change
-from bridge.config import OnChange
-from bridge.metrics import NOTIFICATIONS
+from bridge.config.loader import OnChange
+from bridge.observe.changes import Change
+from bridge.observe.metrics import NOTIFICATIONS
 
 log = logging.getLogger("secrets_bridge.notify")
 

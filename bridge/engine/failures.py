@@ -10,9 +10,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+from bridge.engine.units import Entry, Unit
 from bridge.errors import ProviderError
-from bridge.metrics import SECRET_ERRORS
-from bridge.units import Entry, Unit
+from bridge.observe.metrics import SECRET_ERRORS
 
 log = logging.getLogger("secrets_bridge.engine")
 

@@ -18,8 +18,8 @@ import urllib.parse
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from bridge.engine.extract import field_bytes
 from bridge.errors import ExtractError
-from bridge.extract import field_bytes
 
 if TYPE_CHECKING:
     from jinja2 import Template

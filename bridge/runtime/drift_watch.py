@@ -39,9 +39,9 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
 
-from bridge.config_watch import quiet_watchdog
-from bridge.fields import RESERVED_PREFIX
-from bridge.links import DATA_LINK
+from bridge.config.fields import RESERVED_PREFIX
+from bridge.runtime.config_watch import quiet_watchdog
+from bridge.writer.links import DATA_LINK
 
 log = logging.getLogger("secrets_bridge.writer")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from bridge.errors import WriteError
-from bridge.generation import (
+from bridge.writer.generation import (
     DIR_FLAGS,
     FileSpec,
     Stamp,
@@ -46,8 +46,8 @@ from bridge.generation import (
     unlink,
     write_files,
 )
-from bridge.links import DATA_LINK, Links, link_target
-from bridge.spares import MAX_SPARES, SPARE_PREFIX, Spares
+from bridge.writer.links import DATA_LINK, Links, link_target
+from bridge.writer.spares import MAX_SPARES, SPARE_PREFIX, Spares
 
 __all__ = ["DATA_LINK", "GENERATION_GRACE_SECONDS", "MAX_SPARES", "FileSpec", "Writer", "is_memory_backed"]
 

@@ -22,12 +22,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from bridge.errors import ConfigError
-
-# re-exported: modules and tests import these from bridge.config
-from bridge.fields import LEASE_FILE as LEASE_FILE
-from bridge.fields import MAX_COMPONENT as MAX_COMPONENT
-from bridge.fields import (
+# re-exported: modules and tests import these from bridge.config.loader
+from bridge.config.fields import LEASE_FILE as LEASE_FILE
+from bridge.config.fields import MAX_COMPONENT as MAX_COMPONENT
+from bridge.config.fields import (
     MAX_DURATION_SECONDS,
     MIN_REFRESH_SECONDS,
     Duration,
@@ -37,50 +35,51 @@ from bridge.fields import (
     printable,
     refuse_bool,
 )
-from bridge.fields import MAX_ID as MAX_ID
-from bridge.fields import MAX_PATH as MAX_PATH
-from bridge.fields import MAX_TARGET_DEPTH as MAX_TARGET_DEPTH
-from bridge.fields import RESERVED_PREFIX as RESERVED_PREFIX
-from bridge.fields import STATE_FILE as STATE_FILE
-from bridge.fields import FieldError as _FieldError
-from bridge.fields import HttpUrl as HttpUrl
-from bridge.fields import check_target as check_target
-from bridge.fields import parse_duration as parse_duration
-from bridge.fields import parse_http_url as parse_http_url
-from bridge.fields import parse_listen as parse_listen
-from bridge.fields import parse_mode as parse_mode
-from bridge.provider import Provider, ProviderSettings, provider_class
-from bridge.sections import (
+from bridge.config.fields import MAX_ID as MAX_ID
+from bridge.config.fields import MAX_PATH as MAX_PATH
+from bridge.config.fields import MAX_TARGET_DEPTH as MAX_TARGET_DEPTH
+from bridge.config.fields import RESERVED_PREFIX as RESERVED_PREFIX
+from bridge.config.fields import STATE_FILE as STATE_FILE
+from bridge.config.fields import FieldError as _FieldError
+from bridge.config.fields import HttpUrl as HttpUrl
+from bridge.config.fields import check_target as check_target
+from bridge.config.fields import parse_duration as parse_duration
+from bridge.config.fields import parse_http_url as parse_http_url
+from bridge.config.fields import parse_listen as parse_listen
+from bridge.config.fields import parse_mode as parse_mode
+from bridge.config.sections import (
     MAX_HOOK_SECONDS as MAX_HOOK_SECONDS,
 )
-from bridge.sections import (
+from bridge.config.sections import (
     PREVIOUS as PREVIOUS,
 )
-from bridge.sections import (
+from bridge.config.sections import (
     FileDefaults as FileDefaults,
 )
-from bridge.sections import (
+from bridge.config.sections import (
     FileRule as FileRule,
 )
-from bridge.sections import (
+from bridge.config.sections import (
     HookWait as HookWait,
 )
-from bridge.sections import (
+from bridge.config.sections import (
     HttpHook as HttpHook,
 )
-from bridge.sections import (
+from bridge.config.sections import (
     OnChange as OnChange,
 )
-from bridge.sections import (
+from bridge.config.sections import (
     SecretConfig as SecretConfig,
 )
-from bridge.sections import (
+from bridge.config.sections import (
     ValueSource as ValueSource,
 )
-from bridge.sections import (
+from bridge.config.sections import (
     _Model as _Model,
 )
-from bridge.strict_yaml import load_yaml
+from bridge.config.strict_yaml import load_yaml
+from bridge.errors import ConfigError
+from bridge.provider import Provider, ProviderSettings, provider_class
 
 if TYPE_CHECKING:
     from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
@@ -132,7 +131,7 @@ class BridgeConfig(BaseModel):
                 targets[f"{name}/{file}"] = name
             targets[name] = name
             if secret.template is not None:
-                from bridge.render import compile_template
+                from bridge.engine.render import compile_template
 
                 try:
                     compile_template(secret.template, set(secret.values or {}))

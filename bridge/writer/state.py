@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bridge.config import STATE_FILE
+from bridge.config.loader import STATE_FILE
 from bridge.errors import WriteError
 
 if TYPE_CHECKING:
-    from bridge.engine import Engine
-    from bridge.units import Entry
-    from bridge.writer import Writer
+    from bridge.engine.cycle import Engine
+    from bridge.engine.units import Entry
+    from bridge.writer.atomic import Writer
 
 
 def _iso(epoch: float | None) -> str | None:

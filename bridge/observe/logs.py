@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from bridge.changes import Change
 from bridge.errors import WriteError
+from bridge.observe.changes import Change
 
 AUDIT_LOGGER = "secrets_bridge.audit"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

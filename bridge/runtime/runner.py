@@ -17,15 +17,15 @@ import threading
 import time
 from pathlib import Path
 
-from bridge.config import STATE_FILE, Config, load_config
-from bridge.config_watch import ConfigWatch
-from bridge.drift_watch import DriftWatch
-from bridge.engine import Engine
+from bridge.config.loader import STATE_FILE, Config, load_config
+from bridge.engine.cycle import Engine
 from bridge.errors import BridgeError, ConfigError, WriteError
-from bridge.logs import AuditLog
-from bridge.notify import Notifier
-from bridge.wakeup import Wakeup
-from bridge.writer import Writer
+from bridge.observe.logs import AuditLog
+from bridge.runtime.config_watch import ConfigWatch
+from bridge.runtime.drift_watch import DriftWatch
+from bridge.runtime.notify import Notifier
+from bridge.runtime.wakeup import Wakeup
+from bridge.writer.atomic import Writer
 
 log = logging.getLogger("secrets_bridge.run")
 
@@ -59,7 +59,7 @@ class Runner:
         self.engine = self._engine(self.config)
         server = None
         if self.config.settings.listen:
-            from bridge.server import HealthServer  # and prometheus_client: only where /metrics is served
+            from bridge.runtime.server import HealthServer  # and prometheus_client: only where /metrics is served
 
             try:
                 server = HealthServer(lambda: self.engine, self.config.settings.listen)

@@ -25,20 +25,20 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from bridge import failures
-from bridge.changes import Change
-from bridge.config import Config
+from bridge.config.loader import Config
+from bridge.engine import failures
+from bridge.engine.leases import LeaseKeeper, Renewed
+from bridge.engine.schedule import Schedule
+from bridge.engine.units import Entry, Unit, build, owner_index
 from bridge.errors import ExtractError, ProviderError, WriteError, contained
-from bridge.leases import LeaseKeeper, Renewed
-from bridge.metrics import COMMIT_SECONDS, COMMITS, CYCLE_SECONDS, DRIFT_REPAIRS, LAST_REFRESH
+from bridge.observe.changes import Change
+from bridge.observe.metrics import COMMIT_SECONDS, COMMITS, CYCLE_SECONDS, DRIFT_REPAIRS, LAST_REFRESH
 from bridge.provider import Fetched, Provider
-from bridge.schedule import Schedule
-from bridge.state import State, file_record
-from bridge.units import Entry, Unit, build, owner_index
-from bridge.writer import FileSpec, Writer
+from bridge.writer.atomic import FileSpec, Writer
+from bridge.writer.state import State, file_record
 
 if TYPE_CHECKING:
-    from bridge.drift_watch import DriftWatch
+    from bridge.runtime.drift_watch import DriftWatch
 
 log = logging.getLogger("secrets_bridge.engine")
 
@@ -173,7 +173,7 @@ class Engine:
         """Keep in step until `wake` is set; the cycle in progress always finishes. Between due
         times the loop sleeps: nothing runs on a clock while nothing is due."""
         if self.drift is None:
-            from bridge.drift_watch import DriftWatch
+            from bridge.runtime.drift_watch import DriftWatch
 
             self.drift, self._own_drift = DriftWatch(), True  # nothing to wake this loop: swept on a clock
         while not wake.is_set():

@@ -23,15 +23,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from bridge.config.fields import LEASE_FILE
 from bridge.errors import ProviderError, SecretNotFound, WriteError, contained
-from bridge.fields import LEASE_FILE
-from bridge.metrics import LEASE_EXPIRY, LEASE_ISSUES, LEASE_RENEWALS
+from bridge.observe.metrics import LEASE_EXPIRY, LEASE_ISSUES, LEASE_RENEWALS
 from bridge.provider import Fetched, Provider
 
 if TYPE_CHECKING:
-    from bridge.schedule import Schedule
-    from bridge.units import Unit
-    from bridge.writer import Writer
+    from bridge.engine.schedule import Schedule
+    from bridge.engine.units import Unit
+    from bridge.writer.atomic import Writer
 
 log = logging.getLogger("secrets_bridge.engine")
 
