@@ -1,30 +1,34 @@
 """Tell the application that files changed: a signal, a command, or an HTTP call.
 
 The engine calls the Notifier with a commit's `Change` records; it only queues them and returns, so
-an action never delays syncing. One worker thread runs the actions: each `on_change` entry whose
-`secrets` name a changed entry or file fires once its `wait` window has passed (consul-template's
-quiescence), with every change gathered since it last fired. A failing action is logged and counted,
-never raised. A started command gets a minimal environment (never the bridge's own, which may hold a
-vault token) and the changed files in SECRETS_BRIDGE_CHANGED, one per line; never values.
+an action never delays syncing. Each `on_change` entry has its own worker thread, started when it has
+something pending and ended when it has nothing left (so threads are bounded by the entries, and one
+slow action never delays another): it fires once its `wait` window has passed (consul-template's
+quiescence), with every change gathered since it last fired. `timeout` is a deadline for the whole
+action (a command, or an HTTP call however slowly the server answers). A failing action is logged
+and counted, never raised; its message never holds the URL's user, password or query. A started
+command gets a minimal environment (never the bridge's own, which may hold a vault token) and the
+changed files in SECRETS_BRIDGE_CHANGED, one per line; never values.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from bridge.config.loader import OnChange
+from bridge.config.loader import HttpHook, OnChange
 from bridge.observe.changes import Change
 from bridge.observe.metrics import NOTIFICATIONS
 
@@ -34,6 +38,8 @@ _PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME")
 #: a pid file is read up to this size: a pid is a few digits
 _PID_FILE_MAX_BYTES = 64
 _PID = re.compile(r"-?[0-9]+")
+#: of an HTTP action's answer only this much is read (the status is what counts)
+_HTTP_BODY_MAX_BYTES = 64 * 1024
 
 
 class _Skipped(Exception):
@@ -57,6 +63,8 @@ class _Hook:
     at_start: bool = True
     #: dropped by a reload: announces what it has pending at once, then goes
     retiring: bool = False
+    #: the thread running this entry's actions, while it has any pending or running
+    worker: threading.Thread | None = None
 
     def wants(self, change: Change) -> bool:
         names = self.config.secrets
@@ -88,7 +96,7 @@ class _Hook:
 
 
 class Notifier:
-    """Queues changes for the `on_change` actions and runs them on its own thread.
+    """Queues changes for the `on_change` actions and runs each entry's on a thread of its own.
 
     `__call__(changes)` never blocks on an action. `started()` marks the end of `run`'s first
     sync. `close(timeout)` runs what is pending at once and gives it at most `timeout` seconds."""
@@ -99,8 +107,9 @@ class Notifier:
         self._starting = True
         self._closing = False
         self._abandoned = False
-        self._child: subprocess.Popen[bytes] | None = None
-        self._thread: threading.Thread | None = None
+        self._children: set[subprocess.Popen[bytes]] = set()
+        #: every live worker, those of entries a reload dropped included
+        self._workers: set[threading.Thread] = set()
 
     def __call__(self, changes: list[Change]) -> None:
         if not changes:
@@ -113,10 +122,8 @@ class Notifier:
                 wanted = [c for c in changes if hook.wants(c)]
                 if wanted:
                     hook.add(wanted, now, self._starting)
-            if self._thread is None and any(h.pending for h in self._hooks):
-                self._thread = threading.Thread(target=self._work, name="notify", daemon=True)
-                self._thread.start()
-            self._cond.notify()
+                    self._start_worker(hook)
+            self._cond.notify_all()
 
     def started(self) -> None:
         """The first sync of `run` is over: from now on a missing pid file is an error."""
@@ -137,52 +144,52 @@ class Notifier:
                 gone.retiring = True
                 kept.append(gone)
             self._hooks = kept
-            self._cond.notify()
+            self._cond.notify_all()
 
     def close(self, timeout: float) -> None:
         """Run every pending action now; return within about `timeout` seconds, ending a command
         still running then (its hook is counted as failed)."""
+        deadline = time.monotonic() + timeout
         with self._cond:
             self._closing = True
-            self._cond.notify()
-            thread = self._thread
-        if thread is None:
-            return
-        thread.join(timeout)
-        if thread.is_alive():
+            self._cond.notify_all()
+            workers = list(self._workers)
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        if any(worker.is_alive() for worker in workers):
             with self._cond:
                 self._abandoned = True  # start no command after this
-                child = self._child
-            if child is not None:
+                children = list(self._children)
+            for child in children:
                 _kill(child)
-            thread.join(1.0)
+            for worker in workers:
+                worker.join(1.0)
             log.warning("on_change: gave up waiting for actions at shutdown after %.0fs", timeout)
 
-    # -- the worker -------------------------------------------------------------------------
+    # -- the workers ------------------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _start_worker(self, hook: _Hook) -> None:
+        """Called holding the lock: give `hook` a worker unless it has one."""
+        if hook.worker is None:
+            hook.worker = threading.Thread(target=self._work, args=(hook,), name=f"notify-{hook.index}",
+                                           daemon=True)
+            self._workers.add(hook.worker)
+            hook.worker.start()
+
+    def _work(self, hook: _Hook) -> None:
+        """Fire `hook` each time it is due; end once it has nothing pending."""
         while True:
             with self._cond:
-                due = self._next_due()
-                while due is None:
-                    if self._closing and not any(h.pending for h in self._hooks):
-                        return
-                    waits = [at for h in self._hooks if (at := h.due_at(self._closing)) is not None]
-                    self._cond.wait(None if not waits else max(0.0, min(waits) - time.monotonic()))
-                    due = self._next_due()
-                hook = due
+                while (at := hook.due_at(self._closing)) is not None and at > time.monotonic():
+                    self._cond.wait(at - time.monotonic())
+                if at is None:
+                    self._workers.discard(threading.current_thread())
+                    hook.worker = None
+                    if hook.retiring and hook in self._hooks:
+                        self._hooks.remove(hook)
+                    return
                 changes, at_start = hook.take()
-                if hook.retiring:
-                    self._hooks.remove(hook)
             self._fire(hook, changes, at_start)
-
-    def _next_due(self) -> _Hook | None:
-        now = time.monotonic()
-        for hook in self._hooks:
-            at = hook.due_at(self._closing)
-            if at is not None and at <= now:
-                return hook
-        return None
 
     def _fire(self, hook: _Hook, changes: list[Change], at_start: bool) -> None:
         kind = hook.config.kind
@@ -195,7 +202,8 @@ class Notifier:
             log.error("on_change.%d: %s; refused", hook.index, exc)
             NOTIFICATIONS.labels(action=kind, outcome="failed").inc()
         except Exception as exc:  # an action must never take the bridge down
-            log.warning("on_change.%d (%s) failed: %s", hook.index, _describe(hook.config), exc)
+            log.warning("on_change.%d (%s) failed: %s", hook.index, _describe(hook.config),
+                        _redact(str(exc), hook.config))
             NOTIFICATIONS.labels(action=kind, outcome="failed").inc()
         else:
             NOTIFICATIONS.labels(action=kind, outcome="ok").inc()
@@ -213,10 +221,8 @@ class Notifier:
             self._exec(hook.exec, env, hook.timeout)
             log.info("on_change: ran %s (%d files changed)", hook.exec[0], len(files))
         elif hook.http is not None:
-            request = urllib.request.Request(hook.http.url, method=hook.http.method,  # noqa: S310 - http(s) only, checked in config
-                                             data=b"" if hook.http.method != "GET" else None)
-            with _OPENER.open(request, timeout=hook.timeout) as response:
-                log.info("on_change: %s %s -> %d", hook.http.method, _safe_url(hook.http.url), response.status)
+            status = _http_call(hook.http, hook.timeout)
+            log.info("on_change: %s %s -> %d", hook.http.method, _safe_url(hook.http.url), status)
 
     def _exec(self, argv: list[str], env: dict[str, str], timeout: float) -> None:
         with self._cond:
@@ -226,26 +232,78 @@ class Notifier:
             # everything it started.
             child = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
-            self._child = child
+            self._children.add(child)
         try:
             status = child.wait(timeout)
         except subprocess.TimeoutExpired:
             _kill(child)
             raise RuntimeError(f"timed out after {timeout:g}s; stopped it") from None
         finally:
-            self._child = None
+            with self._cond:
+                self._children.discard(child)
         if status != 0:
             raise RuntimeError(f"exit status {status}" if status > 0 else f"killed by signal {-status}")
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect is an error: it could lead the call off the URL the config checked."""
+class _Deadline:
+    """Cuts a connection's socket once `seconds` have passed, so that a server answering a byte at
+    a time cannot hold the call past its timeout (a socket timeout bounds each read, not the call)."""
 
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None
+    def __init__(self, conn: http.client.HTTPConnection, seconds: float) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+        self.expired = False
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def _cut(self) -> None:
+        with self._lock:
+            self.expired = True
+            sock = self._conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def check(self) -> None:
+        """Raise if the deadline passed while no socket was there to cut (during connect)."""
+        with self._lock:
+            if self.expired:
+                raise TimeoutError
 
 
-_OPENER = urllib.request.build_opener(_NoRedirect)
+def _http_call(hook: HttpHook, timeout: float) -> int:
+    """One request to `hook.url`, done or failed within `timeout` seconds; returns the status. A
+    redirect is an error: it could lead the call off the URL the config checked."""
+    parts = urlsplit(hook.url)
+    host = parts.hostname or ""
+    connection = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = connection(host, parts.port, timeout=timeout)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        with _Deadline(conn, timeout) as deadline:
+            try:
+                conn.connect()
+                deadline.check()
+                conn.request(hook.method, target, body=b"" if hook.method != "GET" else None,
+                             headers={"User-Agent": "secrets-bridge"})
+                response = conn.getresponse()
+                response.read(_HTTP_BODY_MAX_BYTES)
+            except (OSError, http.client.HTTPException) as exc:
+                if deadline.expired or isinstance(exc, TimeoutError):
+                    raise RuntimeError(f"no answer within {timeout:g}s") from None
+                raise
+    finally:
+        conn.close()
+    if response.status >= 300:
+        raise RuntimeError(f"HTTP {response.status} {response.reason}")
+    return response.status
 
 
 def _read_pid(hook: OnChange, at_start: bool) -> int:
@@ -295,6 +353,17 @@ def _safe_url(url: str) -> str:
     host = f"[{host}]" if ":" in host else host
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _redact(text: str, hook: OnChange) -> str:
+    """`text` without the user, password or query of the hook's URL, whatever quoted them."""
+    if hook.http is None:
+        return text
+    parts = urlsplit(hook.http.url)
+    secrets = [parts.netloc.rpartition("@")[0], parts.password, parts.username, parts.query]
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _describe(hook: OnChange) -> str:
