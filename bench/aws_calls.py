@@ -30,6 +30,7 @@ from bridge.config.loader import parse_duration
 from bridge.provider import Fetched, Request
 from providers.aws_secretsmanager import SecretsManagerProvider, SecretsManagerSettings
 from tests.aws_counting_proxy import CountingProxy, start_moto, stop
+from tests.versions import latest
 
 #: list price, USD per 10,000 API calls
 PRICE_PER_10K = 0.05
@@ -77,7 +78,7 @@ def run_size(moto_url: str, proxy: CountingProxy, n: int, region: str, cycles_pe
     counts, seconds = measure(proxy, lambda: aws.fetch_many(requests))
     rows.append(("bridge: cold sync", counts, seconds))
     known: dict[str, object] = {}
-    counts, seconds = measure(proxy, lambda: known.update(aws.current_versions(refs)))
+    counts, seconds = measure(proxy, lambda: known.update(latest(aws, refs)))
     rows.append(("bridge: steady cycle, nothing changed", counts, seconds))
     steady_bridge = sum(counts.values())
 
@@ -86,7 +87,7 @@ def run_size(moto_url: str, proxy: CountingProxy, n: int, region: str, cycles_pe
         writer.put_secret_value(SecretId=ref, SecretString="rotated")
 
     def changed_cycle() -> None:
-        now = aws.current_versions(refs)
+        now = latest(aws, refs)
         moved = [Request(ref) for ref in refs if now[ref] != known[ref]]
         fetched = aws.fetch_many(moved)
         assert len(moved) == len(rotated) and all(isinstance(f, Fetched) for f in fetched.values())

@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bridge.provider import Fetched, Request
+from bridge.provider_rules import each_concurrently
 from providers.azure_keyvault import KeyVaultProvider
 from tests.azure_fake import FakeKeyVault
 
@@ -55,7 +56,7 @@ def main() -> None:
         provider = KeyVaultProvider("bench", settings)
         try:
             start = time.perf_counter()
-            got = provider.each_concurrently([(r, r) for r in requests], provider.fetch, workers=workers)
+            got = each_concurrently(provider, [(r, r) for r in requests], provider.fetch, workers=workers)
             elapsed = time.perf_counter() - start
         finally:
             provider.close()

@@ -37,7 +37,7 @@ from botocore.exceptions import (
 )
 
 from bridge.errors import AccessDenied, ConfigError, ProviderError, SecretNotFound, Unavailable
-from bridge.provider import retry_after_seconds
+from bridge.provider_rules import retry_after_seconds
 
 #: AWS error codes, by the core class they map to. Anything 5xx or 429 is Unavailable as well.
 _NOT_FOUND = {"ResourceNotFoundException"}
@@ -70,6 +70,14 @@ class ActionDenied(AccessDenied):
     cheaper call (ListSecrets, BatchGetSecretValue) can be replaced by another the policy allows.
     A bad or expired credential is a plain AccessDenied: every call would fail alike."""
 
+
+#: each code's class; where a code is in two sets, the later one here wins (ActionDenied over
+#: AccessDenied); a code in none is classed by its HTTP status
+_BY_CODE: dict[str, type[ProviderError]] = {
+    **dict.fromkeys(_REJECTED, SecretNotFound), **dict.fromkeys(_UNAVAILABLE, Unavailable),
+    **dict.fromkeys(_ACCESS, AccessDenied), **dict.fromkeys(_ACTION_DENIED, ActionDenied),
+    **dict.fromkeys(_NOT_FOUND, SecretNotFound),
+}
 
 _KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA)[A-Z0-9]{12,}\b")
 _LONG_TOKEN = re.compile(r"[A-Za-z0-9/+=_\-.]{40,}")
@@ -204,22 +212,20 @@ def error_from_code(
     detail = "" if code in _NO_MESSAGE else _redact(message)
     if detail:
         text += f": {detail}"
-    if code in _NOT_FOUND:
-        return SecretNotFound(text, **where)
     # AWS has no code of its own for a secret scheduled for deletion; its message is the only signal.
     if code == "InvalidRequestException" and re.search(r"delet", message, re.IGNORECASE):
         return SecretNotFound(f"{operation}: secret is marked for deletion", **where)
-    if code in _ACTION_DENIED:
-        return ActionDenied(text, **where)
-    if code in _ACCESS or status in (401, 403):
-        return AccessDenied(text, **where)
-    if code in _UNAVAILABLE or status == 429 or (status is not None and status >= 500):
-        if code in _THROTTLED and retry_after is None:
-            text += " (throttled)"
-        return Unavailable(text, retry_after=retry_after, **where)
-    if code in _REJECTED:
-        return SecretNotFound(text, **where)
-    return Unavailable(text, retry_after=retry_after, **where)
+    cls = _BY_CODE.get(code) or _by_status(status)
+    if cls is Unavailable and code in _THROTTLED and retry_after is None:
+        text += " (throttled)"
+    return cls(text, retry_after=retry_after if cls is Unavailable else None, **where)
+
+
+def _by_status(status: int | None) -> type[ProviderError]:
+    """The class of an error code the table does not know, by HTTP status."""
+    if status in (401, 403):
+        return AccessDenied
+    return Unavailable  # 429, 5xx, or anything unforeseen: retried, never taken as "gone"
 
 
 def _redact(message: str) -> str:

@@ -27,15 +27,15 @@ from pydantic import Field, SecretStr, model_validator
 from bridge.errors import AccessDenied, ProviderError, SecretNotFound, Unavailable
 from bridge.provider import (
     PREVIOUS,
-    Fallback,
+    Capabilities,
     Fetched,
     Outcome,
     Provider,
     ProviderSettings,
     Request,
     VersionOutcome,
-    copy_error,
 )
+from bridge.provider_rules import Fallback, call, copy_error, each, fan_out
 from providers._aws_calls import ActionDenied, base_session, error_from_code, open_client, translate_error
 
 log = logging.getLogger("secrets_bridge.providers.aws_secretsmanager")
@@ -79,7 +79,9 @@ class SecretsManagerProvider(Provider):
 
     Settings = SecretsManagerSettings
     settings: SecretsManagerSettings
-    supports_previous = True
+    capabilities = Capabilities(previous=True, cheap_versions=True)
+    sdk_loggers = ("botocore", "boto3")
+    credential_env = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
     def __init__(self, name: str, settings: SecretsManagerSettings) -> None:
         super().__init__(name, settings)
@@ -109,12 +111,6 @@ class SecretsManagerProvider(Provider):
         response = self._call("GetSecretValue", request.ref, request.version, params)
         return _fetched(response, self.name, request)
 
-    def current_version(self, ref: str) -> str | None:
-        holder = _holder(self._describe_stages(ref), CURRENT)
-        if holder is None:
-            raise SecretNotFound(f"DescribeSecret: no {CURRENT} version", provider=self.name, ref=ref)
-        return holder
-
     def moves(self, version: str) -> bool:
         """A staging label (and `previous`) moves with every rotation; a VersionId never does."""
         return not _VERSION_ID.match(version)
@@ -131,16 +127,10 @@ class SecretsManagerProvider(Provider):
                     break
                 down = self._fetch_batch(chunk, out)
         rest = [r for r in unique if r not in out]
-        out.update(self.each([(r, r) for r in rest], self.fetch, down=down))
+        out.update(each(self, [(r, r) for r in rest], self.fetch, down=down))
         return {r: out[r] for r in unique}
 
-    def current_versions(self, refs: Sequence[str]) -> dict[str, VersionOutcome]:
-        """The VersionId holding AWSCURRENT for each ref, from ListSecrets pages where that is cheaper."""
-        requests = [Request(ref) for ref in dict.fromkeys(refs)]
-        resolved = self.resolve_versions(requests)
-        return {r.ref: resolved[r] for r in requests}
-
-    def resolve_versions(self, requests: Sequence[Request]) -> dict[Request, VersionOutcome]:
+    def versions(self, requests: Sequence[Request]) -> dict[Request, VersionOutcome]:
         """The VersionId each request points at now: AWSCURRENT's, or its staging label's, from the
         same listing (one ListSecrets page per 100 secrets answers unpinned and label-pinned alike)."""
         unique = list(dict.fromkeys(requests))
@@ -171,8 +161,9 @@ class SecretsManagerProvider(Provider):
                 self.list_fallback.refused(exc)
             except ProviderError as exc:
                 # Unavailable, or credentials that fail every call: the same answer for every ref.
-                return {ref: copy_error(exc, provider=self.name, ref=ref, version=None) for ref in unique}
-        described = self.each([(ref, Request(ref)) for ref in unique if ref not in out],
+                out.update(fan_out(exc, unique, Request, provider=self.name))
+                return out
+        described = each(self, [(ref, Request(ref)) for ref in unique if ref not in out],
                               lambda r: self._describe_stages(r.ref))
         out.update(described)
         return {ref: out[ref] for ref in unique}
@@ -197,28 +188,14 @@ class SecretsManagerProvider(Provider):
 
         Only a refusal of the batch call itself (IAM denies the action) switches to one call per
         secret, until the next probe; an item the batch could not read is that item's error."""
-        ids = [r.ref for r in chunk]
-        values: list[dict[str, Any]] = []
-        errors: dict[str, dict[str, Any]] = {}
-        token: str | None = None
         try:
-            for _ in range(len(ids)):  # NextToken only when a response is too large; bounded anyway
-                params: dict[str, Any] = {"SecretIdList": ids}
-                if token:
-                    params["NextToken"] = token
-                response = self._call("BatchGetSecretValue", f"{len(ids)} secrets", None, params)
-                values.extend(response.get("SecretValues", []))
-                errors.update({str(e.get("SecretId")): e for e in response.get("Errors", [])})
-                token = response.get("NextToken")
-                if not token:
-                    break
+            values, errors = self._batch_get([r.ref for r in chunk])
         except ActionDenied as exc:
             self.batch_fallback.refused(exc)
             return None
         except (Unavailable, AccessDenied) as exc:
-            # down, or credentials every call would fail on: the same for each item, no fan-out
-            for request in chunk:
-                out[request] = copy_error(exc, provider=self.name, ref=request.ref, version=request.version)
+            # down, or credentials every call would fail on: the same for each item
+            out.update(fan_out(exc, chunk, lambda r: r, provider=self.name))
             return exc if isinstance(exc, Unavailable) else None
         except ProviderError:
             return None  # the batch as a whole was rejected (a malformed ref): each item says why alone
@@ -238,6 +215,23 @@ class SecretsManagerProvider(Provider):
                 except ProviderError as exc:
                     out[request] = exc
         return None
+
+    def _batch_get(self, ids: list[str]) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        """The values and per-item errors of one BatchGetSecretValue, following NextToken."""
+        values: list[dict[str, Any]] = []
+        errors: dict[str, dict[str, Any]] = {}
+        token: str | None = None
+        for _ in range(len(ids)):  # NextToken only when a response is too large; bounded anyway
+            params: dict[str, Any] = {"SecretIdList": ids}
+            if token:
+                params["NextToken"] = token
+            response = self._call("BatchGetSecretValue", f"{len(ids)} secrets", None, params)
+            values.extend(response.get("SecretValues", []))
+            errors.update({str(e.get("SecretId")): e for e in response.get("Errors", [])})
+            token = response.get("NextToken")
+            if not token:
+                break
+        return values, errors
 
     def _list_stages(self, refs: list[str]) -> dict[str, dict[str, list[str]] | ProviderError]:
         """Page through ListSecrets until every ref is seen; unseen refs are left to DescribeSecret."""
@@ -275,7 +269,7 @@ class SecretsManagerProvider(Provider):
         def translate(exc: Exception) -> ProviderError:
             return translate_error(exc, provider=self.name, ref=ref, version=version, operation=operation)
 
-        return self.call(operation, send, translate=translate, ref=ref, version=version)
+        return call(self.name, operation, send, translate=translate, ref=ref, version=version)
 
     def _connected(self) -> Any:
         with self._client_lock:

@@ -23,12 +23,13 @@ created before the current (newest) one, found by listing the secret's versions;
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -39,14 +40,22 @@ from pydantic import Field, field_validator
 from bridge.errors import AccessDenied, ProviderError, SecretNotFound, Unavailable
 from bridge.provider import (
     PREVIOUS,
-    Fallback,
+    Capabilities,
     Fetched,
     Outcome,
     Provider,
     ProviderSettings,
     Request,
     VersionOutcome,
-    copy_error,
+)
+from bridge.provider_rules import (
+    Fallback,
+    call,
+    count,
+    each,
+    each_concurrently,
+    fan_out,
+    first_unavailable,
     retry_after_seconds,
 )
 from providers._azure_credential import CountedCredential, CredentialSettings, DefaultCredentialSettings
@@ -115,7 +124,9 @@ class KeyVaultProvider(Provider):
 
     Settings = KeyVaultSettings
     settings: KeyVaultSettings
-    supports_previous = True
+    capabilities = Capabilities(previous=True, cheap_versions=True)
+    sdk_loggers = ("azure", "msal")
+    credential_env = ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PASSWORD", "IDENTITY_HEADER")
 
     def __init__(self, name: str, settings: Any) -> None:
         super().__init__(name, settings)
@@ -146,13 +157,22 @@ class KeyVaultProvider(Provider):
 
     def fetch_many(self, requests: Sequence[Request]) -> dict[Request, Outcome]:
         """One GET per value (Key Vault has no batch read), on a small pool under the batch rule."""
-        return self.each_concurrently([(r, r) for r in requests], self.fetch, workers=_WORKERS)
+        return each_concurrently(self, [(r, r) for r in requests], self.fetch, workers=_WORKERS)
 
-    def current_version(self, ref: str) -> str | None:
+    def versions(self, requests: Sequence[Request]) -> dict[Request, VersionOutcome]:
+        """The latest version of the unpinned (a listing vouches for settled secrets), `previous`
+        from the version listing, a version id its own answer; under one batch rule."""
+        unique = list(dict.fromkeys(requests))
+        latest = self._latest([r.ref for r in unique if r.version is None])
+        down = first_unavailable(latest.values())
+        pinned = each(self, [(r, r) for r in unique if r.version is not None], self._pin, down=down)
+        return {r: latest[r.ref] if r.version is None else pinned[r] for r in unique}
+
+    def _current_version(self, ref: str) -> str | None:
         secret, server_time = self._get(ref, None)
         return self._observe(ref, secret.properties, server_time).version
 
-    def current_versions(self, refs: Sequence[str]) -> dict[str, VersionOutcome]:
+    def _latest(self, refs: Sequence[str]) -> dict[str, VersionOutcome]:
         """One listing vouches for settled secrets; the rest (and any that changed) cost one GET each."""
         refs = list(dict.fromkeys(refs))
         out: dict[str, VersionOutcome] = {}
@@ -168,20 +188,21 @@ class KeyVaultProvider(Provider):
                 listed = {}
             except ProviderError as exc:
                 # down (the batch rule), or a credential every call would fail on: no GET per secret
-                return {ref: copy_error(exc, provider=self.name, ref=ref, version=None) for ref in refs}
+                out.update(fan_out(exc, refs, Request, provider=self.name))
+                return out
             for ref in refs:
                 obs = settled.get(ref.lower())
                 if obs is not None and listed.get(ref.lower()) == obs.fingerprint:
                     out[ref] = obs.version
         rest = [(ref, Request(ref)) for ref in refs if ref not in out]
-        out.update(self.each_concurrently(rest, lambda r: self.current_version(r.ref), workers=_WORKERS))
+        out.update(each_concurrently(self, rest, lambda r: self._current_version(r.ref), workers=_WORKERS))
         return {ref: out[ref] for ref in refs}
 
     def moves(self, version: str) -> bool:
         """`previous` moves with each new version; a version id never does."""
         return version == PREVIOUS
 
-    def resolve_pin(self, request: Request) -> str | None:
+    def _pin(self, request: Request) -> str | None:
         """`previous` from the version listing (no value read); a version id is its own answer."""
         return self._previous(request.ref) if request.version == PREVIOUS else request.version
 
@@ -212,7 +233,7 @@ class KeyVaultProvider(Provider):
                 if s.ca_cert is not None:
                     transport["connection_verify"] = str(s.ca_cert)
                 inner = build_credential(s.credential, authority_host=s.authority_host, transport=transport)
-                self._credential = CountedCredential(inner, self.count)
+                self._credential = CountedCredential(inner, functools.partial(count, self.name))
                 self._client = SecretClient(s.vault_url, self._credential, **transport)
             return self._client
 
@@ -229,7 +250,7 @@ class KeyVaultProvider(Provider):
         def remember_date(response: Any) -> None:
             dates.append(response.http_response.headers.get("Date", ""))
 
-        secret = self.call("get_secret",
+        secret = call(self.name, "get_secret",
                            lambda: self._secret_client().get_secret(ref, version, raw_response_hook=remember_date),
                            translate=lambda exc: self._translate(exc, ref, version), ref=ref, version=version)
         return secret, _server_time(dates[-1] if dates else "")
@@ -270,7 +291,7 @@ class KeyVaultProvider(Provider):
     def _paged(self, pager: Any, operation: str, ref: str, version: str | None) -> Iterator[list[Any]]:
         """The pages of an SDK pager, one counted call each, stopping after the last page."""
         while True:
-            page: list[Any] = self.call(operation, lambda: list(next(pager)),
+            page: list[Any] = call(self.name, operation, lambda: list(next(pager)),
                                         translate=lambda exc: self._translate(exc, ref, version, "secrets/list"),
                                         ref=ref, version=version)
             yield page
@@ -320,28 +341,50 @@ class KeyVaultProvider(Provider):
                 return AccessDenied(f"{kind} found no usable identity in this environment", **where)
             return AccessDenied(f"{kind} could not obtain a token{detail}", **where)
         if isinstance(exc, HttpResponseError):
-            status = exc.status_code or 0
-            code, inner, message = _error_body(exc)
-            retry_after = retry_after_seconds(getattr(getattr(exc, "response", None), "headers", None))
-            if status == 404:
-                return SecretNotFound(f"{code or 'SecretNotFound'}: no such secret or version", **where)
-            if status == 403:
-                reason = _FORBIDDEN_REASONS.get(inner or "", message or "forbidden").replace("{permission}", permission)
-                refused = PermissionRefused if inner in _PERMISSION else AccessDenied
-                return refused(f"403 {inner or code or 'Forbidden'}: {reason}", **where)
-            if status == 401:
-                return AccessDenied("401: the vault rejected the token (wrong tenant, or no access)", **where)
-            if status == 400:
-                return SecretNotFound(f"400 {code or 'BadParameter'}: the vault refuses this name or version",
-                                      **where)
-            if status == 429:
-                return Unavailable(f"429 {code or 'Throttled'}: throttled by the vault", retry_after=retry_after,
-                                   **where)
-            if status >= 500:
-                return Unavailable(f"{status} {code or 'ServerError'}: vault error", retry_after=retry_after,
-                                   **where)
-            return ProviderError(f"unexpected HTTP {status} {code or ''}".rstrip(), **where)
+            return _http_error(exc, permission).at(provider=self.name, ref=ref, version=version)
         return Unavailable(f"unexpected {type(exc).__name__} from the Azure SDK", **where)
+
+
+def _http_error(exc: Any, permission: str) -> ProviderError:
+    """A Key Vault HTTP error by its status (the table below); 5xx is an outage."""
+    status = exc.status_code or 0
+    code, inner, message = _error_body(exc)
+    retry_after = retry_after_seconds(getattr(getattr(exc, "response", None), "headers", None))
+    make = _BY_STATUS.get(status) or (_server_error if status >= 500 else _unexpected)
+    return make(_Answer(status, code, inner, message, permission, retry_after))
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    code: str | None
+    inner: str | None
+    message: str | None
+    permission: str
+    retry_after: float | None
+
+
+def _forbidden(a: _Answer) -> ProviderError:
+    reason = _FORBIDDEN_REASONS.get(a.inner or "", a.message or "forbidden").replace("{permission}", a.permission)
+    refused = PermissionRefused if a.inner in _PERMISSION else AccessDenied
+    return refused(f"403 {a.inner or a.code or 'Forbidden'}: {reason}")
+
+
+def _server_error(a: _Answer) -> ProviderError:
+    return Unavailable(f"{a.status} {a.code or 'ServerError'}: vault error", retry_after=a.retry_after)
+
+
+def _unexpected(a: _Answer) -> ProviderError:
+    return ProviderError(f"unexpected HTTP {a.status} {a.code or ''}".rstrip())
+
+
+_BY_STATUS: dict[int, Callable[[_Answer], ProviderError]] = {
+    404: lambda a: SecretNotFound(f"{a.code or 'SecretNotFound'}: no such secret or version"),
+    403: _forbidden,
+    401: lambda a: AccessDenied("401: the vault rejected the token (wrong tenant, or no access)"),
+    400: lambda a: SecretNotFound(f"400 {a.code or 'BadParameter'}: the vault refuses this name or version"),
+    429: lambda a: Unavailable(f"429 {a.code or 'Throttled'}: throttled by the vault", retry_after=a.retry_after),
+}
 
 
 def _fingerprint(props: SecretProperties) -> tuple[Any, ...]:

@@ -20,7 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from bridge.errors import AccessDenied, ProviderError, SecretNotFound, Unavailable
-from bridge.provider import Fetched, Outcome, Provider, ProviderSettings, Request, VersionOutcome, copy_error
+from bridge.provider import (
+    Capabilities,
+    Fetched,
+    Outcome,
+    Provider,
+    ProviderSettings,
+    Request,
+    VersionOutcome,
+    credential_variables,
+)
+from bridge.provider_rules import copy_error, each
 
 #: errors that say the ref is wrong, not that the filesystem is unwell
 _BAD_REF = {errno.ELOOP, errno.ENOTDIR, errno.ENAMETOOLONG, errno.EISDIR, errno.ENXIO, errno.ENODEV}
@@ -37,6 +47,7 @@ class FileProvider(Provider):
 
     Settings = FileSettings
     settings: FileSettings
+    capabilities = Capabilities(cheap_versions=True)  # a stat per file
 
     def __init__(self, name: str, settings: FileSettings) -> None:
         super().__init__(name, settings)
@@ -53,7 +64,7 @@ class FileProvider(Provider):
 
     def fetch_many(self, requests: Sequence[Request]) -> dict[Request, Outcome]:
         base = os.path.realpath(self.settings.base_dir)  # once per batch: thousands of files share it
-        return self.each([(r, r) for r in requests], lambda r: self._read(r, base))
+        return each(self, [(r, r) for r in requests], lambda r: self._read(r, base))
 
     def _read(self, request: Request, base: str) -> Fetched:
         path = self._path(request.ref)
@@ -75,35 +86,26 @@ class FileProvider(Provider):
                                  ref=request.ref, version=request.version)
         return Fetched(data, version)
 
-    def current_version(self, ref: str) -> str | None:
-        try:
-            return str(os.stat(self._stat_path(ref)).st_mtime_ns)
-        except OSError as exc:
-            raise self._error(exc, ref) from None
-
-    def current_versions(self, refs: Sequence[str]) -> dict[str, VersionOutcome]:
+    def versions(self, requests: Sequence[Request]) -> dict[Request, VersionOutcome]:
         """A stat per file, with the paths worked out once: 10,000 files in a few milliseconds. A stat
         only, no realpath: it reveals no content, and the fetch any change leads to refuses a file
-        outside base_dir. Keeps the batch rule: once base_dir is gone, the rest get a copy."""
-        out: dict[str, VersionOutcome] = {}
+        outside base_dir. Files have no moving pins. Keeps the batch rule: once base_dir is gone,
+        the rest get a copy."""
+        out: dict[Request, VersionOutcome] = {}
         down: ProviderError | None = None
-        for ref in refs:
+        for request in requests:
+            ref = request.ref
             if down is not None:
-                out[ref] = copy_error(down, provider=self.name, ref=ref, version=None)
+                out[request] = copy_error(down, provider=self.name, ref=ref, version=request.version)
                 continue
             try:
-                out[ref] = str(os.stat(self._stat_path(ref)).st_mtime_ns)
+                out[request] = str(os.stat(self._stat_path(ref)).st_mtime_ns)
             except SecretNotFound as exc:
-                out[ref] = exc
+                out[request] = exc
             except OSError as exc:
-                out[ref] = error = self._error(exc, ref)
+                out[request] = error = self._error(exc, ref)
                 down = error if isinstance(error, Unavailable) else None
         return out
-
-    def resolve_versions(self, requests: Sequence[Request]) -> dict[Request, VersionOutcome]:
-        """Files have no moving pins: the change check is `current_versions`, in one pass."""
-        versions = self.current_versions([r.ref for r in requests])
-        return {r: versions[r.ref] for r in requests}
 
     def _stat_path(self, ref: str) -> str:
         path = self._paths.get(ref)
@@ -161,18 +163,8 @@ class EnvProvider(Provider):
             raise SecretNotFound("environment variable not set", provider=self.name, ref=request.ref)
         return Fetched(value.encode(), None)
 
-    def current_version(self, ref: str) -> str | None:
-        if ref not in os.environ:
-            raise SecretNotFound("environment variable not set", provider=self.name, ref=ref)
-        return None
-
-
-#: variables that hold the bridge's own credentials (the env provider refuses them)
-_OWN_CREDENTIALS = frozenset({
-    "VAULT_TOKEN", "BAO_TOKEN", "VAULT_SECRET_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-    "AWS_SECURITY_TOKEN", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PASSWORD", "IDENTITY_HEADER",
-})
-
 
 def _own_credential(name: str) -> bool:
-    return name.upper() in _OWN_CREDENTIALS or name.upper().startswith("SECRETS_BRIDGE_")
+    """A variable holding a credential of a provider the bridge has loaded, or its own settings."""
+    upper = name.upper()
+    return upper in {v.upper() for v in credential_variables()} or upper.startswith("SECRETS_BRIDGE_")

@@ -16,6 +16,7 @@ and the KV bookkeeping are safe to use from several threads.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import threading
@@ -25,11 +26,21 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from bridge.errors import AccessDenied, ProviderError, SecretNotFound
-from bridge.provider import Fetched, Outcome, Provider, ProviderSettings, Request, VersionOutcome
+from bridge.provider import (
+    PREVIOUS,
+    Capabilities,
+    Fetched,
+    Outcome,
+    Provider,
+    ProviderSettings,
+    Request,
+    VersionOutcome,
+)
+from bridge.provider_rules import count, each, each_concurrently
 from providers import vault_leases
 from providers.vault_auth import AuthConfig, TokenAuth, TokenLife
 from providers.vault_client import VaultClient
-from providers.vault_kv import PREVIOUS, KeyValue, Mount
+from providers.vault_kv import KeyValue, Mount
 
 try:
     import requests
@@ -70,15 +81,18 @@ class VaultSettings(ProviderSettings):
 class VaultProvider(Provider):
     Settings = VaultSettings
     settings: VaultSettings
-    supports_previous = True
-    supports_params = True  # any path with params is a write, as `vault write` does
+    # any path with params is a write, as `vault write` does; a leased response is renewed
+    capabilities = Capabilities(previous=True, params=True, leases=True, cheap_versions=True)
+    sdk_loggers = ("hvac",)
+    credential_env = ("VAULT_TOKEN", "BAO_TOKEN", "VAULT_SECRET_ID")
 
     def __init__(self, name: str, settings: VaultSettings) -> None:
         super().__init__(name, settings)
         address = settings.address or os.environ.get("VAULT_ADDR") or os.environ.get("BAO_ADDR")
         verify: bool | str = str(settings.ca_cert) if settings.ca_cert else not settings.tls_skip_verify
         self._vault = VaultClient(name, address, verify=verify, timeout=settings.timeout,
-                                  namespace=settings.namespace, auth=settings.auth, count=self.count)
+                                  namespace=settings.namespace, auth=settings.auth,
+                                  count=functools.partial(count, name))
         self._client = self._vault.hvac  # tests look at the token in use
         self._origin = f"{address}|{settings.namespace or ''}"
         self._kv = KeyValue(self._vault, name)
@@ -110,20 +124,17 @@ class VaultProvider(Provider):
     def fetch_many(self, requests: Sequence[Request]) -> dict[Request, Outcome]:
         """Each request on the pool; the first alone (it warms the token, the connection and the
         mount cache), and none started once the server is unavailable."""
-        return self.each_concurrently([(r, r) for r in requests], self.fetch, workers=FETCH_WORKERS)
-
-    def current_version(self, ref: str) -> str | None:
-        return self._resolve(Request(ref))
+        return each_concurrently(self, [(r, r) for r in requests], self.fetch, workers=FETCH_WORKERS)
 
     def moves(self, version: str) -> bool:
         """`previous` follows every new version; a version number never moves."""
         return version == PREVIOUS
 
-    def resolve_versions(self, requests: Sequence[Request]) -> dict[Request, VersionOutcome]:
+    def versions(self, requests: Sequence[Request]) -> dict[Request, VersionOutcome]:
         """The latest or `previous` version of each KV v2 request from its metadata (no value read).
         Any other engine's path answers None: a plain read is compared by content, and a leased or
         issued value is renewed and re-issued on its own clock, never polled."""
-        return self.each([(r, r) for r in dict.fromkeys(requests)], self._resolve)
+        return each(self, [(r, r) for r in dict.fromkeys(requests)], self._resolve)
 
     # -- leases -------------------------------------------------------------------------------
 
@@ -149,6 +160,10 @@ class VaultProvider(Provider):
 
     def origin(self) -> str | None:
         return self._origin
+
+    @property
+    def revoke_on_exit(self) -> bool:
+        return self.settings.revoke_on_exit
 
     def lease_alive(self, lease_id: str) -> float | None:
         """Seconds left on a lease, or None when it was revoked or expired (a restart resumes it or

@@ -25,7 +25,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from bridge.errors import AccessDenied, ProviderError, SecretNotFound, Unavailable
-from bridge.provider import Request, retry_after_seconds
+from bridge.provider import Request
+from bridge.provider_rules import ErrorMap, retry_after_seconds
 from providers.vault_auth import AuthConfig, TokenAuth, TokenKeeper
 
 #: what requests loads, when it can, only for `Response.apparent_encoding`
@@ -135,25 +136,34 @@ def one_line(text: str) -> str:
     return " ".join(text.replace("* ", "").split())
 
 
+def _reason(exc: hvac_errors.VaultError) -> str:
+    return one_line(", ".join(str(e) for e in (exc.errors or []))) or type(exc).__name__
+
+
+def _unsupported(exc: hvac_errors.VaultError) -> ProviderError:
+    return SecretNotFound(f"{_reason(exc)}: without `params` a path is read, with `params` written")
+
+
+#: hvac's and requests' exceptions, first match wins (a subclass before its base)
+_ERRORS = ErrorMap([
+    (hvac_errors.InvalidPath, lambda e: SecretNotFound(f"not found ({_reason(e)})" if e.errors else "not found")),
+    ((hvac_errors.Forbidden, hvac_errors.Unauthorized), lambda e: AccessDenied(_reason(e))),
+    (hvac_errors.InvalidRequest, lambda e: SecretNotFound(f"bad request: {_reason(e)}")),
+    (hvac_errors.UnsupportedOperation, _unsupported),
+    (hvac_errors.RateLimitExceeded, lambda e: Unavailable(f"throttled: {_reason(e)}")),
+    (hvac_errors.VaultError, lambda e: Unavailable(f"server error: {_reason(e)}")),
+    (requests.Timeout, lambda e: Unavailable("timed out")),
+    (requests.exceptions.SSLError, lambda e: Unavailable("TLS error (check ca_cert)")),
+    (requests.ConnectionError, lambda e: Unavailable("cannot connect")),
+])
+
+
 def translate(exc: Exception, retry_after: float | None = None, status: int | None = None) -> ProviderError:
-    """The one place hvac and transport errors become the bridge's taxonomy."""
-    if isinstance(exc, hvac_errors.VaultError):
-        reason = one_line(", ".join(str(e) for e in (exc.errors or []))) or type(exc).__name__
-        if isinstance(exc, hvac_errors.InvalidPath):
-            return SecretNotFound(f"not found ({reason})" if exc.errors else "not found")
-        if isinstance(exc, hvac_errors.Forbidden | hvac_errors.Unauthorized):
-            return AccessDenied(reason)
-        if isinstance(exc, hvac_errors.InvalidRequest):
-            return SecretNotFound(f"bad request: {reason}")
-        if isinstance(exc, hvac_errors.UnsupportedOperation) or status == 405:  # hvac maps 405 to nothing
-            return SecretNotFound(f"{reason}: without `params` a path is read, with `params` written")
-        if isinstance(exc, hvac_errors.RateLimitExceeded):
-            return Unavailable(f"throttled: {reason}", retry_after=retry_after)
-        return Unavailable(f"server error: {reason}", retry_after=retry_after)
-    if isinstance(exc, requests.Timeout):
-        return Unavailable("timed out")
-    if isinstance(exc, requests.exceptions.SSLError):
-        return Unavailable("TLS error (check ca_cert)")
-    if isinstance(exc, requests.ConnectionError):
-        return Unavailable("cannot connect")
-    return Unavailable(type(exc).__name__)
+    """The one place hvac and transport errors become the bridge's taxonomy (the table above);
+    hvac maps a 405 to no class of its own, so the status tells it."""
+    if status == 405 and type(exc) is hvac_errors.VaultError:
+        return _unsupported(exc)
+    error = _ERRORS(exc)
+    if isinstance(error, Unavailable) and error.retry_after is None:
+        error.retry_after = retry_after
+    return error

@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.errors import AccessDenied, SecretNotFound
-from bridge.provider import Fetched, Request
+from bridge.provider import PREVIOUS, Fetched, Request
 from providers.vault_client import VaultClient
 from providers.vault_leases import encode
 
 log = logging.getLogger("secrets_bridge.providers.vault")
 
-PREVIOUS = "previous"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ case is skipped with that reason; nothing is skipped silently. Capabilities:
 - `history`: old versions stay readable after newer writes;
 - `versions`: the provider reports version ids (without them the engine compares content);
 - `outage`: the backend can be made unavailable (`outage()`), to prove the batch rule.
-`version: previous` cases run when the provider class says `supports_previous`.
+`version: previous` cases run when the provider class says `capabilities.previous`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import pytest
 from bridge.engine.extract import extract
 from bridge.errors import ProviderError, SecretNotFound, Unavailable
 from bridge.provider import PREVIOUS, Fetched, Provider, Request
+from tests.versions import latest
 
 
 class Backend(Protocol):
@@ -126,7 +127,7 @@ class ProviderConformance:
         with pytest.raises(SecretNotFound) as info:
             read(provider, ref, None, backend.text_fields)
         assert ref in str(info.value)
-        outcome = provider.current_versions([ref])[ref]
+        outcome = latest(provider, [ref])[ref]
         assert isinstance(outcome, SecretNotFound)
 
     def test_cheap_check_equals_fetched_version(self, provider: Provider, backend: Backend) -> None:
@@ -135,9 +136,9 @@ class ProviderConformance:
         ref = backend.new_ref()
         backend.put(ref, unique_text())
         _, fetched = read(provider, ref, None, backend.text_fields)
-        assert provider.current_versions([ref])[ref] == fetched.version
+        assert latest(provider, [ref])[ref] == fetched.version
         v2 = backend.put(ref, unique_text())
-        assert provider.current_versions([ref])[ref] == v2
+        assert latest(provider, [ref])[ref] == v2
 
     def test_binary_round_trip(self, provider: Provider, backend: Backend) -> None:
         """Every byte value survives the trip unchanged."""
@@ -173,7 +174,7 @@ class ProviderConformance:
         for request in (requests[0], requests[2]):
             outcome = got[request]
             assert isinstance(outcome, Fetched) and outcome.version == versions[request.ref]
-        resolved = provider.resolve_versions(requests)
+        resolved = provider.versions(requests)
         assert isinstance(resolved[requests[1]], SecretNotFound)
         assert [resolved[requests[0]], resolved[requests[2]]] == [versions[first], versions[last]]
 
@@ -192,7 +193,7 @@ class ProviderConformance:
             before = down.calls()
             fetched = provider.fetch_many(requests)
             during_fetch = down.calls()
-            resolved = provider.resolve_versions(requests)
+            resolved = provider.versions(requests)
             after = down.calls()
         for outcomes in (fetched, resolved):
             assert all(isinstance(outcomes[r], Unavailable) and r.ref in str(outcomes[r]) for r in requests)
@@ -204,25 +205,25 @@ class ProviderConformance:
     def test_previous_follows_rotation(self, provider: Provider, backend: Backend) -> None:
         """`version: previous` is the version before the current one, moves with each rotation, and is
         resolved by the change check; with a single version there is no previous."""
-        if not provider.supports_previous:
+        if not provider.capabilities.previous:
             pytest.skip(f"{type(provider).__name__} does not support version: previous (a config error)")
         assert provider.moves(PREVIOUS)
         ref = backend.new_ref()
         previous = Request(ref, PREVIOUS)
         backend.put(ref, unique_text())
-        assert isinstance(provider.resolve_versions([previous])[previous], SecretNotFound)
+        assert isinstance(provider.versions([previous])[previous], SecretNotFound)
         with pytest.raises(SecretNotFound):
             read(provider, ref, PREVIOUS, backend.text_fields)
         texts = [unique_text(), unique_text()]
         versions = [backend.put(ref, text) for text in texts]
         backend.put(ref, unique_text())
-        assert provider.resolve_versions([previous, Request(ref)])[previous] == versions[1]
+        assert provider.versions([previous, Request(ref)])[previous] == versions[1]
         content, fetched = read(provider, ref, PREVIOUS, backend.text_fields)
         assert (content, fetched.version) == (texts[1].encode(), versions[1])
         rotated = unique_text()
         newest = backend.put(ref, rotated)
-        assert provider.resolve_versions([previous])[previous] != newest
+        assert provider.versions([previous])[previous] != newest
         backend.put(ref, unique_text())
-        assert provider.resolve_versions([previous])[previous] == newest
+        assert provider.versions([previous])[previous] == newest
         content, fetched = read(provider, ref, PREVIOUS, backend.text_fields)
         assert (content, fetched.version) == (rotated.encode(), newest)

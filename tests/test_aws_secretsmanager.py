@@ -27,6 +27,7 @@ from bridge.provider import Fetched, Request
 from providers.aws_secretsmanager import SecretsManagerProvider, SecretsManagerSettings
 from tests.aws_counting_proxy import CountingProxy, free_port, start_moto, stop
 from tests.conformance import ProviderConformance
+from tests.versions import latest
 
 ACCESS_KEY_ID = "AKIABRIDGETESTKEY001"
 SECRET_ACCESS_KEY = "bridge-test-secret-access-key-do-not-leak"
@@ -169,7 +170,7 @@ def test_labels_follow_rotation_and_version_pin_stays(moto_url: str) -> None:
     assert files() == [(b"two", v2), (b"one", v1), (b"one", v1), (b"one", v1)]
     v3 = client.put_secret_value(SecretId=ref, SecretString='{"token": "three"}')["VersionId"]
     assert files() == [(b"three", v3), (b"two", v2), (b"one", v1), (b"one", v1)]
-    assert aws.current_versions([ref]) == {ref: v3}
+    assert latest(aws, [ref]) == {ref: v3}
 
 
 def test_web_identity_credentials(moto_url: str, counted: CountingProxy, tmp_path: Path,
@@ -234,15 +235,15 @@ def test_steady_state_check_of_500_lists_pages(counted: CountingProxy, moto_url:
     aws = make_provider(counted.url, SCALE_REGION)
     fetched = aws.fetch_many([Request(ref) for ref in scale_refs])
     counted.reset()
-    versions = aws.current_versions(scale_refs)
+    versions = latest(aws, scale_refs)
     assert versions == {ref: value.version for ref, value in ((r.ref, fetched[r]) for r in fetched)
                         if isinstance(value, Fetched)}
     assert counted.counts["ListSecrets"] <= 5
     assert counted.value_calls() == 0 and counted.counts["DescribeSecret"] == 0
     moved = sm(moto_url, SCALE_REGION).put_secret_value(SecretId="scale/0007", SecretString="rotated")
-    changed = {ref for ref, v in aws.current_versions(scale_refs).items() if v != versions[ref]}
+    changed = {ref for ref, v in latest(aws, scale_refs).items() if v != versions[ref]}
     assert changed == {"scale/0007"}
-    assert aws.current_versions(["scale/0007"]) == {"scale/0007": moved["VersionId"]}
+    assert latest(aws, ["scale/0007"]) == {"scale/0007": moved["VersionId"]}
 
 
 def test_throttling_is_unavailable_and_stops_calls(moto_url: str, counted: CountingProxy) -> None:
@@ -259,7 +260,7 @@ def test_throttling_is_unavailable_and_stops_calls(moto_url: str, counted: Count
     assert sum(counted.counts.values()) == 1
     assert requests_total("BatchGetSecretValue", "unavailable") == before + 1
     assert "ThrottlingException" in str(got[Request(refs[3])]) and refs[3] in str(got[Request(refs[3])])
-    versions = aws.current_versions(refs)
+    versions = latest(aws, refs)
     assert all(isinstance(o, Unavailable) for o in versions.values())
     assert counted.counts["ListSecrets"] == 1 and counted.counts["DescribeSecret"] == 0
     counted.fail["*"] = (400, "ThrottlingException", "7")
@@ -277,8 +278,8 @@ def test_list_denied_falls_back_to_describe_logged_once(moto_url: str, counted: 
     aws = make_provider(counted.url)
     counted.fail["ListSecrets"] = (400, "AccessDeniedException", None)
     with caplog.at_level(logging.WARNING):
-        assert aws.current_versions(refs) == expected
-        assert aws.current_versions(refs) == expected
+        assert latest(aws, refs) == expected
+        assert latest(aws, refs) == expected
     assert counted.counts["ListSecrets"] == 1 and counted.counts["DescribeSecret"] == 6
     assert sum("ListSecrets refused" in r.getMessage() for r in caplog.records) == 1
 
@@ -362,10 +363,10 @@ def test_list_denied_is_probed_again(moto_url: str, counted: CountingProxy) -> N
     expected = {ref: client.create_secret(Name=ref, SecretString="x")["VersionId"] for ref in refs}
     aws = make_provider(counted.url)
     counted.fail["ListSecrets"] = (400, "AccessDeniedException", None)
-    assert aws.current_versions(refs) == expected
+    assert latest(aws, refs) == expected
     counted.fail.clear()
     aws.list_fallback.reprobe_seconds = 0
-    assert aws.current_versions(refs) == expected
+    assert latest(aws, refs) == expected
     assert counted.counts["ListSecrets"] == 2 and counted.counts["DescribeSecret"] == 3
 
 
@@ -375,7 +376,7 @@ def test_list_with_expired_credentials_is_not_fanned_out(moto_url: str, counted:
     refs = [f"expired/{uuid.uuid4().hex}" for _ in range(3)]
     aws = make_provider(counted.url)
     counted.fail["ListSecrets"] = (400, "ExpiredTokenException", None)
-    out = aws.current_versions(refs)
+    out = latest(aws, refs)
     assert all(isinstance(o, AccessDenied) and ref in str(o) for ref, o in out.items())
     assert counted.counts == {"ListSecrets": 1} and aws.list_fallback.allowed()
 
@@ -410,7 +411,7 @@ def test_batch_mixes_found_missing_arn_and_partial_arn(moto_url: str, counted: C
     assert isinstance(got[requests[3]], SecretNotFound) and missing in str(got[requests[3]])
     assert counted.counts == {"BatchGetSecretValue": 1}
     counted.reset()
-    versions = aws.current_versions([r.ref for r in requests])
+    versions = latest(aws, [r.ref for r in requests])
     assert [versions[r.ref] for r in requests[:3]] == [m["VersionId"] for m in made]
     assert isinstance(versions[missing], SecretNotFound)
     assert counted.counts == {"ListSecrets": 1, "DescribeSecret": 1}  # only the missing one is described
@@ -423,7 +424,7 @@ def test_deleted_and_missing_versions_are_not_found(moto_url: str) -> None:
     client.create_secret(Name=gone, SecretString="x")
     client.delete_secret(SecretId=gone, RecoveryWindowInDays=7)
     assert isinstance(aws.fetch_many([Request(gone)])[Request(gone)], SecretNotFound)
-    assert isinstance(aws.current_versions([gone])[gone], SecretNotFound)
+    assert isinstance(latest(aws, [gone])[gone], SecretNotFound)
     ref = f"pinned/{uuid.uuid4().hex}"
     client.create_secret(Name=ref, SecretString="x")
     absent = str(uuid.uuid4())

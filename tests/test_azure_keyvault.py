@@ -45,6 +45,7 @@ from tests.azure_fixtures import (  # noqa: F401 - fixtures
     provider,
 )
 from tests.conformance import ProviderConformance, read, unique_text
+from tests.versions import latest
 
 MakeProvider = Callable[..., KeyVaultProvider]
 
@@ -242,12 +243,12 @@ def test_version_pin_and_rotation(provider: KeyVaultProvider, backend: KeyVaultB
     """A pin keeps its value across rotations while the latest follows, and the cheap check sees each one."""
     ref = backend.new_ref()
     v1 = backend.put(ref, "one")
-    assert provider.current_versions([ref])[ref] == v1
+    assert latest(provider, [ref])[ref] == v1
     v2 = backend.put(ref, "two")
-    assert provider.current_versions([ref])[ref] == v2
+    assert latest(provider, [ref])[ref] == v2
     assert provider.fetch(Request(ref, v1)).value == b"one"
-    latest = provider.fetch(Request(ref))
-    assert (latest.value, latest.version) == (b"two", v2)
+    newest = provider.fetch(Request(ref))
+    assert (newest.value, newest.version) == (b"two", v2)
 
 
 def test_missing_pinned_version(provider: KeyVaultProvider, backend: KeyVaultBackend) -> None:
@@ -362,7 +363,7 @@ def test_disabled_secret_is_access_denied(provider: KeyVaultProvider, backend: K
     backend.client.update_secret_properties(ref, enabled=False)
     with pytest.raises(AccessDenied, match=r"SecretDisabled: the secret .* is disabled"):
         provider.fetch(Request(ref))
-    outcome = provider.current_versions([ref])[ref]
+    outcome = latest(provider, [ref])[ref]
     assert isinstance(outcome, AccessDenied) and ref in str(outcome)
 
 
@@ -449,12 +450,12 @@ def test_cheap_check_one_list_page_for_settled_secrets(make_provider: MakeProvid
     for name in versions:
         provider.fetch(Request(name))
     gets = {n: _gets(fake, url, n) for n in versions}
-    assert provider.current_versions(list(versions)) == versions
+    assert latest(provider, list(versions)) == versions
     assert _lists(fake, url) == 1
     assert {n: _gets(fake, url, n) for n in versions} == gets
 
     rotated = fake.set_secret(url, "beta", "new value")
-    assert provider.current_versions(list(versions)) == {**versions, "beta": rotated}
+    assert latest(provider, list(versions)) == {**versions, "beta": rotated}
     assert _lists(fake, url) == 2
     assert {n: _gets(fake, url, n) for n in versions} == {**gets, "beta": gets["beta"] + 1}
 
@@ -466,7 +467,7 @@ def test_cheap_check_never_trusts_a_same_second_read(make_provider: MakeProvider
     for name in versions:
         provider.fetch(Request(name))
     fresh = fake.set_secret(url, "two", "same second")
-    assert provider.current_versions(list(versions)) == {**versions, "two": fresh}
+    assert latest(provider, list(versions)) == {**versions, "two": fresh}
     assert _lists(fake, url) == 0
 
 
@@ -477,7 +478,7 @@ def test_cheap_check_stops_paging_when_gets_are_cheaper(make_provider: MakeProvi
     wanted = ["s098", "s099"]
     for name in wanted:
         provider.fetch(Request(name))
-    assert provider.current_versions(wanted) == {n: versions[n] for n in wanted}
+    assert latest(provider, wanted) == {n: versions[n] for n in wanted}
     assert _lists(fake, url) == 2  # not the 4 pages a full listing takes
     assert all(_gets(fake, url, n) == 2 for n in wanted)
 
@@ -489,7 +490,7 @@ def test_cheap_check_reports_a_deleted_secret(make_provider: MakeProvider, fake:
     for name in versions:
         provider.fetch(Request(name))
     fake.state.vaults[url.removeprefix("https://")].pop("other")
-    out = provider.current_versions(["kept", "other"])
+    out = latest(provider, ["kept", "other"])
     assert out["kept"] == versions["kept"]
     assert isinstance(out["other"], SecretNotFound)
 
@@ -505,15 +506,15 @@ def test_cheap_check_without_list_permission(
     fake.state.list_denied = True
     try:
         with caplog.at_level(logging.INFO, logger="secrets_bridge.providers.azure_keyvault"):
-            assert provider.current_versions(list(versions)) == versions
-            assert provider.current_versions(list(versions)) == versions
+            assert latest(provider, list(versions)) == versions
+            assert latest(provider, list(versions)) == versions
     finally:
         fake.state.list_denied = False
     assert [s for m, p, s in fake.requests(url) if p == "/secrets"] == [403]
     assert all(_gets(fake, url, n) == 3 for n in versions)
     assert len([r for r in caplog.records if "secrets/list refused" in r.getMessage()]) == 1
     provider.list_fallback.reprobe_seconds = 0  # the permission was granted: the next check lists again
-    assert provider.current_versions(list(versions)) == versions
+    assert latest(provider, list(versions)) == versions
     assert [s for m, p, s in fake.requests(url) if p == "/secrets"] == [403, 200]
     assert all(_gets(fake, url, n) == 3 for n in versions)
 
@@ -526,7 +527,7 @@ def test_cheap_check_listing_down_stops_calls(make_provider: MakeProvider, fake:
         provider.fetch(Request(name))
     before = len(fake.requests(url))
     fake.fail_next(1, 503, retry_after=9)
-    out = provider.current_versions(list(versions))
+    out = latest(provider, list(versions))
     assert len(fake.requests(url)) == before + 1
     assert all(isinstance(o, Unavailable) and o.retry_after == 9.0 and n in str(o) for n, o in out.items())
 
@@ -540,9 +541,9 @@ def test_previous_skips_disabled_and_follows_rotation(make_provider: MakeProvide
     fake.set_secret(url, "app", "three", age_seconds=100)
     provider = make_provider(vault_url=url)
     previous = Request("app", PREVIOUS)
-    assert provider.resolve_versions([previous])[previous] == second
+    assert provider.versions([previous])[previous] == second
     next(v for v in fake.state.vaults[url.removeprefix("https://")]["app"] if v.version == second).enabled = False
-    assert provider.resolve_versions([previous])[previous] == first
+    assert provider.versions([previous])[previous] == first
     got = provider.fetch_many([previous])[previous]
     assert isinstance(got, Fetched) and (got.value, got.version) == (b"one", first)
     assert [p for m, p, s in fake.requests(url) if m == "GET" and s == 200][-2:] == [

@@ -24,19 +24,19 @@ class FakeProvider(Provider):
 
     def __init__(self) -> None:
         super().__init__("fake", ProviderSettings(type="fake"))
-        self.versions: dict[str, list[bytes]] = {}
+        self.history: dict[str, list[bytes]] = {}
         self.fetches: list[Request] = []
         self.checks: list[list[str]] = []
         self.failure: Exception | None = None
 
     def put(self, ref: str, value: bytes) -> None:
-        self.versions.setdefault(ref, []).append(value)
+        self.history.setdefault(ref, []).append(value)
 
     def fetch(self, request: Request) -> Fetched:
         self.fetches.append(request)
         if self.failure is not None:
             raise self.failure
-        history = self.versions.get(request.ref)
+        history = self.history.get(request.ref)
         if not history:
             raise SecretNotFound("no such secret")
         index = {None: len(history), "prev": len(history) - 1}.get(request.version) or int(request.version or 0)
@@ -47,16 +47,20 @@ class FakeProvider(Provider):
     def moves(self, version: str) -> bool:
         return version == "prev"  # a label, like AWSPREVIOUS
 
-    def current_versions(self, refs):
-        self.checks.append(list(refs))
-        return super().current_versions(refs)
-
-    def current_version(self, ref: str) -> str | None:
-        if self.failure is not None:
-            raise self.failure
-        if ref not in self.versions:
-            raise SecretNotFound("no such secret")
-        return str(len(self.versions[ref]))
+    def versions(self, requests):
+        """The latest without a fetch; a moving pin by fetching it (the default's way)."""
+        self.checks.append([r.ref for r in requests if r.version is None])
+        out = {}
+        for request in requests:
+            if request.version is not None:
+                out.update(super().versions([request]))
+            elif self.failure is not None:
+                out[request] = self.failure
+            elif request.ref not in self.history:
+                out[request] = SecretNotFound("no such secret")
+            else:
+                out[request] = str(len(self.history[request.ref]))
+        return out
 
 
 def make_engine(tmp_path: Path, secrets: str, **top) -> tuple[Engine, FakeProvider]:
@@ -167,7 +171,7 @@ def test_deleted_upstream_keeps_file(tmp_path: Path) -> None:
     engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
     fake.put("r1", b"one")
     engine.sync()
-    del fake.versions["r1"]
+    del fake.history["r1"]
     result = engine.cycle(engine.units.values())
     assert isinstance(result.failed["a"], SecretNotFound)
     assert (tmp_path / "a").read_bytes() == b"one"
@@ -455,9 +459,9 @@ class CountingFake(FakeProvider):
         super().__init__()
         self.resolve_calls = 0
 
-    def resolve_versions(self, requests):
+    def versions(self, requests):
         self.resolve_calls += 1
-        return super().resolve_versions(requests)
+        return super().versions(requests)
 
 
 def test_ten_thousand_entries_idle_and_one_change(tmp_path: Path) -> None:

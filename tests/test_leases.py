@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from bridge.errors import ProviderError, SecretNotFound
 from bridge.provider import Fetched, Request
 from providers.vault import VaultProvider, VaultSettings
+from tests.versions import latest_one
 
 
 @pytest.fixture
@@ -131,7 +132,7 @@ def test_pki_issue_with_params(provider: VaultProvider, vault_pki) -> None:
     assert fetched.lease_id is None and not fetched.renewable
     assert fetched.obtained_at is not None and before <= fetched.obtained_at <= fetched.expires_at - 100
     assert _fetch(provider, request).version != fetched.version
-    assert provider.resolve_versions([request]) == {request: None}  # issued units are never polled
+    assert provider.versions([request]) == {request: None}  # issued units are never polled
 
 
 def test_plain_read_of_another_engine(provider: VaultProvider, vault_pki) -> None:
@@ -139,7 +140,7 @@ def test_plain_read_of_another_engine(provider: VaultProvider, vault_pki) -> Non
     fetched = _fetch(provider, Request(f"{vault_pki.mount}/cert/ca"))
     assert json.loads(fetched.value)["certificate"].strip() == vault_pki.ca_pem.strip()
     assert (fetched.version, fetched.lease_id, fetched.expires_at) == (None, None, None)
-    assert provider.current_version(f"{vault_pki.mount}/cert/ca") is None
+    assert latest_one(provider, f"{vault_pki.mount}/cert/ca") is None
 
 
 @pytest.mark.parametrize(("ref", "params", "says"), [

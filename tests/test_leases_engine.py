@@ -12,7 +12,7 @@ from bridge.config.loader import parse_config
 from bridge.engine.cycle import Engine
 from bridge.engine.leases import LEASE_FILE
 from bridge.errors import Unavailable
-from bridge.provider import Fetched, Provider, ProviderSettings, Request
+from bridge.provider import Capabilities, Fetched, Provider, ProviderSettings, Request
 
 
 class LeaseSettings(ProviderSettings):
@@ -22,7 +22,7 @@ class LeaseSettings(ProviderSettings):
 class LeasingFake(Provider):
     """Mints a new username per fetch with a lease; renews up to max_ttl; counts everything."""
 
-    supports_params = True
+    capabilities = Capabilities(params=True, leases=True)
 
     def __init__(self, ttl: float = 30.0, max_ttl: float = 90.0, revoke_on_exit: bool = False) -> None:
         super().__init__("db", LeaseSettings(type="fake", revoke_on_exit=revoke_on_exit))
@@ -60,6 +60,13 @@ class LeasingFake(Provider):
         self.lookups.append(lease_id)
         left = self.leases.get(lease_id, 0) - time.time()
         return left if left > 0 and lease_id not in self.revoked else None
+
+    def origin(self) -> str | None:
+        return "fake"
+
+    @property
+    def revoke_on_exit(self) -> bool:
+        return bool(self.settings.revoke_on_exit)
 
     def revoke(self, lease_id: str) -> None:
         self.revoked.append(lease_id)

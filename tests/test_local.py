@@ -21,6 +21,7 @@ from bridge.errors import AccessDenied, SecretNotFound, Unavailable
 from bridge.provider import Fetched, Request
 from providers.local import EnvProvider, EnvSettings, FileProvider, FileSettings
 from tests.conformance import ProviderConformance
+from tests.versions import latest, latest_one
 
 
 class FileBackend:
@@ -125,7 +126,7 @@ def test_file_reads_bytes_with_mtime_version(tmp_path: Path) -> None:
     p = FileProvider("dev", FileSettings(base_dir=tmp_path))
     fetched = p.fetch(Request("tls/key"))
     assert fetched.value == bytes(range(256))
-    assert fetched.version == p.current_version("tls/key") == str(os.stat(tmp_path / "tls" / "key").st_mtime_ns)
+    assert fetched.version == latest_one(p, "tls/key") == str(os.stat(tmp_path / "tls" / "key").st_mtime_ns)
 
 
 def test_file_change_moves_version(tmp_path: Path) -> None:
@@ -133,11 +134,11 @@ def test_file_change_moves_version(tmp_path: Path) -> None:
     path = tmp_path / "a"
     path.write_text("one")
     p = FileProvider("dev", FileSettings(base_dir=tmp_path))
-    v1 = p.current_version("a")
+    v1 = latest_one(p, "a")
     time.sleep(0.01)
     path.write_text("two")
     os.utime(path, ns=(time.time_ns(), time.time_ns()))
-    assert p.current_version("a") != v1
+    assert latest_one(p, "a") != v1
 
 
 def test_file_missing_and_escaping(tmp_path: Path) -> None:
@@ -203,7 +204,7 @@ def test_file_missing_base_dir_is_unavailable(tmp_path: Path) -> None:
     p = FileProvider("dev", FileSettings(base_dir=tmp_path / "not-mounted"))
     with pytest.raises(Unavailable, match="base_dir .* does not exist"):
         p.fetch(Request("a"))
-    assert isinstance(p.current_versions(["a"])["a"], Unavailable)
+    assert isinstance(latest(p, ["a"])["a"], Unavailable)
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 
@@ -241,9 +242,13 @@ secrets:
 
 
 def test_env_never_writes_the_bridges_own_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`{provider: env, ref: VAULT_TOKEN}` is refused: the bridge's own token never lands in a file."""
+    """`{provider: env, ref: VAULT_TOKEN}` beside a vault provider is refused: the bridge's own token
+    never lands in a file (the vault provider declares it in `credential_env`)."""
     from bridge.errors import AccessDenied
+    from bridge.provider import provider_class
     from providers.local import EnvProvider, EnvSettings
+
+    provider_class("vault")  # configured beside it: its credentials are the bridge's own
 
     monkeypatch.setenv("VAULT_TOKEN", "hvs.own-token-never-written")
     monkeypatch.setenv("APP_TOKEN", "app")

@@ -17,16 +17,9 @@ import pytest
 
 from bridge.errors import AccessDenied, ConfigError, SecretNotFound, Unavailable
 from bridge.observe.metrics import REGISTRY
-from bridge.provider import (
-    BUILT_IN,
-    RETRY_AFTER_CAP_SECONDS,
-    Fallback,
-    Fetched,
-    Provider,
-    Request,
-    provider_class,
-    retry_after_seconds,
-)
+from bridge.provider import Fetched, Provider, Request, provider_class
+from bridge.provider_rules import RETRY_AFTER_CAP_SECONDS, Fallback, call, each_concurrently, retry_after_seconds
+from providers import BUILT_IN
 
 
 class Scripted(Provider):
@@ -65,7 +58,7 @@ def test_each_concurrently_keeps_the_batch_rule() -> None:
     answers: dict[str, object] = {f"r{i}": f"v{i}" for i in range(20)}
     answers["r0"] = Unavailable("unreachable")
     p = Scripted("p", answers)
-    out = p.each_concurrently([(Request(r), Request(r)) for r in answers], p.fetch, workers=4)
+    out = each_concurrently(p, [(Request(r), Request(r)) for r in answers], p.fetch, workers=4)
     assert p.calls == ["r0"]
     assert all(isinstance(o, Unavailable) and f"r{i}" in str(o) for i, o in enumerate(out.values()))
 
@@ -76,7 +69,7 @@ def test_each_concurrently_fetches_everything_in_order() -> None:
     answers["r7"] = AccessDenied("no")
     p = Scripted("p", answers)
     requests = [Request(r) for r in answers]
-    out = p.each_concurrently([(r, r) for r in requests + requests], p.fetch, workers=8)
+    out = each_concurrently(p, [(r, r) for r in requests + requests], p.fetch, workers=8)
     assert list(out) == requests and sorted(p.calls) == sorted(answers)
     assert isinstance(out[Request("r7")], AccessDenied)
     assert [o.value for r, o in out.items() if isinstance(o, Fetched)] == [
@@ -101,7 +94,7 @@ def test_each_concurrently_stops_starting_items_once_unavailable() -> None:
     timer = threading.Timer(1.0, release.set)
     timer.start()
     try:
-        out = p.each_concurrently([(f"r{i}", Request(f"r{i}")) for i in range(100)], p.fetch, workers=2)
+        out = each_concurrently(p, [(f"r{i}", Request(f"r{i}")) for i in range(100)], p.fetch, workers=2)
     finally:
         release.set()
         timer.cancel()
@@ -109,10 +102,10 @@ def test_each_concurrently_stops_starting_items_once_unavailable() -> None:
     assert sum(isinstance(o, Unavailable) for o in out.values()) >= 98
 
 
-def test_resolve_versions_copies_an_outage_to_pins() -> None:
-    """The default change check does not call for pinned items once the unpinned check found an outage."""
+def test_default_versions_keep_the_batch_rule() -> None:
+    """The default change check (a fetch) does not call for later items once one found an outage."""
     p = Scripted("p", {"a": Unavailable("down"), "b": "x"})
-    out = p.resolve_versions([Request("a"), Request("b", "7")])
+    out = p.versions([Request("a"), Request("b", "7")])
     assert p.calls == ["a"] and isinstance(out[Request("b", "7")], Unavailable)
 
 
@@ -124,18 +117,18 @@ def _requests(name: str, operation: str, outcome: str) -> float:
 def test_call_counts_and_translates() -> None:
     """call counts ok and error outcomes and turns an SDK exception into the provider's error, unchained."""
     p = Scripted("counted-call", {})
-    assert p.call("Get", lambda: 42, translate=lambda e: Unavailable("x"), ref="a") == 42
+    assert call(p.name, "Get", lambda: 42, translate=lambda e: Unavailable("x"), ref="a") == 42
 
     def boom() -> int:
         raise ConnectionResetError("wire detail with a secret")
 
     with pytest.raises(Unavailable) as info:
-        p.call("Get", boom, translate=lambda e: Unavailable(f"cannot reach ({type(e).__name__})"), ref="a",
+        call(p.name, "Get", boom, translate=lambda e: Unavailable(f"cannot reach ({type(e).__name__})"), ref="a",
                version="3")
     assert str(info.value) == "counted-call: a@3: cannot reach (ConnectionResetError)"
     assert info.value.__cause__ is None and info.value.__suppress_context__
     with pytest.raises(SecretNotFound):
-        p.call("Get", lambda: (_ for _ in ()).throw(SecretNotFound("no")), translate=lambda e: Unavailable(""))
+        call(p.name, "Get", lambda: (_ for _ in ()).throw(SecretNotFound("no")), translate=lambda e: Unavailable(""))
     assert (_requests("counted-call", "Get", "ok"), _requests("counted-call", "Get", "unavailable"),
             _requests("counted-call", "Get", "not_found")) == (1, 1, 1)
 

@@ -26,6 +26,7 @@ from providers.vault import VaultProvider, VaultSettings
 from tests.conformance import ProviderConformance, read, unique_text
 from tests.fault_proxy import FaultProxy
 from tests.servers import free_port, venv_binary
+from tests.versions import latest, latest_one
 
 POLICY = 'path "secret/*" { capabilities = ["read", "list"] }\npath "kv1/*" { capabilities = ["read"] }'
 
@@ -143,7 +144,7 @@ def test_kv1_found_automatically(provider: VaultProvider, openbao, kv1: str) -> 
     content, fetched = read(provider, "kv1/app/one", None, {})
     assert content == b'{"a":"1","b":"2"}'
     assert fetched.version is None
-    assert provider.current_versions(["kv1/app/one"])["kv1/app/one"] is None
+    assert latest(provider, ["kv1/app/one"])["kv1/app/one"] is None
 
 
 def test_nested_mount_path(provider: VaultProvider, openbao) -> None:
@@ -419,7 +420,7 @@ def test_data_only_policy_falls_back_to_reading_values(openbao, backend: VaultBa
     p = _provider(openbao, method="token", token_file=str(tmp_path / "token"))
     with caplog.at_level(logging.WARNING, logger="secrets_bridge"):
         for _ in range(3):
-            assert p.current_versions([ref]) == {ref: None}
+            assert latest(p, [ref]) == {ref: None}
     assert read(p, ref, None, backend.text_fields)[0] == b"v"
     assert sum("metadata" in r.getMessage() for r in caplog.records) == 1
 
@@ -518,7 +519,7 @@ def test_retry_after_is_carried(openbao, backend: VaultBackend, throttling, monk
     assert read(p, ref, None, backend.text_fields)[0] == b"v"  # through the proxy, mount learnt
     throttling.throttle_prefix, throttling.status, throttling.retry_after = "/v1/secret/", status, header
     fetched = p.fetch_many([Request(ref)])[Request(ref)]
-    checked = p.resolve_versions([Request(ref)])[Request(ref)]
+    checked = p.versions([Request(ref)])[Request(ref)]
     for outcome in (fetched, checked):
         assert isinstance(outcome, Unavailable)
         assert outcome.retry_after == expected
@@ -549,14 +550,14 @@ def test_revoked_token_does_not_switch_off_the_metadata_check(openbao, backend: 
     backend.put(ref, "v")
     token = _token_file(openbao, tmp_path, POLICY)
     p = _provider(openbao, method="token", token_file=str(tmp_path / "token"))
-    assert p.current_version(ref) == "1"
+    assert latest_one(p, ref) == "1"
     openbao.client().auth.token.revoke(token)
-    assert isinstance(p.resolve_versions([Request(ref)])[Request(ref)], AccessDenied | type(None))
+    assert isinstance(p.versions([Request(ref)])[Request(ref)], AccessDenied | type(None))
     assert isinstance(p.fetch_many([Request(ref)])[Request(ref)], AccessDenied)  # the engine's fallback read
     time.sleep(0.01)
     _token_file(openbao, tmp_path, POLICY)
     backend.put(ref, "w")
-    assert p.current_version(ref) == "2"
+    assert latest_one(p, ref) == "2"
 
 
 def test_data_only_policy_is_probed_again(openbao, backend: VaultBackend, tmp_path: Path) -> None:
@@ -570,12 +571,12 @@ def test_data_only_policy_is_probed_again(openbao, backend: VaultBackend, tmp_pa
     backend.put(ref, "v")
     p = _provider(openbao, method="token", token_file=str(tmp_path / "token"))
     p._kv.metadata_reprobe_seconds = 0.5
-    assert p.current_version(ref) is None
+    assert latest_one(p, ref) is None
     assert read(p, ref, None, backend.text_fields)[0] == b"v"  # confirms: the policy grants data only
     client.sys.create_or_update_policy(name, POLICY)
-    assert p.current_version(ref) is None  # not probed before the re-probe time
+    assert latest_one(p, ref) is None  # not probed before the re-probe time
     time.sleep(0.6)
-    assert p.current_version(ref) == "1"
+    assert latest_one(p, ref) == "1"
 
 
 def test_secret_recreated_within_an_interval_is_detected(provider: VaultProvider, backend: VaultBackend) -> None:
@@ -585,14 +586,14 @@ def test_secret_recreated_within_an_interval_is_detected(provider: VaultProvider
     path = ref.removeprefix("secret/")
     backend.put(ref, "first")
     content, fetched = read(provider, ref, None, backend.text_fields)
-    assert (content, fetched.version, provider.current_version(ref)) == (b"first", "1", "1")
+    assert (content, fetched.version, latest_one(provider, ref)) == (b"first", "1", "1")
     time.sleep(0.01)
     backend.client.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point="secret")
     assert backend.put(ref, "again") == "1"
-    assert provider.current_version(ref) is None
+    assert latest_one(provider, ref) is None
     content, fetched = read(provider, ref, None, backend.text_fields)
     assert (content, fetched.version) == (b"again", "1")
-    assert provider.current_version(ref) == "1"  # cheap again once fetched
+    assert latest_one(provider, ref) == "1"  # cheap again once fetched
 
 
 def test_previous_version(provider: VaultProvider, backend: VaultBackend) -> None:
@@ -605,13 +606,13 @@ def test_previous_version(provider: VaultProvider, backend: VaultBackend) -> Non
     kv = backend.client.secrets.kv.v2
     kv.delete_secret_versions(path=path, versions=[3], mount_point="secret")
     kv.destroy_secret_versions(path=path, versions=[2], mount_point="secret")
-    assert provider.supports_previous and provider.moves("previous") and not provider.moves("4")
+    assert provider.capabilities.previous and provider.moves("previous") and not provider.moves("4")
     content, fetched = read(provider, ref, "previous", backend.text_fields)
     assert (content, fetched.version) == (b"one", "1")
     request = Request(ref, "previous")
-    assert provider.resolve_versions([request]) == {request: "1"}
+    assert provider.versions([request]) == {request: "1"}
     backend.put(ref, "five")
-    assert provider.resolve_versions([request]) == {request: "4"}
+    assert provider.versions([request]) == {request: "4"}
     assert read(provider, ref, "previous", backend.text_fields)[0] == b"four"
 
 

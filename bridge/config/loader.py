@@ -258,9 +258,9 @@ def _parse_config(text: str, source: str) -> Config:
         for value_name, origin in secret.sources().items():
             cls = providers[origin.provider][0]
             loc = f"secrets.{name}" + (f".values.{value_name}" if value_name else "")
-            if origin.version == PREVIOUS and not getattr(cls, "supports_previous", False):
+            if origin.version == PREVIOUS and not cls.capabilities.previous:
                 raise ConfigError(f"{loc}.version: provider {origin.provider!r} keeps no previous version")
-            if origin.params is not None and not getattr(cls, "supports_params", False):
+            if origin.params is not None and not cls.capabilities.params:
                 raise ConfigError(f"{loc}.params: provider {origin.provider!r} takes no params")
     return Config(settings, providers)
 

@@ -325,7 +325,7 @@ class Engine:
             else:
                 checkable.append(unit)
         if checkable:
-            current = provider.resolve_versions([u.request for u in checkable])
+            current = provider.versions([u.request for u in checkable])
             for unit in checkable:
                 latest = current.get(unit.request)
                 if latest is not None and latest == unit.version:

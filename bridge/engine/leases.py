@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from bridge.config.fields import LEASE_FILE
 from bridge.errors import ProviderError, SecretNotFound, WriteError, contained
 from bridge.observe.metrics import LEASE_EXPIRY, LEASE_ISSUES, LEASE_RENEWALS
-from bridge.provider import Fetched, Provider
+from bridge.provider import Fetched, Provider, leases_of
 
 if TYPE_CHECKING:
     from bridge.engine.schedule import Schedule
@@ -179,13 +179,14 @@ class LeaseKeeper:
             return
         now, wall = time.monotonic(), time.time()
         for unit in units:
-            record = stored.get(unit_key(unit, self.providers[unit.provider].origin()))
+            record = stored.get(unit_key(unit, _origin(self.providers[unit.provider])))
             if record is None or (record.lease_id is None and unit.request.params is None):
                 continue  # only a lease or an issued value (params) is resumed, never a polled value
             fetched = record.fetched()
             provider = self.providers[unit.provider]
-            if fetched.lease_id is not None:
-                remaining = contained(provider.name, functools.partial(provider.lease_alive, fetched.lease_id))
+            leases = leases_of(provider)
+            if fetched.lease_id is not None and leases is not None:
+                remaining = contained(provider.name, functools.partial(leases.lease_alive, fetched.lease_id))
                 if remaining is None:
                     log.info("%s: the stored lease is gone; issuing anew", unit.describe())
                     LEASE_ISSUES.labels(reason="resume_lost", outcome="ok").inc()
@@ -211,8 +212,11 @@ class LeaseKeeper:
     def renew(self, provider: Provider, unit: Unit) -> Renewed | ProviderError | None:
         """Renew; None when the lease cannot be renewed any more, so a new issue is due now."""
         assert unit.fetched is not None and unit.lease is not None
+        leases = leases_of(provider)
         try:
-            return Renewed(provider.renew(unit.fetched, unit.lease.asked_seconds))
+            if leases is None:
+                raise SecretNotFound("the provider has no leases")
+            return Renewed(leases.renew(unit.fetched, unit.lease.asked_seconds))
         except SecretNotFound:
             # revoked, expired or not renewable: only a new issue helps, and at once
             log.warning("%s: the lease cannot be renewed any more; issuing anew", unit.describe())
@@ -279,7 +283,7 @@ class LeaseKeeper:
         two resumes the new lease); remove it when no lease is left."""
         if not (self.dirty or force):
             return
-        kept = {unit_key(u, self.providers[u.provider].origin()): StoredLease.of(u.fetched, u.lease) for u in units
+        kept = {unit_key(u, _origin(self.providers[u.provider])): StoredLease.of(u.fetched, u.lease) for u in units
                 if u.lease is not None and u.fetched is not None}
         try:
             if kept:
@@ -297,14 +301,20 @@ class LeaseKeeper:
         revoked = False
         for unit in units:
             provider, fetched = self.providers[unit.provider], unit.fetched
-            if fetched is None or fetched.lease_id is None:
+            leases = leases_of(provider)
+            if fetched is None or fetched.lease_id is None or leases is None:
                 continue
-            if not (only(unit) if only is not None else getattr(provider.settings, "revoke_on_exit", False)):
+            if not (only(unit) if only is not None else leases.revoke_on_exit):
                 continue
-            outcome = contained(provider.name, functools.partial(provider.revoke, fetched.lease_id))
+            outcome = contained(provider.name, functools.partial(leases.revoke, fetched.lease_id))
             if isinstance(outcome, ProviderError):
                 log.warning("%s: cannot revoke its lease: %s", unit.describe(), outcome)
             else:
                 log.info("%s: revoked its lease", unit.describe())
                 unit.fetched, unit.lease, revoked = None, None, True
         return revoked
+
+
+def _origin(provider: Provider) -> str | None:
+    leases = leases_of(provider)
+    return leases.origin() if leases is not None else None

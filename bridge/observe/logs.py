@@ -24,8 +24,9 @@ from bridge.observe.changes import Change
 
 AUDIT_LOGGER = "secrets_bridge.audit"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-#: SDK loggers stay at WARNING even with --debug: their debug lines can carry request headers
-QUIET_LOGGERS = ("urllib3", "botocore", "boto3", "azure", "msal", "hvac", "watchdog")
+#: libraries' loggers stay at WARNING even with --debug: their debug lines can carry request headers
+#: (each provider's own SDK loggers are quieted when the provider is loaded: its `sdk_loggers`)
+QUIET_LOGGERS = ("urllib3", "watchdog")
 
 #: attributes every LogRecord has; anything else on a record came in through `extra=`
 _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
