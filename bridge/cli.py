@@ -121,10 +121,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from bridge.runtime.runner import Runner  # watchdog and the server: only `run` pays for them
 
+        runner = Runner(path, config, log_format=args.log_format, debug=args.debug)
         if config.settings.listen:
-            return Runner(path, config).run()
+            return runner.run()
         with metrics.unrecorded():  # no /metrics to read them (the listener is set at start only)
-            return Runner(path, config).run()
+            return runner.run()
     if args.command == "inspect":
         return cmd_inspect(config, args.name)
     return {"sync": cmd_sync, "check": cmd_check, "ls": cmd_ls}[args.command](config)

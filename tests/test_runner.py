@@ -394,3 +394,61 @@ def test_drift_is_repaired_within_five_seconds_without_on_change(tmp_path: Path,
     finally:
         assert bridge.stop() == 0
     assert _read(marker) == "x" and "put back" in bridge.output()
+
+
+def test_reload_changing_listen_is_rejected_naming_it(tmp_path: Path, out_dir: Path) -> None:
+    """A reload that changes `listen` (to an address or to null) is rejected in one line naming it;
+    the running config stays (no new entry)."""
+    bridge = Bridge(tmp_path, out_dir)
+    bridge.start()
+    try:
+        assert bridge.ready()
+        (bridge.src / "b").write_text("b-0")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        bridge.config.write_text(bridge.config_text(("a", "b")).replace("listen: null", f"listen: 127.0.0.1:{port}"))
+        assert _wait(lambda: "listen cannot change while running" in bridge.output()), bridge.output()
+        time.sleep(0.5)
+        assert not (out_dir / "b").exists() and "config reloaded" not in bridge.output()
+        assert bridge.stop() == 0
+    finally:
+        bridge.kill()
+
+
+def test_reload_switches_the_log_format(tmp_path: Path, out_dir: Path) -> None:
+    """A reload changing `log_format` from text to json is applied: the next lines are JSON."""
+    bridge = Bridge(tmp_path, out_dir, extra="log_format: text\n")
+    bridge.start()
+    try:
+        assert bridge.ready()
+        bridge.extra = "log_format: json\n"
+        (bridge.src / "b").write_text("b-0")
+        bridge.write_config(("a", "b"))
+        assert bridge.ready("b")
+        assert _wait(lambda: any(line.startswith("{") and "config reloaded" in line
+                                 for line in bridge.output().splitlines())), bridge.output()
+        assert bridge.stop() == 0
+    finally:
+        bridge.kill()
+
+
+def test_reload_setting_require_tmpfs_over_a_disk_is_rejected(tmp_path: Path) -> None:
+    """`require_tmpfs: true` newly set by a reload over a disk-backed output_dir is rejected naming
+    it; nothing more is written there."""
+    disk = tmp_path / "out"
+    if is_memory_backed(tmp_path):
+        pytest.skip("tmp_path is on a tmpfs")
+    bridge = Bridge(tmp_path, disk, extra="require_tmpfs: false\n")
+    bridge.start()
+    try:
+        assert bridge.ready()
+        bridge.extra = "require_tmpfs: true\n"
+        (bridge.src / "b").write_text("b-0")
+        bridge.write_config(("a", "b"))
+        assert _wait(lambda: "require_tmpfs: output_dir" in bridge.output()), bridge.output()
+        time.sleep(0.5)
+        assert not (disk / "b").exists()
+        assert bridge.stop() == 0
+    finally:
+        bridge.kill()

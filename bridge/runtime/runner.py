@@ -3,7 +3,9 @@
 Signal handlers only record the signal in a `Wakeup` (a self-pipe) that the loop waits on, so the
 commit in progress always finishes before exit, and no burst of signals can wedge the loop. The
 config is reloaded on SIGHUP or when the file (or a link to it) changes; a reload is validated
-first, and an invalid one is logged while the running config stays. Notifications run on their own
+first, and an invalid one is logged while the running config stays. A reload applies everything
+but `output_dir` and `listen` (one changing rejects it, naming the field); `log_format` switches
+the log lines, and `require_tmpfs` newly set is checked before the reload is accepted. Notifications run on their own
 thread (`Notifier`); at shutdown they get `NOTIFY_GRACE_SECONDS`, then the bridge goes.
 """
 
@@ -17,15 +19,15 @@ import threading
 import time
 from pathlib import Path
 
-from bridge.config.loader import STATE_FILE, Config, load_config
+from bridge.config.loader import STATE_FILE, BridgeConfig, Config, load_config
 from bridge.engine.cycle import Engine
 from bridge.errors import BridgeError, ConfigError, WriteError
-from bridge.observe.logs import AuditLog
+from bridge.observe.logs import AuditLog, setup_logging
 from bridge.runtime.config_watch import ConfigWatch
 from bridge.runtime.drift_watch import DriftWatch
 from bridge.runtime.notify import Notifier
 from bridge.runtime.wakeup import Wakeup
-from bridge.writer.atomic import Writer
+from bridge.writer.atomic import Writer, is_memory_backed
 
 log = logging.getLogger("secrets_bridge.run")
 
@@ -40,10 +42,18 @@ NOTIFY_GRACE_SECONDS = 3.0
 STOP_DEADLINE_SECONDS = 5.0
 
 
+#: settings a reload cannot apply: a reload changing one is rejected, naming it
+RESTART_FIELDS = ("output_dir", "listen")
+
+
 class Runner:
-    def __init__(self, config_path: Path, config: Config) -> None:
+    def __init__(self, config_path: Path, config: Config, *, log_format: str | None = None,
+                 debug: bool = False) -> None:
+        """`log_format`: given on the command line, it wins over the config's, reloads included."""
         self.config_path = config_path
         self.config = config
+        self.cli_log_format = log_format
+        self.debug = debug
         self.wakeup = Wakeup()
         self.drift = DriftWatch(self.wakeup.set)  # one for the directory, across reloads
 
@@ -149,14 +159,25 @@ class Runner:
             config = load_config(self.config_path)
             if config.settings == self.config.settings:
                 return  # the file was touched but says the same
-            if config.settings.output_dir != self.config.settings.output_dir:
-                raise ConfigError("output_dir cannot change while running")
+            _check_reloadable(self.config.settings, config.settings)
             new = self._engine(config, writer=self.engine.writer)
         except BridgeError as exc:
             log.error("config reload rejected, keeping the running config: %s", exc)
             return
+        if self.cli_log_format is None and config.settings.log_format != self.config.settings.log_format:
+            setup_logging(config.settings.log_format, self.debug)
         log.info("config reloaded from %s", self.config_path)
         self.engine.close(release=False)
         self.config, self.engine = config, new
         self.notifier.replace(config.settings.on_change)
         self._initial_sync(new)
+
+
+def _check_reloadable(running: BridgeConfig, reloaded: BridgeConfig) -> None:
+    """Raise ConfigError naming a setting the reload changes but cannot apply, or `require_tmpfs`
+    newly set over a disk-backed output directory (checked before anything is accepted)."""
+    for name in RESTART_FIELDS:
+        if getattr(reloaded, name) != getattr(running, name):
+            raise ConfigError(f"{name} cannot change while running; restart the bridge to apply it")
+    if reloaded.require_tmpfs and not is_memory_backed(Path(reloaded.output_dir)):
+        raise ConfigError(f"require_tmpfs: output_dir {reloaded.output_dir} is on a disk-backed filesystem")
