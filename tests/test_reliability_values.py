@@ -3,11 +3,13 @@ and `secrets-bridge sync`, into a plain entry, a `files:` entry, a `files: "*"` 
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import re
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -153,3 +155,110 @@ def test_generated_values_sync_exactly(value: bytes) -> None:
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(src, ignore_errors=True)
     record("values", examples=1, bytes=len(value), **{f"exit_{done.returncode}": 1})
+
+
+# -- hostile values: each fails its own entry, fast, and never reaches a message ------------------
+
+_HOSTILE_SECRET = "hostile-it's-the-value-7f3a"  # an apostrophe: repr() quotes it with double quotes
+
+
+def _tlv(tag: int, content: bytes) -> bytes:
+    size = len(content)
+    if size < 0x80:
+        return bytes([tag, size]) + content
+    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(length)]) + length + content
+
+
+def _children(der: bytes) -> list[bytes]:
+    """The elements inside a definite-length DER SEQUENCE (short test inputs only)."""
+    def header(pos: int) -> tuple[int, int]:
+        first = der[pos + 1]
+        if first < 0x80:
+            return pos + 2, first
+        count = first & 0x7F
+        return pos + 2 + count, int.from_bytes(der[pos + 2:pos + 2 + count], "big")
+
+    start, length = header(0)
+    out, pos = [], start
+    while pos < start + length:
+        content, size = header(pos)
+        out.append(der[pos:content + size])
+        pos = content + size
+    return out
+
+
+def _pkcs12_with_mac_iterations(iterations: int) -> bytes:
+    """A password-less PKCS#12 bundle whose MacData asks for `iterations` rounds."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import pkcs12
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hostile")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    bundle = pkcs12.serialize_key_and_certificates(b"t", key, cert, None, serialization.NoEncryption())
+    version, auth_safe, mac = _children(bundle)
+    digest, salt, _ = _children(mac)
+    count = _tlv(0x02, iterations.to_bytes((iterations.bit_length() + 8) // 8, "big"))
+    return _tlv(0x30, version + auth_safe + _tlv(0x30, digest + salt + count))
+
+
+_HOSTILE_ENTRIES = {
+    # entry: (source file content, entry config)
+    "star_root": (json.dumps({"/a": "1", "b": "2"}), '{provider: dev, ref: star_root, files: "*"}'),
+    "star_slashes": (json.dumps({"//": "1"}), '{provider: dev, ref: star_slashes, files: "*"}'),
+    "pem_iterations": (None, "{provider: dev, ref: pem_iterations, format: pem}"),
+    "loops": ("x" * 100_000, '{template: "{% for a in v %}{% for b in v %}{% endfor %}{% endfor %}",'
+              " values: {v: {provider: dev, ref: loops}}}"),
+    "center": ("x", """{template: "{{ 'x'|center(900000000) }}{{ v }}", values: {v: {provider: dev, ref: center}}}"""),
+    "quoted": (json.dumps({"k": _HOSTILE_SECRET}),
+               '{template: "{{ db[db.k] }}", values: {db: {provider: dev, ref: quoted}}}'),
+}
+
+
+def test_hostile_values_fail_their_own_entry_fast() -> None:
+    """A `files: "*"` key starting with "/", a PKCS#12 asking for 2^31-1 MAC iterations, nested
+    template loops over a 100,000-character value, a huge `center` and a missing key named by a
+    value holding quotes: `sync` ends within seconds, each fails its own entry with a one-line
+    message, the good entries (b64encode of a number among them) are written, no value is shown."""
+    out = tmpfs_dir("hostile")
+    src = out.with_name(out.name + "-src")
+    src.mkdir()
+    try:
+        (src / "pem_iterations").write_bytes(base64.b64encode(_pkcs12_with_mac_iterations(2**31 - 1)))
+        entries = "".join(f"  {name}: {entry}\n" for name, (_, entry) in _HOSTILE_ENTRIES.items())
+        for name, (content, _) in _HOSTILE_ENTRIES.items():
+            if content is not None:
+                (src / name).write_text(content)
+        (src / "num").write_text('{"n": 5432}')
+        entries += ('  good: {provider: dev, ref: num}\n'
+                    '  b64: {template: "{{ d.n|b64encode }}", values: {d: {provider: dev, ref: num}}}\n')
+        config = src / "c.yaml"
+        config.write_text(f"output_dir: {out}\nlisten: null\nproviders:\n  dev: {{type: file, base_dir: {src}}}\n"
+                          f"secrets:\n{entries}")
+        started = time.monotonic()
+        done = subprocess.run([venv_binary("secrets-bridge"), "--debug", "--log-format", "text", "--config",
+                               str(config), "sync"], capture_output=True, timeout=120,
+                              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+        took = time.monotonic() - started
+        stderr = done.stderr.decode("utf-8", "replace")
+        assert done.returncode == 1 and "Traceback" not in stderr and "internal error" not in stderr, stderr[-3000:]
+        assert took < 30, took
+        for name in _HOSTILE_ENTRIES:
+            assert re.search(rf"\b{name}\b.*(cannot|too big|missing|iterations)", stderr), (name, stderr[-3000:])
+            assert not (out / name).exists(), name
+        assert (out / "good").read_text() == '{"n": 5432}'
+        assert (out / "b64").read_text() == "NTQzMg=="
+        assert _HOSTILE_SECRET not in stderr + done.stdout.decode() and "hostile-it" not in stderr
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(src, ignore_errors=True)
+    record("values", fixed={"hostile_sync_seconds": round(took, 1)})

@@ -11,6 +11,7 @@ import binascii
 import json
 from typing import Any
 
+from bridge.engine.pkcs12 import TooMuchWork, check_work
 from bridge.errors import ExtractError
 from bridge.provider import Fetched
 
@@ -61,7 +62,10 @@ def to_pem(data: bytes, content_type: str | None) -> bytes:
 
     try:
         raw = data if data[:1] == b"\x30" else base64.b64decode(b"".join(data.split()), validate=True)
+        check_work(raw)  # before OpenSSL runs the iterations the bundle asks for
         key, cert, chain = pkcs12.load_key_and_certificates(raw, None)
+    except TooMuchWork as exc:
+        raise ExtractError(f"{exc} (format: pem)") from None
     except (ValueError, binascii.Error):
         raise ExtractError("value is neither PEM nor a password-less PKCS#12 bundle (format: pem)") from None
     parts = []

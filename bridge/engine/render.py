@@ -11,14 +11,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import posixpath
-import re
 import shlex
 import urllib.parse
+from collections.abc import Iterator
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from bridge.engine.extract import field_bytes
+from bridge.engine.sandbox import TemplateTooBig, budget_tree, budgeted, consume, make_environment
 from bridge.errors import ExtractError
 
 if TYPE_CHECKING:
@@ -49,20 +49,30 @@ def top_level_files(fetched: Fetched) -> dict[str, bytes]:
         raise ExtractError('value is not a JSON object, so files: "*" has no keys to write')
     for key in doc:
         # "b" and "b/c" cannot both be files: caught here, it fails this entry, not the whole commit
-        parent = posixpath.dirname(key)
-        while parent:
+        for parent in parents(key):
             if parent in doc:
                 raise ExtractError(f"key {key!r} lies inside key {parent!r}, which is a file")
-            parent = posixpath.dirname(parent)
     # one parse for all keys (extract() per key would parse the map once per key: quadratic)
     return {key: field_bytes(field) for key, field in doc.items()}
+
+
+class _FilterError(ValueError):
+    """One of our own filters refused its input: the text is fixed, so it may be shown."""
+
+
+def parents(path: str) -> Iterator[str]:
+    """The folders a relative file name lies in, nearest first ("a/b/c": "a/b", "a"). Made from
+    the name's parts, so it ends for any text ("/a" and "//" included, where dirname never does)."""
+    parts = path.split("/")
+    for end in range(len(parts) - 1, 0, -1):
+        yield "/".join(parts[:end])
 
 
 def _b64decode(text: str) -> str:
     try:
         return base64.b64decode("".join(text.split()), validate=True).decode()
     except (binascii.Error, ValueError):
-        raise ValueError("b64decode: not valid base64 text") from None
+        raise _FilterError("b64decode: not valid base64 text") from None
 
 
 def _filters() -> dict[str, Any]:
@@ -70,59 +80,37 @@ def _filters() -> dict[str, Any]:
         "urlencode": lambda v: urllib.parse.quote(str(v), safe=""),
         "shell_quote": lambda v: shlex.quote(str(v)),
         "json": lambda v: json.dumps(v, separators=(",", ":"), sort_keys=True),
-        "b64encode": lambda v: base64.b64encode(v.encode() if isinstance(v, str) else bytes(v)).decode(),
+        # a number is encoded as its text, as `{{ v }}` would write it (bytes(5432) is 5432 zero bytes)
+        "b64encode": lambda v: base64.b64encode(v if isinstance(v, bytes) else str(v).encode()).decode(),
         "b64decode": _b64decode,
     }
 
 
-#: a rendered file larger than this is a runaway template, not a secret file
-MAX_OUTPUT_BYTES = 1 << 20
-#: the items all `range()` calls of one render may make together (nested loops multiply)
-MAX_RANGE_ITEMS = 100_000
+class _MissingText(str):
+    """The text of a missing-value error, with the parts it was made of: the name looked up and
+    the type it was looked up in (never a value), so the message can be built from known parts."""
 
-
-class TemplateTooBig(Exception):
-    """A render went past MAX_OUTPUT_BYTES or MAX_RANGE_ITEMS (it would stall the loop or fill memory)."""
-
-
-class _Budget:
-    """The work one render may do; `range` and the big operators draw from it."""
-
-    def __init__(self) -> None:
-        self.items = MAX_RANGE_ITEMS
-
-    def range(self, *args: int) -> range:
-        made = range(*args)
-        self.items -= len(made)
-        if self.items < 0:
-            raise TemplateTooBig(f"loops make more than {MAX_RANGE_ITEMS} items")
-        return made
+    name: object
+    owner: str | None
 
 
 @cache
 def environment() -> ImmutableSandboxedEnvironment:
-    """One sandboxed environment (imported only when a config has templates): immutable values,
-    no Python internals, `*` and `**` checked so an operand cannot blow up memory."""
+    """One sandboxed, budgeted environment (imported only when a config has templates)."""
     from jinja2 import StrictUndefined
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from jinja2.utils import missing, object_type_repr
 
-    class Sandbox(ImmutableSandboxedEnvironment):
-        intercepted_binops = frozenset(["*", "**"])
+    class Undefined(StrictUndefined):
+        __slots__ = ()
 
-        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-            if operator == "**" and isinstance(right, int) and abs(right) > 64:
-                raise TemplateTooBig("exponent too large")
-            if operator == "*" and isinstance(left, str | bytes | list | tuple) and isinstance(right, int) \
-                    and len(left) * right > MAX_OUTPUT_BYTES:
-                raise TemplateTooBig(f"a repeated text past {MAX_OUTPUT_BYTES} bytes")
-            if operator == "*" and isinstance(right, str | bytes | list | tuple) and isinstance(left, int) \
-                    and len(right) * left > MAX_OUTPUT_BYTES:
-                raise TemplateTooBig(f"a repeated text past {MAX_OUTPUT_BYTES} bytes")
-            return super().call_binop(context, operator, left, right)
+        @property
+        def _undefined_message(self) -> str:
+            text = _MissingText("a value is missing")
+            text.name = self._undefined_name
+            text.owner = None if self._undefined_obj is missing else object_type_repr(self._undefined_obj)
+            return text
 
-    env = Sandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
-    env.filters.update(_filters())
-    return env
+    return make_environment(Undefined, _filters())
 
 
 def compile_template(source: str, declared: set[str]) -> Template:
@@ -139,51 +127,43 @@ def compile_template(source: str, declared: set[str]) -> Template:
     unknown = sorted(meta.find_undeclared_variables(tree) - declared)
     if unknown:
         raise ValueError(f"template names {', '.join(unknown)}, not declared in values")
-    template = env.from_string(source)
     # The names written in the template are config, so a render error may repeat them (and no other).
     written = {n.name for n in tree.find_all(nodes.Name)} | {n.attr for n in tree.find_all(nodes.Getattr)}
     written |= {str(n.value) for n in tree.find_all(nodes.Const)}
+    template = env.from_string(budget_tree(tree))
     template.bridge_names = frozenset(written)  # type: ignore[attr-defined]
     return template
 
 
-def _names_in(message: str) -> list[str]:
-    """The names an UndefinedError message mentions ("'dict object' has no attribute 'x'",
-    "str object has no element 3", "'x' is undefined"), without the type names."""
-    quoted = [q for q in re.findall(r"'([^']*)'", message) if not q.endswith(" object")]
-    element = re.search(r" has no element (.*)$", message)
-    return quoted + ([element.group(1)] if element else [])
+def _missing(exc: Exception, written: frozenset[str]) -> str:
+    """What is missing, from the parts the undefined value recorded: the name only when the
+    template itself wrote it (a name computed from a value is never repeated)."""
+    text = exc.args[0] if exc.args else None
+    if not isinstance(text, _MissingText) or str(text.name) not in written:
+        return "a key looked up with a computed name (perhaps a value) is missing"
+    if text.owner is None:
+        return f"{text.name!r} is undefined"
+    kind = "element" if isinstance(text.name, int) else "attribute"
+    return f"{text.owner} has no {kind} {text.name!r}"
 
 
 def render_template(template: Template, values: dict[str, Any]) -> bytes:
-    """Render with the values; a missing key or a failing filter is an ExtractError that names the
-    problem (Jinja2's UndefinedError text names the key and the object type, never a value)."""
+    """Render with the values under a budget of items, time and size; a missing key or a failing
+    filter is an ExtractError built from known parts (the key when the template wrote it, the
+    exception's class), never from an exception's text, which may quote a value."""
     from jinja2 import UndefinedError
     from jinja2.exceptions import SecurityError
 
-    budget = _Budget()
     try:
-        out, size = [], 0
-        for chunk in template.generate({**values, "range": budget.range}):
-            size += len(chunk)
-            if size > MAX_OUTPUT_BYTES:
-                raise TemplateTooBig(f"output past {MAX_OUTPUT_BYTES} bytes")
-            out.append(chunk)
-        return "".join(out).encode()
+        with budgeted():
+            return consume(template.generate(values)).encode()
     except TemplateTooBig as exc:
         raise ExtractError(f"template: too big: {exc}") from None
     except UndefinedError as exc:
-        # The missing key may itself come from a value (`{{ users[db.username] }}`): then say less.
-        message = exc.message or "undefined"
-        written: frozenset[str] = getattr(template, "bridge_names", frozenset())
-        if not all(name in written for name in _names_in(message)):
-            message = "a key looked up with a computed name (perhaps a value) is missing"
-        raise ExtractError(f"template: {message}") from None
+        raise ExtractError(f"template: {_missing(exc, getattr(template, 'bridge_names', frozenset()))}") from None
     except SecurityError:
         raise ExtractError("template: unsafe access refused by the sandbox") from None
-    except ValueError as exc:
-        # Our own filters raise ValueError with a fixed text; others only by class.
-        text = str(exc) if str(exc).startswith("b64decode:") else type(exc).__name__
-        raise ExtractError(f"template: {text}") from None
+    except _FilterError as exc:
+        raise ExtractError(f"template: {exc}") from None
     except Exception as exc:
         raise ExtractError(f"template: cannot render ({type(exc).__name__})") from None

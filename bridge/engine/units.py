@@ -9,14 +9,13 @@ renders an entry's files; it never fetches, writes or logs a value.
 from __future__ import annotations
 
 import functools
-import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from bridge.config.loader import Config, SecretConfig, check_target
 from bridge.engine.extract import extract
-from bridge.engine.render import compile_template, render_template, top_level_files, value_of
+from bridge.engine.render import compile_template, parents, render_template, top_level_files, value_of
 from bridge.errors import ExtractError, ProviderError
 from bridge.provider import Fetched, Provider, Request
 from bridge.writer.atomic import FileSpec
@@ -181,11 +180,6 @@ def owner_index(entries: dict[str, Entry]) -> Callable[[str], Entry | None]:
     def owner(file: str) -> Entry | None:
         if file in static:
             return static[file]
-        parent = posixpath.dirname(file)
-        while parent:
-            if parent in folders:
-                return folders[parent]
-            parent = posixpath.dirname(parent)
-        return None
+        return next((folders[p] for p in parents(file) if p in folders), None)
 
     return owner

@@ -1,0 +1,269 @@
+"""The template sandbox: what a template may reach, and how much work one render may do.
+
+Jinja2's immutable sandbox keeps a template away from Python internals and from mutating values.
+This module adds the budget: a secret value is hostile input, so every loop item, every call and
+filter, every growing operator draws from one per-render budget of items, time and size, checked
+*before* a result is built where its size can be known in advance (`center(900000000)` never
+allocates). Filters run only at render time, never while the config loads (Jinja2 would otherwise
+evaluate constant expressions in its compiler). It must never let a message quote a value: every
+refusal is a fixed text (`TemplateTooBig`).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jinja2 import Undefined, nodes
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+#: a rendered file (or any text or list made on the way) larger than this is a runaway template
+MAX_OUTPUT_BYTES = 1 << 20
+#: the loop items, range items and calls one render may make together (nested loops multiply)
+MAX_ITEMS = 100_000
+#: the wall-clock time one render may take
+MAX_RENDER_SECONDS = 2.0
+#: the largest number (in bits) an arithmetic operator may make
+MAX_NUMBER_BITS = 4096
+
+#: the names the budget's own filters take: a space keeps them out of any template's reach
+LOOP_FILTER = "bridge loop"
+SIZE_FILTER = "bridge size"
+
+#: a width or precision in a format (`%099999999d`, `{:>99999999}`) large enough to fill memory
+_WIDE_FORMAT = re.compile(r"[%:.]\D{0,3}\d{7,}")
+
+
+class TemplateTooBig(Exception):
+    """A render went past its budget (it would stall the loop or fill memory); the text is fixed."""
+
+
+class Budget:
+    """The work one render may still do."""
+
+    def __init__(self) -> None:
+        self.items = MAX_ITEMS
+        self.deadline = time.monotonic() + MAX_RENDER_SECONDS
+
+    def spend(self, items: int = 1) -> None:
+        self.items -= items
+        if self.items < 0:
+            raise TemplateTooBig(f"loops and calls make more than {MAX_ITEMS} items")
+        if time.monotonic() > self.deadline:
+            raise TemplateTooBig(f"render took longer than {MAX_RENDER_SECONDS:g} s")
+
+
+_BUDGET: ContextVar[Budget] = ContextVar("template_budget")
+
+
+@contextmanager
+def budgeted() -> Iterator[Budget]:
+    """A fresh budget for the render run inside the block."""
+    token = _BUDGET.set(Budget())
+    try:
+        yield _BUDGET.get()
+    finally:
+        _BUDGET.reset(token)
+
+
+def _budget() -> Budget:
+    try:
+        return _BUDGET.get()
+    except LookupError:  # outside a render (the compiler folding constants): refuse, so it is not folded
+        raise TemplateTooBig("evaluated outside a render") from None
+
+
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, str | bytes | list | tuple | dict) else 0
+
+
+def _check_size(size: int, what: str = "a text or list") -> None:
+    if size > MAX_OUTPUT_BYTES:
+        raise TemplateTooBig(f"{what} past {MAX_OUTPUT_BYTES} bytes")
+
+
+def _check_format(text: Any) -> None:
+    if isinstance(text, str) and _WIDE_FORMAT.search(text):
+        raise TemplateTooBig("a format width past the output limit")
+
+
+def _joined_size(sep: Any, items: list[Any]) -> int:
+    return sum(len(str(i)) for i in items) + len(str(sep)) * max(len(items) - 1, 0)
+
+
+def _replaced_size(text: str, old: Any, new: Any) -> int:
+    old, new = str(old), str(new)
+    count = len(text) + 1 if not old else text.count(old)
+    return len(text) + count * max(len(new) - len(old), 0)
+
+
+def _expected_size(name: str, value: Any, args: tuple[Any, ...]) -> int:
+    """The size a growing operation would make, worked out before it runs (0 when it cannot grow)."""
+    if not isinstance(value, str):
+        return 0
+    if name in ("center", "ljust", "rjust", "zfill") and args and isinstance(args[0], int):
+        return args[0]
+    if name == "indent":
+        width = args[0] if args else 4
+        return len(value) + (value.count("\n") + 1) * (width if isinstance(width, int) else len(str(width)))
+    if name == "expandtabs":
+        return len(value) + value.count("\t") * (args[0] if args and isinstance(args[0], int) else 8)
+    if name == "replace" and len(args) >= 2:
+        return _replaced_size(value, args[0], args[1])
+    if name == "translate":
+        raise TemplateTooBig("translate is not allowed in a template")
+    return 0
+
+
+def _check_call(name: str, value: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """Refuse a call whose arguments would make it too big; return the args (an iterable to
+    `join` made a list, so its size is known before joining)."""
+    for arg in (*args, *kwargs.values()):
+        if isinstance(arg, int) and not isinstance(arg, bool) and abs(arg) > MAX_OUTPUT_BYTES:
+            raise TemplateTooBig(f"a number argument past {MAX_OUTPUT_BYTES}")
+        _check_size(_size(arg))
+    if name in ("format", "format_map"):
+        _check_format(value)
+    if name == "join":
+        if isinstance(value, str):  # str.join(items)
+            items = list(args[0]) if args else []
+            _check_size(_joined_size(value, items))
+            return (items, *args[1:])
+        return args
+    _check_size(_expected_size(name, value, args))
+    return args
+
+
+def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    """`func` as a filter that runs only at render time (pass_context keeps the compiler from
+    folding it) and draws from the render's budget."""
+    from jinja2 import pass_context
+
+    passes = getattr(getattr(func, "jinja_pass_arg", None), "name", None)
+
+    @pass_context
+    def guarded(context: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
+        _budget().spend()
+        if name == "join":
+            items = list(value)
+            _check_size(_joined_size(args[0] if args else kwargs.get("d", ""), items))
+            value = items
+        else:
+            args = _check_call(name, value, args, kwargs)
+        first = {"context": (context,), "eval_context": (context.eval_ctx,),
+                 "environment": (context.environment,)}.get(passes or "", ())
+        result = func(*first, value, *args, **kwargs)
+        _check_size(_size(result))
+        return result
+
+    return guarded
+
+
+def _loop(context: Any, iterable: Any) -> Iterator[Any]:
+    """Every item a `for` loop takes costs one item of the budget."""
+    budget = _budget()
+    for item in iterable:
+        budget.spend()
+        yield item
+
+
+def _sized(context: Any, value: Any) -> Any:
+    _check_size(_size(value))
+    return value
+
+
+def _range(*args: int) -> range:
+    made = range(*args)
+    _budget().spend(len(made))
+    return made
+
+
+def _check_binop(operator: str, left: Any, right: Any) -> None:
+    if operator == "**" and isinstance(right, int) and abs(right) > 64:
+        raise TemplateTooBig("exponent too large")
+    if operator == "*":
+        for seq, times in ((left, right), (right, left)):
+            if isinstance(seq, str | bytes | list | tuple) and isinstance(times, int):
+                _check_size(len(seq) * times, "a repeated text")
+        if isinstance(left, int) and isinstance(right, int) \
+                and left.bit_length() + right.bit_length() > MAX_NUMBER_BITS:
+            raise TemplateTooBig(f"a number past {MAX_NUMBER_BITS} bits")
+    if operator == "+":
+        _check_size(_size(left) + _size(right))
+    if operator == "%":
+        _check_format(left)
+        for arg in right if isinstance(right, tuple) else (right,):
+            if isinstance(arg, int) and abs(arg) > MAX_OUTPUT_BYTES:
+                raise TemplateTooBig(f"a number argument past {MAX_OUTPUT_BYTES}")
+
+
+def budget_tree(tree: nodes.Template) -> nodes.Template:
+    """Wrap every `for` loop's iterable so its items are counted, and every `~` so its size is."""
+    from jinja2 import nodes
+    from jinja2.visitor import NodeTransformer
+
+    class Budgeted(NodeTransformer):
+        def visit_For(self, node: nodes.For) -> nodes.Node:
+            self.generic_visit(node)
+            node.iter = nodes.Filter(node.iter, LOOP_FILTER, [], [], None, None, lineno=node.lineno)
+            return node
+
+        def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
+            self.generic_visit(node)
+            return nodes.Filter(node, SIZE_FILTER, [], [], None, None, lineno=node.lineno)
+
+    out: nodes.Template = Budgeted().visit(tree)
+    return out
+
+
+def make_environment(undefined: type[Undefined],
+                     filters: dict[str, Callable[..., Any]]) -> ImmutableSandboxedEnvironment:
+    """A sandboxed environment: immutable values, no Python internals, every filter (Jinja2's and
+    `filters`), call, loop and growing operator budgeted."""
+    from jinja2 import pass_context
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Sandbox(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset(["*", "**", "+", "%"])
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            _budget().spend()
+            _check_binop(operator, left, right)
+            result = super().call_binop(context, operator, left, right)
+            _check_size(_size(result))
+            return result
+
+        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+            _budget().spend()
+            name = getattr(__obj, "__name__", "")
+            # a bound method's object; the sandbox hands out str.format wrapped (`__wrapped__`)
+            bound = getattr(getattr(__obj, "__wrapped__", __obj), "__self__", None)
+            args = _check_call(name, bound, args, kwargs)
+            result = super().call(__context, __obj, *args, **kwargs)
+            _check_size(_size(result))
+            return result
+
+    env = Sandbox(undefined=undefined, autoescape=False, keep_trailing_newline=True)
+    del env.globals["lipsum"]  # a generator of any amount of text, and no use for a secret
+    env.globals["range"] = _range
+    env.filters.update(filters)
+    for name, func in list(env.filters.items()):
+        env.filters[name] = _guard_filter(name, func)
+    env.filters[LOOP_FILTER] = pass_context(_loop)
+    env.filters[SIZE_FILTER] = pass_context(_sized)
+    return env
+
+
+def consume(chunks: Iterable[str]) -> str:
+    """The render's output, refused once past MAX_OUTPUT_BYTES."""
+    out, size = [], 0
+    for chunk in chunks:
+        size += len(chunk)
+        _check_size(size, "output")
+        out.append(chunk)
+    return "".join(out)
