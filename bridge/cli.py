@@ -119,7 +119,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("run", "sync"):
         refuse_disk_output_dir(config.settings)
     if args.command == "run":
-        from bridge.runtime.runner import Runner  # watchdog and the server: only `run` pays for them
+        from bridge.runtime.runner import Runner  # the file watcher and the server: only `run` pays for them
 
         runner = Runner(path, config, log_format=args.log_format, debug=args.debug)
         if config.settings.listen:

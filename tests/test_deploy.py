@@ -166,7 +166,7 @@ def _bridge_env(mountpoint: Path, openbao: Any) -> dict[str, str]:
 _AS_IMAGE_USER = """
 import os, sys
 import bridge.cli, bridge.runtime.runner, bridge.runtime.server
-import providers.vault, providers.vault_auth, hvac, watchdog.observers
+import providers.vault, providers.vault_auth, hvac, bridge.runtime.watch
 import encodings.idna, http.client, json, logging.handlers, ssl, urllib.request
 import bridge.engine.cycle, concurrent.futures.thread, pydantic_settings  # loaded on demand, for these runs
 os.setgroups([]); os.setgid(int(sys.argv[1])); os.setuid(int(sys.argv[1]))

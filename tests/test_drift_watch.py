@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bridge.config.fields import STATE_FILE
-from bridge.runtime.drift_watch import FALLBACK_SWEEP_SECONDS, SAFETY_SWEEP_SECONDS, SETTLE_SECONDS, DriftWatch
+from bridge.runtime.watch import FALLBACK_SWEEP_SECONDS, SAFETY_SWEEP_SECONDS, SETTLE_SECONDS, DriftWatch
 from bridge.writer.atomic import FileSpec, Writer
 
 FILES = {"a": FileSpec(b"a-0", 0o444), "tls/cert.pem": FileSpec(b"cert-0", 0o444)}
@@ -127,3 +127,20 @@ def test_a_failed_sweep_is_tried_again_soon(watched: Watched) -> None:
     assert watched.watch.next_sweep() <= time.monotonic() + FALLBACK_SWEEP_SECONDS
     watched.watch.sweeping()
     assert watched.watch.next_sweep() > time.monotonic() + FALLBACK_SWEEP_SECONDS
+
+
+def test_a_new_watch_brings_a_sweep_for_what_came_before(tmp_path: Path) -> None:
+    """A change made before the directory was first watched (between the first commit and the
+    watch) is swept for within the settle time, as no event will tell of it."""
+    writer = Writer(tmp_path / "out", require_tmpfs=False)
+    writer.prepare()
+    writer.commit(dict(FILES))
+    (tmp_path / "out" / "a").unlink()
+    watch = DriftWatch(lambda: None)
+    try:
+        watch.follow(tmp_path / "out", writer.generation)
+        assert watch.next_sweep() <= time.monotonic() + SETTLE_SECONDS
+        assert writer.check_drift() == ["a"]
+    finally:
+        watch.stop()
+        writer.release()

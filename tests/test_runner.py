@@ -281,6 +281,37 @@ def test_config_linked_from_another_folder_reloads(tmp_path: Path, out_dir: Path
         bridge.kill()
 
 
+def _inotify_instances(pid: int) -> int:
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fds.iterdir() if _readlink(fd) == "anon_inode:inotify")
+
+
+def _readlink(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+def test_one_file_watcher_for_the_config_and_the_output(tmp_path: Path, out_dir: Path) -> None:
+    """A running bridge holds one inotify instance, through which both a config edit reloads and a
+    deleted link is put back."""
+    bridge = Bridge(tmp_path, out_dir, secrets=("a", "b"))
+    bridge.write_config(("a",))
+    proc = bridge.start()
+    try:
+        assert bridge.ready("a")
+        assert _inotify_instances(proc.pid) == 1
+        bridge.write_config(("a", "b"))
+        assert bridge.ready("b"), bridge.output()
+        (out_dir / "a").unlink()
+        assert _wait(lambda: (out_dir / "a").is_symlink(), timeout=5), bridge.output()
+        assert _inotify_instances(proc.pid) == 1
+        assert bridge.stop() == 0
+    finally:
+        bridge.kill()
+
+
 def test_clean_shutdowns_log_no_error(tmp_path: Path, out_dir: Path) -> None:
     """Thirty start-and-SIGTERM runs, with files written beside the config meanwhile, each exit 0 and
     log no error."""
@@ -290,7 +321,7 @@ def test_clean_shutdowns_log_no_error(tmp_path: Path, out_dir: Path) -> None:
         bridge.start()
         try:
             assert bridge.ready()
-            for i in range(20):  # keep watchdog busy while it is being stopped
+            for i in range(20):  # keep the file watcher busy while it is being stopped
                 (bridge.config.parent / f"noise-{i}").write_text(str(trial))
             assert bridge.stop() == 0
         finally:

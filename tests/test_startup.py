@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 #: what a one-shot `sync` of plain files must not load
-HEAVY = ("prometheus_client", "watchdog", "jinja2", "pydantic_settings", "hvac", "requests", "botocore",
+HEAVY = ("prometheus_client", "jinja2", "pydantic_settings", "hvac", "requests", "botocore",
          "azure", "cryptography", "asyncio")
 
 _PROBE = textwrap.dedent("""
@@ -97,7 +97,8 @@ def test_state_commands_load_no_engine(tmp_path: Path, command: str) -> None:
     report = json.loads(proc.stdout.splitlines()[-1])
     assert report["status"] == 0
     loaded = _packages(report["loaded"])
-    assert sorted(loaded & {"bridge.engine.cycle", "bridge.runtime.runner", "prometheus_client", "watchdog"}) == []
+    assert sorted(loaded & {"bridge.engine.cycle", "bridge.runtime.runner", "prometheus_client",
+                            "bridge.runtime.inotify"}) == []
 
 
 @pytest.mark.parametrize(("listen", "metrics"), [("null", False), ("'127.0.0.1:0'", True)])
@@ -106,7 +107,7 @@ def test_run_loads_metrics_only_with_a_listener(tmp_path: Path, listen: str, met
     status, loaded, out = _sync(tmp_path, "  a: {provider: dev, ref: a.json, key: user}\n", command="run",
                                 listen=listen)
     assert status == 0 and (out / "a").read_text() == "u1"
-    assert "watchdog" in loaded
+    assert "bridge.runtime.inotify" in loaded
     assert ("prometheus_client" in loaded, "bridge.runtime.server" in loaded) == (metrics, metrics)
 
 

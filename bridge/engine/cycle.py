@@ -38,7 +38,7 @@ from bridge.writer.atomic import FileSpec, Writer
 from bridge.writer.state import State, file_record
 
 if TYPE_CHECKING:
-    from bridge.runtime.drift_watch import DriftWatch
+    from bridge.runtime.watch import DriftWatch
 
 log = logging.getLogger("secrets_bridge.engine")
 
@@ -88,7 +88,7 @@ class Engine:
         self.subscribers = list(subscribers)
         self.heartbeat = time.monotonic()  # the loop was last seen at work (/healthz)
         self.waiting = False  # the loop is waiting for its next due time: alive, whatever the heartbeat
-        self.drift = drift  # made by `run` when not given (`sync` and `check` load no watchdog)
+        self.drift = drift  # made by `run` when not given (`sync` and `check` watch nothing)
         self._own_drift = False
         self.units, self.entries = build(config, self.providers)
         self._owner = owner_index(self.entries)
@@ -173,7 +173,7 @@ class Engine:
         """Keep in step until `wake` is set; the cycle in progress always finishes. Between due
         times the loop sleeps: nothing runs on a clock while nothing is due."""
         if self.drift is None:
-            from bridge.runtime.drift_watch import DriftWatch
+            from bridge.runtime.watch import DriftWatch
 
             self.drift, self._own_drift = DriftWatch(), True  # nothing to wake this loop: swept on a clock
         while not wake.is_set():

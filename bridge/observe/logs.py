@@ -26,7 +26,7 @@ AUDIT_LOGGER = "secrets_bridge.audit"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: libraries' loggers stay at WARNING even with --debug: their debug lines can carry request headers
 #: (each provider's own SDK loggers are quieted when the provider is loaded: its `sdk_loggers`)
-QUIET_LOGGERS = ("urllib3", "watchdog")
+QUIET_LOGGERS = ("urllib3",)
 
 #: attributes every LogRecord has; anything else on a record came in through `extra=`
 _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}

@@ -23,10 +23,10 @@ from bridge.config.loader import STATE_FILE, BridgeConfig, Config, load_config
 from bridge.engine.cycle import Engine
 from bridge.errors import BridgeError, ConfigError, WriteError
 from bridge.observe.logs import AuditLog, setup_logging
-from bridge.runtime.config_watch import ConfigWatch
-from bridge.runtime.drift_watch import DriftWatch
+from bridge.runtime.inotify import Watcher
 from bridge.runtime.notify import Notifier
 from bridge.runtime.wakeup import Wakeup
+from bridge.runtime.watch import ConfigWatch, DriftWatch
 from bridge.writer.atomic import Writer, is_memory_backed
 
 log = logging.getLogger("secrets_bridge.run")
@@ -55,7 +55,8 @@ class Runner:
         self.cli_log_format = log_format
         self.debug = debug
         self.wakeup = Wakeup()
-        self.drift = DriftWatch(self.wakeup.set)  # one for the directory, across reloads
+        self.watcher = Watcher()  # one inotify reader for the config file and the output directory
+        self.drift = DriftWatch(self.wakeup.set, self.watcher)  # one for the directory, across reloads
 
     def run(self) -> int:
         self.wakeup.install_signals()  # first: nothing before this may be slow
@@ -77,7 +78,7 @@ class Runner:
                 self.engine.close()
                 raise WriteError(f"listen: cannot bind {self.config.settings.listen}: {exc.strerror}") from None
             server.start()  # before the first sync, so probes see "alive, not ready yet"
-        watch = ConfigWatch(self.config_path, self.wakeup.request_reload)
+        watch = ConfigWatch(self.config_path, self.wakeup.request_reload, self.watcher)
         watch.start()
         deferred: threading.Timer | None = None
         loop_done = threading.Event()
@@ -113,6 +114,7 @@ class Runner:
                 deferred.cancel()
             watch.stop()
             self.drift.stop()
+            self.watcher.stop()
             if server is not None:
                 server.stop()
             self.notifier.close(NOTIFY_GRACE_SECONDS)
