@@ -1,16 +1,21 @@
 """secrets-bridge against OpenBao Agent (Vault Agent's fork), measured in the same run.
 
-Both render N KV v2 secrets to files from one local `bao server -dev`. Each tool runs alone in turn.
+Both render N KV v2 secrets to files from one local `bao server -dev` (the same server for both, with
+no audit device: an audit device writes a line per request and answer, which slows every request and
+so costs a tool reading one secret at a time more than one reading eight at once). Each tool runs
+alone in turn. Requests are counted in a separate pass, against a second server with OpenBao's file
+audit device, never in a timed run.
 - one-shot: `secrets-bridge sync` against `bao agent` with `exit_after_auth = true` (renders every
   template once, then exits), each a cold process writing into an empty directory; wall time to
   exit, CPU seconds and peak RSS from wait4(), median of --runs alternating runs (after one
   untimed run of each, so both start from a warm page cache);
 - steady: `run` against the agent daemon, re-checking every INTERVAL seconds, over a window:
   resident set size (VmRSS) and its peak (VmHWM) and CPU seconds (utime + stime) from /proc,
-  server requests counted by OpenBao's own file audit device, and rotation latency (from a write
-  to the new value in the file);
+  and rotation latency (from a write to the new value in the file);
 - idle: the same daemons with a one-hour refresh, so nothing is due within the idle window: CPU
   only; the window (65 s by default) holds one of the bridge's 60 s safety sweeps of its directory;
+- requests (the separate pass, audit device on): the requests of one one-shot run, and the requests
+  per cycle of `run` against the daemon over the steady window;
 - floor: the bridge's RSS and wall time after its imports alone (what `run`, and what `sync`,
   imports before its first request), what no change of ours below the libraries can go under.
 The report gives each number and the ratio bridge / agent (below 1 means the bridge uses less).
@@ -22,7 +27,7 @@ tmpfs, as secrets are in use (/run/secrets, a memory emptyDir for the agent's /v
 this machine's disk a file creation or symlink costs 0.6 ms of waiting, which is the disk's figure,
 not either tool's.
 
-    python bench/vs_bao_agent.py --secrets 100 --interval 1 --window 20 --runs 7
+    python bench/vs_bao_agent.py --secrets 100 --interval 1 --window 20 --runs 5
 """
 
 from __future__ import annotations
@@ -90,9 +95,8 @@ class Bench:
     def __init__(self, n: int, interval: float, window: float, work: Path, idle_window: float = 65.0) -> None:
         self.n, self.interval, self.window, self.work = n, interval, window, work
         self.idle_window = idle_window
-        self.port = free_port()
         self.token = "bench-root"
-        self.address = f"http://127.0.0.1:{self.port}"
+        self.address = ""
         self.audit = work / "audit.log"
 
     def kv_put(self, i: int, value: str) -> None:
@@ -110,13 +114,19 @@ class Bench:
         except OSError:
             return 0
 
-    def start_server(self) -> subprocess.Popen[bytes]:
-        # OpenBao takes audit devices from its config file only.
-        config = self.work / "server.hcl"
-        config.write_text(f'audit "file" "bench" {{\n  options {{\n    file_path = "{self.audit}"\n  }}\n}}\n')
-        server = subprocess.Popen([venv_binary("bao"), "server", "-dev", f"-dev-root-token-id={self.token}",
-                                   f"-dev-listen-address=127.0.0.1:{self.port}", f"-config={config}"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def start_server(self, audit: bool) -> subprocess.Popen[bytes]:
+        """A fresh dev server holding the N secrets; with `audit`, OpenBao's file audit device on
+        (for counting requests only: it slows every request)."""
+        port = free_port()
+        self.address = f"http://127.0.0.1:{port}"
+        command = [venv_binary("bao"), "server", "-dev", f"-dev-root-token-id={self.token}",
+                   f"-dev-listen-address=127.0.0.1:{port}"]
+        if audit:
+            # OpenBao takes audit devices from its config file only.
+            config = self.work / "server.hcl"
+            config.write_text(f'audit "file" "bench" {{\n  options {{\n    file_path = "{self.audit}"\n  }}\n}}\n')
+            command.append(f"-config={config}")
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_http(f"{self.address}/v1/sys/health", proc=server)
         import hvac
 
@@ -228,9 +238,9 @@ class Bench:
             wait_for(lambda: read(last) == f"{name}-start-{self.n - 1}", 120)
             cold = time.monotonic() - started
             time.sleep(self.interval * 2)  # settle
-            before, requests_before = proc_stats(proc.pid), self.audit_lines()
+            before = proc_stats(proc.pid)
             time.sleep(self.window)
-            after, requests_after = proc_stats(proc.pid), self.audit_lines()
+            after = proc_stats(proc.pid)
             latencies = []
             target = out / "s0"
             for k in range(3):
@@ -241,12 +251,35 @@ class Bench:
                 "rss_mib": after["rss_mib"],
                 "peak_rss_mib": after["peak_rss_mib"],
                 "cpu_seconds_per_minute": (after["cpu_seconds"] - before["cpu_seconds"]) * 60 / self.window,
-                "requests_per_cycle": (requests_after - requests_before) * self.interval / self.window,
                 "rotation_latency_seconds": sorted(latencies)[1],
             }
         finally:
             proc.terminate()
             proc.wait(timeout=20)
+
+    def requests(self, name: str, once: list[str], daemon: list[str], out: Path) -> dict[str, float]:
+        """On the audited server: the requests of one one-shot run, and of `run` per cycle over the
+        steady window (nothing here is timed)."""
+        before = self.audit_lines()
+        self.once(name, once, out)
+        one_shot = self.audit_lines() - before
+        for i in range(self.n):
+            self.kv_put(i, f"{name}-count-{i}")
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        proc = subprocess.Popen(daemon, env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: read(out / f"s{self.n - 1}") == f"{name}-count-{self.n - 1}", 120)
+            time.sleep(self.interval * 2)  # settle
+            before = self.audit_lines()
+            time.sleep(self.window)
+            per_cycle = (self.audit_lines() - before) * self.interval / self.window
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+        for i in range(self.n):
+            self.kv_put(i, f"once-{i}")  # what `once` checks for
+        return {"one_shot_requests": one_shot, "requests_per_cycle": per_cycle}
 
 
 def main() -> None:
@@ -261,20 +294,37 @@ def main() -> None:
     shm = Path("/dev/shm")
     work = Path(tempfile.mkdtemp(prefix="sb-bench-", dir=shm if shm.is_dir() and is_memory_backed(shm) else None))
     bench = Bench(args.secrets, args.interval, args.window, work, args.idle_window)
-    server = bench.start_server()
     try:
-        once_bridge, once_agent = bench.one_shot(args.runs)
-        floor = bench.floor(args.runs)
-        bridge = bench.measure("bridge", bench.bridge_command(work / "bridge-out"), work / "bridge-out")
-        agent = bench.measure("agent", bench.agent_command(work / "agent-out"), work / "agent-out")
-        bridge |= bench.idle("bridge", bench.bridge_command(work / "idle-bridge", interval=3600), work / "idle-bridge")
-        agent |= bench.idle("agent", bench.agent_command(work / "idle-agent", interval=3600), work / "idle-agent")
+        server = bench.start_server(audit=False)  # everything timed or measured: no audit device
+        try:
+            once_bridge, once_agent = bench.one_shot(args.runs)
+            floor = bench.floor(args.runs)
+            bridge = bench.measure("bridge", bench.bridge_command(work / "bridge-out"), work / "bridge-out")
+            agent = bench.measure("agent", bench.agent_command(work / "agent-out"), work / "agent-out")
+            bridge |= bench.idle("bridge", bench.bridge_command(work / "idle-bridge", interval=3600),
+                                 work / "idle-bridge")
+            agent |= bench.idle("agent", bench.agent_command(work / "idle-agent", interval=3600), work / "idle-agent")
+        finally:
+            server.terminate()
+            server.wait(timeout=20)
+        server = bench.start_server(audit=True)  # the separate pass that counts requests
+        try:
+            for i in range(bench.n):
+                bench.kv_put(i, f"once-{i}")
+            out = {"bridge": work / "count-bridge", "agent": work / "count-agent"}
+            bridge |= bench.requests("bridge", bench.bridge_command(out["bridge"], "sync"),
+                                     bench.bridge_command(out["bridge"]), out["bridge"])
+            agent |= bench.requests("agent", bench.agent_command(out["agent"], one_shot=True),
+                                    bench.agent_command(out["agent"]), out["agent"])
+        finally:
+            server.terminate()
+            server.wait(timeout=20)
     finally:
-        server.terminate()
-        server.wait(timeout=20)
         shutil.rmtree(work, ignore_errors=True)
-    print(f"{args.secrets} KV v2 secrets; one-shot: median of {args.runs} cold runs; run: refresh every "
-          f"{args.interval}s, steady window {args.window}s; idle: one-hour refresh, window {args.idle_window}s")
+    print(f"{args.secrets} KV v2 secrets, one server without an audit device for every timed figure; "
+          f"one-shot: median of {args.runs} cold runs; run: refresh every {args.interval}s, steady window "
+          f"{args.window}s; idle: one-hour refresh, window {args.idle_window}s; requests: a second pass "
+          f"against a server with a file audit device")
     print(f"{'metric':32} {'secrets-bridge':>15} {'bao agent':>12} {'ratio':>8}")
     rows = [(f"one_shot_{k}", once_bridge[k], once_agent[k]) for k in once_bridge]
     rows += [(k, bridge[k], agent[k]) for k in bridge]
