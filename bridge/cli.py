@@ -198,10 +198,11 @@ def cmd_sync(config: Config) -> int:
             result = engine.sync()
         finally:
             engine.close()
-    if result.write_error is not None:
-        raise result.write_error
     required = [n for n in result.failed if not config.settings.secrets[n].optional]
-    log.info("sync: %d entries, %d failed", len(config.settings.secrets), len(result.failed))
+    if result.write_error is not None:
+        log.error("%s", result.summary(config))
+        raise result.write_error
+    (log.warning if required else log.info)("%s", result.summary(config))
     return 1 if required else 0
 
 

@@ -597,3 +597,63 @@ secrets:
     assert [(e["file"], e["old_version"], e["new_version"]) for e in lines[2:]] == [("db/password", "1", "2")]
     for text in [*bridge.printed, audit.read_text()]:
         assert p1 not in text and p2 not in text and openbao.root_token not in text
+
+
+def test_check_before_any_sync_warns_of_nothing(out_dir: Path, tmp_path: Path) -> None:
+    """`check` with no output_dir yet and no leased secret prints no warning (no "lease store is unreadable")."""
+    config = _local(tmp_path, out_dir)
+    proc = _cli("--config", str(config), "--log-format", "text", "check")
+    assert proc.returncode == 0, proc.stderr
+    assert "WARNING" not in proc.stderr and "lease store" not in proc.stderr
+    assert not out_dir.exists()
+
+
+def _summary(stderr: str) -> str:
+    (line,) = [line for line in stderr.splitlines() if "sync: " in line and " entries" in line]
+    return line[line.index("sync: "):]
+
+
+def test_sync_and_run_print_one_summary_format(out_dir: Path, tmp_path: Path) -> None:
+    """`sync` and `run` print the same summary line, an optional missing secret counted apart from failures."""
+    config = _local(tmp_path, out_dir, secrets="  a: {provider: dev, ref: one}\n"
+                                                "  b: {provider: dev, ref: absent, optional: true}\n")
+    sync = _cli("--config", str(config), "--log-format", "text", "sync")
+    assert sync.returncode == 0, sync.stderr
+    assert _summary(sync.stderr) == "sync: 2 entries, 0 failed, 1 optional missing"
+    with open(tmp_path / "run.log", "w") as log:
+        proc = subprocess.Popen([venv_binary("secrets-bridge"), "--config", str(config), "--log-format", "text",
+                                 "run"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert _wait(lambda: " entries" in (tmp_path / "run.log").read_text())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    assert _summary((tmp_path / "run.log").read_text()) == _summary(sync.stderr)
+
+
+def _small_files() -> None:
+    """In the child: files over 2,000 bytes cannot be written (EFBIG, not SIGXFSZ)."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+
+
+@pytest.mark.parametrize("command", ["sync", "run"])
+def test_a_failed_commit_is_in_the_summary(out_dir: Path, tmp_path: Path, command: str) -> None:
+    """When the commit fails, the summary says so (before, `run` said "1 secrets, 0 failed")."""
+    config = _local(tmp_path, out_dir)
+    (tmp_path / "source" / "one").write_text("x" * 5000)
+    with open(tmp_path / "out.log", "w") as log:
+        proc = subprocess.Popen([venv_binary("secrets-bridge"), "--config", str(config), "--log-format", "text",
+                                 command], stdout=log, stderr=subprocess.STDOUT, preexec_fn=_small_files)
+    try:
+        assert _wait(lambda: " entries" in (tmp_path / "out.log").read_text()), (tmp_path / "out.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    line = _summary((tmp_path / "out.log").read_text())
+    assert line.startswith("sync: 1 entries, 0 failed, 0 optional missing; commit failed"), line
+    if command == "sync":
+        assert proc.returncode == 1

@@ -68,6 +68,16 @@ class CycleResult:
     write_error: WriteError | None = None
     changes: list[Change] = field(default_factory=list)
 
+    def summary(self, config: Config) -> str:
+        """The one summary line of `sync` and of `run`'s first sync: entries, required ones that
+        failed, optional ones missing (counted apart), and a commit that failed."""
+        secrets = config.settings.secrets
+        optional = sum(1 for name in self.failed if name in secrets and secrets[name].optional)
+        line = f"sync: {len(secrets)} entries, {len(self.failed) - optional} failed, {optional} optional missing"
+        if self.write_error is not None:
+            line += f"; commit failed, nothing written: {self.write_error}"
+        return line
+
 
 class Engine:
     def __init__(

@@ -149,7 +149,9 @@ class Runner:
 
     def _initial_sync(self, engine: Engine) -> None:
         result = engine.sync()
-        log.info("sync: %d secrets, %d failed", len(engine.settings.secrets), len(result.failed))
+        required = [n for n in result.failed if not engine.settings.secrets[n].optional]
+        level = logging.ERROR if result.write_error else logging.WARNING if required else logging.INFO
+        log.log(level, "%s", result.summary(engine.config))
         # What start-up built lives as long as the engine: keep the collector from walking it again
         # and again (at 10,000 secrets a full collection pauses the loop for 100-200 ms).
         gc.collect()

@@ -391,7 +391,10 @@ class Writer:
         """The metadata file `name` beside the secrets (None when there is none), read through the
         directory held since prepare() (before it, through the path), never through a symlink."""
         with self._errors(f"read {name}"):
-            dfd = self._dfd if self._dfd is not None else os.open(self.output_dir, DIR_FLAGS & ~os.O_NOFOLLOW)
+            try:
+                dfd = self._dfd if self._dfd is not None else os.open(self.output_dir, DIR_FLAGS & ~os.O_NOFOLLOW)
+            except FileNotFoundError:
+                return None  # no output directory yet (`check` before any sync): no state either
             try:
                 # O_NONBLOCK: a FIFO planted under the name must not hang the bridge in open()
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
