@@ -505,7 +505,7 @@ def test_engine_keeps_files_and_backs_off_when_throttled(moto_url: str, counted:
         assert all(isinstance(e, Unavailable) for e in result.failed.values())
         assert sum(counted.counts.values()) == 1  # one ListSecrets, no fan-out, no SDK retry
         assert [(tmp_path / f"s{i}").read_text() for i in range(3)] == ["good-0", "good-1", "good-2"]
-        assert all(t.next_due >= time.monotonic() + 25 for t in engine.units.values())
+        assert all(engine.schedule.next_due(t) >= time.monotonic() + 25 for t in engine.units.values())
     finally:
         engine.close()
 

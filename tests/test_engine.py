@@ -130,7 +130,7 @@ def test_pinned_not_polled(tmp_path: Path) -> None:
     engine, fake = make_engine(tmp_path, "  b: {provider: fake, ref: r1, version: 1}\n")
     fake.put("r1", b"one")
     engine.sync()
-    assert unit(engine, "b").next_due == float("inf")
+    assert engine.schedule.next_due(unit(engine, "b")) == float("inf")
 
 
 def test_failure_keeps_last_good_file_and_logs_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -158,12 +158,12 @@ def test_backoff_grows_and_honours_retry_after(tmp_path: Path) -> None:
     for _ in range(4):
         now = time.monotonic()
         engine.cycle(engine.units.values())
-        delays.append(unit(engine, "a").next_due - now)
+        delays.append(engine.schedule.next_due(unit(engine, "a")) - now)
     assert delays[0] < delays[1] < delays[2] < delays[3]
     fake.failure = Unavailable("throttled", retry_after=30)
     now = time.monotonic()
     engine.cycle(engine.units.values())
-    assert unit(engine, "a").next_due - now >= 30
+    assert engine.schedule.next_due(unit(engine, "a")) - now >= 30
 
 
 def test_deleted_upstream_keeps_file(tmp_path: Path) -> None:
@@ -244,7 +244,7 @@ def test_group_shares_one_schedule(tmp_path: Path) -> None:
     for i in range(10):
         fake.put(f"r{i}", b"x")
     engine.sync()
-    assert len({u.next_due for u in engine.units.values()}) == 1
+    assert len({engine.schedule.next_due(u) for u in engine.units.values()}) == 1
 
 
 def test_moving_pin_is_polled_and_follows(tmp_path: Path) -> None:
@@ -254,7 +254,8 @@ def test_moving_pin_is_polled_and_follows(tmp_path: Path) -> None:
     fake.put("r1", b"one")
     fake.put("r1", b"two")
     engine.sync()
-    assert unit(engine, "p").next_due < float("inf") and unit(engine, "f").next_due == float("inf")
+    assert engine.schedule.next_due(unit(engine, "p")) < float("inf")
+    assert engine.schedule.next_due(unit(engine, "f")) == float("inf")
     fake.put("r1", b"three")
     fake.fetches.clear()
     assert engine.cycle(engine.units.values()).changed == ["p"]
@@ -279,7 +280,7 @@ def test_backoff_survives_long_outages(tmp_path: Path) -> None:
     unit(engine, "a").attempts = 5000
     now = time.monotonic()
     engine.cycle(engine.units.values())
-    assert unit(engine, "a").next_due - now <= 2.0  # capped at the 1s interval, plus jitter
+    assert engine.schedule.next_due(unit(engine, "a")) - now <= 2.0  # capped at the 1s interval, plus jitter
 
 
 def test_batch_stops_after_unavailable(tmp_path: Path) -> None:

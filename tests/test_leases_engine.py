@@ -3,6 +3,7 @@ values (the wire is tested against OpenBao in test_leases.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -94,6 +95,13 @@ def lease_of(engine: Engine):
     return engine.entries["db"].units[""].lease
 
 
+def make_due(engine: Engine) -> None:
+    """Pretend the lease's next step has come."""
+    unit = engine.entries["db"].units[""]
+    unit.lease = dataclasses.replace(unit.lease, at=time.monotonic())
+    engine.schedule.at(unit, 0)
+
+
 def test_one_lease_for_a_files_entry_and_a_template(tmp_path: Path) -> None:
     """Two entries naming one leased unit share one issue; they agree on the username."""
     fake = LeasingFake()
@@ -114,20 +122,18 @@ def test_renews_at_two_thirds_then_reissues_at_max_ttl(tmp_path: Path) -> None:
     engine = make(tmp_path, fake)
     engine.sync()
     lease = lease_of(engine)
-    issued = lease.issued_at
+    issued = lease.issued
     assert lease.action == "renew" and abs(lease.at - (issued + 20)) < 1
-    lease.at = time.time()  # pretend the time has come
-    unit = engine.entries["db"].units[""]
-    unit.next_due = 0
+    make_due(engine)
     assert engine.cycle().changed == [] and fake.renewals == ["database/creds/app/1"]
-    fake.leases["database/creds/app/1"] = issued + 12  # max_ttl reached: only 12s of lifetime in all
-    lease.at = time.time()
-    unit.next_due = 0
+    # max_ttl reached: only 12s of lifetime in all
+    fake.leases["database/creds/app/1"] = time.time() + 12 - (time.monotonic() - issued)
+    make_due(engine)
     engine.cycle()
+    lease = lease_of(engine)
     assert lease.action == "reissue" and issued + 12 * 0.85 - 0.5 <= lease.at <= issued + 12 * 0.90 + 0.5
     generation = os.readlink(tmp_path / "..data")
-    lease.at = time.time()
-    unit.next_due = 0
+    make_due(engine)
     result = engine.cycle()
     assert sorted(result.changed) == ["app.env", "db/password", "db/username"] and fake.minted == 2
     assert os.readlink(tmp_path / "..data") != generation
@@ -166,12 +172,11 @@ def test_failed_renewal_backs_off_within_the_time_left(tmp_path: Path) -> None:
     engine.sync()
     unit = engine.entries["db"].units[""]
     fake.down = True
-    unit.lease.at = time.time()
-    unit.next_due = 0
+    make_due(engine)
     now = time.monotonic()
     result = engine.cycle()
     assert "db" in result.failed and (tmp_path / "db" / "username").read_text() == "user1"
-    assert unit.next_due - now <= 8 / 4 + 0.5
+    assert engine.schedule.next_due(unit) - now <= 8 / 4 + 0.5
 
 
 def test_revoke_on_exit(tmp_path: Path) -> None:

@@ -3,14 +3,17 @@
 A cycle has five steps, each a method a test can call:
 
     plan      which fetch units are due: their group's refresh time, a retry, a pin never
-    fetch     per provider, batched: the cheap version check, then a fetch of what moved
+    fetch     per provider: one pure decision per unit (bridge/engine/steps.py), then batched
+              phases: the cheap version check, lease renewals, a fetch of what moved
     render    the entries whose units moved become file contents (plain, files:, template:)
     commit    only the files whose content, mode or owner changed go to the writer, as one generation
     announce  one Change record per changed file, to every subscriber (on_change, audit log)
 
 This is the one place where a change is detected and committed, and the one place that retries
-(per-unit exponential backoff with jitter, honouring a provider's retry_after). It keeps each
-file's last good content, so a failure never removes or empties a file. Idle work is proportional
+(per-unit exponential backoff with jitter, honouring a provider's retry_after). It is the one
+module that assigns a fetch unit's state: the schedule and the lease keeper return decisions and
+the cycle applies them. It keeps each file's record (bridge/engine/records.py) and last good
+content, so a failure never removes or empties a file. Idle work is proportional
 to what is due. It never logs a value.
 """
 
@@ -22,12 +25,14 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 from bridge.config.loader import Config
 from bridge.engine import failures
 from bridge.engine.leases import LeaseKeeper, Renewed
+from bridge.engine.phases import Outcome, fetch_from
+from bridge.engine.records import ManagedFiles, entry_records
 from bridge.engine.schedule import Schedule
 from bridge.engine.units import Entry, Unit, build, owner_index
 from bridge.errors import ExtractError, ProviderError, WriteError, contained
@@ -35,7 +40,7 @@ from bridge.observe.changes import Change
 from bridge.observe.metrics import COMMIT_SECONDS, COMMITS, CYCLE_SECONDS, DRIFT_REPAIRS, LAST_REFRESH
 from bridge.provider import Fetched, Provider
 from bridge.writer.atomic import FileSpec, Writer
-from bridge.writer.state import State, file_record
+from bridge.writer.state import State
 
 if TYPE_CHECKING:
     from bridge.runtime.watch import DriftWatch
@@ -49,7 +54,6 @@ UPKEEP_MIN_SECONDS = 1.0
 UPKEEP_RETRY_SECONDS = 5.0
 
 Subscriber = Callable[[list[Change]], None]
-Outcome = Fetched | Renewed | ProviderError | None  # None: checked, unchanged
 
 
 class Waiter(Protocol):
@@ -103,14 +107,10 @@ class Engine:
         self.units, self.entries = build(config, self.providers)
         self._owner = owner_index(self.entries)
         self.schedule = Schedule(self.units.values(), self.settings.jitter)
-        self.files: dict[str, FileSpec] = {}  # the last good content of every file, as committed
-        self._versions: dict[str, str | None] = {}  # the version each file was last rendered from
-        self._committed_versions: dict[str, str | None] = {}  # ... as of its committed content
-        self._updated: dict[str, float] = {}
-        self._pending: dict[str, FileSpec | None] = {}  # rendered, not yet committed
-        self._gone: dict[str, tuple[str, str]] = {}  # (provider, ref) of files no entry makes any more
+        self.files = ManagedFiles(self._owner)  # one record per managed file
         self._dirty: set[str] | None = None  # entries whose state records need writing (None: all)
-        self.leases = LeaseKeeper(self.writer, self.providers, self.schedule)
+        self._recorded: dict[str, list[str]] = {}  # the files of each entry in the state file
+        self.leases = LeaseKeeper(self.writer, self.providers)
         self._started = False
         self._write_failing: float | None = None  # since when commits fail (monotonic)
         self._state_failing = False
@@ -125,23 +125,16 @@ class Engine:
         self.writer.prepare()
         self._started = True
         LAST_REFRESH.entries = self.last_refreshed
-        previous = self.state.load()
-        for file, spec in self.writer.committed.items():
-            entry = self._owner(file)
-            record = previous.get(file)
-            if entry is None:
-                self._pending[file] = None
-                if record is not None:  # so the removal's audit event says what was removed
-                    self._committed_versions[file] = record.version
-                    self._gone[file] = (record.provider, record.ref)
-                continue
-            self.files[file] = spec
-            entry.files.add(file)
-            if record is not None and record.source() == file_record(file, entry, self).source():
-                self._versions[file] = self._committed_versions[file] = record.version
-                if record.updated_epoch() is not None:
-                    self._updated[file] = record.updated_epoch()  # type: ignore[assignment]
-        self.leases.resume(self.units.values())
+        self.files.adopt(self.writer.committed, self.state.load())
+        self._resume()
+
+    def _resume(self) -> None:
+        """Take back the leases the lease store holds, as the lease keeper checked them."""
+        now = time.monotonic()
+        for unit, resumed in self.leases.resume(self.units.values()).items():
+            unit.fetched, unit.version, unit.lease = resumed.fetched, resumed.fetched.version, resumed.lease
+            self.schedule.at(unit, resumed.lease.at)
+            self.leases.publish(unit, now)
 
     def close(self, *, release: bool = True) -> None:
         """Close the providers; remove replaced generations once readers are past them; let the
@@ -161,8 +154,13 @@ class Engine:
 
     def revoke_leases(self) -> None:
         """Revoke the leases of providers that ask for it (`revoke_on_exit`), on shutdown."""
-        if self.leases.revoke(self.units.values()) and self._started:
+        if self._revoke(self.leases.revoke(self.units.values())) and self._started:
             self.leases.save(self.units.values(), force=True)
+
+    def _revoke(self, revoked: list[Unit]) -> bool:
+        for unit in revoked:
+            unit.fetched, unit.lease = None, None
+        return bool(revoked)
 
     def sync(self) -> CycleResult:
         """One pass: fetch every unit, commit once."""
@@ -171,12 +169,12 @@ class Engine:
     def check(self) -> dict[str, ProviderError]:
         """A dry sync: fetch every unit and render every entry as `sync` would; write nothing.
         Returns the entries that failed; `Entry.version()` gives what each resolved to."""
-        self.leases.resume(self.units.values())  # a running bridge's leases are read, not minted again
+        self._resume()  # a running bridge's leases are read, not minted again
         resumed = {u for u in self.units.values() if u.lease is not None}
         outcomes = self.fetch(self.units.values(), force=True)
         failed = self._settle(outcomes, time.monotonic(), quiet=True)
         self.render(self.entries.values(), failed, quiet=True)
-        self.leases.revoke(self.units.values(), only=lambda u: u not in resumed)  # what check minted goes back
+        self._revoke(self.leases.revoke(self.units.values(), only=lambda u: u not in resumed))  # minted: back
         return failed
 
     def run(self, wake: Waiter) -> None:
@@ -269,13 +267,13 @@ class Engine:
         started = time.perf_counter()
         now = time.monotonic()
         units = self.plan(now) if due is None else list(due)
-        if not units and not self._pending:
+        if not units and not self.files.pending:
             return CycleResult([], {})
         outcomes = self.fetch(units, force=force)
         failed = self._settle(outcomes, time.monotonic())  # a Retry-After counts from the answer, not the plan
         moved = [u for u, o in outcomes.items() if isinstance(o, Fetched)]
         entries = self._affected(moved, everything=force)
-        self._pending.update(self.render(entries, failed))
+        self.files.pending.update(self.render(entries, failed))
         if self._started:
             self.leases.save(self.units.values())  # before the commit: a crash between the two resumes the lease
         changes, write_error = self.commit()
@@ -290,7 +288,7 @@ class Engine:
 
     def next_wake(self) -> float:
         """When a unit is due, or a failed commit is to be tried again."""
-        retry = time.monotonic() + RETRY_COMMIT_SECONDS if self._pending else math.inf
+        retry = time.monotonic() + RETRY_COMMIT_SECONDS if self.files.pending else math.inf
         return min(self.schedule.next_wake(), retry)
 
     def fetch(self, units: Iterable[Unit], *, force: bool = False) -> dict[Unit, Outcome]:
@@ -304,60 +302,18 @@ class Engine:
         for name, group in by_provider.items():
             self.heartbeat = time.monotonic()  # a slow provider is not a stalled loop
             provider = self.providers[name]
-            found = contained(provider.name, functools.partial(self._fetch_from, provider, group, force))
+            now = time.monotonic()
+            found = contained(provider.name, functools.partial(fetch_from, provider, group, self.leases, now,
+                                                               force=force))
             if isinstance(found, ProviderError):
                 outcomes.update(dict.fromkeys(group, found))
-            else:
-                outcomes.update(found)
-        return outcomes
-
-    def _fetch_from(self, provider: Provider, units: list[Unit], force: bool) -> dict[Unit, Outcome]:
-        outcomes: dict[Unit, Outcome] = {}
-        to_fetch: list[Unit] = []
-        checkable: list[Unit] = []
-        renewals: list[Unit] = []
-        wall = time.time()
-        for unit in units:
-            if unit.lease is not None:
-                step = self.leases.due(unit, wall)
-                if step == "renew":
-                    renewals.append(unit)
-                elif step == "reissue":
-                    to_fetch.append(unit)
-                else:
-                    outcomes[unit] = None  # a live lease: sync takes it as it is, never mints again
-            elif force or unit.fetched is None or unit.error is not None:
-                to_fetch.append(unit)
-            elif unit.fixed:
-                outcomes[unit] = None  # a fetched fixed pin does not change
-            elif unit.version is None:
-                to_fetch.append(unit)  # no versions (env, KV v1): fetch and compare content
-            else:
-                checkable.append(unit)
-        if checkable:
-            current = provider.versions([u.request for u in checkable])
-            for unit in checkable:
-                latest = current.get(unit.request)
-                if latest is not None and latest == unit.version:
-                    # the idle path, 10,000 times a cycle at scale: confirmed, and nothing to settle
-                    unit.refreshed_at = wall
-                elif isinstance(latest, ProviderError):
-                    outcomes[unit] = latest
-                else:
-                    to_fetch.append(unit)
-        for unit in renewals:
-            renewed = self.leases.renew(provider, unit)
-            if renewed is None:
-                to_fetch.append(unit)
-            else:
-                outcomes[unit] = renewed
-        if to_fetch:
-            fetched = provider.fetch_many([u.request for u in to_fetch])
-            for unit in to_fetch:
-                outcome = fetched[unit.request]
-                same = (isinstance(outcome, Fetched) and unit.fetched is not None and not force
-                        and outcome.value == unit.fetched.value and outcome.version == unit.version)
-                outcomes[unit] = None if same else outcome
+                continue
+            for unit in found.confirmed:
+                unit.refreshed_at = found.wall  # the idle path: confirmed, and nothing to settle
+            for unit in found.lost:
+                assert unit.lease is not None
+                unit.lease = replace(unit.lease, action="reissue", at=now)
+            outcomes.update(found.outcomes)
         return outcomes
 
     def render(self, entries: Iterable[Entry], failed: dict[str, ProviderError], *,
@@ -377,14 +333,7 @@ class Engine:
             else:
                 if failures.renders_again(entry):
                     self._mark([entry.name])
-                version = entry.version()
-                for file, spec in specs.items():
-                    self._versions[file] = version
-                    if self.files.get(file) != spec:
-                        updates[file] = spec
-                    elif file not in self._pending:
-                        self._committed_versions[file] = version  # same content, new version id
-                updates.update((f, None) for f in entry.files - specs.keys())
+                updates.update(self.files.rendered(entry, specs, entry.version()))
                 continue
             if "" in entry.units:
                 unit = entry.units[""]
@@ -395,50 +344,46 @@ class Engine:
         return updates
 
     def commit(self) -> tuple[list[Change], WriteError | None]:
-        """Hand the pending file updates to the writer as one generation."""
-        if not self._pending:
+        """Hand the pending file updates to the writer as one generation, in three steps:
+
+        1. write: the writer commits every pending update as one generation; when that fails (a
+           full tmpfs) the last generation stays whole and the updates wait for the next cycle;
+        2. record: each changed file's record takes its new content, version and time, and gives
+           one Change;
+        3. tell: count and log the commit, and mark the changed entries' state records.
+        """
+        if not self.files.pending:
             return [], None
-        before = {f: self.files.get(f) for f in self._pending}
+        changed = self._write()  # 1
+        if isinstance(changed, WriteError):
+            return [], changed
+        pending, self.files.pending = self.files.pending, {}
+        changes = self.files.committed(changed, pending, self.writer.generation)  # 2
+        self._committed(changes)  # 3
+        return changes, None
+
+    def _write(self) -> list[str] | WriteError:
         started = time.perf_counter()
         try:
-            changed = self.writer.commit(self._pending)
+            changed = self.writer.commit(self.files.pending)
         except WriteError as exc:
-            # e.g. the tmpfs is full: the last generation stays whole; the updates wait for the next cycle.
             if self._write_failing is None:
                 log.error("cannot commit to %s: %s; the last generation stays", self.settings.output_dir, exc)
                 self._write_failing = time.monotonic()
-            return [], exc
+            return exc
         COMMIT_SECONDS.observe(time.perf_counter() - started)
         if self._write_failing is not None:
             log.info("commits to %s work again", self.settings.output_dir)
             self._write_failing = None
-        pending, self._pending = self._pending, {}
-        stamp = time.time()
-        changes = []
-        for file in changed:
-            spec, entry = pending[file], self._owner(file)
-            old_version = self._committed_versions.get(file)
-            if spec is None:
-                self.files.pop(file, None)
-                self._updated.pop(file, None)
-                new_version = None
-            else:
-                self.files[file] = spec
-                self._updated[file] = stamp
-                new_version = self._versions.get(file)
-            self._committed_versions[file] = new_version
-            if entry is not None:
-                (entry.files.discard if spec is None else entry.files.add)(file)
-            provider, ref = entry.source() if entry is not None else self._gone.pop(file, ("", ""))
-            action = "removed" if spec is None else "added" if before[file] is None else "updated"
-            changes.append(Change(file, entry.name if entry else file, provider, ref, old_version,
-                                  new_version, self.writer.generation, action))
-        if changes:
-            COMMITS.inc()
-            self._mark(c.entry for c in changes)
-            names = ", ".join(c.file for c in changes[:10]) + (", ..." if len(changes) > 10 else "")
-            log.info("committed a new generation: %d changed (%s)", len(changes), names)
-        return changes, None
+        return changed
+
+    def _committed(self, changes: list[Change]) -> None:
+        if not changes:
+            return
+        COMMITS.inc()
+        self._mark(c.entry for c in changes)
+        names = ", ".join(c.file for c in changes[:10]) + (", ..." if len(changes) > 10 else "")
+        log.info("committed a new generation: %d changed (%s)", len(changes), names)
 
     def announce(self, changes: list[Change]) -> None:
         """Tell every subscriber; a failing subscriber never stops the bridge."""
@@ -475,12 +420,13 @@ class Engine:
                 failed.update(dict.fromkeys(unit.entries, error))
                 continue
             if isinstance(outcome, Renewed):
-                self.leases.renewed(unit, outcome.fetched, wall)
+                unit.lease = self.leases.renewed(unit, outcome.fetched, now, wall)
+                unit.fetched = outcome.fetched
             elif isinstance(outcome, Fetched):
                 if outcome.version != unit.version:
                     self._mark(unit.entries)
+                unit.lease = self.leases.issued(unit, outcome, now, wall)
                 unit.fetched, unit.version = outcome, outcome.version
-                self.leases.issued(unit, outcome, wall)
             unit.refreshed_at = wall
             self._succeed(unit, now)
         for (provider, code), units in newly.items():
@@ -496,7 +442,8 @@ class Engine:
             unit.error, unit.failing_since, unit.attempts = None, None, 0
             self._mark(unit.entries)
         if unit.lease is not None:
-            self.leases.scheduled(unit, now, time.time())
+            self.schedule.at(unit, unit.lease.at)  # on its lease's clock
+            self.leases.publish(unit, now)
         elif unit.fixed:
             self.schedule.never(unit)  # not polled until its pin changes
         else:
@@ -509,7 +456,10 @@ class Engine:
         unit.failing_since = unit.failing_since if unit.failing_since is not None else now
         unit.error = error
         unit.attempts += 1
-        self.schedule.at(unit, now + self.leases.retry_delay(unit, self.schedule.backoff(unit, error)))
+        delay = self.schedule.backoff(unit, error)
+        if unit.lease is not None:
+            unit.lease, delay = self.leases.retry(unit, delay, now)
+        self.schedule.at(unit, now + delay)
 
     def _mark(self, entries: Iterable[str]) -> None:
         if self._dirty is not None:
@@ -518,8 +468,14 @@ class Engine:
     def _save_state(self) -> None:
         if self._dirty == set() or not self._started:
             return
+        names = self.entries.keys() if self._dirty is None else self._dirty & self.entries.keys()
+        for name in names:
+            records = entry_records(self.entries[name], self.files, self.settings)
+            files = [r.name for r in records]
+            self.state.update(records, removed=set(self._recorded.get(name, ())) - set(files))
+            self._recorded[name] = files
         try:
-            self.state.save(self, self._dirty)
+            self.state.save()
             self._dirty = set()
         except WriteError as exc:
             if not self._state_failing:  # once when it starts, not every cycle of a full tmpfs
@@ -544,7 +500,7 @@ class Engine:
         return self._owner(file)
 
     def updated(self, file: str) -> float | None:
-        return self._updated.get(file)
+        return self.files.updated(file)
 
     def version_of(self, file: str) -> str | None:
-        return self._versions.get(file)
+        return self.files.version(file)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from bridge.config.loader import Config, SecretConfig, check_target
 from bridge.engine.extract import extract
+from bridge.engine.lifetimes import Lease
 from bridge.engine.render import compile_template, parents, render_template, top_level_files, value_of
 from bridge.errors import ExtractError, ProviderError
 from bridge.provider import Fetched, Provider, Request
@@ -23,12 +24,12 @@ from bridge.writer.atomic import FileSpec
 if TYPE_CHECKING:
     from jinja2 import Template
 
-    from bridge.engine.leases import Lease
-
 
 @dataclass(eq=False)
 class Unit:
-    """One fetch unit and what the engine knows of it between cycles (value never in the repr)."""
+    """One fetch unit and what the engine knows of it between cycles (value never in the repr).
+    Only the engine's cycle (bridge/engine/cycle.py) assigns its state; when it is next due is the
+    schedule's own."""
 
     provider: str
     request: Request
@@ -39,7 +40,6 @@ class Unit:
     optional: bool = True
     fetched: Fetched | None = field(default=None, repr=False)
     version: str | None = None
-    next_due: float = 0.0
     attempts: int = 0
     error: ProviderError | None = None
     failing_since: float | None = None

@@ -1,7 +1,9 @@
 """The state file kept beside the secrets, read by `ls` and `inspect`.
 
 Metadata only, one record per file: its entry, provider, ref, resolved version, size, mode, owner,
-times, the last error. Never a value, never a hash of a value, never a credential.
+times, the last error. Never a value, never a hash of a value, never a credential. The engine
+builds the records (bridge/engine/records.py); this module only keeps and writes them, each encoded
+once when it changes, so a save at 100,000 files joins text rather than encoding them all again.
 """
 
 from __future__ import annotations
@@ -10,18 +12,14 @@ import json
 import os
 import stat
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from bridge.config.loader import STATE_FILE
+from bridge.config.fields import STATE_FILE
 from bridge.errors import WriteError
-
-if TYPE_CHECKING:
-    from bridge.engine.cycle import Engine
-    from bridge.engine.units import Entry
-    from bridge.writer.atomic import Writer
+from bridge.writer.atomic import Writer
 
 
 def _iso(epoch: float | None) -> str | None:
@@ -53,43 +51,15 @@ class SecretRecord:
         return None if self.updated is None else datetime.fromisoformat(self.updated).timestamp()
 
 
-def file_record(name: str, entry: Entry, engine: Engine) -> SecretRecord:
-    """The record of one file (or of an entry that has no file yet, under the entry's name)."""
-    settings = engine.settings
-    secret = entry.config
-    rules = secret.file_rules()
-    rule = rules.get(name.removeprefix(entry.name + "/")) if rules else None
-    provider, ref = entry.source()
-    types = [settings.providers[p]["type"] for p in provider.split(",")]
-    errors = [e for e in (entry.error, *(u.error for u in entry.units.values())) if e is not None]
-    spec = engine.files.get(name)
-    uid, gid = settings.owner_of(secret, rule)
-    return SecretRecord(
-        name=name,
-        entry=entry.name,
-        provider=provider,
-        provider_type=",".join(types),
-        ref=ref,
-        key=rule.key if rule else secret.key,
-        pinned_version=secret.version,
-        version=engine.version_of(name),
-        size=None if spec is None else len(spec.content),
-        mode=f"{settings.mode_of(secret, rule):04o}",
-        uid=uid,
-        gid=gid,
-        updated=_iso(engine.updated(name)),
-        error=None if not errors else {"code": errors[0].code, "message": str(errors[0])},
-    )
-
-
 _FIELDS = tuple(f.name for f in fields(SecretRecord))
 
 
 class State:
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
-        #: the records of each entry as last written, so a save rebuilds only what changed
-        self._by_entry: dict[str, dict[str, dict[str, object]]] = {}
+        #: each file's record as JSON text (`"name":{...}`), as last updated
+        self._encoded: dict[str, str] = {}
+        self._order: list[str] | None = None  # the names sorted, until one is added or removed
 
     @property
     def path(self) -> Path:
@@ -102,19 +72,25 @@ class State:
             return {}
         return {} if data is None else parse_state(data)
 
-    def save(self, engine: Engine, entries: set[str] | None = None) -> None:
-        """Write the records of every file; rebuild only those of `entries` (None: all)."""
-        for name in engine.entries if entries is None else entries & engine.entries.keys():
-            entry = engine.entries[name]
-            files = sorted(entry.files | (entry.expected or set())) or [entry.name]
-            self._by_entry[name] = {f: _plain(file_record(f, entry, engine)) for f in files}
-        records = {f: r for name in engine.entries for f, r in self._by_entry.get(name, {}).items()}
-        doc = {
-            "written": _iso(time.time()),
-            "output_dir": str(engine.settings.output_dir),
-            "secrets": dict(sorted(records.items())),
-        }
-        self.writer.write_state(STATE_FILE, json.dumps(doc, separators=(",", ":")).encode() + b"\n")
+    def update(self, records: Iterable[SecretRecord], removed: Iterable[str] = ()) -> None:
+        """Take new records (by file name) and drop those of `removed`; written at the next save."""
+        for name in removed:
+            if self._encoded.pop(name, None) is not None:
+                self._order = None
+        for record in records:
+            if record.name not in self._encoded:
+                self._order = None
+            self._encoded[record.name] = json.dumps(record.name) + ":" + json.dumps(
+                _plain(record), separators=(",", ":"))
+
+    def save(self) -> None:
+        """Write every record kept, sorted by file name."""
+        if self._order is None:
+            self._order = sorted(self._encoded)
+        head = json.dumps({"written": _iso(time.time()), "output_dir": str(self.writer.output_dir)},
+                          separators=(",", ":"))
+        body = ",".join(self._encoded[name] for name in self._order)
+        self.writer.write_state(STATE_FILE, f'{head[:-1]},"secrets":{{{body}}}}}\n'.encode())
 
 
 def _plain(record: SecretRecord) -> dict[str, object]:

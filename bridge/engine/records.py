@@ -1,0 +1,164 @@
+"""The engine's record of every managed file, and the state-file records built from it.
+
+One `ManagedFile` per file in the output directory: its last good content (as committed), the
+version it was rendered from and the version of what is committed, when it was last committed,
+and for a file no entry makes any more, where it came from (for the removal's Change). Beside
+them, the updates rendered but not yet committed. The engine writes these records; the state file
+(bridge/writer/state.py) is given `SecretRecord`s built here. Never holds a value beyond the file
+contents the writer commits, and never logs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from bridge.config.loader import BridgeConfig
+from bridge.engine.units import Entry
+from bridge.observe.changes import Change
+from bridge.writer.atomic import FileSpec
+from bridge.writer.state import SecretRecord
+
+
+@dataclass(eq=False, slots=True)
+class ManagedFile:
+    """One file the engine manages."""
+
+    #: the last good content, as committed (None: not committed yet)
+    spec: FileSpec | None = None
+    #: the version it was last rendered from
+    version: str | None = None
+    #: the version of its committed content
+    committed_version: str | None = None
+    #: when its content was last committed (epoch)
+    updated: float | None = None
+    #: (provider, ref) of a file no entry makes any more, removed at the next commit
+    gone: tuple[str, str] | None = None
+
+
+class ManagedFiles:
+    """Every managed file's record, and the updates waiting for the next commit."""
+
+    def __init__(self, owner: Callable[[str], Entry | None]) -> None:
+        self.owner = owner
+        self.by_name: dict[str, ManagedFile] = {}
+        #: rendered, not yet committed (None: remove the file)
+        self.pending: dict[str, FileSpec | None] = {}
+
+    def adopt(self, committed: Mapping[str, FileSpec], previous: Mapping[str, SecretRecord]) -> None:
+        """Take the files already in the directory as the last good content, with the versions the
+        state file recorded for them while they still come from the same place; files no entry
+        makes any more are removed at the first commit."""
+        for name, spec in committed.items():
+            entry, record = self.owner(name), previous.get(name)
+            if entry is None:
+                self.pending[name] = None
+                if record is not None:  # so the removal's audit event says what was removed
+                    self.by_name[name] = ManagedFile(committed_version=record.version,
+                                                     gone=(record.provider, record.ref))
+                continue
+            managed = self.by_name[name] = ManagedFile(spec)
+            entry.files.add(name)
+            if record is not None and record.source() == source_of(name, entry):
+                managed.version = managed.committed_version = record.version
+                managed.updated = record.updated_epoch()
+
+    def rendered(self, entry: Entry, specs: Mapping[str, FileSpec], version: str | None) -> dict[str, FileSpec | None]:
+        """Record what `entry` rendered; returns the updates (changed content, files it no longer makes)."""
+        updates: dict[str, FileSpec | None] = {}
+        for name, spec in specs.items():
+            managed = self.by_name.get(name)
+            if managed is None:
+                managed = self.by_name[name] = ManagedFile()
+            managed.version = version
+            if managed.spec != spec:
+                updates[name] = spec
+            elif name not in self.pending:
+                managed.committed_version = version  # same content, new version id
+        updates.update((f, None) for f in entry.files - specs.keys())
+        return updates
+
+    def committed(self, changed: Iterable[str], pending: Mapping[str, FileSpec | None],
+                  generation: str | None) -> list[Change]:
+        """Apply a commit of `changed` (out of `pending`) to the records; one Change per file."""
+        stamp = time.time()
+        changes = []
+        for name in changed:
+            spec, entry = pending[name], self.owner(name)
+            managed = self.by_name.get(name) or ManagedFile()
+            action = "removed" if spec is None else "added" if managed.spec is None else "updated"
+            old_version = managed.committed_version
+            if spec is None:
+                self.by_name.pop(name, None)
+                new_version = None
+            else:
+                managed.spec, managed.updated = spec, stamp
+                managed.committed_version = new_version = managed.version
+                self.by_name[name] = managed
+            if entry is not None:
+                (entry.files.discard if spec is None else entry.files.add)(name)
+            provider, ref = entry.source() if entry is not None else (managed.gone or ("", ""))
+            changes.append(Change(name, entry.name if entry else name, provider, ref, old_version,
+                                  new_version, generation, action))
+        return changes
+
+    def spec(self, name: str) -> FileSpec | None:
+        managed = self.by_name.get(name)
+        return None if managed is None else managed.spec
+
+    def version(self, name: str) -> str | None:
+        managed = self.by_name.get(name)
+        return None if managed is None else managed.version
+
+    def updated(self, name: str) -> float | None:
+        managed = self.by_name.get(name)
+        return None if managed is None else managed.updated
+
+
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+def source_of(name: str, entry: Entry) -> tuple[str, str, str | None, str | None]:
+    """Where file `name` of `entry` comes from, as `SecretRecord.source()` says it."""
+    secret = entry.config
+    rules = secret.file_rules()
+    rule = rules.get(name.removeprefix(entry.name + "/")) if rules else None
+    provider, ref = entry.source()
+    return provider, ref, rule.key if rule else secret.key, secret.version
+
+
+def file_record(name: str, entry: Entry, managed: ManagedFile | None, settings: BridgeConfig) -> SecretRecord:
+    """The state-file record of one file (or of an entry that has no file yet, under its name)."""
+    secret = entry.config
+    rules = secret.file_rules()
+    rule = rules.get(name.removeprefix(entry.name + "/")) if rules else None
+    provider, ref = entry.source()
+    types = [settings.providers[p]["type"] for p in provider.split(",")]
+    errors = [e for e in (entry.error, *(u.error for u in entry.units.values())) if e is not None]
+    spec = None if managed is None else managed.spec
+    uid, gid = settings.owner_of(secret, rule)
+    return SecretRecord(
+        name=name,
+        entry=entry.name,
+        provider=provider,
+        provider_type=",".join(types),
+        ref=ref,
+        key=rule.key if rule else secret.key,
+        pinned_version=secret.version,
+        version=None if managed is None else managed.version,
+        size=None if spec is None else len(spec.content),
+        mode=f"{settings.mode_of(secret, rule):04o}",
+        uid=uid,
+        gid=gid,
+        updated=_iso(None if managed is None else managed.updated),
+        error=None if not errors else {"code": errors[0].code, "message": str(errors[0])},
+    )
+
+
+def entry_records(entry: Entry, files: ManagedFiles, settings: BridgeConfig) -> list[SecretRecord]:
+    """The records of each file of `entry` (its name alone while it has none)."""
+    names = sorted(entry.files | (entry.expected or set())) or [entry.name]
+    return [file_record(name, entry, files.by_name.get(name), settings) for name in names]
