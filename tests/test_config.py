@@ -507,3 +507,30 @@ def test_duplicate_long_key_message_stays_short() -> None:
     key = "k" * 5000
     message = _error(f"secrets:\n  ? {key}\n  : {{}}\n  ? {key}\n  : {{}}\n")
     assert "duplicate key" in message and len(message) < 300
+
+
+@pytest.mark.parametrize("name", ["app.env", "app-env", "app/env", "App.Env"])
+def test_env_override_reaches_an_entry_named_with_dots_dashes_or_slashes(
+        monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """SECRETS_BRIDGE_SECRETS__APP_ENV__MODE overrides the entry `app.env` (`.`, `/`, `-` folded to `_`,
+    case ignored), never adding an entry `app_env`."""
+    monkeypatch.setenv("SECRETS_BRIDGE_SECRETS__APP_ENV__MODE", "0400")
+    config = parse_config(BASE + f"  {name!r}: {{provider: dev, ref: a, mode: '0444'}}\n")
+    assert list(config.settings.secrets) == [name]
+    assert config.settings.secrets[name].mode == 0o400
+
+
+def test_env_override_matching_several_entries_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A variable that folds onto two entries names both and the JSON way, in one line."""
+    monkeypatch.setenv("SECRETS_BRIDGE_SECRETS__APP_ENV__MODE", "0400")
+    with pytest.raises(ConfigError, match=r"^SECRETS_BRIDGE_SECRETS__APP_ENV: matches the entries app-env, app\.env"):
+        parse_config(BASE + "  app.env: {provider: dev, ref: a}\n  app-env: {provider: dev, ref: b}\n")
+
+
+def test_env_json_overrides_one_entry_by_its_exact_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SECRETS_BRIDGE_SECRETS as JSON reaches any entry by its exact name, merged over the file's fields."""
+    monkeypatch.setenv("SECRETS_BRIDGE_SECRETS", '{"app.env": {"mode": "0400"}}')
+    config = parse_config(BASE + "  app.env: {provider: dev, ref: a, mode: '0444'}\n"
+                                 "  app-env: {provider: dev, ref: b}\n")
+    assert config.settings.secrets["app.env"].mode == 0o400 and config.settings.secrets["app.env"].ref == "a"
+    assert config.settings.secrets["app-env"].mode != 0o400

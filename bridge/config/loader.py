@@ -324,10 +324,43 @@ def _with_environment() -> type[BridgeConfig]:
             dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
-            # The YAML arrives as init kwargs; the environment overrides it.
-            return (env_settings, init_settings)
+            # The YAML arrives as init kwargs; the environment overrides it, its names of entries
+            # and providers matched to the file's.
+            def environment() -> dict[str, Any]:
+                return _match_names(env_settings(), getattr(init_settings, "init_kwargs", {}))
+
+            return (environment, init_settings)
 
     return BridgeConfigWithEnvironment
+
+
+def _fold(name: str) -> str:
+    """A name as an environment variable can spell it: lower case, `.`, `/` and `-` as `_`."""
+    return re.sub(r"[./-]", "_", name.lower())
+
+
+def _match_names(overrides: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """Point `SECRETS_BRIDGE_SECRETS__APP_ENV__...` at the file's entry `app.env` (or `App-Env`): a
+    variable's name of an entry or provider matches the file's name that folds to it, when exactly
+    one does; an exact name always wins, and one matching none adds an entry as before."""
+    for section in ("secrets", "providers"):
+        given, existing = overrides.get(section), data.get(section)
+        if not isinstance(given, dict) or not isinstance(existing, dict):
+            continue
+        matched: dict[str, Any] = {}
+        for key, value in given.items():
+            names = [n for n in existing if isinstance(n, str) and _fold(n) == _fold(key)]
+            if key in existing or not names:
+                matched[key] = value
+            elif len(names) == 1:
+                matched[names[0]] = value
+            else:
+                raise ConfigError(
+                    f"{ENV_PREFIX}{section.upper()}__{printable(key.upper())}: matches the entries "
+                    f"{', '.join(sorted(printable(n) for n in names))}; set {ENV_PREFIX}{section.upper()} "
+                    f"as JSON naming one exactly")
+        overrides = {**overrides, section: matched}
+    return overrides
 
 
 def _check_environment() -> None:
