@@ -303,7 +303,7 @@ def _with_environment() -> type[BridgeConfig]:
     """BridgeConfig with SECRETS_BRIDGE_* variables over the file (pydantic-settings), made only
     when one is set: pydantic-settings and what it imports (asyncio, dotenv) cost ~30 ms and
     ~14 MiB of memory that a config without overrides never needs."""
-    from pydantic_settings import BaseSettings, SettingsConfigDict
+    from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
     class BridgeConfigWithEnvironment(BaseSettings, BridgeConfig):  # type: ignore[misc]
         model_config = SettingsConfigDict(
@@ -326,10 +326,21 @@ def _with_environment() -> type[BridgeConfig]:
         ) -> tuple[PydanticBaseSettingsSource, ...]:
             # The YAML arrives as init kwargs; the environment overrides it, its names of entries
             # and providers matched to the file's.
-            def environment() -> dict[str, Any]:
-                return _match_names(env_settings(), getattr(init_settings, "init_kwargs", {}))
+            return (_MatchedNames(settings_cls, env_settings, init_settings), init_settings)
 
-            return (environment, init_settings)
+    class _MatchedNames(PydanticBaseSettingsSource):
+        """The environment's values, names of entries and providers matched to the file's."""
+
+        def __init__(self, settings_cls: type[BaseSettings], environment: PydanticBaseSettingsSource,
+                     file: PydanticBaseSettingsSource) -> None:
+            super().__init__(settings_cls)
+            self.environment, self.file = environment, file
+
+        def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+            return None, field_name, False  # unused: __call__ gives every value
+
+        def __call__(self) -> dict[str, Any]:
+            return _match_names(self.environment(), getattr(self.file, "init_kwargs", {}))
 
     return BridgeConfigWithEnvironment
 
