@@ -791,3 +791,17 @@ def test_tls_ca_cert_and_skip_verify_apply(openbao_tls, monkeypatch, fields: dic
         assert isinstance(outcome, Fetched) and outcome.value == b'{"value":"over-tls"}'
     else:
         assert isinstance(outcome, Unavailable) and "TLS error" in str(outcome)
+
+
+@pytest.mark.parametrize(("auth", "message"), [
+    ("{method: aws, role: r}", "providers.v.auth.method: unknown method 'aws'; valid: token, approle, jwt, kubernetes"),
+    ("{role: r}", "providers.v.auth.method: required field missing"),
+])
+def test_wrong_auth_method_is_one_plain_line(auth: str, message: str) -> None:
+    """A wrong or missing auth `method` is one plain line naming the valid methods, not pydantic's tag jargon."""
+    from bridge.config.loader import parse_config
+    from bridge.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        parse_config(f"providers:\n  v: {{type: vault, auth: {auth}}}\nsecrets: {{}}\n")
+    assert str(err.value) == message

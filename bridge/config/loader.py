@@ -413,6 +413,17 @@ def _validate(build: Any, prefix: tuple[str, ...]) -> Any:
         raise ConfigError(f"{field_path(prefix) or 'config'}: invalid ({type(exc).__name__})") from None
 
 
+def _describe_tag(loc: str, ctx: dict[str, Any]) -> tuple[str, str]:
+    """A discriminated union's bad or missing tag (Vault's `auth.method`) as one plain line naming
+    the valid choices, not pydantic's "Input tag ... does not match any of the expected tags"."""
+    field = str(ctx.get("discriminator", "")).strip("'") or "type"
+    choices = ", ".join(t.strip().strip("'") for t in str(ctx.get("expected_tags", "")).split(",") if t.strip())
+    where = f"{loc}.{field}" if loc else field
+    if "tag" not in ctx:  # pydantic names no choices here
+        return where, "required field missing"
+    return where, f"unknown {field} {printable(str(ctx['tag']))[:40]!r}; valid: {choices}"
+
+
 #: the tags pydantic puts in an error's loc for the branches of a union (`files: "*" | {name: key | rule}`)
 _UNION_TAG = re.compile(r"(literal|dict|list|union)\[.*\]|str|FileRule")
 
@@ -430,6 +441,8 @@ def _describe(exc: ValidationError, prefix: tuple[str, ...]) -> str:
             message = "unknown field"
         elif err["type"] == "missing":
             message = "required field missing"
+        elif err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc, message = _describe_tag(loc, err.get("ctx") or {})
         else:
             message = str(err["msg"]).removeprefix("Value error, ")
         message = " ".join(message.splitlines())  # a provider's own message, kept to one line
