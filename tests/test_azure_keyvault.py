@@ -21,7 +21,9 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import (
     BestAvailableEncryption,
+    Encoding,
     NoEncryption,
+    PrivateFormat,
     load_pem_private_key,
     pkcs12,
 )
@@ -333,6 +335,47 @@ def test_pem_certificate_passes_through(provider: KeyVaultProvider, backend: Key
     backend.put(ref, pem, content_type="application/x-pem-file")
     content, _ = read(provider, ref, None, {"format": "pem"})
     assert content == pem.encode()
+
+
+@pytest.mark.parametrize("content_type", ["application/x-pkcs12", "application/x-pem-file"])
+def test_certificate_split_into_key_cert_and_chain(
+    provider: KeyVaultProvider, backend: KeyVaultBackend, tmp_path: Path, content_type: str
+) -> None:
+    """`format: pem-key`, `pem-cert`, `pem-chain` and `pem-fullchain` each write their part, from
+    PKCS#12 or PEM: the key matches the certificate, the chain holds the rest and not the leaf."""
+    import base64
+
+    pfx, cert = _pfx(trustme.CA())
+    key, leaf, chain = pkcs12.load_key_and_certificates(pfx, None)
+    assert key is not None and leaf is not None and chain
+    ref = backend.new_ref()
+    if content_type == "application/x-pkcs12":
+        backend.put(ref, base64.b64encode(pfx).decode(), content_type=content_type)
+    else:
+        pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()) + b"".join(
+            c.public_bytes(Encoding.PEM) for c in [leaf, *chain])
+        backend.put(ref, pem.decode(), content_type=content_type)
+    parts = {fmt: read(provider, ref, None, {"format": fmt})[0]
+             for fmt in ("pem-key", "pem-cert", "pem-chain", "pem-fullchain")}
+    assert parts["pem-key"].startswith(b"-----BEGIN PRIVATE KEY-----") and b"CERTIFICATE" not in parts["pem-key"]
+    assert x509.load_pem_x509_certificates(parts["pem-cert"]) == [cert]
+    assert x509.load_pem_x509_certificates(parts["pem-chain"]) == chain
+    assert x509.load_pem_x509_certificates(parts["pem-fullchain"]) == [cert, *chain]
+    (tmp_path / "key.pem").write_bytes(parts["pem-key"])
+    (tmp_path / "fullchain.pem").write_bytes(parts["pem-fullchain"])
+    ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tmp_path / "fullchain.pem",
+                                                                         tmp_path / "key.pem")
+
+
+def test_certificate_part_missing_is_one_clear_error(provider: KeyVaultProvider, backend: KeyVaultBackend) -> None:
+    """`format: pem-key` over a value without a private key fails that entry naming the format."""
+    from bridge.engine.extract import ExtractError
+
+    _, cert = _key_and_cert()
+    ref = backend.new_ref()
+    backend.put(ref, cert.public_bytes(Encoding.PEM).decode(), content_type="application/x-pem-file")
+    with pytest.raises(ExtractError, match=r"no private key \(format: pem-key\)"):
+        read(provider, ref, None, {"format": "pem-key"})
 
 
 def test_expired_secret_is_served_with_a_warning(

@@ -37,6 +37,9 @@ from bridge.config.fields import parse_mode as parse_mode
 PREVIOUS = "previous"
 
 
+#: `format`: the whole PEM (key, certificate, chain) or one part of it
+PemFormat = Literal["pem", "pem-key", "pem-cert", "pem-chain", "pem-fullchain"]
+
 class _Model(BaseModel):
     # allow_inf_nan: no number anywhere in the config may be inf or nan
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -53,7 +56,7 @@ class FileRule(_Model):
 
     key: str = Field(min_length=1)
     encoding: Literal["base64"] | None = None
-    format: Literal["pem"] | None = None
+    format: PemFormat | None = None
     mode: Mode | None = None
     uid: OwnerId | None = None
     gid: OwnerId | None = None
@@ -80,7 +83,7 @@ class SecretConfig(_Model):
     version: Version | None = None
     params: dict[str, Any] | None = None
     encoding: Literal["base64"] | None = None
-    format: Literal["pem"] | None = None
+    format: PemFormat | None = None
     mode: Mode | None = None
     uid: OwnerId | None = None
     gid: OwnerId | None = None
