@@ -160,10 +160,10 @@ _ERRORS = ErrorMap([
 
 def translate(exc: Exception, retry_after: float | None = None, status: int | None = None) -> ProviderError:
     """The one place hvac and transport errors become the bridge's taxonomy (the table above);
-    hvac maps a 405 to no class of its own, so the status tells it."""
-    if status == 405 and type(exc) is hvac_errors.VaultError:
-        return _unsupported(exc)
+    hvac maps a 405 to no class of its own (an UnexpectedError), so the status tells it."""
     error = _ERRORS(exc)
+    if status == 405 and isinstance(exc, hvac_errors.VaultError) and isinstance(error, Unavailable):
+        return _unsupported(exc)
     if isinstance(error, Unavailable) and error.retry_after is None:
         error.retry_after = retry_after
     return error
