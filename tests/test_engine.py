@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bridge.config.loader import parse_config
-from bridge.engine.cycle import UPKEEP_MIN_SECONDS, Engine
+from bridge.engine.cycle import Engine
 from bridge.errors import SecretNotFound, Unavailable
 from bridge.provider import Fetched, Provider, ProviderSettings, Request
 
@@ -72,19 +69,6 @@ def make_engine(tmp_path: Path, secrets: str, **top) -> tuple[Engine, FakeProvid
     engine = Engine(config, providers={"fake": fake})
     engine.start()
     return engine, fake
-
-
-@contextlib.contextmanager
-def running(engine: Engine) -> Iterator[threading.Thread]:
-    """engine.run() on a thread, stopped and joined on the way out."""
-    stop = threading.Event()
-    thread = threading.Thread(target=engine.run, args=(stop,))
-    thread.start()
-    try:
-        yield thread
-    finally:
-        stop.set()
-        thread.join(timeout=10)
 
 
 def unit(engine: Engine, entry: str):
@@ -221,20 +205,6 @@ def test_removed_secret_leaves_directory(tmp_path: Path) -> None:
     fake2.put("r1", b"one")
     assert engine2.sync().changed == ["b"]
     assert not (tmp_path / "b").exists()
-
-
-def test_run_loop_rotates_and_stops(tmp_path: Path) -> None:
-    """run() picks up a new version within the interval and returns when stopped."""
-    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n", refresh_interval="200ms")
-    fake.put("r1", b"one")
-    engine.sync()
-    with running(engine) as thread:
-        fake.put("r1", b"two")
-        deadline = time.monotonic() + 5
-        while (tmp_path / "a").read_bytes() != b"two" and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert (tmp_path / "a").read_bytes() == b"two"
-    assert not thread.is_alive()
 
 
 def test_group_shares_one_schedule(tmp_path: Path) -> None:
@@ -548,53 +518,3 @@ def test_runaway_template_fails_its_file_fast(tmp_path: Path, template: str) -> 
     assert "too big" in str(result.failed["t"]) and result.changed == ["plain"]
 
 
-class UpkeepProvider(FakeProvider):
-    """Asks for its upkeep every `every` seconds (None: never); counts the calls."""
-
-    def __init__(self, every: float | None) -> None:
-        super().__init__()
-        self.every = every
-        self.upkeeps = 0
-
-    def maintain(self) -> float | None:
-        self.upkeeps += 1
-        return self.every
-
-
-@pytest.mark.parametrize("every", [None, 0.0])
-def test_run_sleeps_until_something_is_due(tmp_path: Path, every: float | None) -> None:
-    """With a one-hour refresh the loop wakes only for what asks: a provider upkeep that never comes
-    due runs once, one due at once runs at most every UPKEEP_MIN_SECONDS; nothing is polled."""
-    config = parse_config(f"output_dir: {tmp_path}\nrequire_tmpfs: false\nrefresh_interval: 1h\n"
-                          "providers:\n  fake: {type: env}\nsecrets:\n  a: {provider: fake, ref: r1}\n")
-    fake = UpkeepProvider(every)
-    fake.put("r1", b"one")
-    engine = Engine(config, providers={"fake": fake})
-    engine.start()
-    engine.sync()
-    with running(engine):
-        time.sleep(2.5)
-        assert engine.stalled_seconds() == 0.0  # waiting, so alive however long ago it last worked
-    assert engine.stalled_seconds() < 2.0  # the 2.5 s wait that just ended is no stall
-    engine.close()
-    if every is None:
-        assert fake.upkeeps == 1
-    else:
-        assert 2 <= fake.upkeeps <= 2.5 / UPKEEP_MIN_SECONDS + 1
-    assert len(fake.checks) <= 1 and len(fake.fetches) == 1  # only the sync's fetch: nothing was due
-
-
-def test_run_repairs_drift_without_a_runner(tmp_path: Path) -> None:
-    """Engine.run with only a threading.Event to wait on (nothing a watch could wake) sweeps on the
-    4 s clock: a deleted link is put back within the SPEC's 5 s although nothing is due for an hour."""
-    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n", refresh_interval="1h")
-    fake.put("r1", b"one")
-    engine.sync()
-    with running(engine):
-        time.sleep(0.5)  # the loop is asleep
-        (tmp_path / "a").unlink()
-        deadline = time.monotonic() + 5
-        while not (tmp_path / "a").is_symlink() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert (tmp_path / "a").read_bytes() == b"one"
-    engine.close()

@@ -14,7 +14,9 @@ This is the one place where a change is detected and committed, and the one plac
 module that assigns a fetch unit's state: the schedule and the lease keeper return decisions and
 the cycle applies them. It keeps each file's record (bridge/engine/records.py) and last good
 content, so a failure never removes or empties a file. Idle work is proportional
-to what is due. It never logs a value.
+to what is due. It never logs a value. It never sleeps or keeps a clock of its own: the loop that
+drives cycles (provider upkeep, drift sweeps, pruning, sleeping) is `bridge.runtime.loop`, which
+asks it only to run a cycle and when the next unit is due (`next_wake`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol
 
 from bridge.config.loader import Config
 from bridge.engine import failures
@@ -37,40 +38,29 @@ from bridge.engine.schedule import Schedule
 from bridge.engine.units import Entry, Unit, build, owner_index
 from bridge.errors import ExtractError, ProviderError, WriteError, contained
 from bridge.observe.changes import Change
-from bridge.observe.metrics import COMMIT_SECONDS, COMMITS, CYCLE_SECONDS, DRIFT_REPAIRS, LAST_REFRESH
+from bridge.observe.metrics import COMMIT_SECONDS, COMMITS, CYCLE_SECONDS, LAST_REFRESH
 from bridge.provider import Fetched, Provider
 from bridge.writer.atomic import FileSpec, Writer
 from bridge.writer.state import State
-
-if TYPE_CHECKING:
-    from bridge.runtime.watch import DriftWatch
 
 log = logging.getLogger("secrets_bridge.engine")
 
 #: a commit that failed (a full tmpfs) is tried again this often
 RETRY_COMMIT_SECONDS = 4.0
-#: a provider's upkeep (`maintain()`) runs at most this often, and this long after one that failed
-UPKEEP_MIN_SECONDS = 1.0
-UPKEEP_RETRY_SECONDS = 5.0
 
 Subscriber = Callable[[list[Change]], None]
 
 
-class Waiter(Protocol):
-    """What `run` waits on: set by a signal handler or a file watcher to wake the loop."""
-
-    def is_set(self) -> bool: ...
-    def wait(self, timeout: float | None = None) -> object: ...
-
-
 @dataclass
 class CycleResult:
-    """What one cycle did: files that changed, and entries that failed (with why)."""
+    """What one cycle did: files that changed, and entries that failed (with why); `asked` when
+    providers were called (a login or renewal on the way may move their upkeep)."""
 
     changed: list[str]
     failed: dict[str, ProviderError]
     write_error: WriteError | None = None
     changes: list[Change] = field(default_factory=list)
+    asked: bool = False
 
     def summary(self, config: Config) -> str:
         """The one summary line of `sync` and of `run`'s first sync: entries, required ones that
@@ -91,7 +81,6 @@ class Engine:
         providers: dict[str, Provider] | None = None,
         subscribers: Sequence[Subscriber] = (),
         writer: Writer | None = None,
-        drift: DriftWatch | None = None,
     ) -> None:
         self.config = config
         self.settings = config.settings
@@ -102,8 +91,6 @@ class Engine:
         self.subscribers = list(subscribers)
         self.heartbeat = time.monotonic()  # the loop was last seen at work (/healthz)
         self.waiting = False  # the loop is waiting for its next due time: alive, whatever the heartbeat
-        self.drift = drift  # made by `run` when not given (`sync` and `check` watch nothing)
-        self._own_drift = False
         self.units, self.entries = build(config, self.providers)
         self._owner = owner_index(self.entries)
         self.schedule = Schedule(self.units.values(), self.settings.jitter)
@@ -114,8 +101,6 @@ class Engine:
         self._started = False
         self._write_failing: float | None = None  # since when commits fail (monotonic)
         self._state_failing = False
-        self._drift_failing = False
-        self._next_upkeep = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -141,8 +126,6 @@ class Engine:
         directory go (unless the writer passes to a reloaded engine)."""
         for provider in self.providers.values():
             provider.close()
-        if self._own_drift and self.drift is not None:
-            self.drift.stop()
         failures.forget(self.entries.values())
         if self._started:
             pending = self.writer.prune(make_spare=False)
@@ -176,64 +159,6 @@ class Engine:
         self.render(self.entries.values(), failed, quiet=True)
         self._revoke(self.leases.revoke(self.units.values(), only=lambda u: u not in resumed))  # minted: back
         return failed
-
-    def run(self, wake: Waiter) -> None:
-        """Keep in step until `wake` is set; the cycle in progress always finishes. Between due
-        times the loop sleeps: nothing runs on a clock while nothing is due."""
-        if self.drift is None:
-            from bridge.runtime.watch import DriftWatch
-
-            self.drift, self._own_drift = DriftWatch(), True  # nothing to wake this loop: swept on a clock
-        while not wake.is_set():
-            self.heartbeat = time.monotonic()
-            self.cycle()
-            if time.monotonic() >= self._next_upkeep:
-                self._next_upkeep = self._upkeep()
-            self.drift.follow(self.settings.output_dir, self.writer.generation)
-            if time.monotonic() >= self.drift.next_sweep():
-                self.repair_drift()
-            prune_in = self.writer.prune()
-            due = min(self.next_wake(), self._next_upkeep, self.drift.next_sweep(),
-                      time.monotonic() + (math.inf if prune_in is None else prune_in))
-            self.waiting = True
-            try:
-                wake.wait(max(0.0, due - time.monotonic()) if due < math.inf else None)
-            finally:
-                self.heartbeat, self.waiting = time.monotonic(), False  # the wait was no stall
-
-    def _upkeep(self) -> float:
-        """Let each provider keep its credentials alive (renew a token before it expires, whatever
-        the refresh interval); returns when the next upkeep is due."""
-        now, upkeep = time.monotonic(), math.inf
-        for provider in self.providers.values():
-            wait = contained(provider.name, provider.maintain)
-            if isinstance(wait, ProviderError):
-                wait = UPKEEP_RETRY_SECONDS
-            if wait is not None:
-                upkeep = min(upkeep, now + max(UPKEEP_MIN_SECONDS, wait))
-        return upkeep
-
-    def repair_drift(self) -> list[str]:
-        """Put back what something else changed in the output directory (SPEC "Drift repair"): logged
-        and counted, never a change, so no on_change and no audit event."""
-        if self.drift is not None:
-            self.drift.sweeping()
-        try:
-            repaired = self.writer.check_drift()
-        except WriteError as exc:
-            if not self._drift_failing:
-                log.error("cannot repair %s: %s", self.settings.output_dir, exc)
-                self._drift_failing = True
-            if self.drift is not None:
-                self.drift.failed()  # nothing may happen to bring the next sweep forward
-            return []
-        self._drift_failing = False
-        if repaired:
-            DRIFT_REPAIRS.inc(len(repaired))
-            names = ", ".join(repaired[:10]) + (", ..." if len(repaired) > 10 else "")
-            log.warning("put back %d changed by something else in %s: %s", len(repaired),
-                        self.settings.output_dir, names)
-        return repaired
 
     # -- health ----------------------------------------------------------------------------
 
@@ -280,7 +205,7 @@ class Engine:
         self._save_state()
         self.announce(changes)
         CYCLE_SECONDS.observe(time.perf_counter() - started)
-        return CycleResult([c.file for c in changes], failed, write_error, changes)
+        return CycleResult([c.file for c in changes], failed, write_error, changes, asked=bool(units))
 
     def plan(self, now: float) -> list[Unit]:
         """The units due now: whole groups whose time has come, and units on their own timer."""
@@ -297,7 +222,6 @@ class Engine:
         by_provider: dict[str, list[Unit]] = defaultdict(list)
         for unit in units:
             by_provider[unit.provider].append(unit)
-        self._next_upkeep = 0.0  # a login or renewal on the way moves the next upkeep: ask again
         outcomes: dict[Unit, Outcome] = {}
         for name, group in by_provider.items():
             self.heartbeat = time.monotonic()  # a slow provider is not a stalled loop

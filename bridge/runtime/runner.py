@@ -24,6 +24,7 @@ from bridge.engine.cycle import Engine
 from bridge.errors import BridgeError, ConfigError, WriteError
 from bridge.observe.logs import AuditLog, setup_logging
 from bridge.runtime.inotify import Watcher
+from bridge.runtime.loop import Loop
 from bridge.runtime.notify import Notifier
 from bridge.runtime.wakeup import Wakeup
 from bridge.runtime.watch import ConfigWatch, DriftWatch
@@ -68,6 +69,7 @@ class Runner:
     def _run(self) -> int:
         self.notifier = Notifier(self.config.settings.on_change)
         self.engine = self._engine(self.config)
+        self.loop = Loop(self.engine, self.drift)
         server = None
         if self.config.settings.listen:
             from bridge.runtime.server import HealthServer  # and prometheus_client: only where /metrics is served
@@ -89,7 +91,7 @@ class Runner:
             self.notifier.started()
             last_reload = -math.inf
             while not self.wakeup.stop_requested:
-                self.engine.run(self.wakeup)
+                self.loop.run(self.wakeup)
                 self.wakeup.clear()
                 if not self.wakeup.reload_requested or self.wakeup.stop_requested:
                     continue
@@ -142,8 +144,7 @@ class Runner:
         os._exit(0)
 
     def _engine(self, config: Config, writer: Writer | None = None) -> Engine:
-        engine = Engine(config, subscribers=[self.notifier, AuditLog(config.settings.audit_log)], writer=writer,
-                        drift=self.drift)
+        engine = Engine(config, subscribers=[self.notifier, AuditLog(config.settings.audit_log)], writer=writer)
         engine.start()
         return engine
 
@@ -173,6 +174,7 @@ class Runner:
         log.info("config reloaded from %s", self.config_path)
         self.engine.close(release=False)
         self.config, self.engine = config, new
+        self.loop.use(new)
         self.notifier.replace(config.settings.on_change)
         self._initial_sync(new)
 
