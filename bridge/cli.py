@@ -10,9 +10,10 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import NoReturn
 
@@ -21,7 +22,7 @@ from bridge.errors import BridgeError, ConfigError, WriteError
 from bridge.observe import metrics
 from bridge.observe.logs import AuditLog, one_line, setup_logging
 from bridge.writer.atomic import is_memory_backed
-from bridge.writer.state import read_state
+from bridge.writer.state import SecretRecord, read_state
 
 log = logging.getLogger("secrets_bridge")
 
@@ -52,12 +53,15 @@ COMMANDS = (
      "exit status: 0 every required secret resolves; 1 any does not; 2 config error"),
     ("ls", "list the secrets in the output directory (metadata only)",
      "List name, provider, ref, version, size and update time of each file the last sync or run "
-     "wrote, from the state file beside them. Contacts no provider.",
-     "exit status: 0; 2 config error or no state yet (run `secrets-bridge sync` first)"),
-    ("inspect", "JSON metadata of one secret, never its value",
-     "Print the state the bridge keeps about one secret as JSON (like `docker secret inspect`), "
-     "never its value; the name of a files: entry gives each of its files. Contacts no provider.",
-     "exit status: 0; 1 no secret of that name; 2 config error or no state yet"),
+     "wrote, from the state file beside them. Contacts no provider. As `docker secret ls`: -q prints "
+     "names only; --format json one JSON object a line; --format TEMPLATE fills {{.Name}}, {{.Entry}}, "
+     "{{.Provider}}, {{.ProviderType}}, {{.Ref}}, {{.Key}}, {{.PinnedVersion}}, {{.Version}}, {{.Size}}, "
+     "{{.Mode}}, {{.Uid}}, {{.Gid}}, {{.Updated}}, {{.Error}} (\\t and \\n as tab and newline).",
+     "exit status: 0; 2 config error, a bad --format, or no state yet (run `secrets-bridge sync` first)"),
+    ("inspect", "JSON metadata of secrets, never their values",
+     "Print the state the bridge keeps about each named secret as one JSON array (like `docker secret "
+     "inspect`), never a value; the name of a files: entry gives each of its files. Contacts no provider.",
+     "exit status: 0; 1 a name has no secret (the others are printed); 2 config error or no state yet"),
 )
 
 
@@ -127,8 +131,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         with metrics.unrecorded():  # no /metrics to read them (the listener is set at start only)
             return runner.run()
     if args.command == "inspect":
-        return cmd_inspect(config, args.name)
-    return {"sync": cmd_sync, "check": cmd_check, "ls": cmd_ls}[args.command](config)
+        return cmd_inspect(config, args.names)
+    if args.command == "ls":
+        return cmd_ls(config, args.format, args.quiet)
+    return {"sync": cmd_sync, "check": cmd_check}[args.command](config)
 
 
 def _options(default: object) -> argparse.ArgumentParser:
@@ -155,8 +161,13 @@ def _parser() -> argparse.ArgumentParser:
     common = _options(argparse.SUPPRESS)
     for name, short, description, statuses in COMMANDS:
         command = sub.add_parser(name, parents=[common], help=short, description=description, epilog=statuses)
+        command.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
         if name == "inspect":
-            command.add_argument("name", metavar="NAME", help="the secret's file name, as in `ls`")
+            command.add_argument("names", nargs="+", metavar="NAME", help="a secret's file name, as in `ls`")
+        if name == "ls":
+            command.add_argument("-q", "--quiet", action="store_true", help="print the names only")
+            command.add_argument("--format", metavar="json|TEMPLATE",
+                                 help="one JSON object a line, or a template such as '{{.Name}}\\t{{.Version}}'")
     return parser
 
 
@@ -235,25 +246,74 @@ def _state_of(config: Config) -> dict[str, dict[str, object]]:
     return {name: asdict(record) for name, record in records.items()}
 
 
-def cmd_ls(config: Config) -> int:
-    rows = []
-    for name, r in _state_of(config).items():
-        size = "-" if r["size"] is None else str(r["size"])
-        rows.append((name, str(r["provider"]), str(r["ref"]), str(r["version"] or "-"), size,
-                     str(r["updated"] or "-")))
-    _table(("NAME", "PROVIDER", "REF", "VERSION", "SIZE", "UPDATED"), rows)
-    return 0
-
-
-def cmd_inspect(config: Config, name: str) -> int:
+def cmd_ls(config: Config, fmt: str | None = None, quiet: bool = False) -> int:
+    render = listing_format(fmt) if fmt is not None else None  # a bad template fails before any reading
     state = _state_of(config)
-    # a file, or an entry: a `files:` entry's name gives each of its files
-    records = [state[name]] if name in state else [r for r in state.values() if r["entry"] == name]
-    if not records:
-        print(f"secrets-bridge: no secret named {name!r} in {config.settings.output_dir}", file=sys.stderr)
-        return 1
-    print(json.dumps(records, indent=4))
+    if quiet:
+        for name in state:
+            print(one_line(name))
+    elif fmt == "json":
+        for record in state.values():
+            print(json.dumps(record))
+    elif render is not None:
+        for record in state.values():
+            print(render(record))
+    else:
+        rows = []
+        for name, r in state.items():
+            size = "-" if r["size"] is None else str(r["size"])
+            rows.append((name, str(r["provider"]), str(r["ref"]), str(r["version"] or "-"), size,
+                         str(r["updated"] or "-")))
+        _table(("NAME", "PROVIDER", "REF", "VERSION", "SIZE", "UPDATED"), rows)
     return 0
+
+
+def cmd_inspect(config: Config, names: Sequence[str]) -> int:
+    state = _state_of(config)
+    found, missing = [], []
+    for name in names:
+        # a file, or an entry: a `files:` entry's name gives each of its files
+        records = [state[name]] if name in state else [r for r in state.values() if r["entry"] == name]
+        if records:
+            found.extend(records)
+        else:
+            missing.append(name)
+    if found:
+        print(json.dumps(found, indent=4))
+    for name in missing:
+        print(f"secrets-bridge: no secret named {one_line(repr(name))} in {config.settings.output_dir}",
+              file=sys.stderr)
+    return 1 if missing else 0
+
+
+#: the fields of a state record, in order (`ls --format`, `inspect`)
+STATE_FIELDS = tuple(f.name for f in fields(SecretRecord))
+#: `ls --format TEMPLATE`: `{{.Field}}`, as docker's Go templates name a field (nothing else is run)
+_PLACEHOLDER = re.compile(r"\{\{\s*\.([A-Za-z]+)\s*\}\}")
+
+
+def listing_format(fmt: str) -> Callable[[dict[str, object]], str] | None:
+    """A function filling `fmt`'s placeholders from a state record (None for `json`); ConfigError
+    naming the first placeholder that is not a field. A plain substitution: no expression runs."""
+    if fmt == "json":
+        return None
+    names = {"".join(part.title() for part in key.split("_")): key for key in STATE_FIELDS}
+    template = fmt.replace("\\t", "\t").replace("\\n", "\n")
+    for match in _PLACEHOLDER.finditer(template):
+        if match.group(1) not in names:
+            raise ConfigError(f"--format: unknown field {match.group(1)!r}; fields: {', '.join(names)}")
+    leftover = _PLACEHOLDER.sub("", template)
+    if "{{" in leftover or "}}" in leftover:
+        raise ConfigError("--format: only {{.Field}} placeholders are understood (or json)")
+
+    def fill(record: dict[str, object]) -> str:
+        def value(match: re.Match[str]) -> str:
+            field = record[names[match.group(1)]]
+            text = "" if field is None else field if isinstance(field, str) else json.dumps(field)
+            return one_line(str(text))  # a ref or name may hold anything: never a control character
+        return _PLACEHOLDER.sub(value, template)
+
+    return fill
 
 
 def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:

@@ -386,7 +386,7 @@ def test_options_before_or_after_the_command(tmp_path: Path) -> None:
     assert _parser().parse_args(["sync", "--config", "c.yaml", "--debug", "--log-format", "text"]) == \
         _parser().parse_args(["--config", "c.yaml", "--debug", "--log-format", "text", "sync"])
     before = _parser().parse_args(["--config", "c.yaml", "--debug", "--log-format", "json", "inspect", "x"])
-    assert (before.config, before.debug, before.log_format, before.name) == ("c.yaml", True, "json", "x")
+    assert (before.config, before.debug, before.log_format, before.names) == ("c.yaml", True, "json", ["x"])
     missing = str(tmp_path / "nope.yaml")
     for args in (["ls", "--config", missing, "--debug"], ["--debug", "ls", "--config", missing]):
         proc = _cli(*args)
@@ -657,3 +657,44 @@ def test_a_failed_commit_is_in_the_summary(out_dir: Path, tmp_path: Path, comman
     assert line.startswith("sync: 1 entries, 0 failed, 0 optional missing; commit failed"), line
     if command == "sync":
         assert proc.returncode == 1
+
+
+def test_ls_quiet_json_and_template(out_dir: Path, tmp_path: Path) -> None:
+    """`ls -q` prints names, `--format json` one object a line, `--format TEMPLATE` fills {{.Field}}
+    placeholders (\\t as a tab) with no control character from a value; a bad placeholder exits 2."""
+    secrets = "  a: {provider: dev, ref: one}\n  'b\\u001b[31m': {provider: dev, ref: two}\n"
+    config = str(_local(tmp_path, out_dir, secrets=secrets))
+    if _cli("--config", config, "sync").returncode != 0:
+        secrets = "  a: {provider: dev, ref: one}\n  b: {provider: dev, ref: two}\n"  # names refused: plain
+        config = str(_local(tmp_path, out_dir, secrets=secrets))
+        assert _cli("--config", config, "sync").returncode == 0
+    quiet = _cli("--config", config, "ls", "-q")
+    assert quiet.returncode == 0 and len(quiet.stdout.splitlines()) == 2 and quiet.stdout.startswith("a\n")
+    lines = _cli("--config", config, "ls", "--format", "json").stdout.splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["ref"] for r in records] == ["one", "two"] and records[0]["size"] == len("value-one")
+    filled = _cli("--config", config, "ls", "--format", r"{{.Name}}\t{{ .Ref }}:{{.Size}}").stdout
+    assert filled.splitlines()[0] == "a\tone:9" and "\x1b" not in filled
+    for bad in ("{{.Nope}}", "{{json .}}", "{{.Name | printf}}"):
+        proc = _cli("--config", config, "ls", "--format", bad)
+        assert proc.returncode == 2 and proc.stderr.startswith("secrets-bridge: --format: ")
+        assert proc.stderr.count("\n") == 1 and proc.stdout == ""
+
+
+def test_inspect_several_names(out_dir: Path, tmp_path: Path) -> None:
+    """`inspect a b` prints both in one JSON array; an unknown name among them is one line and exit 1."""
+    secrets = "  a: {provider: dev, ref: one}\n  b: {provider: dev, ref: two}\n"
+    config = str(_local(tmp_path, out_dir, secrets=secrets))
+    assert _cli("--config", config, "sync").returncode == 0
+    both = _cli("--config", config, "inspect", "a", "b")
+    assert both.returncode == 0 and [r["name"] for r in json.loads(both.stdout)] == ["a", "b"]
+    partly = _cli("--config", config, "inspect", "b", "nope")
+    assert partly.returncode == 1 and [r["name"] for r in json.loads(partly.stdout)] == ["b"]
+    assert partly.stderr.count("\n") == 1 and "'nope'" in partly.stderr
+
+
+@pytest.mark.parametrize("command", ["sync", "run", "check", "ls", "inspect"])
+def test_version_after_a_command(command: str) -> None:
+    """`secrets-bridge COMMAND --version` prints the version and exits 0, as `--version` does."""
+    proc = _cli(command, "--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("secrets-bridge ")
