@@ -284,7 +284,8 @@ def _http_call(hook: HttpHook, timeout: float) -> int:
     parts = urlsplit(hook.url)
     host = parts.hostname or ""
     connection = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = connection(host, parts.port, timeout=timeout)
+    port = parts.port or (443 if parts.scheme == "https" else 80)  # given: an IPv6 host holds colons
+    conn = connection(host, port, timeout=timeout)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
         with _Deadline(conn, timeout) as deadline:
