@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -87,7 +88,13 @@ def end_process(status: int) -> NoReturn:
     os._exit(status)
 
 
+#: each thread's stack: the bridge's threads (endpoints, watchers, notifications) run shallow code,
+#: and the default (ulimit -s, often 8 MiB each) is what a small memory limit (`ulimit -v`) runs out of
+THREAD_STACK_BYTES = 1 << 20
+
+
 def _main(argv: Sequence[str] | None) -> int:
+    threading.stack_size(THREAD_STACK_BYTES)
     args = _parser().parse_args(argv)
     setup_logging(args.log_format or "auto", args.debug)
     try:
@@ -105,13 +112,29 @@ def _main(argv: Sequence[str] | None) -> int:
         # `secrets-bridge ls | head`: the reader left; stop quietly, as other tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except MemoryError:
+        print(f"secrets-bridge: {OUT_OF_MEMORY}", file=sys.stderr)
+        return 1
     except Exception as exc:
+        if isinstance(exc, RuntimeError) and _no_thread(exc):
+            print(f"secrets-bridge: {OUT_OF_THREADS}", file=sys.stderr)
+            return 1
         if args.debug:
             raise
         # Unknown failures print only their class: their text may come from an SDK.
         print(f"secrets-bridge: internal error ({type(exc).__name__}); run with --debug for details",
               file=sys.stderr)
         return 1
+
+
+OUT_OF_MEMORY = "out of memory: the memory limit (ulimit -v, the container's limit) is too low for this config"
+OUT_OF_THREADS = ("cannot start a thread: the memory limit (ulimit -v) or the thread limit (ulimit -u, "
+                  "pids.max) is too low")
+
+
+def _no_thread(exc: RuntimeError) -> bool:
+    """Python's own error when the system refuses a new thread (its fixed text, never a value)."""
+    return str(exc) == "can't start new thread"
 
 
 def _dispatch(args: argparse.Namespace) -> int:

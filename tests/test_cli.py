@@ -698,3 +698,54 @@ def test_version_after_a_command(command: str) -> None:
     """`secrets-bridge COMMAND --version` prints the version and exits 0, as `--version` does."""
     proc = _cli(command, "--version")
     assert proc.returncode == 0 and proc.stdout.startswith("secrets-bridge ")
+
+def _memory_limit(megabytes: int):  # type: ignore[no-untyped-def]
+    """A preexec_fn capping the child's address space (`ulimit -v`)."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (megabytes << 20, megabytes << 20))
+
+    return limit
+
+
+def test_oversize_state_and_lease_files_are_refused_in_one_line(out_dir: Path, tmp_path: Path) -> None:
+    """A 3 GiB sparse state file and lease store (under a 1 GiB memory limit): `ls` says in one line
+    the state file is too large; `sync` warns about both, naming the limit, and still writes."""
+    config = str(_local(tmp_path, out_dir))
+    assert _cli("--config", config, "sync").returncode == 0
+    for name in (".secrets-bridge-state.json", ".secrets-bridge-leases.json"):
+        with open(out_dir / name, "ab") as f:
+            f.truncate(3 << 30)
+    listed = _cli("--config", config, "ls", preexec_fn=_memory_limit(1024))
+    assert listed.returncode != 0 and "larger than 64 MiB" in listed.stderr, listed.stderr
+    assert listed.stderr.count("\n") == 1 and "internal error" not in listed.stderr
+    (tmp_path / "source" / "one").write_text("rotated")
+    synced = _cli("--config", config, "sync", preexec_fn=_memory_limit(1024))
+    assert synced.returncode == 0, synced.stderr
+    assert "lease store is unreadable" in synced.stderr and "state file is unreadable" in synced.stderr
+    assert synced.stderr.count("larger than 64 MiB") == 2
+    assert (out_dir / "a").read_text() == "rotated"
+
+
+def test_small_memory_limit_says_what_is_wrong(out_dir: Path, tmp_path: Path) -> None:
+    """Under a small `ulimit -v` `run` either runs or stops with one line saying the limit is too
+    low, never "internal error" (thread stacks of the default 8 MiB ran out at 300 MB)."""
+    config = str(_local(tmp_path, out_dir, extra=f"listen: 127.0.0.1:{free_port()}\n").read_text()
+                 .replace("listen: null\n", ""))
+    path = tmp_path / "small.yaml"
+    path.write_text(config)
+    for megabytes in (45, 100, 300):
+        proc = subprocess.Popen([venv_binary("secrets-bridge"), "--config", str(path), "run"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=_memory_limit(megabytes))
+        try:
+            out, _ = proc.communicate(timeout=3)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=20)
+        if "failed to map segment" in out:  # too small for the interpreter's own modules
+            continue
+        assert "internal error" not in out and "Traceback" not in out, (megabytes, out[-2000:])
+        if proc.returncode != 0:
+            assert "the memory limit (ulimit -v" in out, (megabytes, out[-2000:])

@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import os
+import time
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
@@ -466,9 +467,33 @@ def test_alias_bomb_refused() -> None:
     levels = ["_0: &l0 [x, x, x, x, x, x, x, x, x]"]
     levels += [f"_{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 8)]
     text = "providers:\n  dev: {type: file, base_dir: /tmp, anchors: {" + ", ".join(levels) + "}}\nsecrets: {}\n"
-    assert "YAML aliases repeat more than" in _error(text)
+    assert "YAML aliases expand the document past 16 MiB" in _error(text)
     shared = "providers:\n  a: &p {type: file, base_dir: /tmp}\n  b: *p\nsecrets: {}\n"
     assert set(parse_config(shared).settings.providers) == {"a", "b"}
+
+
+def test_alias_guard_is_linear() -> None:
+    """A list of 5,000 scalars repeated 9,999 times (50 M nodes expanded; the old guard walked each
+    repeat again, for tens of seconds) is refused in well under a second."""
+    items = ", ".join(["x"] * 5000)
+    text = ("providers:\n  dev: {type: file, base_dir: /tmp, a: &a [" + items + "], b: ["
+            + ", ".join(["*a"] * 9999) + "]}\nsecrets: {}\n")
+    started = time.monotonic()
+    assert "YAML aliases expand the document past" in _error(text)
+    assert time.monotonic() - started < 1.5
+
+
+def test_scalar_alias_bomb_refused() -> None:
+    """One 1 MB text repeated through aliases by 5,000 entries is refused before validation (it
+    raised MemoryError there, and a running bridge exited on its reload)."""
+    secrets = "".join(f"  s{i}: {{provider: dev, ref: *t}}\n" for i in range(5000))
+    text = f"providers:\n  dev: {{type: file, base_dir: /tmp, x: &t {'x' * 1_000_000}}}\nsecrets:\n{secrets}"
+    assert "YAML aliases expand the document past 16 MiB" in _error(text)
+
+
+def test_alias_inside_itself_refused() -> None:
+    """A YAML node that contains an alias to itself is refused in one line, not walked for ever."""
+    assert "refers to a node that contains it" in _error("providers:\n  dev: &a {type: file, x: [*a]}\nsecrets: {}\n")
 
 
 @pytest.mark.parametrize("error", [OSError(2, "No such file"), TypeError("bad"), KeyError("k"), OverflowError("big")])

@@ -262,3 +262,28 @@ def test_hostile_values_fail_their_own_entry_fast() -> None:
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(src, ignore_errors=True)
     record("values", fixed={"hostile_sync_seconds": round(took, 1)})
+
+
+@pytest.mark.parametrize("template", [
+    "{{ 'x'|center(900000000) }}", "{{ v.center(900000000) }}", "{{ '{:>999999999}'.format(1) }}",
+    "{{ '%0999999999d' % 1 }}", "{{ v|replace('', v * 1000) }}", "{{ (v * 1000)|indent(100000) }}",
+    "{% set ns = namespace(s=v) %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+    "{% macro f(s) %}{{ f(s ~ s) }}{% endmacro %}{{ f(v) }}",
+])
+def test_growing_template_refused_before_it_allocates(template: str) -> None:
+    """A width, replacement or doubling that would build hundreds of megabytes is refused ("too
+    big") before it is built: the render's memory peak stays under 16 MB."""
+    import tracemalloc
+
+    from bridge.engine.render import compile_template, render_template
+    from bridge.errors import ExtractError
+
+    compiled = compile_template(template, {"v"})
+    tracemalloc.start()
+    try:
+        with pytest.raises(ExtractError, match="too big"):
+            render_template(compiled, {"v": "x\n" * 500})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, peak

@@ -483,3 +483,28 @@ def test_reload_setting_require_tmpfs_over_a_disk_is_rejected(tmp_path: Path) ->
         assert bridge.stop() == 0
     finally:
         bridge.kill()
+
+
+@pytest.mark.parametrize("error", [MemoryError, RecursionError, KeyError])
+def test_reload_keeps_the_running_config_whatever_goes_wrong(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture,
+                                                             error: type[BaseException]) -> None:
+    """A reload whose loading fails in any way (MemoryError included, which a running bridge
+    once exited on) is rejected in one line naming the class; the running config stays."""
+    import logging
+
+    from bridge.config.loader import parse_config
+    from bridge.runtime import runner
+
+    config = parse_config(f"output_dir: {tmp_path}\nproviders:\n  dev: {{type: env}}\nsecrets: {{}}\n")
+    running = runner.Runner(tmp_path / "c.yaml", config)
+
+    def failing(path: Path) -> None:
+        raise error("boom")
+
+    monkeypatch.setattr(runner, "load_config", failing)
+    with caplog.at_level(logging.ERROR, logger="secrets_bridge.run"):
+        running._reload()
+    assert running.config is config
+    assert f"keeping the running config: it could not be loaded ({error.__name__})" in caplog.text
+    assert "boom" not in caplog.text

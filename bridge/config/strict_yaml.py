@@ -1,6 +1,6 @@
 """Reading the config's YAML strictly: LibYAML's safe loader (where present), duplicate keys refused,
 collections refused as keys, decimal integers marked (so a mode written 400 can be refused), and
-documents that expand past MAX_ALIAS_REPEATS nodes through aliases refused. Every problem is one
+documents that aliases expand past MAX_EXPANDED refused. Every problem is one
 `ConfigError` line naming the line of the file; nothing else escapes, whatever the input.
 """
 
@@ -13,8 +13,10 @@ import yaml
 from bridge.config.fields import DecimalInt, shorten
 from bridge.errors import ConfigError
 
-#: YAML aliases may repeat a node this many times in all: more is an alias bomb, not a config
-MAX_ALIAS_REPEATS = 10_000
+#: a document's size with every alias expanded (a character of text or a node each): as large as
+#: the largest config file, so aliases may shorten a config but never blow it up
+MAX_EXPANDED = 16 * 2**20
+_IN_PROGRESS = -1
 
 
 def load_yaml(text: str, source: str) -> Any:
@@ -25,26 +27,41 @@ def load_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source}: invalid YAML: {_yaml_problem(exc)}") from None
     except ValueError:  # an integer of more than 4,300 digits (sys.get_int_max_str_digits)
         raise ConfigError(f"{source}: invalid YAML: a number too large") from None
-    _check_aliases(data, source)
+    if isinstance(data, dict | list):
+        _check_aliases(data, source)
     return data
 
 
 def _check_aliases(data: Any, source: str) -> None:
-    """Refuse a document whose aliases expand past MAX_ALIAS_REPEATS nodes (a "billion laughs"):
-    every later walk or comparison of the config would pay for the expansion."""
-    seen: set[int] = set()
-    repeats = 0
-    pending: list[Any] = [data]
+    """Refuse a document whose aliases expand it past MAX_EXPANDED (a "billion laughs", of
+    collections or of one long text repeated): every later walk, comparison or copy of the config
+    would pay for the expansion. Each node's expanded size is worked out once (linear in the
+    nodes parsed, however often they are repeated); an alias inside itself is refused too."""
+    sizes: dict[int, int] = {}
+    pending: list[tuple[Any, bool]] = [(data, False)]
     while pending:
-        node = pending.pop()
-        if not isinstance(node, dict | list):
+        node, children_done = pending.pop()
+        if id(node) in sizes and not children_done:
             continue
-        if id(node) in seen:
-            repeats += 1
-            if repeats > MAX_ALIAS_REPEATS:
-                raise ConfigError(f"{source}: YAML aliases repeat more than {MAX_ALIAS_REPEATS} nodes")
-        seen.add(id(node))
-        pending.extend(node.values() if isinstance(node, dict) else node)
+        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+        if not children_done:
+            sizes[id(node)] = _IN_PROGRESS
+            pending.append((node, True))
+            pending.extend((c, False) for c in children if isinstance(c, dict | list) and id(c) not in sizes)
+            continue
+        total = 1
+        for child in children:
+            size = sizes[id(child)] if isinstance(child, dict | list) else _scalar_size(child)
+            if size == _IN_PROGRESS:
+                raise ConfigError(f"{source}: a YAML alias refers to a node that contains it")
+            total += size
+        if total > MAX_EXPANDED:
+            raise ConfigError(f"{source}: YAML aliases expand the document past {MAX_EXPANDED // 2**20} MiB")
+        sizes[id(node)] = total
+
+
+def _scalar_size(value: Any) -> int:
+    return len(value) + 1 if isinstance(value, str) else 1
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

@@ -105,7 +105,10 @@ class LeaseStore:
             for record in records.values():
                 record.check()  # an edited or foreign store must not stop the bridge later
             return records
-        except (WriteError, ValueError, KeyError, TypeError, AttributeError):
+        except WriteError as exc:  # too large, or not a regular file: the message says which
+            log.warning("the lease store is unreadable (%s); ignoring it (leases are issued anew)", exc)
+            return {}
+        except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("the lease store is unreadable; ignoring it (leases are issued anew)")
             return {}
 

@@ -169,6 +169,10 @@ class Runner:
         except BridgeError as exc:
             log.error("config reload rejected, keeping the running config: %s", exc)
             return
+        except Exception as exc:  # MemoryError included: a reload never takes the running bridge down
+            log.error("config reload rejected, keeping the running config: it could not be loaded (%s)",
+                      type(exc).__name__)
+            return
         if self.cli_log_format is None and config.settings.log_format != self.config.settings.log_format:
             setup_logging(config.settings.log_format, self.debug)
         log.info("config reloaded from %s", self.config_path)

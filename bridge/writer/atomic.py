@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
+from typing import BinaryIO
 
 from bridge.errors import WriteError
 from bridge.writer.generation import (
@@ -406,7 +407,7 @@ class Writer:
             with os.fdopen(fd, "rb") as f:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     raise WriteError(f"read {name} in {self.output_dir}: not a regular file")
-                return f.read()
+                return read_bounded(f, f"{name} in {self.output_dir}")
 
     def remove_state(self, name: str) -> None:
         """Remove the metadata file `name` beside the secrets, if it is there."""
@@ -426,3 +427,17 @@ def _current_generation(dfd: int) -> str | None:
     except FileNotFoundError:
         return None
     return target if stat.S_ISDIR(st.st_mode) else None
+
+
+#: a metadata file beside the secrets (state file, lease store) larger than this is not one the
+#: bridge wrote (100,000 files make a 30 MB state file): refused, never read whole
+MAX_STATE_BYTES = 64 * 2**20
+
+
+def read_bounded(file: BinaryIO, what: str) -> bytes:
+    """All of `file`, or WriteError once it is past MAX_STATE_BYTES (a sparse file of gigabytes
+    costs nothing on disk and everything in memory)."""
+    data = file.read(MAX_STATE_BYTES + 1)
+    if len(data) > MAX_STATE_BYTES:
+        raise WriteError(f"{what} is larger than {MAX_STATE_BYTES // 2**20} MiB: not the bridge's; remove it")
+    return data

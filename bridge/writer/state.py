@@ -9,6 +9,7 @@ once when it changes, so a save at 100,000 files joins text rather than encoding
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 import time
@@ -19,7 +20,9 @@ from pathlib import Path
 
 from bridge.config.fields import STATE_FILE
 from bridge.errors import WriteError
-from bridge.writer.atomic import Writer
+from bridge.writer.atomic import Writer, read_bounded
+
+log = logging.getLogger("secrets_bridge.state")
 
 
 def _iso(epoch: float | None) -> str | None:
@@ -68,7 +71,8 @@ class State:
     def load(self) -> dict[str, SecretRecord]:
         try:
             data = self.writer.read_state(STATE_FILE)
-        except WriteError:
+        except WriteError as exc:
+            log.warning("the state file is unreadable (%s); starting without it", exc)
             return {}
         return {} if data is None else parse_state(data)
 
@@ -98,12 +102,13 @@ def _plain(record: SecretRecord) -> dict[str, object]:
 
 
 def read_state(path: Path) -> dict[str, SecretRecord]:
-    """Records from a state file; empty when there is none or it is unreadable."""
+    """Records from a state file; empty when there is none or it is unreadable; WriteError when it
+    is too large to be the bridge's."""
     try:
         # O_NONBLOCK and a regular-file check: a FIFO planted as the state file must not hang `ls`
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         with os.fdopen(fd, "rb") as f:
-            return parse_state(f.read()) if stat.S_ISREG(os.fstat(fd).st_mode) else {}
+            return parse_state(read_bounded(f, str(path))) if stat.S_ISREG(os.fstat(fd).st_mode) else {}
     except OSError:
         return {}
 
