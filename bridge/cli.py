@@ -246,19 +246,19 @@ def cmd_check(config: Config) -> int:
     from bridge.engine.cycle import Engine
 
     with metrics.unrecorded():  # as in cmd_sync
-        engine = Engine(config)
+        engine = Engine(config, env=True)
         try:
             failed = engine.check()
         finally:
             engine.close()
     rows = []
-    for name, entry in engine.entries.items():
+    for name, entry in engine.outputs.items():
         provider, ref = entry.source()
         error = failed.get(name)
         status = "ok" if error is None else f"{error.code}: {error}"
         rows.append((name, provider, ref, (entry.version() if error is None else None) or "-", status))
     _table(("NAME", "PROVIDER", "REF", "VERSION", "STATUS"), rows)
-    return 1 if any(not config.settings.secrets[n].optional for n in failed) else 0
+    return 1 if any(not engine.outputs[n].optional for n in failed) else 0
 
 
 def _state_of(config: Config) -> dict[str, dict[str, object]]:

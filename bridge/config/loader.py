@@ -54,6 +54,12 @@ from bridge.config.sections import (
     PREVIOUS as PREVIOUS,
 )
 from bridge.config.sections import (
+    EnvConfig as EnvConfig,
+)
+from bridge.config.sections import (
+    ExecConfig as ExecConfig,
+)
+from bridge.config.sections import (
     FileDefaults as FileDefaults,
 )
 from bridge.config.sections import (
@@ -88,6 +94,8 @@ DEFAULT_CONFIG = "secrets-bridge.yaml"
 #: a config file larger than this is a mistake (a log file, /dev/zero copied), not a config
 MAX_CONFIG_BYTES = 16 * 2**20
 ENV_PREFIX = "SECRETS_BRIDGE_"
+#: a POSIX environment variable name (an `env:` key)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class BridgeConfig(BaseModel):
@@ -111,6 +119,9 @@ class BridgeConfig(BaseModel):
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     secrets: dict[str, SecretConfig] = Field(default_factory=dict)
     on_change: list[OnChange] = Field(default_factory=list)
+    #: variables for the child of `exec` (run and sync ignore them)
+    env: dict[str, EnvConfig] = Field(default_factory=dict)
+    exec: ExecConfig = ExecConfig()
 
     @model_validator(mode="after")
     def _check_targets(self) -> BridgeConfig:
@@ -146,6 +157,7 @@ class BridgeConfig(BaseModel):
                 if parent in folders and parent != entry:
                     raise _FieldError(("secrets", entry), f"{parent!r} is the folder of a files: entry")
                 parent = posixpath.dirname(parent)
+        self._check_env()
         for i, hook in enumerate(self.on_change):
             for name in hook.secrets or ():
                 if name not in targets:
@@ -163,6 +175,24 @@ class BridgeConfig(BaseModel):
                 raise _FieldError(("providers", name, "type"), "missing provider type")
         return self
 
+    def _check_env(self) -> None:
+        for name, env in self.env.items():
+            if not _ENV_NAME.fullmatch(name):
+                raise _FieldError(("env", name), "not a POSIX variable name ([A-Za-z_][A-Za-z0-9_]*)")
+            if f"${name}" in self.secrets:
+                raise _FieldError(("secrets", f"${name}"), f"the name of env variable {name} in logs; rename the file")
+            for value_name, source in env.sources().items():
+                if source.provider not in self.providers:
+                    loc = ("env", name, "values", value_name, "provider") if value_name else ("env", name, "provider")
+                    raise _FieldError(loc, f"no provider named {source.provider!r}")
+            if env.template is not None:
+                from bridge.engine.render import compile_template
+
+                try:
+                    compile_template(env.template, set(env.values or {}))
+                except ValueError as exc:
+                    raise _FieldError(("env", name, "template"), str(exc)) from None
+
     def mode_of(self, secret: SecretConfig, rule: FileRule | None = None) -> int:
         """A file's mode: its own (in files:), else the entry's, else defaults."""
         for mode in (rule.mode if rule else None, secret.mode):
@@ -178,7 +208,7 @@ class BridgeConfig(BaseModel):
         gid = first(rule.gid if rule else None, secret.gid, self.defaults.gid)
         return (os.getuid() if uid is None else uid, os.getgid() if gid is None else gid)
 
-    def interval_of(self, secret: SecretConfig) -> float:
+    def interval_of(self, secret: SecretConfig | EnvConfig) -> float:
         return self.refresh_interval if secret.refresh_interval is None else secret.refresh_interval
 
 
@@ -254,10 +284,12 @@ def _parse_config(text: str, source: str) -> Config:
         parsed = _validate(lambda cls=cls, section=section: cls.Settings(**section), ("providers", name))
         _check_numbers(parsed, ("providers", name))
         providers[name] = (cls, parsed)
-    for name, secret in settings.secrets.items():
-        for value_name, origin in secret.sources().items():
+    sections = [*(("secrets", n, s) for n, s in settings.secrets.items()),
+                *(("env", n, e) for n, e in settings.env.items())]
+    for top, name, section in sections:
+        for value_name, origin in section.sources().items():
             cls = providers[origin.provider][0]
-            loc = f"secrets.{name}" + (f".values.{value_name}" if value_name else "")
+            loc = f"{top}.{name}" + (f".values.{value_name}" if value_name else "")
             if origin.version == PREVIOUS and not cls.capabilities.previous:
                 raise ConfigError(f"{loc}.version: provider {origin.provider!r} keeps no previous version")
             if origin.params is not None and not cls.capabilities.params:
@@ -397,7 +429,7 @@ def _bad_json_variable() -> str | None:
 
 
 #: fields a variable gives as JSON (pydantic-settings decodes these itself)
-_JSON_FIELDS = {"defaults", "providers", "secrets", "on_change"}
+_JSON_FIELDS = {"defaults", "providers", "secrets", "on_change", "env", "exec"}
 
 
 def _validate(build: Any, prefix: tuple[str, ...]) -> Any:

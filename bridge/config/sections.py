@@ -1,6 +1,6 @@
-"""The sections of a configuration: secret entries (plain, `files:`, `template:`) and the
-`on_change` actions. Validation only; `bridge.config.loader` assembles them into the whole file and
-re-exports them. Never echoes an input value.
+"""The sections of a configuration: secret entries (plain, `files:`, `template:`), `env:` entries,
+the `on_change` actions and the `exec:` settings. Validation only; `bridge.config.loader`
+assembles them into the whole file and re-exports them. Never echoes an input value.
 """
 
 from __future__ import annotations
@@ -131,6 +131,44 @@ class SecretConfig(_Model):
         return rules
 
 
+class EnvConfig(_Model):
+    """One entry under `env:`; its key is the variable's name. Two shapes: one value (provider +
+    ref, with key and encoding) or a template over `values:` (the same fetch units as files)."""
+
+    provider: str | None = None
+    ref: str | None = Field(default=None, min_length=1)
+    key: str | None = None
+    version: Version | None = None
+    params: dict[str, Any] | None = None
+    encoding: Literal["base64"] | None = None
+    optional: bool = False
+    refresh_interval: Duration | None = Field(default=None, ge=MIN_REFRESH_SECONDS)
+    template: str | None = None
+    values: dict[str, ValueSource] | None = None
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> EnvConfig:
+        if self.template is not None:
+            if not self.values:
+                raise ValueError("template needs values: (the named secrets it renders)")
+            extra = [f for f in ("provider", "ref", "key", "version", "params", "encoding")
+                     if getattr(self, f) is not None]
+            if extra:
+                raise ValueError(f"a template variable takes its sources from values:, not {', '.join(extra)}")
+        elif self.values is not None:
+            raise ValueError("values: belongs to a template (add template:)")
+        elif self.provider is None or self.ref is None:
+            raise ValueError("give provider and ref (or template and values)")
+        return self
+
+    def sources(self) -> dict[str, ValueSource]:
+        """The fetch units this variable reads, by value name ("" for one source)."""
+        if self.values is not None:
+            return dict(self.values)
+        assert self.provider is not None and self.ref is not None
+        return {"": ValueSource(provider=self.provider, ref=self.ref, version=self.version, params=self.params)}
+
+
 #: the longest an on_change action may run, or a notification wait
 MAX_HOOK_SECONDS = 3600.0
 
@@ -200,10 +238,7 @@ class OnChange(_Model):
 
     @property
     def signum(self) -> Signals | None:
-        if self.signal is None:
-            return None
-        name = self.signal.upper() if self.signal.upper().startswith("SIG") else f"SIG{self.signal.upper()}"
-        return Signals.__members__.get(name)
+        return None if self.signal is None else _signal_number(self.signal)
 
     @property
     def kind(self) -> Literal["signal", "exec", "http"]:
@@ -211,3 +246,31 @@ class OnChange(_Model):
         return "signal" if self.signal is not None else "exec" if self.exec is not None else "http"
 
 
+
+
+def _signal_number(name: str) -> Signals | None:
+    upper = name.upper() if name.upper().startswith("SIG") else f"SIG{name.upper()}"
+    return Signals.__members__.get(upper)
+
+
+class ExecConfig(_Model):
+    """How `exec` restarts its child when what it was given changes."""
+
+    #: env: a changed env value restarts the child; any: a changed file too; never
+    restart_on: Literal["env", "any", "never"] = "env"
+    stop_signal: str = "SIGTERM"
+    stop_timeout: Duration = Field(default=10.0, ge=0, le=MAX_HOOK_SECONDS)
+    #: quiescence before a restart, as on_change's wait (default none: restart at once)
+    wait: HookWait = HookWait(min=0.0, max=0.0)
+
+    @model_validator(mode="after")
+    def _known_signal(self) -> ExecConfig:
+        if _signal_number(self.stop_signal) is None:
+            raise ValueError(f"unknown signal {self.stop_signal!r}")
+        return self
+
+    @property
+    def stop_signum(self) -> Signals:
+        signum = _signal_number(self.stop_signal)
+        assert signum is not None
+        return signum

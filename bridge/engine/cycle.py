@@ -5,9 +5,10 @@ A cycle has five steps, each a method a test can call:
     plan      which fetch units are due: their group's refresh time, a retry, a pin never
     fetch     per provider: one pure decision per unit (bridge/engine/steps.py), then batched
               phases: the cheap version check, lease renewals, a fetch of what moved
-    render    the entries whose units moved become file contents (plain, files:, template:)
-    commit    only the files whose content, mode or owner changed go to the writer, as one generation
-    announce  one Change record per changed file, to every subscriber (on_change, audit log)
+    render    the outputs whose units moved become file contents or env values (bridge/engine/outputs.py)
+    commit    only the files whose content, mode or owner changed go to the writer, as one generation;
+              a changed env value is taken at once (it lives in memory, for the child of `exec`)
+    announce  one Change record per changed file or env value, to every subscriber (on_change, audit log)
 
 This is the one place where a change is detected and committed, and the one place that retries
 (per-unit exponential backoff with jitter, honouring a provider's retry_after). It is the one
@@ -32,10 +33,11 @@ from dataclasses import dataclass, field, replace
 from bridge.config.loader import Config
 from bridge.engine import failures
 from bridge.engine.leases import LeaseKeeper, Renewed
+from bridge.engine.outputs import EnvVar, Output, build, owner_index
 from bridge.engine.phases import Outcome, fetch_from
 from bridge.engine.records import ManagedFiles, entry_records
 from bridge.engine.schedule import Schedule
-from bridge.engine.units import Entry, Unit, build, owner_index
+from bridge.engine.units import Unit
 from bridge.errors import ExtractError, ProviderError, WriteError, contained
 from bridge.observe.changes import Change
 from bridge.observe.metrics import COMMIT_SECONDS, COMMITS, CYCLE_SECONDS, LAST_REFRESH
@@ -81,7 +83,9 @@ class Engine:
         providers: dict[str, Provider] | None = None,
         subscribers: Sequence[Subscriber] = (),
         writer: Writer | None = None,
+        env: bool = False,
     ) -> None:
+        """`env`: also keep the `env:` variables (for `exec` and `check`; run and sync make files only)."""
         self.config = config
         self.settings = config.settings
         self.providers = providers if providers is not None else config.build_providers()
@@ -91,7 +95,11 @@ class Engine:
         self.subscribers = list(subscribers)
         self.heartbeat = time.monotonic()  # the loop was last seen at work (/healthz)
         self.waiting = False  # the loop is waiting for its next due time: alive, whatever the heartbeat
-        self.units, self.entries = build(config, self.providers)
+        self.units, self.outputs = build(config, self.providers, env=env)
+        #: the outputs that make files (`secrets:` entries), and the env variables, by name (`$NAME`)
+        self.entries = {n: o for n, o in self.outputs.items() if not isinstance(o, EnvVar)}
+        self.env = {n: o for n, o in self.outputs.items() if isinstance(o, EnvVar)}
+        self._env_pending: dict[str, bytes] = {}  # rendered env values that differ from the current
         self._owner = owner_index(self.entries)
         self.schedule = Schedule(self.units.values(), self.settings.jitter)
         self.files = ManagedFiles(self._owner)  # one record per managed file
@@ -126,7 +134,7 @@ class Engine:
         directory go (unless the writer passes to a reloaded engine)."""
         for provider in self.providers.values():
             provider.close()
-        failures.forget(self.entries.values())
+        failures.forget(self.outputs.values())
         if self._started:
             pending = self.writer.prune(make_spare=False)
             while pending is not None:
@@ -151,12 +159,12 @@ class Engine:
 
     def check(self) -> dict[str, ProviderError]:
         """A dry sync: fetch every unit and render every entry as `sync` would; write nothing.
-        Returns the entries that failed; `Entry.version()` gives what each resolved to."""
+        Returns the outputs that failed; `Output.version()` gives what each resolved to."""
         self._resume()  # a running bridge's leases are read, not minted again
         resumed = {u for u in self.units.values() if u.lease is not None}
         outcomes = self.fetch(self.units.values(), force=True)
         failed = self._settle(outcomes, time.monotonic(), quiet=True)
-        self.render(self.entries.values(), failed, quiet=True)
+        self.render(self.outputs.values(), failed, quiet=True)
         self._revoke(self.leases.revoke(self.units.values(), only=lambda u: u not in resumed))  # minted: back
         return failed
 
@@ -167,16 +175,14 @@ class Engine:
         return 0.0 if self.waiting else time.monotonic() - self.heartbeat
 
     def missing_required(self) -> list[str]:
-        """Required entries with a file not written yet."""
-        return [e.name for e in self.entries.values() if not e.optional and (not e.expected <= e.files
-                if e.expected is not None  # a files: "*" entry over an empty map rightly has no file
-                else not e.files and (e.error is not None or not e.ready_to_render()))]
+        """Required outputs with a file not written (or an env value not rendered) yet."""
+        return [o.name for o in self.outputs.values() if not o.optional and o.missing()]
 
     def stale(self) -> list[str]:
         """Required entries whose units have failed, or which have failed to render, for longer than
         max_staleness; and the output directory when commits have failed that long."""
         limit = time.monotonic() - self.settings.max_staleness
-        stale = [e.name for e in self.entries.values() if not e.optional and any(
+        stale = [e.name for e in self.outputs.values() if not e.optional and any(
             t is not None and t < limit for t in (e.failing_since, *(u.failing_since for u in e.units.values())))]
         if self._write_failing is not None and self._write_failing < limit:
             stale.append(f"commits to {self.settings.output_dir}")
@@ -202,6 +208,7 @@ class Engine:
         if self._started:
             self.leases.save(self.units.values())  # before the commit: a crash between the two resumes the lease
         changes, write_error = self.commit()
+        changes += self.take_env()
         self._save_state()
         self.announce(changes)
         CYCLE_SECONDS.observe(time.perf_counter() - started)
@@ -240,16 +247,18 @@ class Engine:
             outcomes.update(found.outcomes)
         return outcomes
 
-    def render(self, entries: Iterable[Entry], failed: dict[str, ProviderError], *,
+    def render(self, entries: Iterable[Output], failed: dict[str, ProviderError], *,
                quiet: bool = False) -> dict[str, FileSpec | None]:
-        """File contents for `entries`, only where they differ from the last good; an entry that
-        cannot render keeps its files and is recorded in `failed`."""
+        """File contents for `entries`, only where they differ from the last good (env values go to
+        `take_env`); an output that cannot render keeps what it made and is recorded in `failed`."""
         updates: dict[str, FileSpec | None] = {}
         for entry in entries:
             if not entry.ready_to_render():
                 continue
             try:
-                specs = entry.render(self.config)
+                specs = entry.render(self.settings)
+                if isinstance(entry, EnvVar):
+                    self._render_env(entry)
             except ProviderError as exc:
                 error = exc
             except Exception as exc:  # a converter's own error: its text may hold the value
@@ -309,6 +318,30 @@ class Engine:
         names = ", ".join(c.file for c in changes[:10]) + (", ..." if len(changes) > 10 else "")
         log.info("committed a new generation: %d changed (%s)", len(changes), names)
 
+    def _render_env(self, entry: EnvVar) -> None:
+        value = entry.render_value()
+        if value != entry.value:
+            self._env_pending[entry.name] = value
+        else:
+            self._env_pending.pop(entry.name, None)
+
+    def take_env(self) -> list[Change]:
+        """Make the rendered env values current; one Change (kind "env") per changed variable."""
+        changes = []
+        for name, value in self._env_pending.items():
+            entry = self.env[name]
+            provider, ref = entry.source()
+            action = "added" if entry.value is None else "updated"
+            changes.append(Change(name, name, provider, ref, entry.rendered_version, entry.version(),
+                                  None, action, kind="env"))
+            entry.value, entry.rendered_version = value, entry.version()
+        self._env_pending.clear()
+        return changes
+
+    def env_values(self) -> dict[str, bytes]:
+        """The env variables for the child of `exec`, by variable name."""
+        return {o.variable: o.value for o in self.env.values() if o.value is not None}
+
     def announce(self, changes: list[Change]) -> None:
         """Tell every subscriber; a failing subscriber never stops the bridge."""
         if not changes:
@@ -321,11 +354,11 @@ class Engine:
 
     # -- bookkeeping -----------------------------------------------------------------------
 
-    def _affected(self, moved: list[Unit], *, everything: bool) -> list[Entry]:
+    def _affected(self, moved: list[Unit], *, everything: bool) -> list[Output]:
         if everything:
-            return list(self.entries.values())
+            return list(self.outputs.values())
         names = dict.fromkeys(name for unit in moved for name in unit.entries)
-        return [self.entries[n] for n in names]
+        return [self.outputs[n] for n in names]
 
     def _settle(self, outcomes: dict[Unit, Outcome], now: float, *, quiet: bool = False) -> dict[str, ProviderError]:
         """Record each unit's outcome: a success reschedules it, a failure backs it off."""
@@ -355,7 +388,7 @@ class Engine:
             self._succeed(unit, now)
         for (provider, code), units in newly.items():
             if not quiet:
-                failures.log_new_failures(provider, code, units, self.entries.__getitem__)
+                failures.log_new_failures(provider, code, units, self.outputs.__getitem__)
         return failed
 
     def _succeed(self, unit: Unit, now: float) -> None:
@@ -413,14 +446,14 @@ class Engine:
     def last_refreshed(self) -> Iterable[tuple[str, float]]:
         """Each entry with the time its least recently confirmed unit was last confirmed."""
         wall, now = time.time(), time.monotonic()
-        for entry in self.entries.values():
+        for entry in self.outputs.values():
             stamps = [u.refreshed_at for u in entry.units.values() if u.refreshed_at is not None]
             if entry.failing_since is not None:
                 stamps.append(wall - (now - entry.failing_since))  # its file stopped following the source
             if len(stamps) >= len(entry.units):
                 yield entry.name, min(stamps)
 
-    def entry_of(self, file: str) -> Entry | None:
+    def entry_of(self, file: str) -> Output | None:
         return self._owner(file)
 
     def updated(self, file: str) -> float | None:

@@ -10,7 +10,8 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from bridge.engine.units import Entry, Unit
+from bridge.engine.outputs import Output
+from bridge.engine.units import Unit
 from bridge.errors import ProviderError
 from bridge.observe.metrics import SECRET_ERRORS
 
@@ -30,14 +31,14 @@ def failing(names: Iterable[str], old: ProviderError | None, new: ProviderError 
             SECRET_ERRORS.labels(secret=name, code=new.code).set(1)
 
 
-def forget(entries: Iterable[Entry]) -> None:
+def forget(entries: Iterable[Output]) -> None:
     """Drop the gauges of an engine that goes away (a reload builds its own)."""
     for entry in entries:
         for error in {entry.error, *(u.error for u in entry.units.values())}:
             failing([entry.name], error, None)
 
 
-def log_new_failures(provider: str, code: str, units: list[Unit], entry: Callable[[str], Entry]) -> None:
+def log_new_failures(provider: str, code: str, units: list[Unit], entry: Callable[[str], Output]) -> None:
     """The first failure of each unit; many at once (a provider down) as one line."""
     if len(units) > LOG_EACH_UP_TO:
         log.error("provider %s: %d secrets failing (%s), e.g. %s: %s; keeping their last good files",
@@ -50,7 +51,7 @@ def log_new_failures(provider: str, code: str, units: list[Unit], entry: Callabl
         log.log(level, "secret %s: %s (%s); %s", ", ".join(unit.entries), unit.error, code, keeps)
 
 
-def render_failed(entry: Entry, error: ProviderError) -> bool:
+def render_failed(entry: Output, error: ProviderError) -> bool:
     """Record an entry that cannot render; True when this failure is new (logged)."""
     new = entry.error is None or str(entry.error) != str(error)
     if new:
@@ -64,7 +65,7 @@ def render_failed(entry: Entry, error: ProviderError) -> bool:
     return new
 
 
-def renders_again(entry: Entry) -> bool:
+def renders_again(entry: Output) -> bool:
     """An entry that failed to render renders again; True when it had failed."""
     if entry.error is None:
         return False

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bridge.config.loader import BridgeConfig
-from bridge.engine.units import Entry
+from bridge.engine.outputs import Output
 from bridge.observe.changes import Change
 from bridge.writer.atomic import FileSpec
 from bridge.writer.state import SecretRecord
@@ -41,7 +41,7 @@ class ManagedFile:
 class ManagedFiles:
     """Every managed file's record, and the updates waiting for the next commit."""
 
-    def __init__(self, owner: Callable[[str], Entry | None]) -> None:
+    def __init__(self, owner: Callable[[str], Output | None]) -> None:
         self.owner = owner
         self.by_name: dict[str, ManagedFile] = {}
         #: rendered, not yet committed (None: remove the file)
@@ -65,7 +65,7 @@ class ManagedFiles:
                 managed.version = managed.committed_version = record.version
                 managed.updated = record.updated_epoch()
 
-    def rendered(self, entry: Entry, specs: Mapping[str, FileSpec], version: str | None) -> dict[str, FileSpec | None]:
+    def rendered(self, entry: Output, specs: Mapping[str, FileSpec], version: str | None) -> dict[str, FileSpec | None]:
         """Record what `entry` rendered; returns the updates (changed content, files it no longer makes)."""
         updates: dict[str, FileSpec | None] = {}
         for name, spec in specs.items():
@@ -121,44 +121,38 @@ def _iso(epoch: float | None) -> str | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
 
 
-def source_of(name: str, entry: Entry) -> tuple[str, str, str | None, str | None]:
+def source_of(name: str, entry: Output) -> tuple[str, str, str | None, str | None]:
     """Where file `name` of `entry` comes from, as `SecretRecord.source()` says it."""
-    secret = entry.config
-    rules = secret.file_rules()
-    rule = rules.get(name.removeprefix(entry.name + "/")) if rules else None
     provider, ref = entry.source()
-    return provider, ref, rule.key if rule else secret.key, secret.version
+    return provider, ref, *entry.origin(name)
 
 
-def file_record(name: str, entry: Entry, managed: ManagedFile | None, settings: BridgeConfig) -> SecretRecord:
+def file_record(name: str, entry: Output, managed: ManagedFile | None, settings: BridgeConfig) -> SecretRecord:
     """The state-file record of one file (or of an entry that has no file yet, under its name)."""
-    secret = entry.config
-    rules = secret.file_rules()
-    rule = rules.get(name.removeprefix(entry.name + "/")) if rules else None
+    meta = entry.meta(name, settings)
     provider, ref = entry.source()
     types = [settings.providers[p]["type"] for p in provider.split(",")]
     errors = [e for e in (entry.error, *(u.error for u in entry.units.values())) if e is not None]
     spec = None if managed is None else managed.spec
-    uid, gid = settings.owner_of(secret, rule)
     return SecretRecord(
         name=name,
         entry=entry.name,
         provider=provider,
         provider_type=",".join(types),
         ref=ref,
-        key=rule.key if rule else secret.key,
-        pinned_version=secret.version,
+        key=meta.key,
+        pinned_version=meta.pinned_version,
         version=None if managed is None else managed.version,
         size=None if spec is None else len(spec.content),
-        mode=f"{settings.mode_of(secret, rule):04o}",
-        uid=uid,
-        gid=gid,
+        mode=f"{meta.mode:04o}",
+        uid=meta.uid,
+        gid=meta.gid,
         updated=_iso(None if managed is None else managed.updated),
         error=None if not errors else {"code": errors[0].code, "message": str(errors[0])},
     )
 
 
-def entry_records(entry: Entry, files: ManagedFiles, settings: BridgeConfig) -> list[SecretRecord]:
+def entry_records(entry: Output, files: ManagedFiles, settings: BridgeConfig) -> list[SecretRecord]:
     """The records of each file of `entry` (its name alone while it has none)."""
     names = sorted(entry.files | (entry.expected or set())) or [entry.name]
     return [file_record(name, entry, files.by_name.get(name), settings) for name in names]

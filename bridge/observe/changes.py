@@ -1,6 +1,7 @@
 """Change records: what one commit changed, file by file, announced to subscribers.
 
-The engine makes one `Change` per file whose content, mode or owner changed in a commit, and hands
+The engine makes one `Change` per file whose content, mode or owner changed in a commit (and one per
+changed `env:` variable of `exec`), and hands
 the list to every subscriber (on_change notifications, audit events, metrics). A record names
 the file, its entry, where its value came from and the versions; it never carries a value.
 """
@@ -25,3 +26,5 @@ class Change:
     generation: str | None = None
     #: added, updated or removed
     action: str = "updated"
+    #: "file", or "env" for a variable of `exec`'s child (`file` and `entry` are then `$NAME`)
+    kind: str = "file"

@@ -70,6 +70,8 @@ class _Hook:
         names = self.config.secrets
         if self.retiring:
             return False  # dropped by a reload: takes no new changes
+        if change.kind != "file":
+            return False  # an env value reaches the child of `exec` by a restart, not a notification
         return names is None or change.entry in names or change.file in names
 
     def add(self, changes: list[Change], now: float, at_start: bool) -> None:
