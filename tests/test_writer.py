@@ -597,6 +597,15 @@ def _tamper_file_edited(out: Path, victim: Path) -> None:
         f.write(b"EVIL")
 
 
+def _tamper_file_edited_mtime_put_back(out: Path, victim: Path) -> None:
+    before = os.stat(out / "a")
+    with open(out / "a", "r+b") as f:  # in place, the same size
+        f.write(b"X")
+    os.utime(out / "a", ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(out / "a")
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+
+
 def _tamper_file_chmod(out: Path, victim: Path) -> None:
     os.chmod(out / "a", 0o666)
 
@@ -632,6 +641,7 @@ DRIFTS = {
     "link-to-elsewhere": (_tamper_link_elsewhere, ["a"]),
     "link-replaced-by-folder": (_tamper_link_to_folder, ["a"]),
     "file-edited": (_tamper_file_edited, ["a"]),
+    "file-edited-mtime-put-back": (_tamper_file_edited_mtime_put_back, ["a"]),
     "file-chmod": (_tamper_file_chmod, ["a"]),
     "file-replaced-by-symlink": (_tamper_file_replaced, ["a"]),
     "nested-file-deleted": (_tamper_nested_file_deleted, ["d/b"]),
@@ -706,6 +716,7 @@ def test_random_commits_match_a_model(tmp_path: Path) -> None:
         if step % 3:
             w.prune(grace_seconds=rng.choice([0, 0, 60]))
             _assert_spares_match(tmp_path)
+        assert w.check_drift() == []  # the writer's own links and removals are no drift
     assert w.current() == model
 
 

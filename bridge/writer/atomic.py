@@ -14,7 +14,7 @@ A commit costs what changed, not what exists: unchanged files enter the new gene
 links (same inode, mode and owner) through a spare prepared off the commit path (bridge/spares.py).
 A linked inode is never written, chmod'ed or chown'ed: a new mode or owner is a new file. After
 start the writer never reads files back: it knows what it committed, and check_drift() compares
-what it recorded (inode, mode, owner, size, mtime) to put back what something else changed.
+what it recorded (inode, mode, owner, size, mtime, ctime) to put back what something else changed.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import BinaryIO
@@ -44,6 +44,8 @@ from bridge.writer.generation import (
     remove,
     remove_names,
     rename_new,
+    stamp_of,
+    stat_names,
     unlink,
     write_files,
 )
@@ -77,7 +79,7 @@ class Writer:
         self._generation_id = (0, 0)  # inode and mtime (a name added or removed changes it)
         self._generation_trusted = False  # made by this process, not found at start
         self._folders: list[tuple[str, list[str]]] | None = None  # committed names by folder
-        self._spares = Spares(self._step)
+        self._spares = Spares(self._step, self._restamp)
         self._path_warned: tuple[int, int] | None = None  # where the path led when we said so
         self._links = Links(self._step, lambda name: self._spares.discard(self._fd(), name))
         self._prune_failing = False
@@ -161,6 +163,7 @@ class Writer:
                 unlink(dfd, _DATA_TMP)
             if gen or spare:
                 self._spares.discard(dfd, gen or spare or "")  # never leave a partial generation or spare
+            self._restamp(changes)  # their links in the spare were removed
             raise
         self._step("committed")
         old, self.generation = self.generation, gen
@@ -259,6 +262,21 @@ class Writer:
             log.warning("%s no longer leads to the directory locked at start; still writing that one "
                         "(restart the bridge to use the new one)", self.output_dir)
             self._path_warned = now or (-1, -1)
+
+    def _restamp(self, names: Collection[str] | None) -> None:
+        """Record again the ctime of current files whose link count the writer itself changed
+        (linking a spare, removing an old generation): nothing else of their stamp may differ, so
+        a file edited meanwhile is still seen as drift."""
+        if self.generation is None or self._dfd is None:
+            return
+        wanted = self._committed if names is None else [name for name in names if name in self._committed]
+        if not wanted:
+            return
+        with contextlib.suppress(OSError), opened(self._dfd, self.generation) as gfd:
+            for name, st in stat_names(gfd, by_folder(wanted).items()):
+                old = self._stamps[name]
+                if st is not None and stamp_of(st)[:-1] == old[:-1]:
+                    self._stamps[name] = stamp_of(st)
 
     def _data_ok(self) -> bool:
         return link_target(self._fd(), DATA_LINK) == self.generation

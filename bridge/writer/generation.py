@@ -31,8 +31,10 @@ _TMPFS_MAGIC = 0x01021994
 _RAMFS_MAGIC = 0x858458F6
 
 #: what the writer records of a file it committed, to see later whether something else changed it:
-#: (inode, mode, uid, gid, size, mtime in ns). A hard link keeps all six.
-Stamp = tuple[int, int, int, int, int, int]
+#: (inode, mode, uid, gid, size, mtime in ns, ctime in ns). The ctime catches an edit whose mtime
+#: was put back (`touch -d`, `cp -p`); it also moves when a hard link to the inode is made or
+#: removed, so the writer records it again after linking its own spares (`Writer._restamp`).
+Stamp = tuple[int, int, int, int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class FileSpec:
 
 
 def stamp_of(st: os.stat_result) -> Stamp:
-    return (st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns)
+    return (st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def unique_name(prefix: str) -> str:
@@ -208,29 +210,30 @@ def link_names(src: int, dst: int, names: Iterable[str], step: Callable[[], None
 def changed_files(gfd: int, folders: Iterable[tuple[str, list[str]]], stamps: Mapping[str, Stamp]) -> list[str]:
     """The names under the generation `gfd` whose stamp differs from the one recorded (deleted,
     replaced, edited, chmod'ed): one fstatat each, no content read, no link followed."""
-    changed: list[str] = []
+    return [name for name, st in stat_names(gfd, folders) if st is None or stamp_of(st) != stamps[name]]
+
+
+def stat_names(gfd: int, folders: Iterable[tuple[str, list[str]]]) -> Iterator[tuple[str, os.stat_result | None]]:
+    """Each name under the generation `gfd` with its lstat (None when it cannot be reached, or its
+    folder is not the writer's 0755)."""
     for folder, names in folders:
         try:
             ffd = open_folder(gfd, folder) if folder else gfd
         except OSError:
-            changed += names
+            yield from ((name, None) for name in names)
             continue
         try:
             if folder and stat.S_IMODE(os.fstat(ffd).st_mode) != 0o755:
-                changed += names
+                yield from ((name, None) for name in names)
                 continue
             for name in names:
                 try:
-                    st = os.stat(name.rpartition("/")[2], dir_fd=ffd, follow_symlinks=False)
+                    yield name, os.stat(name.rpartition("/")[2], dir_fd=ffd, follow_symlinks=False)
                 except OSError:
-                    changed.append(name)
-                    continue
-                if stamp_of(st) != stamps[name]:
-                    changed.append(name)
+                    yield name, None
         finally:
             if folder:
                 os.close(ffd)
-    return changed
 
 
 def read_tree(dfd: int, prefix: str = "") -> Iterator[tuple[str, FileSpec, Stamp]]:

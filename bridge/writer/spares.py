@@ -5,7 +5,8 @@ generation's inodes: a commit replaces only the changed names in it and renames 
 A *replaced* generation stays for a grace period, for readers still resolving paths through it,
 then becomes a spare once the names changed since are relinked (or is removed). Each keeps the set
 of names where it differs from the current generation. A linked inode is never written through:
-a stale name is unlinked and linked again.
+a stale name is unlinked and linked again. Making or removing a link moves the inode's ctime, so
+`restamp` is told which of the current generation's names it touched (None: any of them).
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ class _Replaced:
 class Spares:
     """Spares ready for the next commit and replaced generations in their grace period."""
 
-    def __init__(self, step: Callable[[str], None]) -> None:
+    def __init__(self, step: Callable[[str], None],
+                 restamp: Callable[[Collection[str] | None], None] = lambda names: None) -> None:
         self._step = step
+        self._restamp = restamp
         self._spares: dict[str, set[str]] = {}  # spare -> names to relink before it matches
         self._replaced: dict[str, _Replaced] = {}
         self._retry_at = 0.0
@@ -64,8 +67,10 @@ class Spares:
 
     def link_all(self, dfd: int, spare: str, generation: str, names: Iterable[str]) -> None:
         """Hard-link `names` of `generation` into `spare`."""
+        names = list(names)
         with opened(dfd, spare) as sfd, opened(dfd, generation) as gfd:
             link_names(gfd, sfd, names, lambda: self._step("spare_file_linked"))
+        self._restamp(names)
 
     def committed(self, old: str | None, changes: Collection[str], *, tainted: bool, fresh: bool) -> None:
         """A commit replaced `old` by a generation differing in `changes`; `tainted`: `old` may hold
@@ -127,6 +132,7 @@ class Spares:
             remove(dfd, name)
         except OSError:
             self._replaced[name] = _Replaced(-1e9, set(), True)
+        self._restamp(None)  # it may have held links to the current generation's inodes
 
     def remove_spares(self, dfd: int) -> None:
         for spare in list(self._spares):
@@ -169,3 +175,4 @@ class Spares:
             if present and generation is not None:
                 with opened(dfd, generation) as gfd:
                     link_names(gfd, sfd, present, lambda: self._step("spare_file_linked"))
+                self._restamp(present)
