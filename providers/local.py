@@ -1,7 +1,9 @@
 """Local sources for development parity with Compose: `file` (a file under base_dir) and `env`.
 
-The version id of a local value is its modification time (file) or absent (env), so the engine
-compares content for `env`. Neither provider ever logs or echoes the value.
+The version id of a file is its modification time followed by a short digest of its change time,
+inode and size (`file_version`): content replaced with its mtime kept (`cp -p`, `rsync -t`,
+`tar x`) still moves the ctime, which no user can set. `env` has none, so the engine compares
+content. Neither provider ever logs or echoes the value.
 
 `file` never reads outside `base_dir`: a ref is relative, without `..`, and the file actually
 opened must lie under base_dir's real path, so a symlink may point within base_dir (a Kubernetes
@@ -13,6 +15,7 @@ the batch rule stops at the first; a missing file under it is that ref's SecretN
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 from collections.abc import Sequence
@@ -80,7 +83,7 @@ class FileProvider(Provider):
                 os.close(fd)
         except OSError as exc:
             raise self._error(exc, request.ref) from None
-        version = str(info.st_mtime_ns)
+        version = file_version(info)
         if request.version is not None and request.version != version:
             raise SecretNotFound("a file keeps only its latest version", provider=self.name,
                                  ref=request.ref, version=request.version)
@@ -99,7 +102,7 @@ class FileProvider(Provider):
                 out[request] = copy_error(down, provider=self.name, ref=ref, version=request.version)
                 continue
             try:
-                out[request] = str(os.stat(self._stat_path(ref)).st_mtime_ns)
+                out[request] = file_version(os.stat(self._stat_path(ref)))
             except SecretNotFound as exc:
                 out[request] = exc
             except OSError as exc:
@@ -135,6 +138,13 @@ class FileProvider(Provider):
         if exc.errno in _BAD_REF:
             return SecretNotFound(exc.strerror or "cannot open", **where)
         return Unavailable(exc.strerror or "cannot read", **where)
+
+
+def file_version(info: os.stat_result) -> str:
+    """`mtime_ns-digest`: the time people recognise, and a digest of what changes with any write
+    even when the mtime is put back (ctime), or the file is swapped for another (inode, size)."""
+    changed = f"{info.st_ctime_ns}:{info.st_ino}:{info.st_size}".encode()
+    return f"{info.st_mtime_ns}-{hashlib.blake2s(changed, digest_size=4).hexdigest()}"
 
 
 def _read_all(fd: int, size_hint: int) -> bytes:

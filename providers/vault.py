@@ -18,10 +18,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import os
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import Field, model_validator
 
@@ -58,6 +61,11 @@ _MAX_TRACKED_LEASES = 10_000
 FETCH_WORKERS = 8
 #: a token upkeep that failed (the server unreachable) is tried again this soon
 _UPKEEP_RETRY_SECONDS = 5.0
+#: a cached mount that finds nothing is looked up again at most this often (a secret that is
+#: really missing costs one extra request per this time, not one per read)
+MOUNT_RECHECK_SECONDS = 10.0
+
+T = TypeVar("T")
 
 
 class VaultSettings(ProviderSettings):
@@ -100,6 +108,7 @@ class VaultProvider(Provider):
         # new mounts are looked up one at a time, so a burst of first reads asks the server once.
         self._mounts: dict[str, Mount] = {}
         self._mount_lookup = threading.Lock()
+        self._rechecked: dict[str, float] = {}  # mount path -> monotonic time it was last looked up again
         self._lease_tokens: dict[str, TokenLife] = {}  # lease id -> the life of the token that minted it
         self._lease_lock = threading.Lock()
 
@@ -115,7 +124,7 @@ class VaultProvider(Provider):
                 return self._minted(vault_leases.fetch_path(self._vault, request))
             if request.params is not None:
                 raise SecretNotFound(f"{mount.path}/ is a KV mount: `params` (a write) apply to other engines")
-            fetched = self._kv.fetch(mount, path, request)
+            fetched, mount = self._through_mount(request, mount, path, self._kv.fetch)
         except ProviderError as exc:
             raise exc.at(provider=self.name, ref=request.ref, version=request.version) from None
         self._learn(mount)
@@ -195,7 +204,7 @@ class VaultProvider(Provider):
                 return None
             if request.version is not None and request.version != PREVIOUS:
                 return request.version  # a number never moves
-            version = self._kv.current_version(mount, path, request)
+            version, mount = self._through_mount(request, mount, path, self._kv.current_version)
         except ProviderError as exc:
             raise exc.at(provider=self.name, ref=request.ref, version=request.version) from None
         if version is not None:
@@ -218,6 +227,41 @@ class VaultProvider(Provider):
         if mount.guessed:
             with self._mount_lookup:
                 self._mounts = {**self._mounts, mount.path: dataclasses.replace(mount, guessed=False)}
+
+    def _through_mount(self, request: Request, mount: Mount, path: str,
+                       read: Callable[[Mount, str, Request], T]) -> tuple[T, Mount]:
+        """`read` through the cached `mount`; when it finds nothing, the mount may have changed on
+        the server (KV v1 upgraded to v2, a mount disabled and enabled again as the other version):
+        look it up again (at most once every MOUNT_RECHECK_SECONDS) and, if it did change, read
+        through the new one."""
+        try:
+            return read(mount, path, request), mount
+        except SecretNotFound:
+            fresh = self._look_up_again(request, mount)
+            if fresh is None:
+                raise
+            return read(*fresh, request), fresh[0]
+
+    def _look_up_again(self, request: Request, mount: Mount) -> tuple[Mount, str] | None:
+        """The mount holding the ref as the server says now, when it differs from `mount` (None when
+        it is the same, or was looked up again too recently)."""
+        if mount.guessed:
+            return None  # never cached: looked up anew each time already
+        now = time.monotonic()
+        with self._mount_lookup:
+            if now < self._rechecked.get(mount.path, -math.inf) + MOUNT_RECHECK_SECONDS:
+                return None
+            self._rechecked[mount.path] = now
+            current = self._mounts.get(mount.path)
+            if current is not None and current != mount:  # another thread has looked it up meanwhile
+                return current, request.ref.strip("/")[len(current.path) + 1:]
+            self._mounts = {p: m for p, m in self._mounts.items() if p != mount.path}
+            fresh = self._look_up(request, request.ref.strip("/"))
+        if fresh[0] == mount:
+            return None
+        log.info("%s: mount %s/ changed on the server (now %s v%d); reading through it", self.name,
+                 fresh[0].path, fresh[0].type, fresh[0].kv_version)
+        return fresh
 
     def _known(self, ref: str) -> tuple[Mount, str] | None:
         for prefix, mount in self._mounts.items():

@@ -103,7 +103,7 @@ class TokenKeeper:
         self._expires_at: float | None = None  # monotonic; None = does not expire
         self._ttl = 0.0
         self._renewable = False
-        self._token_file_stamp: int | None = None
+        self._token_file_stamp: tuple[int, int, int, int] | None = None
         self._logged_in = False
         self._issued_ttl = 0.0  # the TTL the token came with: a renewal granting less hit the max
         #: the life of the token in use; leases minted with it end with it
@@ -213,7 +213,9 @@ class TokenKeeper:
         auth = self.auth
         if isinstance(auth, TokenAuth) and auth.token_file is not None:
             try:
-                stamp = os.stat(auth.token_file).st_mtime_ns
+                # not the mtime alone: a file rewritten with its mtime kept (cp -p) moves the ctime
+                info = os.stat(auth.token_file)
+                stamp = (info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_size)
             except OSError as exc:
                 raise AccessDenied(f"cannot read token_file {auth.token_file}: {exc.strerror}") from None
             if stamp != self._token_file_stamp:

@@ -6,9 +6,11 @@ the version it returned, and the change check answers None ("cannot tell; fetch 
 when the same number now carries another `created_time`.
 
 Common policies grant only `<mount>/data/*`. A refused metadata read is taken for a policy only
-once a data read in that mount works with the same token (a revoked token is refused everywhere),
-and even then it is probed again every `metadata_reprobe_seconds`, so a widened policy or a
-fixed token brings the cheap check back.
+once a data read in that mount works with the same token (a revoked token is refused everywhere;
+a token replaced in `token_file` since the refusal proves nothing about the old one's policy), and
+even then it is probed again every `metadata_reprobe_seconds`, or at once when the token changes,
+so a widened policy or a new token brings the cheap check back. A token is told apart by its
+`TokenLife`, which the keeper replaces with each token (no token is kept here).
 
 Reads run on the provider's pool: the bookkeeping of refused metadata changes under one lock.
 """
@@ -57,8 +59,10 @@ class KeyValue:
         self._client = client
         self.name = name
         self._created: dict[tuple[str, str | None], tuple[str, str]] = {}  # unit -> (number, created_time)
-        self._no_metadata: dict[str, float] = {}  # mount -> monotonic time to probe its metadata again
-        self._refused: set[str] = set()  # metadata refused, not yet known to be the policy's doing
+        #: mount -> (monotonic time to probe its metadata again, the token whose policy refused it)
+        self._no_metadata: dict[str, tuple[float, object]] = {}
+        #: mount -> the token refused its metadata, not yet known to be the policy's doing
+        self._refused: dict[str, object] = {}
         self._warned: set[str] = set()
         self._lock = threading.Lock()
 
@@ -110,21 +114,24 @@ class KeyValue:
 
     def _metadata(self, mount: Mount, path: str, request: Request) -> dict[str, Any] | None:
         """The secret's metadata, or None while the policy is known (or suspected) to refuse it."""
-        probe_at = self._no_metadata.get(mount.path)
-        if probe_at is not None and time.monotonic() < probe_at:
+        known = self._no_metadata.get(mount.path)
+        if known is not None and time.monotonic() < known[0] and known[1] is self._token():
             return None
         try:
             meta: dict[str, Any] = self._client.call("read_metadata", request, lambda: (
                 self._client.hvac.secrets.kv.v2.read_secret_metadata(path=path, mount_point=mount.path)))["data"]
         except AccessDenied:
+            token = self._token()
             with self._lock:
-                if probe_at is not None:
-                    self._no_metadata[mount.path] = time.monotonic() + self.metadata_reprobe_seconds
+                if known is not None and known[1] is token:
+                    self._no_metadata[mount.path] = (time.monotonic() + self.metadata_reprobe_seconds, token)
                 else:
-                    self._refused.add(mount.path)  # the policy, or a token refused everywhere: a data read tells
+                    # the policy, or a token refused everywhere: a data read with this token tells
+                    self._no_metadata.pop(mount.path, None)
+                    self._refused[mount.path] = token
             return None
         with self._lock:
-            self._refused.discard(mount.path)
+            self._refused.pop(mount.path, None)
             readable_again = self._no_metadata.pop(mount.path, None) is not None
         if readable_again:
             log.info("%s: %s/metadata/* is readable again; checking versions cheaply", self.name, mount.path)
@@ -143,16 +150,22 @@ class KeyValue:
         """A data read worked where metadata was refused: the policy grants data only."""
         if mount.path not in self._refused:
             return
+        token = self._token()
         with self._lock:
-            if mount.path not in self._refused:
-                return  # another thread got here first
-            self._refused.discard(mount.path)
-            self._no_metadata[mount.path] = time.monotonic() + self.metadata_reprobe_seconds
+            refused_by = self._refused.pop(mount.path, None)
+            if refused_by is not token:
+                return  # another thread got here first, or the refused token was replaced since
+            self._no_metadata[mount.path] = (time.monotonic() + self.metadata_reprobe_seconds, token)
             first = mount.path not in self._warned
             self._warned.add(mount.path)
         if first:
             log.warning("%s: no read access to %s/metadata/*; checking for changes by reading values "
                         "(grant it to check versions cheaply)", self.name, mount.path)
+
+
+    def _token(self) -> object:
+        """The token in use, told apart from others by its life (replaced with every new token)."""
+        return self._client.tokens.life
 
 
 def _previous_of(meta: dict[str, Any]) -> str:

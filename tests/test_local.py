@@ -19,7 +19,7 @@ from bridge.config.loader import parse_config
 from bridge.engine.cycle import Engine
 from bridge.errors import AccessDenied, SecretNotFound, Unavailable
 from bridge.provider import Fetched, Request
-from providers.local import EnvProvider, EnvSettings, FileProvider, FileSettings
+from providers.local import EnvProvider, EnvSettings, FileProvider, FileSettings, file_version
 from tests.conformance import ProviderConformance
 from tests.versions import latest, latest_one
 
@@ -43,7 +43,7 @@ class FileBackend:
         temporary = path.with_name(path.name + ".tmp")
         temporary.write_bytes(data)
         temporary.replace(path)
-        return str(os.stat(path).st_mtime_ns)
+        return file_version(os.stat(path))
 
     def put(self, ref: str, value: str) -> str:
         return self.put_binary(ref, value.encode())
@@ -120,13 +120,14 @@ class TestEnvConformance(ProviderConformance):
 
 
 def test_file_reads_bytes_with_mtime_version(tmp_path: Path) -> None:
-    """A file under base_dir is read as raw bytes; its version is its modification time."""
+    """A file under base_dir is read as raw bytes; its version starts with its modification time."""
     (tmp_path / "tls").mkdir()
     (tmp_path / "tls" / "key").write_bytes(bytes(range(256)))
     p = FileProvider("dev", FileSettings(base_dir=tmp_path))
     fetched = p.fetch(Request("tls/key"))
     assert fetched.value == bytes(range(256))
-    assert fetched.version == latest_one(p, "tls/key") == str(os.stat(tmp_path / "tls" / "key").st_mtime_ns)
+    assert fetched.version == latest_one(p, "tls/key") == file_version(os.stat(tmp_path / "tls" / "key"))
+    assert fetched.version.startswith(f"{os.stat(tmp_path / 'tls' / 'key').st_mtime_ns}-")
 
 
 def test_file_change_moves_version(tmp_path: Path) -> None:
@@ -257,3 +258,25 @@ def test_env_never_writes_the_bridges_own_credentials(tmp_path: Path, monkeypatc
     assert isinstance(outcomes[Request("VAULT_TOKEN")], AccessDenied)
     assert "hvs." not in str(outcomes[Request("VAULT_TOKEN")])
     assert outcomes[Request("APP_TOKEN")].value == b"app"
+
+
+@pytest.mark.parametrize("how", ["in place (cp -p)", "renamed over (rsync -t)"])
+def test_content_replaced_with_its_mtime_kept_moves_the_version(tmp_path: Path, how: str) -> None:
+    """New content of the same size with the old mtime put back (`cp -p`, `rsync -t`, `tar x`)
+    moves the version (the ctime, and for a rename the inode, change), so the change is fetched."""
+    path = tmp_path / "v"
+    path.write_text("first")
+    p = FileProvider("dev", FileSettings(base_dir=tmp_path))
+    before = p.fetch(Request("v"))
+    kept = os.stat(path)
+    time.sleep(0.01)
+    if how.startswith("in place"):
+        path.write_text("other")
+    else:
+        (tmp_path / "v.tmp").write_text("other")
+        (tmp_path / "v.tmp").replace(path)
+    os.utime(path, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    assert os.stat(path).st_mtime_ns == kept.st_mtime_ns
+    assert latest_one(p, "v") != before.version
+    after = p.fetch(Request("v"))
+    assert (after.value, after.version) == (b"other", latest_one(p, "v"))

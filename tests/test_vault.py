@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import logging
+import os
 import subprocess
 import threading
 import time
@@ -805,3 +807,93 @@ def test_wrong_auth_method_is_one_plain_line(auth: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(f"providers:\n  v: {{type: vault, auth: {auth}}}\nsecrets: {{}}\n")
     assert str(err.value) == message
+
+
+def test_new_token_is_not_taken_for_a_data_only_policy(openbao, backend: VaultBackend, tmp_path: Path) -> None:
+    """Metadata refused to a revoked token, then a value read with the token replaced in token_file:
+    the read proves nothing about the old token's refusal, so the cheap check keeps answering
+    versions (it stopped for 10 minutes)."""
+    ref = backend.new_ref()
+    backend.put(ref, "v")
+    token = _token_file(openbao, tmp_path, POLICY)
+    p = _provider(openbao, method="token", token_file=str(tmp_path / "token"))
+    assert latest_one(p, ref) == "1"
+    openbao.client().auth.token.revoke(token)
+    assert isinstance(p.versions([Request(ref)])[Request(ref)], AccessDenied | type(None))
+    time.sleep(0.01)
+    _token_file(openbao, tmp_path, POLICY)
+    assert read(p, ref, None, backend.text_fields)[0] == b"v"  # the engine's read of a failing unit
+    backend.put(ref, "w")
+    assert latest_one(p, ref) == "2"
+
+
+def test_token_file_rewritten_with_its_mtime_kept_is_picked_up(openbao, backend: VaultBackend,
+                                                                tmp_path: Path) -> None:
+    """A token_file rewritten in place with its mtime put back (`cp -p`), the new token the same
+    length as the old: the change is still seen (the ctime moves) and the new token used."""
+    client = openbao.client()
+    client.sys.create_or_update_policy("bridge-read", POLICY)
+    ref = backend.new_ref()
+    backend.put(ref, "v")
+    token = client.auth.token.create(policies=["bridge-read"])["auth"]["client_token"]
+    path = tmp_path / "token"
+    path.write_text(token)
+    p = _provider(openbao, method="token", token_file=str(path))
+    assert read(p, ref, None, backend.text_fields)[0] == b"v"
+    client.auth.token.revoke(token)
+    kept = os.stat(path)
+    time.sleep(0.01)
+    fresh = client.auth.token.create(policies=["bridge-read"])["auth"]["client_token"]
+    assert len(fresh) == len(token)
+    path.write_text(fresh)
+    os.utime(path, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    assert read(p, ref, None, backend.text_fields)[0] == b"v"
+
+
+@pytest.mark.parametrize("change", ["enable-versioning", "re-enable as v2", "re-enable as v1"])
+def test_mount_changed_on_the_server_is_followed(openbao, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    """A cached mount that changed KV version on the server (`kv enable-versioning`, or disabled
+    and enabled again as the other version) is looked up again: the secret is found, not "not
+    found" until a restart."""
+    import providers.vault as vault_module
+
+    monkeypatch.setattr(vault_module, "MOUNT_RECHECK_SECONDS", 0.2)
+    monkeypatch.setenv("VAULT_TOKEN", openbao.root_token)
+    client = openbao.client()
+    mount = f"m{uuid.uuid4().hex[:8]}"
+    before, after = ("2", "1") if change == "re-enable as v1" else ("1", "2")
+    client.sys.enable_secrets_engine("kv", path=mount, options={"version": before})
+
+    def write(value: str, version: str) -> None:
+        kv = client.secrets.kv.v1 if version == "1" else client.secrets.kv.v2
+        kv.create_or_update_secret(path="app", secret={"k": value}, mount_point=mount)
+
+    p = _provider(openbao)
+    try:
+        write("old", before)
+        assert read(p, f"{mount}/app", None, {"key": "k"})[0] == b"old"
+        if change == "enable-versioning":
+            client.sys.tune_mount_configuration(path=mount, options={"version": "2"})
+        else:
+            client.sys.disable_secrets_engine(mount)
+            client.sys.enable_secrets_engine("kv", path=mount, options={"version": after})
+        deadline = time.monotonic() + 15
+        while True:  # an upgrade to v2 runs in the background for a moment
+            try:
+                write("new", after)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        while True:
+            outcome = p.fetch_many([Request(f"{mount}/app")])[Request(f"{mount}/app")]
+            if isinstance(outcome, Fetched) or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert isinstance(outcome, Fetched), outcome
+        assert json.loads(outcome.value)["k"] == "new"
+        assert (outcome.version is None) == (after == "1")
+    finally:
+        p.close()
+        client.sys.disable_secrets_engine(mount)
