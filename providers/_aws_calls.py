@@ -1,17 +1,22 @@
-"""How the AWS Secrets Manager provider talks to AWS: sessions, credentials, clients, errors.
+"""How the AWS providers (Secrets Manager, SSM Parameter Store) talk to AWS: settings, credentials,
+clients, counted calls, errors.
 
-Owns building a botocore session from the standard credential chain (environment, shared config,
-web identity, container and instance metadata), optionally assuming a role on top of it, and the
-one translation of botocore/boto errors into the core's taxonomy. It never puts a secret value, a
-token or a credential into a message: AWS error text is passed through a redaction step, and
-botocore's own exception text (which can carry URLs and headers) is never echoed.
+Owns the settings both share (region, endpoint_url, role_arn, profile, timeout), building a botocore
+session from the standard credential chain (environment, shared config, web identity, container and
+instance metadata), optionally assuming a role on top of it, the counted call, and the one
+translation of botocore/boto errors into the core's taxonomy, read from a table of AWS error codes.
+It never puts a secret value, a token or a credential into a message: AWS error text is passed
+through a redaction step, and botocore's own exception text (which can carry URLs and headers) is
+never echoed.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from typing import Any
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import botocore.session
 from botocore.config import Config
@@ -35,35 +40,18 @@ from botocore.exceptions import (
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
+from pydantic import Field, SecretStr, model_validator
 
 from bridge.errors import AccessDenied, ConfigError, ProviderError, SecretNotFound, Unavailable
-from bridge.provider_rules import retry_after_seconds
+from bridge.provider import ProviderSettings
+from bridge.provider_rules import call, retry_after_seconds
 
-#: AWS error codes, by the core class they map to. Anything 5xx or 429 is Unavailable as well.
-_NOT_FOUND = {"ResourceNotFoundException"}
-#: IAM refuses this action: the credentials worked, the policy does not allow the call
-_ACTION_DENIED = {"AccessDeniedException", "AccessDenied"}
-_ACCESS = _ACTION_DENIED | {
-    "DecryptionFailure", "UnrecognizedClientException",
-    "InvalidClientTokenId", "InvalidSignatureException", "SignatureDoesNotMatch", "IncompleteSignature",
-    "ExpiredTokenException", "ExpiredToken", "MissingAuthenticationToken", "InvalidIdentityToken",
-    "IDPRejectedClaim", "KMSAccessDeniedException", "KMSDisabledException", "KMSInvalidStateException",
-    "RegionDisabledException",
-}
-_THROTTLED = {
-    "ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded",
-    "SlowDown", "PriorRequestNotComplete",
-}
-_UNAVAILABLE = _THROTTLED | {
-    "InternalServiceError", "InternalServiceErrorException", "InternalFailure", "ServiceUnavailable",
-    "RequestTimeout", "RequestTimeoutException", "IDPCommunicationError",
-}
-#: a request AWS refuses as malformed: permanent for this ref/version, like a missing secret
-_REJECTED = {"InvalidParameterException", "ValidationException", "InvalidRequestException"}
-#: codes whose AWS message may echo request details (canonical request, signed headers)
-_NO_MESSAGE = {"SignatureDoesNotMatch", "InvalidSignatureException", "IncompleteSignature"}
+if TYPE_CHECKING:
+    from bridge.provider import Provider
 
-
+#: the SDK loggers and credential variables of every AWS provider (the seam reads them)
+SDK_LOGGERS = ("botocore", "boto3")
+CREDENTIAL_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
 class ActionDenied(AccessDenied):
     """IAM denied this API action itself (AccessDeniedException): the credentials are good, so a
@@ -71,18 +59,128 @@ class ActionDenied(AccessDenied):
     A bad or expired credential is a plain AccessDenied: every call would fail alike."""
 
 
-#: each code's class; where a code is in two sets, the later one here wins (ActionDenied over
-#: AccessDenied); a code in none is classed by its HTTP status
-_BY_CODE: dict[str, type[ProviderError]] = {
-    **dict.fromkeys(_REJECTED, SecretNotFound), **dict.fromkeys(_UNAVAILABLE, Unavailable),
-    **dict.fromkeys(_ACCESS, AccessDenied), **dict.fromkeys(_ACTION_DENIED, ActionDenied),
-    **dict.fromkeys(_NOT_FOUND, SecretNotFound),
+#: AWS error codes (both services), by the core class each means. An unlisted code is Unavailable,
+#: and so is anything 5xx or 429; an unlisted 401/403 is AccessDenied.
+_ACCESS_CODES = (
+    "DecryptionFailure", "UnrecognizedClientException", "InvalidClientTokenId", "InvalidSignatureException",
+    "SignatureDoesNotMatch", "IncompleteSignature", "ExpiredTokenException", "ExpiredToken",
+    "MissingAuthenticationToken", "InvalidIdentityToken", "IDPRejectedClaim", "KMSAccessDeniedException",
+    "KMSDisabledException", "KMSInvalidStateException", "RegionDisabledException",
+    "InvalidKeyId",  # SSM: the SecureString's KMS key cannot be used
+)
+_THROTTLED = frozenset({
+    "ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded",
+    "SlowDown", "PriorRequestNotComplete",
+})
+_UNAVAILABLE_CODES = (
+    "InternalServiceError", "InternalServiceErrorException", "InternalFailure", "InternalServerError",
+    "ServiceUnavailable", "RequestTimeout", "RequestTimeoutException", "IDPCommunicationError",
+)
+#: a request AWS refuses as malformed: permanent for this ref/version, like a missing secret
+_REJECTED_CODES = (
+    "InvalidParameterException", "ValidationException", "InvalidRequestException",
+    "InvalidFilterKey", "InvalidFilterOption", "InvalidFilterValue",  # SSM
+)
+ERROR_CLASSES: Mapping[str, type[ProviderError]] = {
+    "ResourceNotFoundException": SecretNotFound,  # Secrets Manager
+    "ParameterNotFound": SecretNotFound,  # SSM
+    "ParameterVersionNotFound": SecretNotFound,  # SSM: no such version, or no version has the label
+    # IAM refuses this action: the credentials worked, the policy does not allow the call
+    "AccessDeniedException": ActionDenied,
+    "AccessDenied": ActionDenied,
+    **dict.fromkeys(_ACCESS_CODES, AccessDenied),
+    **dict.fromkeys(_THROTTLED | set(_UNAVAILABLE_CODES), Unavailable),
+    **dict.fromkeys(_REJECTED_CODES, SecretNotFound),
 }
+#: codes whose AWS message may echo request details (canonical request, signed headers)
+_NO_MESSAGE = {"SignatureDoesNotMatch", "InvalidSignatureException", "IncompleteSignature"}
+#: botocore's own exceptions (no AWS error code), in the order they are matched
+_SDK_ERRORS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], type[ProviderError], str], ...] = (
+    ((NoCredentialsError, PartialCredentialsError), AccessDenied,
+     "no usable AWS credentials (environment, shared config, web identity, container or instance metadata)"),
+    (CredentialRetrievalError, AccessDenied, "could not obtain AWS credentials ({name})"),
+    ((NoRegionError, ProfileNotFound), AccessDenied, "AWS configuration incomplete ({name})"),
+    ((BotoConnectionError, HTTPClientError), Unavailable, "cannot reach AWS ({name})"),
+    (BotoCoreError, Unavailable, "AWS SDK error ({name})"),
+)
+
 
 _KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA)[A-Z0-9]{12,}\b")
 _LONG_TOKEN = re.compile(r"[A-Za-z0-9/+=_\-.]{40,}")
 _SPACES = re.compile(r"\s+")
 _MAX_MESSAGE = 240
+
+
+class AwsSettings(ProviderSettings):
+    """The fields every AWS provider takes; credentials come from the standard chain."""
+
+    #: default: AWS_REGION / AWS_DEFAULT_REGION / the profile's region
+    region: str | None = None
+    #: a VPC endpoint or a test server; default: the region's public endpoint
+    endpoint_url: str | None = Field(default=None, pattern=r"^https?://")
+    #: assume this role with the chain's credentials (STS honours AWS_ENDPOINT_URL_STS)
+    role_arn: str | None = Field(default=None, pattern=r"^arn:[\w-]+:iam::\d{12}:role/")
+    external_id: SecretStr | None = None
+    session_name: str = Field(default="secrets-bridge", pattern=r"^[\w+=,.@-]{2,64}$")
+    #: a profile of the shared config/credentials files
+    profile: str | None = None
+    timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _external_id_needs_role(self) -> AwsSettings:
+        if self.external_id is not None and self.role_arn is None:
+            raise ValueError("external_id needs role_arn")
+        return self
+
+
+class AwsClient:
+    """One provider's client of one AWS service: opened on the first call (credentials are resolved
+    then, where errors are translated), every call counted and translated, closed once."""
+
+    def __init__(self, provider: Provider, service: str, settings: AwsSettings) -> None:
+        self._provider = provider
+        self._service = service
+        self._settings = settings
+        # Fails fast (ConfigError) on an unknown profile or a missing region; no network here.
+        _, self.region = base_session(settings.profile, settings.region, where=f"providers.{provider.name}")
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<AwsClient {self._service} {self.region}>"
+
+    def call(self, operation: str, params: dict[str, Any], *, ref: str, version: str | None) -> dict[str, Any]:
+        """One counted API call (`operation` in AWS's spelling); botocore errors leave as core errors
+        naming the provider, ref and version."""
+        def send() -> dict[str, Any]:
+            method: Callable[..., dict[str, Any]] = getattr(self._connected(), _snake(operation))
+            return method(**params)
+
+        def translate(exc: Exception) -> ProviderError:
+            return translate_error(exc, provider=self._provider.name, ref=ref, version=version, operation=operation)
+
+        return call(self._provider.name, operation, send, translate=translate, ref=ref, version=version)
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def _connected(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                s = self._settings
+                self._client = open_client(
+                    self._service, profile=s.profile, region=self.region, endpoint_url=s.endpoint_url,
+                    role_arn=s.role_arn, session_name=s.session_name, timeout_seconds=s.timeout_seconds,
+                    external_id=s.external_id.get_secret_value() if s.external_id is not None else None,
+                )
+            return self._client
+
+
+def _snake(operation: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", operation).lower()
 
 
 def client_config(timeout_seconds: float) -> Config:
@@ -128,6 +226,7 @@ class _AssumedRole(CredentialProvider):  # type: ignore[misc]
 
 
 def open_client(
+    service: str,
     *,
     profile: str | None,
     region: str,
@@ -137,7 +236,7 @@ def open_client(
     session_name: str,
     timeout_seconds: float,
 ) -> Any:
-    """A Secrets Manager client on the standard chain, optionally through an assumed role.
+    """A client of `service` on the standard chain, optionally through an assumed role.
 
     Resolves credentials (may reach STS or instance metadata), so call it where errors are
     translated. STS honours AWS_ENDPOINT_URL_STS like every AWS SDK."""
@@ -158,9 +257,7 @@ def open_client(
             extra_args=extra,
         )
         session.register_component("credential_provider", CredentialResolver([_AssumedRole(fetcher)]))
-    return session.create_client(
-        "secretsmanager", region_name=region, endpoint_url=endpoint_url, config=config
-    )
+    return session.create_client(service, region_name=region, endpoint_url=endpoint_url, config=config)
 
 
 def translate_error(
@@ -180,18 +277,9 @@ def translate_error(
             **where,
         )
     name = type(exc).__name__
-    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
-        return AccessDenied(
-            f"{operation}: no usable AWS credentials (environment, shared config, web identity, "
-            "container or instance metadata)", **where)
-    if isinstance(exc, CredentialRetrievalError):
-        return AccessDenied(f"{operation}: could not obtain AWS credentials ({name})", **where)
-    if isinstance(exc, NoRegionError | ProfileNotFound):
-        return AccessDenied(f"{operation}: AWS configuration incomplete ({name})", **where)
-    if isinstance(exc, BotoConnectionError | HTTPClientError):
-        return Unavailable(f"{operation}: cannot reach AWS ({name})", **where)
-    if isinstance(exc, BotoCoreError):
-        return Unavailable(f"{operation}: AWS SDK error ({name})", **where)
+    for classes, error_class, words in _SDK_ERRORS:
+        if isinstance(exc, classes):
+            return error_class(f"{operation}: {words.format(name=name)}", **where)
     return Unavailable(f"{operation}: unexpected error ({name})", **where)
 
 
@@ -206,7 +294,8 @@ def error_from_code(
     ref: str,
     version: str | None,
 ) -> ProviderError:
-    """Classify an AWS error code (from an exception or a batch item's `Errors` entry)."""
+    """Classify an AWS error code (from an exception or a batch item's `Errors` entry) by
+    ERROR_CLASSES; an unlisted code is AccessDenied on HTTP 401/403, else Unavailable."""
     where: dict[str, Any] = {"provider": provider, "ref": ref, "version": version}
     text = f"{operation}: {code or 'error'}" + (f" (HTTP {status})" if status else "")
     detail = "" if code in _NO_MESSAGE else _redact(message)
@@ -215,17 +304,12 @@ def error_from_code(
     # AWS has no code of its own for a secret scheduled for deletion; its message is the only signal.
     if code == "InvalidRequestException" and re.search(r"delet", message, re.IGNORECASE):
         return SecretNotFound(f"{operation}: secret is marked for deletion", **where)
-    cls = _BY_CODE.get(code) or _by_status(status)
-    if cls is Unavailable and code in _THROTTLED and retry_after is None:
+    error_class = ERROR_CLASSES.get(code) or (AccessDenied if status in (401, 403) else Unavailable)
+    if error_class is not Unavailable:
+        return error_class(text, **where)
+    if code in _THROTTLED and retry_after is None:
         text += " (throttled)"
-    return cls(text, retry_after=retry_after if cls is Unavailable else None, **where)
-
-
-def _by_status(status: int | None) -> type[ProviderError]:
-    """The class of an error code the table does not know, by HTTP status."""
-    if status in (401, 403):
-        return AccessDenied
-    return Unavailable  # 429, 5xx, or anything unforeseen: retried, never taken as "gone"
+    return Unavailable(text, retry_after=retry_after, **where)
 
 
 def _redact(message: str) -> str:

@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
-
-from pydantic import Field, SecretStr, model_validator
 
 from bridge.errors import AccessDenied, ProviderError, SecretNotFound, Unavailable
 from bridge.provider import (
@@ -31,12 +28,18 @@ from bridge.provider import (
     Fetched,
     Outcome,
     Provider,
-    ProviderSettings,
     Request,
     VersionOutcome,
 )
-from bridge.provider_rules import Fallback, call, copy_error, each, fan_out
-from providers._aws_calls import ActionDenied, base_session, error_from_code, open_client, translate_error
+from bridge.provider_rules import Fallback, copy_error, each, fan_out
+from providers._aws_calls import (
+    CREDENTIAL_ENV,
+    SDK_LOGGERS,
+    ActionDenied,
+    AwsClient,
+    AwsSettings,
+    error_from_code,
+)
 
 log = logging.getLogger("secrets_bridge.providers.aws_secretsmanager")
 
@@ -50,27 +53,10 @@ _VERSION_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-f
 _ARN_SUFFIX = re.compile(r"-[A-Za-z0-9]{6}$")
 
 
-class SecretsManagerSettings(ProviderSettings):
+class SecretsManagerSettings(AwsSettings):
     """`providers.<name>` for `type: aws-secretsmanager`; credentials come from the standard chain."""
 
     type: str = "aws-secretsmanager"
-    #: default: AWS_REGION / AWS_DEFAULT_REGION / the profile's region
-    region: str | None = None
-    #: a VPC endpoint or a test server; default: the region's public endpoint
-    endpoint_url: str | None = Field(default=None, pattern=r"^https?://")
-    #: assume this role with the chain's credentials (STS honours AWS_ENDPOINT_URL_STS)
-    role_arn: str | None = Field(default=None, pattern=r"^arn:[\w-]+:iam::\d{12}:role/")
-    external_id: SecretStr | None = None
-    session_name: str = Field(default="secrets-bridge", pattern=r"^[\w+=,.@-]{2,64}$")
-    #: a profile of the shared config/credentials files
-    profile: str | None = None
-    timeout_seconds: float = Field(default=10.0, gt=0, le=300)
-
-    @model_validator(mode="after")
-    def _external_id_needs_role(self) -> SecretsManagerSettings:
-        if self.external_id is not None and self.role_arn is None:
-            raise ValueError("external_id needs role_arn")
-        return self
 
 
 class SecretsManagerProvider(Provider):
@@ -80,15 +66,12 @@ class SecretsManagerProvider(Provider):
     Settings = SecretsManagerSettings
     settings: SecretsManagerSettings
     capabilities = Capabilities(previous=True, cheap_versions=True)
-    sdk_loggers = ("botocore", "boto3")
-    credential_env = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+    sdk_loggers = SDK_LOGGERS
+    credential_env = CREDENTIAL_ENV
 
     def __init__(self, name: str, settings: SecretsManagerSettings) -> None:
         super().__init__(name, settings)
-        # Fails fast (ConfigError) on an unknown profile or a missing region; no network here.
-        _, self._region = base_session(settings.profile, settings.region, where=f"providers.{name}")
-        self._client: Any = None
-        self._client_lock = threading.Lock()
+        self._client = AwsClient(self, "secretsmanager", settings)
         #: IAM may refuse the batch value call or the listing; each has a per-secret fallback
         self.batch_fallback = Fallback(
             name, "BatchGetSecretValue", logger=log,
@@ -175,10 +158,7 @@ class SecretsManagerProvider(Provider):
         return dict(response.get("VersionIdsToStages") or {})
 
     def close(self) -> None:
-        with self._client_lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        self._client.close()
 
     # -- batching ---------------------------------------------------------------------------
 
@@ -261,26 +241,7 @@ class SecretsManagerProvider(Provider):
     # -- calls ------------------------------------------------------------------------------
 
     def _call(self, operation: str, ref: str, version: str | None, params: dict[str, Any]) -> dict[str, Any]:
-        """One counted API call; botocore errors leave as core errors naming provider, ref, version."""
-        def send() -> dict[str, Any]:
-            method: Callable[..., dict[str, Any]] = getattr(self._connected(), _snake(operation))
-            return method(**params)
-
-        def translate(exc: Exception) -> ProviderError:
-            return translate_error(exc, provider=self.name, ref=ref, version=version, operation=operation)
-
-        return call(self.name, operation, send, translate=translate, ref=ref, version=version)
-
-    def _connected(self) -> Any:
-        with self._client_lock:
-            if self._client is None:
-                s = self.settings
-                self._client = open_client(
-                    profile=s.profile, region=self._region, endpoint_url=s.endpoint_url, role_arn=s.role_arn,
-                    external_id=s.external_id.get_secret_value() if s.external_id is not None else None,
-                    session_name=s.session_name, timeout_seconds=s.timeout_seconds,
-                )
-            return self._client
+        return self._client.call(operation, params, ref=ref, version=version)
 
 
 def _fetched(response: dict[str, Any], provider: str, request: Request) -> Fetched:
@@ -316,8 +277,3 @@ def _keys_of(entry: dict[str, Any]) -> Iterator[str]:
 def _chunks(items: list[Request], size: int) -> Iterator[list[Request]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _snake(operation: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", operation).lower()
-
