@@ -9,6 +9,7 @@ BUILT_IN = {
     "file": "providers.local:FileProvider",
     "env": "providers.local:EnvProvider",
     "aws-secretsmanager": "providers.aws_secretsmanager:SecretsManagerProvider",
+    "aws-ssm": "providers.aws_ssm:ParameterStoreProvider",
     "azure-keyvault": "providers.azure_keyvault:KeyVaultProvider",
 }
-EXTRAS = {"vault": "vault", "aws-secretsmanager": "aws", "azure-keyvault": "azure"}
+EXTRAS = {"vault": "vault", "aws-secretsmanager": "aws", "aws-ssm": "aws", "azure-keyvault": "azure"}

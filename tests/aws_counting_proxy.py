@@ -1,7 +1,7 @@
 """A moto server and a counting HTTP proxy in front of it, for the AWS tests and bench/aws_calls.py.
 
 The proxy counts every request by its operation (the `X-Amz-Target` header of JSON APIs such as
-Secrets Manager, or the `Action` form field of query APIs such as STS), outside the code under test,
+Secrets Manager and SSM, or the `Action` form field of query APIs such as STS), outside the code under test,
 and can answer chosen operations with an AWS error instead of forwarding them. Loopback only.
 """
 
@@ -73,6 +73,9 @@ class CountingProxy:
         self.counts: Counter[str] = Counter()
         #: operation -> (HTTP status, AWS error code, Retry-After header or None)
         self.fail: dict[str, tuple[int, str, str | None]] = {}
+        #: operation -> (text, failure): that failure only for requests whose body holds the text
+        #: (IAM refusing a call that names one resource outside the policy)
+        self.fail_containing: dict[str, tuple[str, tuple[int, str, str | None]]] = {}
         #: access key ids that signed each operation
         self.key_ids: dict[str, set[str]] = {}
         self._lock = threading.Lock()
@@ -87,6 +90,7 @@ class CountingProxy:
             self.counts.clear()
             self.key_ids.clear()
             self.fail.clear()
+            self.fail_containing.clear()
 
     def value_calls(self) -> int:
         return self.counts["GetSecretValue"] + self.counts["BatchGetSecretValue"]
@@ -95,12 +99,15 @@ class CountingProxy:
         self._server.shutdown()
         self._server.server_close()
 
-    def _record(self, operation: str, authorization: str) -> tuple[int, str, str | None] | None:
+    def _record(self, operation: str, authorization: str, body: bytes) -> tuple[int, str, str | None] | None:
         with self._lock:
             self.counts[operation] += 1
             match = _KEY_ID.search(authorization)
             if match:
                 self.key_ids.setdefault(operation, set()).add(match.group(1))
+            text, failure = self.fail_containing.get(operation, ("", None))
+            if failure is not None and text.encode() in body:
+                return failure
             return self.fail.get(operation) or self.fail.get("*")
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -121,7 +128,7 @@ class CountingProxy:
                 if not operation:
                     form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
                     operation = (form.get("Action") or ["?"])[0]
-                failure = proxy._record(operation, self.headers.get("Authorization", ""))
+                failure = proxy._record(operation, self.headers.get("Authorization", ""), body)
                 if failure is not None:
                     status, code, retry_after = failure
                     payload = json.dumps({"__type": code, "message": "Rate exceeded"
