@@ -404,6 +404,17 @@ def test_aws_overlay_uses_irsa() -> None:
     assert {s["type"] for s in parse_config(text).settings.providers.values()} == {"aws-secretsmanager"}
 
 
+def test_aws_ssm_overlay_uses_irsa() -> None:
+    """aws-ssm-irsa: the aws-irsa overlay's role annotation and region, with aws-ssm in the config."""
+    docs = _render("aws-ssm-irsa")
+    annotations = _one(docs, "ServiceAccount")["metadata"]["annotations"]
+    assert annotations["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    env = {e["name"]: e.get("value") for e in _bridge(_one(docs, "Deployment")["spec"]["template"]["spec"])["env"]}
+    assert env["AWS_REGION"] and "DEMO_DB_PASSWORD" not in env
+    (text,) = _one(docs, "ConfigMap")["data"].values()
+    assert {s["type"] for s in parse_config(text).settings.providers.values()} == {"aws-ssm"}
+
+
 def test_azure_overlay_uses_workload_identity() -> None:
     """azure-workload-identity: client-id annotation, the pod label the webhook needs, credential workload_identity."""
     docs = _render("azure-workload-identity")
