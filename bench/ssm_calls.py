@@ -5,7 +5,7 @@ region of its own, and counts every request at a counting proxy in front of moto
 measured) for:
 
 - bridge cold sync: `fetch_many` over all N names (GetParameters, 10 names a call, decrypted);
-- bridge steady cycle, nothing changed: `resolve_versions` over all N (GetParameters without
+- bridge steady cycle, nothing changed: `versions` over all N (GetParameters without
   decryption, reading the Version each answer carries);
 - bridge cycle with 1% changed: the same check, then `fetch_many` of what moved;
 - alternative check: DescribeParameters with a `Name Equals` filter of up to 50 names, every page
@@ -72,13 +72,13 @@ def run_size(moto_url: str, proxy: CountingProxy, n: int, region: str) -> None:
 
     known: dict[Request, object] = {}
     add("bridge: cold sync (GetParameters, decrypted)", lambda: aws.fetch_many(requests))
-    add("bridge: steady check (GetParameters, no decryption)", lambda: known.update(aws.resolve_versions(requests)))
+    add("bridge: steady check (GetParameters, no decryption)", lambda: known.update(aws.versions(requests)))
     changed = names[:: 100]
     for name in changed:
         writer.put_parameter(Name=name, Value="changed", Type="String", Overwrite=True)
 
     def changed_cycle() -> None:
-        now = aws.resolve_versions(requests)
+        now = aws.versions(requests)
         moved = [r for r in requests if now[r] != known[r]]
         fetched = aws.fetch_many(moved)
         assert len(moved) == len(changed) and all(isinstance(f, Fetched) for f in fetched.values())
@@ -99,7 +99,7 @@ def run_size(moto_url: str, proxy: CountingProxy, n: int, region: str) -> None:
     add("peer: every cycle (GetParameter each)", peer_cycle)
     path = Request("/bench/app/")
     add("bridge: path read (GetParametersByPath, decrypted)", lambda: aws.fetch_many([path]))
-    add("bridge: path check (GetParametersByPath, no decryption)", lambda: aws.resolve_versions([path]))
+    add("bridge: path check (GetParametersByPath, no decryption)", lambda: aws.versions([path]))
     add("alternative: path check by DescribeParameters (Path Recursive)",
         lambda: describe_pages(reader, [{"Key": "Path", "Option": "Recursive", "Values": ["/bench/app"]}]))
 
