@@ -44,7 +44,7 @@ from pydantic import Field, SecretStr, model_validator
 
 from bridge.errors import AccessDenied, ConfigError, ProviderError, SecretNotFound, Unavailable
 from bridge.provider import ProviderSettings
-from bridge.provider_rules import call, retry_after_seconds
+from bridge.provider_rules import ErrorMap, call, retry_after_seconds
 
 if TYPE_CHECKING:
     from bridge.provider import Provider
@@ -94,15 +94,22 @@ ERROR_CLASSES: Mapping[str, type[ProviderError]] = {
 }
 #: codes whose AWS message may echo request details (canonical request, signed headers)
 _NO_MESSAGE = {"SignatureDoesNotMatch", "InvalidSignatureException", "IncompleteSignature"}
-#: botocore's own exceptions (no AWS error code), in the order they are matched
-_SDK_ERRORS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], type[ProviderError], str], ...] = (
-    ((NoCredentialsError, PartialCredentialsError), AccessDenied,
-     "no usable AWS credentials (environment, shared config, web identity, container or instance metadata)"),
-    (CredentialRetrievalError, AccessDenied, "could not obtain AWS credentials ({name})"),
-    ((NoRegionError, ProfileNotFound), AccessDenied, "AWS configuration incomplete ({name})"),
-    ((BotoConnectionError, HTTPClientError), Unavailable, "cannot reach AWS ({name})"),
-    (BotoCoreError, Unavailable, "AWS SDK error ({name})"),
-)
+
+
+def _sdk_error(error_class: type[ProviderError], words: str) -> Callable[[BaseException], ProviderError]:
+    return lambda exc: error_class(words.format(name=type(exc).__name__))
+
+
+#: botocore's own exceptions (no AWS error code), the first matching row wins; never their text
+_SDK_ERRORS = ErrorMap([
+    ((NoCredentialsError, PartialCredentialsError), _sdk_error(
+        AccessDenied, "no usable AWS credentials (environment, shared config, web identity, container or "
+                      "instance metadata)")),
+    (CredentialRetrievalError, _sdk_error(AccessDenied, "could not obtain AWS credentials ({name})")),
+    ((NoRegionError, ProfileNotFound), _sdk_error(AccessDenied, "AWS configuration incomplete ({name})")),
+    ((BotoConnectionError, HTTPClientError), _sdk_error(Unavailable, "cannot reach AWS ({name})")),
+    (BotoCoreError, _sdk_error(Unavailable, "AWS SDK error ({name})")),
+], default=_sdk_error(Unavailable, "unexpected error ({name})"))
 
 
 _KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA)[A-Z0-9]{12,}\b")
@@ -276,11 +283,8 @@ def translate_error(
             retry_after=retry_after_seconds(meta.get("HTTPHeaders")),
             **where,
         )
-    name = type(exc).__name__
-    for classes, error_class, words in _SDK_ERRORS:
-        if isinstance(exc, classes):
-            return error_class(f"{operation}: {words.format(name=name)}", **where)
-    return Unavailable(f"{operation}: unexpected error ({name})", **where)
+    error = _SDK_ERRORS(exc)
+    return type(error)(f"{operation}: {error.message}", **where)
 
 
 def error_from_code(
