@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from bridge.config.loader import parse_config
 from bridge.engine.cycle import Engine
 from bridge.errors import AccessDenied, ConfigError, ProviderError, SecretNotFound, Unavailable
+from bridge.observe.metrics import REGISTRY
 from bridge.provider import Fetched, Request, provider_class
 from providers.aws_ssm import ParameterStoreProvider, ParameterStoreSettings
 from tests import test_aws_secretsmanager as sm_tests
@@ -48,6 +49,12 @@ def make_provider(url: str, **fields: Any) -> ParameterStoreProvider:
 def put(client: Any, name: str, value: str, kind: str = "String") -> str:
     """Write a new version; return its version number as text."""
     return str(client.put_parameter(Name=name, Value=value, Type=kind, Overwrite=True)["Version"])
+
+
+def requests_total(operation: str, outcome: str) -> float:
+    """The core's provider request counter for the `ssm` provider, as /metrics would show it."""
+    labels = {"provider": "ssm", "operation": operation, "outcome": outcome}
+    return REGISTRY.get_sample_value("secrets_bridge_provider_requests_total", labels) or 0.0
 
 
 def value_of(outcome: Fetched | ProviderError) -> bytes:
@@ -310,22 +317,45 @@ def test_iam_policy_denial_from_moto(moto_url: str, monkeypatch: pytest.MonkeyPa
         assert key["SecretAccessKey"] not in text and key["AccessKeyId"] not in text and "iam-secret-value" not in text
 
 
-def test_one_refused_name_fails_alone(moto_url: str, counted: CountingProxy) -> None:
-    """IAM refusing one name refuses its whole GetParameters call: each name is then asked alone, so
-    only the refused one fails; an expired credential fails the batch at once, without that fan-out."""
+@pytest.mark.parametrize(("code", "outcome"), [("AccessDeniedException", "ActionDenied"),
+                                                ("ValidationException", "SecretNotFound")])
+def test_one_refused_name_fails_alone(moto_url: str, counted: CountingProxy, code: str, outcome: str) -> None:
+    """IAM refusing one name (or AWS rejecting one as malformed) refuses the whole GetParameters call:
+    each name is then asked alone, so only that one fails; an expired credential fails the batch at
+    once, without that fan-out."""
     client = ssm(moto_url)
     names = [new_name("policy") for _ in range(4)]
     for name in names:
         put(client, name, "x")
     aws = make_provider(counted.url)
-    counted.fail_containing["GetParameters"] = (names[2], (400, "AccessDeniedException", None))
+    counted.fail_containing["GetParameters"] = (names[2], (400, code, None))
     got = aws.fetch_many([Request(n) for n in names])
-    assert [type(got[Request(n)]).__name__ for n in names] == ["Fetched", "Fetched", "ActionDenied", "Fetched"]
-    assert counted.counts == {"GetParameters": 5}
+    assert [type(got[Request(n)]).__name__ for n in names] == ["Fetched", "Fetched", outcome, "Fetched"]
+    assert names[2] in str(got[Request(names[2])]) and counted.counts == {"GetParameters": 5}
     counted.reset()
     counted.fail["GetParameters"] = (400, "ExpiredTokenException", None)
     got = aws.fetch_many([Request(n) for n in names])
     assert all(isinstance(o, AccessDenied) for o in got.values()) and counted.counts == {"GetParameters": 1}
+
+
+def test_web_identity_credentials(moto_url: str, counted: CountingProxy, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE (EKS IRSA) get temporary credentials from STS, which
+    sign the GetParameters calls (the credential chain Secrets Manager uses)."""
+    name = new_name("irsa")
+    put(ssm(moto_url), name, "irsa-value", "SecureString")
+    token = tmp_path / "token"
+    token.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQifQ.c2ln")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/bridge-irsa")
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", counted.url)
+    aws = make_provider(counted.url)
+    assert value_of(aws.fetch_many([Request(name)])[Request(name)]) == b"irsa-value"
+    assert counted.counts == {"AssumeRoleWithWebIdentity": 1, "GetParameters": 1}
+    (signer,) = counted.key_ids["GetParameters"]
+    assert signer.startswith("ASIA")  # temporary credentials, not a static key
 
 
 def test_throttling_is_unavailable_and_stops_calls(moto_url: str, counted: CountingProxy) -> None:
@@ -337,9 +367,11 @@ def test_throttling_is_unavailable_and_stops_calls(moto_url: str, counted: Count
     aws = make_provider(counted.url)
     requests = [Request(n) for n in names] + [Request(names[0], "prod"), Request("/throttle/")]
     counted.fail["*"] = (400, "ThrottlingException", "7")
+    before = requests_total("GetParameters", "unavailable")
     for outcomes in (aws.fetch_many(requests), aws.versions(requests)):
         assert all(isinstance(o, Unavailable) and o.retry_after == 7.0 for o in outcomes.values())
     assert counted.counts == {"GetParameters": 2}
+    assert requests_total("GetParameters", "unavailable") == before + 2
 
 
 def test_config_type_loads_this_provider(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
