@@ -136,10 +136,11 @@ class ParameterStoreProvider(Provider):
         version = chunk[0].version if len(chunk) == 1 else None
         response = self._client.call("GetParameters", {"Names": names, "WithDecryption": decrypt},
                                      ref=where, version=version)
-        answers = {str(p[key]): p for p in response.get("Parameters", []) for key in ("Name", "ARN") if p.get(key)}
+        answers = {_normal(str(p[key])): p for p in response.get("Parameters", []) for key in ("Name", "ARN")
+                   if p.get(key)}
         out: dict[Request, Parameter | ProviderError] = {}
         for request in chunk:
-            out[request] = answers.get(request.ref) or self._missing(request)
+            out[request] = answers.get(_normal(request.ref)) or self._missing(request)
         return out
 
     def _missing(self, request: Request) -> SecretNotFound:
@@ -205,6 +206,13 @@ def _is_path(ref: str) -> bool:
     return ref.endswith("/")
 
 
+def _normal(name: str) -> str:
+    """A name as Parameter Store keeps it: a leading `/` counts only in a hierarchy (`/a` is `a`,
+    `/a/b` is not `a/b`), so an answer for `a` is the one asked for as `/a`."""
+    bare = name.removeprefix("/")
+    return name if "/" in bare else bare
+
+
 def _selector(request: Request) -> str:
     """The name GetParameters is asked for: `name`, `name:3` or `name:label`."""
     return request.ref if request.version is None else f"{request.ref}:{request.version}"
@@ -234,8 +242,9 @@ def _batches(requests: Sequence[Request]) -> Iterator[list[Request]]:
     rounds: list[list[Request]] = []
     seen: Counter[str] = Counter()
     for request in requests:
-        index = seen[request.ref]
-        seen[request.ref] += 1
+        name = _normal(request.ref)
+        index = seen[name]
+        seen[name] += 1
         if index == len(rounds):
             rounds.append([])
         rounds[index].append(request)

@@ -150,6 +150,22 @@ def test_version_and_label_pins(moto_url: str, counted: CountingProxy) -> None:
         assert isinstance(outcome, SecretNotFound) and name in str(outcome)
 
 
+def test_single_level_name_with_or_without_slash(moto_url: str, counted: CountingProxy) -> None:
+    """A name without a hierarchy is one parameter written `plain` or `/plain` (Parameter Store drops
+    that slash and answers `plain`): both refs read it; each spelling and the label pin go to calls of
+    their own, so an answer is never matched to the wrong selector."""
+    client, name = ssm(moto_url), f"plain-{uuid.uuid4().hex}"
+    put(client, name, "one")
+    put(client, name, "two")
+    client.label_parameter_version(Name=name, ParameterVersion=1, Labels=["old"])
+    aws = make_provider(counted.url)
+    requests = [Request(name), Request(f"/{name}"), Request(f"/{name}", "old")]
+    got = aws.fetch_many(requests)
+    assert [value_of(got[r]) for r in requests] == [b"two", b"two", b"one"]
+    assert counted.counts == {"GetParameters": 3}
+    assert aws.versions(requests) == dict(zip(requests, ["2", "2", "1"], strict=True))
+
+
 def _engine(tmp_path: Path, url: str, secrets: str) -> Engine:
     """A started engine writing to tmp_path, with one `ssm` provider at `url`."""
     config = parse_config(
