@@ -11,7 +11,8 @@
   pairs, from `GetParametersByPath` without decryption. Measured against `DescribeParameters` in
   bench/ssm_calls.py (docs/aws-ssm.md);
 - a batch IAM refuses as a whole (one name outside the policy) or AWS rejects as malformed is asked
-  again one name a call, so only the refused name fails; every call is counted; botocore's retries
+  again one name a call, so only the refused name fails, and that name is asked alone from then on
+  (until a call of its own succeeds); every call is counted; botocore's retries
   are off, so the engine's backoff is the one place that retries; after a throttle or an outage a
   batch stops calling AWS.
 
@@ -63,6 +64,9 @@ class ParameterStoreProvider(Provider):
     def __init__(self, name: str, settings: ParameterStoreSettings) -> None:
         super().__init__(name, settings)
         self._client = AwsClient(self, "ssm", settings)
+        #: names whose own call was refused (IAM, or rejected as malformed): asked alone, so they do
+        #: not fail a batch of 10 every cycle; a name leaves when a call of its own succeeds
+        self._alone: set[str] = set()
 
     # -- the Provider interface -------------------------------------------------------------
 
@@ -110,23 +114,32 @@ class ParameterStoreProvider(Provider):
         """Each request's parameter from GetParameters, 10 a call; an error per item."""
         out: dict[Request, Parameter | ProviderError] = {}
         down: Unavailable | None = None
-        for chunk in _batches(requests):
+        for chunk in _batches(requests, alone=self._alone):
             if down is not None:
                 out.update(fan_out(down, chunk, _itself, provider=self.name))
                 continue
             try:
                 out.update(self._get_parameters(chunk, decrypt=decrypt))
+                self._alone.difference_update(_normal(r.ref) for r in chunk)
             except (Unavailable, AccessDenied, SecretNotFound) as exc:
-                refused_as_a_whole = isinstance(exc, ActionDenied | SecretNotFound) and len(chunk) > 1
-                if refused_as_a_whole:
+                if isinstance(exc, ActionDenied | SecretNotFound) and len(chunk) > 1:
                     # One name IAM refuses (or AWS rejects) fails the whole call: ask each name alone.
-                    out.update(each(self, [(r, r) for r in chunk],
-                                         lambda r: self._get_parameters([r], decrypt=decrypt)[r]))
+                    out.update(each(self, [(r, r) for r in chunk], lambda r: self._get_alone(r, decrypt=decrypt)))
                     down = first_unavailable(out.values())
                 else:
                     out.update(fan_out(exc, chunk, _itself, provider=self.name))
                     down = exc if isinstance(exc, Unavailable) else None
         return out
+
+    def _get_alone(self, request: Request, *, decrypt: bool) -> Parameter | ProviderError:
+        """One name in a call of its own; remembers whether it must stay alone."""
+        try:
+            found = self._get_parameters([request], decrypt=decrypt)[request]
+        except (ActionDenied, SecretNotFound):
+            self._alone.add(_normal(request.ref))
+            raise
+        self._alone.discard(_normal(request.ref))
+        return found
 
     def _get_parameters(self, chunk: list[Request], *, decrypt: bool) -> dict[Request, Parameter | ProviderError]:
         """One GetParameters call; the chunk names each parameter once (see `_batches`), so an answer's
@@ -236,13 +249,17 @@ def _path_version(found: list[Parameter]) -> str:
     return hashlib.sha256("\n".join(pairs).encode("utf-8")).hexdigest()[:20]
 
 
-def _batches(requests: Sequence[Request]) -> Iterator[list[Request]]:
+def _batches(requests: Sequence[Request], *, alone: set[str]) -> Iterator[list[Request]]:
     """Chunks of up to 10 requests, each naming a parameter at most once (`name` and `name:prod` go to
-    different calls), since an answer carries the parameter's name but not always the selector asked."""
+    different calls), since an answer carries the parameter's name but not always the selector asked;
+    a name in `alone` is a chunk of its own."""
     rounds: list[list[Request]] = []
     seen: Counter[str] = Counter()
     for request in requests:
         name = _normal(request.ref)
+        if name in alone:
+            yield [request]
+            continue
         index = seen[name]
         seen[name] += 1
         if index == len(rounds):
@@ -251,4 +268,3 @@ def _batches(requests: Sequence[Request]) -> Iterator[list[Request]]:
     for group in rounds:
         for start in range(0, len(group), BATCH_SIZE):
             yield group[start : start + BATCH_SIZE]
-

@@ -337,8 +337,8 @@ def test_iam_policy_denial_from_moto(moto_url: str, monkeypatch: pytest.MonkeyPa
                                                 ("ValidationException", "SecretNotFound")])
 def test_one_refused_name_fails_alone(moto_url: str, counted: CountingProxy, code: str, outcome: str) -> None:
     """IAM refusing one name (or AWS rejecting one as malformed) refuses the whole GetParameters call:
-    each name is then asked alone, so only that one fails; an expired credential fails the batch at
-    once, without that fan-out."""
+    each name is then asked alone, so only that one fails, and it stays alone until a call of its own
+    succeeds; an expired credential fails the batch at once, without that fan-out."""
     client = ssm(moto_url)
     names = [new_name("policy") for _ in range(4)]
     for name in names:
@@ -348,6 +348,16 @@ def test_one_refused_name_fails_alone(moto_url: str, counted: CountingProxy, cod
     got = aws.fetch_many([Request(n) for n in names])
     assert [type(got[Request(n)]).__name__ for n in names] == ["Fetched", "Fetched", outcome, "Fetched"]
     assert names[2] in str(got[Request(names[2])]) and counted.counts == {"GetParameters": 5}
+    counted.reset()  # (clears the refusal too: set it again)
+    counted.fail_containing["GetParameters"] = (names[2], (400, code, None))
+    again = aws.versions([Request(n) for n in names])  # the refused name is now asked alone: 2 calls
+    assert [type(again[Request(n)]).__name__ for n in names] == ["str", "str", outcome, "str"]
+    assert counted.counts == {"GetParameters": 2}
+    counted.reset()
+    counted.fail_containing.clear()  # the policy was fixed: the name succeeds alone, then batches again
+    assert all(isinstance(v, str) for v in aws.versions([Request(n) for n in names]).values())
+    aws.versions([Request(n) for n in names])
+    assert counted.counts == {"GetParameters": 3}
     counted.reset()
     counted.fail["GetParameters"] = (400, "ExpiredTokenException", None)
     got = aws.fetch_many([Request(n) for n in names])
