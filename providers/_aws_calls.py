@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 SDK_LOGGERS = ("botocore", "boto3")
 CREDENTIAL_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
+
 class ActionDenied(AccessDenied):
     """IAM denied this API action itself (AccessDeniedException): the credentials are good, so a
     cheaper call (ListSecrets, BatchGetSecretValue) can be replaced by another the policy allows.
