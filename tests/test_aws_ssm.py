@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import subprocess
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -275,6 +276,29 @@ def test_twenty_seven_parameters_batch_by_ten(moto_url: str, counted: CountingPr
         assert list(result.failed) == ["s03"] and isinstance(result.failed["s03"], SecretNotFound)
         assert names[3] in str(result.failed["s03"])
         assert (tmp_path / "s03").read_text() == "value-3"
+    finally:
+        engine.close()
+
+
+def test_engine_keeps_files_and_backs_off_when_throttled(moto_url: str, counted: CountingProxy,
+                                                         tmp_path: Path) -> None:
+    """Through the engine: a throttled cycle costs one request, keeps the files and waits Retry-After."""
+    client = ssm(moto_url)
+    names = [new_name("engine") for _ in range(3)]
+    for i, name in enumerate(names):
+        put(client, name, f"good-{i}")
+    engine = _engine(tmp_path, counted.url, "".join(f"  s{i}: {{provider: ssm, ref: {n}}}\n"
+                                                    for i, n in enumerate(names)))
+    try:
+        assert not engine.sync().failed
+        counted.reset()
+        counted.fail["*"] = (400, "ThrottlingException", "30")
+        result = engine.cycle(list(engine.units.values()))
+        assert sorted(result.failed) == ["s0", "s1", "s2"]
+        assert all(isinstance(e, Unavailable) for e in result.failed.values())
+        assert counted.counts == {"GetParameters": 1}
+        assert [(tmp_path / f"s{i}").read_text() for i in range(3)] == ["good-0", "good-1", "good-2"]
+        assert all(u.next_due >= time.monotonic() + 25 for u in engine.units.values())
     finally:
         engine.close()
 
