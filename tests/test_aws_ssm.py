@@ -298,7 +298,7 @@ def test_engine_keeps_files_and_backs_off_when_throttled(moto_url: str, counted:
         assert all(isinstance(e, Unavailable) for e in result.failed.values())
         assert counted.counts == {"GetParameters": 1}
         assert [(tmp_path / f"s{i}").read_text() for i in range(3)] == ["good-0", "good-1", "good-2"]
-        assert all(u.next_due >= time.monotonic() + 25 for u in engine.units.values())
+        assert all(engine.schedule.next_due(u) >= time.monotonic() + 25 for u in engine.units.values())
     finally:
         engine.close()
 
