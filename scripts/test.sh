@@ -6,4 +6,6 @@ source "$(dirname "$0")/venv.sh" test
 .venv/bin/ruff check bridge providers tests bench
 .venv/bin/mypy
 .venv/bin/bandit -q -r bridge providers -c pyproject.toml
-exec .venv/bin/pytest "$@"
+# Three workers on two cores: most tests wait on a server, a child process or a clock, so a third
+# worker fills the idle time (each worker starts its own servers). Pass -n 0 to run serially.
+exec .venv/bin/pytest -n "${SECRETS_BRIDGE_TEST_WORKERS:-3}" "$@"
