@@ -6,7 +6,8 @@ BridgeError
 │   ├── SecretNotFound      permanent for this ref/version: keep the last good file
 │   │   └── ExtractError    the value lacks the shape the config asks for (no such key, not JSON)
 │   ├── AccessDenied        auth or permission: retry slowly
-│   └── Unavailable         timeout, 5xx, throttling (carries retry_after): back off
+│   ├── Unavailable         timeout, 5xx, throttling (carries retry_after): back off
+│   └── OwnerRefused        the file's uid/gid is one this process cannot give: that entry alone fails
 └── WriteError              output directory unusable
 
 Messages never carry a secret value, token or credential.
@@ -102,6 +103,14 @@ class ExtractError(SecretNotFound):
     a template naming a missing key)."""
 
     code = "bad_value"
+
+
+class OwnerRefused(ProviderError):
+    """The entry asks for a file owner (`uid`, `gid`) this process may not give (not root, no
+    CAP_CHOWN): that entry fails alone and keeps its last good file; the others are committed."""
+
+    code = "owner_refused"
+    backoff_factor = 4.0
 
 
 def contained(provider: str, call: Callable[[], T]) -> T | ProviderError:

@@ -20,7 +20,10 @@ import pytest
 
 from bridge.runtime.wakeup import Wakeup
 from bridge.writer.atomic import is_memory_backed
-from tests.servers import venv_binary
+from tests.servers import free_port, venv_binary
+from tests.test_cli import _get
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -310,6 +313,51 @@ def test_one_file_watcher_for_the_config_and_the_output(tmp_path: Path, out_dir:
         assert bridge.stop() == 0
     finally:
         bridge.kill()
+
+
+#: `run` as uid:gid 10001 (the image's user). The switch happens inside Python after every module
+#: the run needs is loaded, as the interpreter may live where only root can read.
+_AS_USER = """
+import os, sys
+import bridge.cli, bridge.runtime.runner, bridge.runtime.server, bridge.engine.cycle, providers.local
+import json, http.server, logging.handlers, prometheus_client, pydantic_settings, encodings, importlib, pkgutil
+for codec in pkgutil.iter_modules(encodings.__path__):  # codecs are looked up on first use
+    try:
+        importlib.import_module("encodings." + codec.name)
+    except ImportError:
+        pass
+os.setgroups([]); os.setgid(int(sys.argv[1])); os.setuid(int(sys.argv[1]))
+sys.exit(bridge.cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="switching to uid 10001 needs root")
+def test_an_owner_the_bridge_cannot_give_fails_that_entry_alone(out_dir: Path) -> None:
+    """Run as uid 10001, an entry with `uid: 999` fails alone: the others are written and /readyz
+    names only it."""
+    home = Path(str(out_dir) + "-home")
+    home.mkdir()
+    try:
+        port = free_port()
+        bridge = Bridge(home, out_dir, secrets=("a", "b"), extra="  owned: {provider: dev, ref: b, uid: 999}\n")
+        bridge.config.write_text(bridge.config.read_text().replace("listen: null", f'listen: "127.0.0.1:{port}"'))
+        for path in (home, *home.rglob("*")):
+            os.chown(path, 10001, 10001)
+        with open(bridge.log, "ab") as log:
+            bridge.proc = subprocess.Popen(
+                [sys.executable, "-c", _AS_USER, "10001", "--config", str(bridge.config), "run"],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        try:
+            assert bridge.ready("a") and bridge.ready("b"), bridge.output()
+            assert _wait(lambda: _get(port, "/readyz") == (503, "missing: owned\n")), bridge.output()
+            assert not (out_dir / "owned").exists()
+            assert os.stat(out_dir / "a").st_uid == 10001
+            assert bridge.stop() == 0
+        finally:
+            bridge.kill()
+        assert "cannot give owned owner 999:" in bridge.output()
+    finally:
+        subprocess.run(["rm", "-rf", str(home)], check=False)
 
 
 def test_clean_shutdowns_log_no_error(tmp_path: Path, out_dir: Path) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -38,11 +39,12 @@ from bridge.engine.phases import Outcome, fetch_from
 from bridge.engine.records import ManagedFiles, entry_records
 from bridge.engine.schedule import Schedule
 from bridge.engine.units import Unit
-from bridge.errors import ExtractError, ProviderError, WriteError, contained
+from bridge.errors import ExtractError, OwnerRefused, ProviderError, WriteError, contained
 from bridge.observe.changes import Change
 from bridge.observe.metrics import COMMIT_SECONDS, COMMITS, CYCLE_SECONDS, LAST_REFRESH
 from bridge.provider import Fetched, Provider
 from bridge.writer.atomic import FileSpec, Writer
+from bridge.writer.generation import can_give_owner
 from bridge.writer.state import State
 
 log = logging.getLogger("secrets_bridge.engine")
@@ -257,6 +259,7 @@ class Engine:
                 continue
             try:
                 specs = entry.render(self.settings)
+                _check_owners(specs)
                 if isinstance(entry, EnvVar):
                     self._render_env(entry)
             except ProviderError as exc:
@@ -461,3 +464,12 @@ class Engine:
 
     def version_of(self, file: str) -> str | None:
         return self.files.version(file)
+
+
+def _check_owners(specs: dict[str, FileSpec]) -> None:
+    """An owner this process may not give fails its entry alone, before the commit (which would
+    otherwise fail for every file)."""
+    for file, spec in specs.items():
+        if not can_give_owner(spec.uid, spec.gid):
+            raise OwnerRefused(f"cannot give {file} owner {spec.uid}:{spec.gid} as uid {os.geteuid()}: "
+                               "run the bridge as root (or with CAP_CHOWN) or drop uid/gid")

@@ -47,6 +47,26 @@ class FileSpec:
     gid: int = field(default_factory=os.getgid)
 
 
+def can_give_owner(uid: int, gid: int) -> bool:
+    """chown(2)'s rule: with CAP_CHOWN any owner; without it only the process's own uid, and a
+    group it is in."""
+    if _has_cap_chown():
+        return True
+    return uid == os.geteuid() and (gid == os.getegid() or gid in os.getgroups())
+
+
+@functools.cache
+def _has_cap_chown() -> bool:
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) & 1)  # bit 0: CAP_CHOWN
+    except (OSError, ValueError):
+        pass
+    return os.geteuid() == 0
+
+
 def stamp_of(st: os.stat_result) -> Stamp:
     return (st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
