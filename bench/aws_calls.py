@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import boto3
 
-from bridge.config.loader import parse_duration
+from bridge.config.fields import parse_duration
 from bridge.provider import Fetched, Request
 from providers.aws_secretsmanager import SecretsManagerProvider, SecretsManagerSettings
 from tests.aws_counting_proxy import CountingProxy, start_moto, stop

@@ -18,7 +18,8 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import NoReturn
 
-from bridge.config.loader import STATE_FILE, BridgeConfig, Config, config_path, load_config
+from bridge.config.fields import STATE_FILE
+from bridge.config.loader import BridgeConfig, Config, config_path, load_config
 from bridge.errors import BridgeError, ConfigError, WriteError
 from bridge.observe import metrics
 from bridge.observe.logs import AuditLog, one_line, setup_logging

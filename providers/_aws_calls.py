@@ -42,6 +42,7 @@ from botocore.exceptions import (
 )
 from pydantic import Field, SecretStr, model_validator
 
+from bridge.config.fields import HttpUrl
 from bridge.errors import AccessDenied, ConfigError, ProviderError, SecretNotFound, Unavailable
 from bridge.provider import ProviderSettings
 from bridge.provider_rules import ErrorMap, call, retry_after_seconds
@@ -125,7 +126,7 @@ class AwsSettings(ProviderSettings):
     #: default: AWS_REGION / AWS_DEFAULT_REGION / the profile's region
     region: str | None = None
     #: a VPC endpoint or a test server; default: the region's public endpoint
-    endpoint_url: str | None = Field(default=None, pattern=r"^https?://")
+    endpoint_url: HttpUrl | None = None
     #: assume this role with the chain's credentials (STS honours AWS_ENDPOINT_URL_STS)
     role_arn: str | None = Field(default=None, pattern=r"^arn:[\w-]+:iam::\d{12}:role/")
     external_id: SecretStr | None = None

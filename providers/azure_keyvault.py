@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
 
+from bridge.config.fields import HttpUrl
 from bridge.errors import AccessDenied, ProviderError, SecretNotFound, Unavailable
 from bridge.provider import (
     PREVIOUS,
@@ -88,10 +89,10 @@ _FORBIDDEN_REASONS = {
 
 class KeyVaultSettings(ProviderSettings):
     type: str = "azure-keyvault"
-    vault_url: str
+    vault_url: HttpUrl
     credential: CredentialSettings = DefaultCredentialSettings()
     #: the Microsoft Entra ID host for sovereign clouds, e.g. https://login.microsoftonline.us
-    authority_host: str | None = None
+    authority_host: HttpUrl | None = None
     #: a PEM bundle trusted instead of the system roots, for the vault and the identity endpoints
     ca_cert: Path | None = None
     timeout_seconds: float = Field(default=30.0, gt=0)
@@ -99,6 +100,7 @@ class KeyVaultSettings(ProviderSettings):
     @field_validator("vault_url", "authority_host")
     @classmethod
     def _https(cls, value: str | None) -> str | None:
+        """Beyond any URL's rules (HttpUrl): https, and the host alone."""
         if value is not None and not re.match(r"^https://[^/\s]+/?$", value):
             raise ValueError("must be an https:// URL with no path, e.g. https://my-vault.vault.azure.net")
         return value.rstrip("/") if value else value

@@ -28,6 +28,7 @@ from typing import TypeVar
 
 from pydantic import Field, model_validator
 
+from bridge.config.fields import HttpUrl
 from bridge.errors import AccessDenied, ProviderError, SecretNotFound
 from bridge.provider import (
     PREVIOUS,
@@ -70,7 +71,7 @@ T = TypeVar("T")
 
 class VaultSettings(ProviderSettings):
     type: str = "vault"
-    address: str | None = None
+    address: HttpUrl | None = None
     namespace: str | None = None
     ca_cert: Path | None = None
     tls_skip_verify: bool = False

@@ -16,21 +16,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.config.loader import (
+from bridge.config.fields import (
     MAX_COMPONENT,
-    MAX_CONFIG_BYTES,
     MAX_DURATION_SECONDS,
     MAX_ID,
     MAX_TARGET_DEPTH,
-    Config,
-    _validate,
-    load_config,
-    parse_config,
     parse_duration,
     parse_http_url,
     parse_listen,
     parse_mode,
 )
+from bridge.config.loader import MAX_CONFIG_BYTES, Config, _validate, load_config, parse_config
 from bridge.errors import ConfigError
 from tests.config_strategies import config_documents, environments, to_yaml
 
@@ -525,6 +521,23 @@ def test_bad_http_urls(url: str, message: str) -> None:
     with pytest.raises(ValueError, match=message) as info:
         parse_http_url(url)
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(("section", "field"), [
+    ("on_change:\n  - {http: {url: URL}}\n", "on_change.0.http.url"),
+    ("providers:\n  v: {type: vault, address: URL}\n", "providers.v.address"),
+    ("providers:\n  a: {type: aws-secretsmanager, region: eu-west-1, endpoint_url: URL}\n", "providers.a.endpoint_url"),
+    ("providers:\n  z: {type: azure-keyvault, vault_url: URL}\n", "providers.z.vault_url"),
+    ("providers:\n  z: {type: azure-keyvault, vault_url: 'https://kv.vault.azure.net', authority_host: URL}\n",
+     "providers.z.authority_host"),
+])
+@pytest.mark.parametrize(("url", "message"), [("'https://user:hunter2@host:8200'", "credentials"),
+                                              ("'https://host:0'", "port 0")])
+def test_every_url_field_has_the_strict_check(section: str, field: str, url: str, message: str) -> None:
+    """One URL check for every URL field: credentials in the URL (a failing call would log them)
+    and port 0 are refused in one line naming the field, the password never echoed."""
+    error = _error(section.replace("URL", url) + ("secrets: {}\n" if "secrets" not in section else ""))
+    assert error.startswith(f"{field}: ") and message in error and "hunter2" not in error, error
 
 
 def test_duplicate_long_key_message_stays_short() -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config.loader import OnChange, parse_config
+from bridge.config.loader import parse_config
+from bridge.config.sections import OnChange
 from bridge.errors import ConfigError
 from bridge.observe.changes import Change
 from bridge.observe.metrics import REGISTRY
@@ -312,7 +313,7 @@ def test_bad_http_url_exits_2_in_one_line(tmp_path: Path) -> None:
     proc = subprocess.run([venv_binary("secrets-bridge"), "--config", str(config), "sync"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert proc.stderr == "secrets-bridge: on_change.0.http.url: only http:// and https:// URLs are allowed\n"
+    assert proc.stderr == "secrets-bridge: on_change.0.http.url: expected an http:// or https:// URL\n"
     assert not (tmp_path / "out").exists()
 
 
@@ -399,7 +400,7 @@ def test_idle_notifier_holds_no_thread(tmp_path: Path) -> None:
 
 def test_failing_request_never_logs_url_credentials(caplog: pytest.LogCaptureFixture) -> None:
     """A request that fails logs no user, password or query of its URL, whatever the error text."""
-    from bridge.config.loader import HttpHook
+    from bridge.config.sections import HttpHook
 
     # Built without validation: the config refuses such a URL; the notifier must hold up anyway.
     url = "http://admin:s3cret-pw@127.0.0.1/hook?token=t0ps3cret"

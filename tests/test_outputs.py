@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config.loader import STATE_FILE, parse_config
+from bridge.config.fields import STATE_FILE
+from bridge.config.loader import parse_config
 from bridge.engine.cycle import Engine
 from bridge.engine.outputs import EnvVar, EveryKey, NamedFiles, PlainFile, TemplateFile, build
 from bridge.errors import ConfigError

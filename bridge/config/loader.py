@@ -14,7 +14,6 @@ import functools
 import json
 import math
 import os
-import posixpath
 import re
 import stat
 from pathlib import Path
@@ -22,70 +21,22 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-# re-exported: modules and tests import these from bridge.config.loader
-from bridge.config.fields import LEASE_FILE as LEASE_FILE
-from bridge.config.fields import MAX_COMPONENT as MAX_COMPONENT
+from bridge.config import rules
 from bridge.config.fields import (
     MAX_DURATION_SECONDS,
     MIN_REFRESH_SECONDS,
     Duration,
+    FieldError,
     Listen,
     LocalPath,
     field_path,
     printable,
     refuse_bool,
 )
-from bridge.config.fields import MAX_ID as MAX_ID
-from bridge.config.fields import MAX_PATH as MAX_PATH
-from bridge.config.fields import MAX_TARGET_DEPTH as MAX_TARGET_DEPTH
-from bridge.config.fields import RESERVED_PREFIX as RESERVED_PREFIX
-from bridge.config.fields import STATE_FILE as STATE_FILE
-from bridge.config.fields import FieldError as _FieldError
-from bridge.config.fields import HttpUrl as HttpUrl
-from bridge.config.fields import check_target as check_target
-from bridge.config.fields import parse_duration as parse_duration
-from bridge.config.fields import parse_http_url as parse_http_url
-from bridge.config.fields import parse_listen as parse_listen
-from bridge.config.fields import parse_mode as parse_mode
-from bridge.config.sections import (
-    MAX_HOOK_SECONDS as MAX_HOOK_SECONDS,
-)
-from bridge.config.sections import (
-    PREVIOUS as PREVIOUS,
-)
-from bridge.config.sections import (
-    EnvConfig as EnvConfig,
-)
-from bridge.config.sections import (
-    ExecConfig as ExecConfig,
-)
-from bridge.config.sections import (
-    FileDefaults as FileDefaults,
-)
-from bridge.config.sections import (
-    FileRule as FileRule,
-)
-from bridge.config.sections import (
-    HookWait as HookWait,
-)
-from bridge.config.sections import (
-    HttpHook as HttpHook,
-)
-from bridge.config.sections import (
-    OnChange as OnChange,
-)
-from bridge.config.sections import (
-    SecretConfig as SecretConfig,
-)
-from bridge.config.sections import (
-    ValueSource as ValueSource,
-)
-from bridge.config.sections import (
-    _Model as _Model,
-)
+from bridge.config.sections import EnvConfig, ExecConfig, FileDefaults, FileRule, OnChange, SecretConfig
 from bridge.config.strict_yaml import load_yaml
 from bridge.errors import ConfigError
-from bridge.provider import Provider, ProviderSettings, provider_class
+from bridge.provider import PREVIOUS, Provider, ProviderSettings, provider_class
 
 if TYPE_CHECKING:
     from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
@@ -94,8 +45,6 @@ DEFAULT_CONFIG = "secrets-bridge.yaml"
 #: a config file larger than this is a mistake (a log file, /dev/zero copied), not a config
 MAX_CONFIG_BYTES = 16 * 2**20
 ENV_PREFIX = "SECRETS_BRIDGE_"
-#: a POSIX environment variable name (an `env:` key)
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class BridgeConfig(BaseModel):
@@ -124,74 +73,9 @@ class BridgeConfig(BaseModel):
     exec: ExecConfig = ExecConfig()
 
     @model_validator(mode="after")
-    def _check_targets(self) -> BridgeConfig:
-        targets: dict[str, str] = {}
-        for name, secret in self.secrets.items():
-            check_target(name, output_dir=self.output_dir)
-            for required in ("provider", "ref"):
-                if secret.template is None and getattr(secret, required) is None:
-                    raise _FieldError(("secrets", name, required), "required field missing (or give template)")
-            for value_name, source in secret.sources().items():
-                if source.provider not in self.providers:
-                    loc = ("secrets", name, "values", value_name, "provider") if value_name else (
-                        "secrets", name, "provider")
-                    raise _FieldError(loc, f"no provider named {source.provider!r}")
-            for file in secret.file_rules():
-                check_target(file, ("secrets", name, "files", file))  # a name of its own, as a "*" key is
-                check_target(f"{name}/{file}", ("secrets", name, "files", file), self.output_dir)
-                targets[f"{name}/{file}"] = name
-            targets[name] = name
-            if secret.template is not None:
-                from bridge.engine.render import compile_template
-
-                try:
-                    compile_template(secret.template, set(secret.values or {}))
-                except ValueError as exc:
-                    raise _FieldError(("secrets", name, "template"), str(exc)) from None
-        folders = {name for name, s in self.secrets.items() if s.files is not None}
-        for target, entry in targets.items():
-            parent = posixpath.dirname(target)
-            while parent:
-                if parent in self.secrets and parent not in folders:
-                    raise _FieldError(("secrets", entry), f"{parent!r} is a file, not a folder")
-                if parent in folders and parent != entry:
-                    raise _FieldError(("secrets", entry), f"{parent!r} is the folder of a files: entry")
-                parent = posixpath.dirname(parent)
-        self._check_env()
-        for i, hook in enumerate(self.on_change):
-            for name in hook.secrets or ():
-                if name not in targets:
-                    raise _FieldError(("on_change", str(i), "secrets"), f"no secret or file named {name!r}")
-        if self.audit_log is not None:
-            # Inside output_dir it would be a name the bridge manages (a target, the state file, a
-            # generation): appends would corrupt it, or a commit would remove it.
-            relative = os.path.relpath(os.path.abspath(self.audit_log), os.path.abspath(self.output_dir))
-            if not relative.startswith(".." + os.sep) and relative != "..":
-                first = relative.split(os.sep)[0]
-                if first.startswith((RESERVED_PREFIX, "..")) or first in {t.split("/")[0] for t in targets}:
-                    raise _FieldError(("audit_log",), "names a file the bridge manages in output_dir")
-        for name, section in self.providers.items():
-            if not isinstance(section.get("type"), str):
-                raise _FieldError(("providers", name, "type"), "missing provider type")
+    def _check_rules(self) -> BridgeConfig:
+        rules.check(self)  # bridge/config/rules.py: one function per rule
         return self
-
-    def _check_env(self) -> None:
-        for name, env in self.env.items():
-            if not _ENV_NAME.fullmatch(name):
-                raise _FieldError(("env", name), "not a POSIX variable name ([A-Za-z_][A-Za-z0-9_]*)")
-            if f"${name}" in self.secrets:
-                raise _FieldError(("secrets", f"${name}"), f"the name of env variable {name} in logs; rename the file")
-            for value_name, source in env.sources().items():
-                if source.provider not in self.providers:
-                    loc = ("env", name, "values", value_name, "provider") if value_name else ("env", name, "provider")
-                    raise _FieldError(loc, f"no provider named {source.provider!r}")
-            if env.template is not None:
-                from bridge.engine.render import compile_template
-
-                try:
-                    compile_template(env.template, set(env.values or {}))
-                except ValueError as exc:
-                    raise _FieldError(("env", name, "template"), str(exc)) from None
 
     def mode_of(self, secret: SecretConfig, rule: FileRule | None = None) -> int:
         """A file's mode: its own (in files:), else the entry's, else defaults."""
@@ -437,7 +321,7 @@ def _validate(build: Any, prefix: tuple[str, ...]) -> Any:
         return build()
     except ValidationError as exc:
         raise ConfigError(_describe(exc, prefix)) from None
-    except _FieldError as exc:
+    except FieldError as exc:
         raise ConfigError(str(exc)) from None
     except (TypeError, KeyError, OverflowError, OSError) as exc:
         # a provider's own validator that failed other than by ValueError: still a config error

@@ -1,41 +1,17 @@
 """The sections of a configuration: secret entries (plain, `files:`, `template:`), `env:` entries,
 the `on_change` actions and the `exec:` settings. Validation only; `bridge.config.loader`
-assembles them into the whole file and re-exports them. Never echoes an input value.
+assembles them into the whole file. Never echoes an input value.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from signal import Signals
-from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bridge.config.fields import LEASE_FILE as LEASE_FILE
-from bridge.config.fields import MAX_COMPONENT as MAX_COMPONENT
-from bridge.config.fields import MAX_ID as MAX_ID
-from bridge.config.fields import MAX_PATH as MAX_PATH
-from bridge.config.fields import MAX_TARGET_DEPTH as MAX_TARGET_DEPTH
-from bridge.config.fields import (
-    MIN_REFRESH_SECONDS,
-    Duration,
-    Mode,
-    OwnerId,
-    Version,
-)
-from bridge.config.fields import RESERVED_PREFIX as RESERVED_PREFIX
-from bridge.config.fields import STATE_FILE as STATE_FILE
-from bridge.config.fields import HttpUrl as HttpUrl
-from bridge.config.fields import check_target as check_target
-from bridge.config.fields import parse_duration as parse_duration
-from bridge.config.fields import parse_http_url as parse_http_url
-from bridge.config.fields import parse_listen as parse_listen
-from bridge.config.fields import parse_mode as parse_mode
-
-#: `version: previous`, the uniform relative pin
-PREVIOUS = "previous"
-
+from bridge.config.fields import MIN_REFRESH_SECONDS, Duration, HttpUrl, Mode, OwnerId, Version
 
 #: `format`: the whole PEM (key, certificate, chain) or one part of it
 PemFormat = Literal["pem", "pem-key", "pem-cert", "pem-chain", "pem-fullchain"]
@@ -173,24 +149,8 @@ class EnvConfig(_Model):
 MAX_HOOK_SECONDS = 3600.0
 
 
-def _check_hook_url(url: str) -> str:
-    """http(s) only, with a host and a valid port; the URL is never echoed (it may hold a password)."""
-    if any(ord(c) < 33 or ord(c) == 127 for c in url):
-        raise ValueError("URL must not contain spaces or control characters")
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError:
-        raise ValueError("not a valid URL") from None
-    if parts.scheme not in ("http", "https"):
-        raise ValueError("only http:// and https:// URLs are allowed")
-    if not parts.hostname:
-        raise ValueError("URL has no host")
-    return url
-
-
 class HttpHook(_Model):
-    url: Annotated[str, AfterValidator(_check_hook_url)]
+    url: HttpUrl  # no credentials: a URL is logged
     method: Literal["GET", "POST", "PUT"] = "POST"
 
 

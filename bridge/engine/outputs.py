@@ -16,7 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from bridge.config.loader import BridgeConfig, Config, EnvConfig, SecretConfig, check_target
+from bridge.config.fields import check_target
+from bridge.config.loader import BridgeConfig, Config
+from bridge.config.sections import EnvConfig, SecretConfig
 from bridge.engine.extract import extract
 from bridge.engine.render import compile_template, parents, render_template, top_level_files, value_of
 from bridge.engine.units import Unit

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from bridge.config.loader import HttpHook, OnChange
+from bridge.config.sections import HttpHook, OnChange
 from bridge.observe.changes import Change
 from bridge.observe.metrics import NOTIFICATIONS
 

@@ -19,7 +19,8 @@ import threading
 import time
 from pathlib import Path
 
-from bridge.config.loader import STATE_FILE, BridgeConfig, Config, load_config
+from bridge.config.fields import STATE_FILE
+from bridge.config.loader import BridgeConfig, Config, load_config
 from bridge.engine.cycle import Engine
 from bridge.errors import BridgeError, ConfigError, WriteError
 from bridge.observe.logs import AuditLog, setup_logging
