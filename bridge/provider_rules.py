@@ -12,15 +12,29 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from bridge.errors import ProviderError, Unavailable
 from bridge.observe.metrics import PROVIDER_REQUESTS
 
-if TYPE_CHECKING:
-    from bridge.provider import Provider, Request
+
+class Provider(Protocol):
+    """What these helpers need of a provider: its name (they know nothing else of the seam)."""
+
+    name: str
+
+
+class Request(Protocol):
+    """What they need of a request: what to name in a copied error."""
+
+    @property
+    def ref(self) -> str: ...
+
+    @property
+    def version(self) -> str | None: ...
 
 K = TypeVar("K")
+R = TypeVar("R", bound=Request)
 V = TypeVar("V")
 T = TypeVar("T")
 
@@ -86,7 +100,7 @@ def call(provider: str, operation: str, fn: Callable[[], T], *,
     raise error from None
 
 
-def each(provider: Provider, items: Sequence[tuple[K, Request]], fn: Callable[[Request], V], *,
+def each(provider: Provider, items: Sequence[tuple[K, R]], fn: Callable[[R], V], *,
          down: ProviderError | None = None) -> dict[K, V | ProviderError]:
     """The batch rule, serially: call once per distinct key; a ProviderError is that item's
     outcome; after an Unavailable (or from the start, given `down`) the remaining items get a
@@ -104,7 +118,7 @@ def each(provider: Provider, items: Sequence[tuple[K, Request]], fn: Callable[[R
     return out
 
 
-def each_concurrently(provider: Provider, items: Sequence[tuple[K, Request]], fn: Callable[[Request], V], *,
+def each_concurrently(provider: Provider, items: Sequence[tuple[K, R]], fn: Callable[[R], V], *,
                       workers: int = 8, down: ProviderError | None = None) -> dict[K, V | ProviderError]:
     """The batch rule on a small bounded pool, for backends with no batch API. The first item
     runs alone (it warms the connection and the credential, and an unreachable backend costs
