@@ -8,8 +8,9 @@ content. Neither provider ever logs or echoes the value.
 `file` never reads outside `base_dir`: a ref is relative, without `..`, and the file actually
 opened must lie under base_dir's real path, so a symlink may point within base_dir (a Kubernetes
 volume's `..data` links do) but not out of it. It reads regular files only (a FIFO would block, a
-device never ends). A missing base_dir (a volume not mounted yet) is Unavailable for every ref, so
-the batch rule stops at the first; a missing file under it is that ref's SecretNotFound.
+device never ends), of at most MAX_FILE_BYTES. A missing base_dir (a volume not mounted yet) is
+Unavailable for every ref, so the batch rule stops at the first; a missing file under it is that
+ref's SecretNotFound.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ from bridge.provider_rules import copy_error, each
 
 #: errors that say the ref is wrong, not that the filesystem is unwell
 _BAD_REF = {errno.ELOOP, errno.ENOTDIR, errno.ENAMETOOLONG, errno.EISDIR, errno.ENXIO, errno.ENODEV}
+#: a source file larger than this is not a secret (Kubernetes caps a Secret at 1 MiB, Vault a
+#: request at 32 MiB): refused for that ref, never read whole
+MAX_FILE_BYTES = 64 * 2**20
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
@@ -79,6 +83,9 @@ class FileProvider(Provider):
                     raise SecretNotFound("not a regular file", provider=self.name, ref=request.ref)
                 self._refuse_outside(fd, path, base, request.ref)
                 data = _read_all(fd, info.st_size)
+                if len(data) > MAX_FILE_BYTES:
+                    raise SecretNotFound(f"larger than {MAX_FILE_BYTES >> 20} MiB: not a secret file",
+                                         provider=self.name, ref=request.ref)
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -148,9 +155,13 @@ def file_version(info: os.stat_result) -> str:
 
 
 def _read_all(fd: int, size_hint: int) -> bytes:
+    """The file's bytes, up to one past MAX_FILE_BYTES (a sparse file of gigabytes, or one that
+    keeps growing, is never read whole)."""
     chunks: list[bytes] = []
-    while chunk := os.read(fd, max(size_hint, 0) + 1 if not chunks else 1 << 20):
+    left = MAX_FILE_BYTES + 1
+    while left > 0 and (chunk := os.read(fd, min(max(size_hint, 0) + 1 if not chunks else 1 << 20, left))):
         chunks.append(chunk)
+        left -= len(chunk)
     return b"".join(chunks)
 
 

@@ -280,3 +280,23 @@ def test_content_replaced_with_its_mtime_kept_moves_the_version(tmp_path: Path, 
     assert latest_one(p, "v") != before.version
     after = p.fetch(Request("v"))
     assert (after.value, after.version) == (b"other", latest_one(p, "v"))
+
+
+def test_file_past_the_size_limit_is_refused_without_reading_it(tmp_path: Path) -> None:
+    """A 3 GiB sparse source file is that ref's error (named, the limit said), read no further than
+    the limit; the others in the batch are read."""
+    import tracemalloc
+
+    with open(tmp_path / "huge", "wb") as f:
+        f.truncate(3 << 30)
+    (tmp_path / "small").write_text("ok")
+    p = FileProvider("dev", FileSettings(base_dir=tmp_path))
+    tracemalloc.start()
+    try:
+        outcomes = p.fetch_many([Request("huge"), Request("small")])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert isinstance(outcomes[Request("huge")], SecretNotFound) and "64 MiB" in str(outcomes[Request("huge")])
+    assert outcomes[Request("small")].value == b"ok"
+    assert peak < 200 * 2**20, peak

@@ -269,6 +269,7 @@ def test_hostile_values_fail_their_own_entry_fast() -> None:
     "{{ '%0999999999d' % 1 }}", "{{ v|replace('', v * 1000) }}", "{{ (v * 1000)|indent(100000) }}",
     "{% set ns = namespace(s=v) %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
     "{% macro f(s) %}{{ f(s ~ s) }}{% endmacro %}{{ f(v) }}",
+    "{% set ns = namespace(s=v) %}{% for i in range(40) %}{% set ns.s %}{{ ns.s }}{{ ns.s }}{% endset %}{% endfor %}",
 ])
 def test_growing_template_refused_before_it_allocates(template: str) -> None:
     """A width, replacement or doubling that would build hundreds of megabytes is refused ("too

@@ -183,27 +183,38 @@ def _range(*args: int) -> range:
     return made
 
 
-def _check_binop(operator: str, left: Any, right: Any) -> None:
-    if operator == "**" and isinstance(right, int) and abs(right) > 64:
+def _check_power(left: Any, right: Any) -> None:
+    if isinstance(right, int) and abs(right) > 64:
         raise TemplateTooBig("exponent too large")
-    if operator == "*":
-        for seq, times in ((left, right), (right, left)):
-            if isinstance(seq, str | bytes | list | tuple) and isinstance(times, int):
-                _check_size(len(seq) * times, "a repeated text")
-        if isinstance(left, int) and isinstance(right, int) \
-                and left.bit_length() + right.bit_length() > MAX_NUMBER_BITS:
-            raise TemplateTooBig(f"a number past {MAX_NUMBER_BITS} bits")
-    if operator == "+":
-        _check_size(_size(left) + _size(right))
-    if operator == "%":
-        _check_format(left)
-        for arg in right if isinstance(right, tuple) else (right,):
-            if isinstance(arg, int) and abs(arg) > MAX_OUTPUT_BYTES:
-                raise TemplateTooBig(f"a number argument past {MAX_OUTPUT_BYTES}")
+
+
+def _check_product(left: Any, right: Any) -> None:
+    for seq, times in ((left, right), (right, left)):
+        if isinstance(seq, str | bytes | list | tuple) and isinstance(times, int):
+            _check_size(len(seq) * times, "a repeated text")
+    if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > MAX_NUMBER_BITS:
+        raise TemplateTooBig(f"a number past {MAX_NUMBER_BITS} bits")
+
+
+def _check_sum(left: Any, right: Any) -> None:
+    _check_size(_size(left) + _size(right))
+
+
+def _check_percent(left: Any, right: Any) -> None:
+    _check_format(left)
+    for arg in right if isinstance(right, tuple) else (right,):
+        if isinstance(arg, int) and abs(arg) > MAX_OUTPUT_BYTES:
+            raise TemplateTooBig(f"a number argument past {MAX_OUTPUT_BYTES}")
+
+
+#: the operators a template's values could make huge with, each checked before it runs
+_BINOP_CHECKS: dict[str, Callable[[Any, Any], None]] = {
+    "**": _check_power, "*": _check_product, "+": _check_sum, "%": _check_percent}
 
 
 def budget_tree(tree: nodes.Template) -> nodes.Template:
-    """Wrap every `for` loop's iterable so its items are counted, and every `~` so its size is."""
+    """Wrap every `for` loop's iterable so its items are counted, and every `~` and block `set` so
+    their sizes are."""
     from jinja2 import nodes
     from jinja2.visitor import NodeTransformer
 
@@ -217,6 +228,12 @@ def budget_tree(tree: nodes.Template) -> nodes.Template:
             self.generic_visit(node)
             return nodes.Filter(node, SIZE_FILTER, [], [], None, None, lineno=node.lineno)
 
+        def visit_AssignBlock(self, node: nodes.AssignBlock) -> nodes.Node:
+            # `{% set x %}...{% endset %}` captures text that never reaches the output's count
+            self.generic_visit(node)
+            node.filter = nodes.Filter(node.filter, SIZE_FILTER, [], [], None, None, lineno=node.lineno)
+            return node
+
     out: nodes.Template = Budgeted().visit(tree)
     return out
 
@@ -229,11 +246,11 @@ def make_environment(undefined: type[Undefined],
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class Sandbox(ImmutableSandboxedEnvironment):
-        intercepted_binops = frozenset(["*", "**", "+", "%"])
+        intercepted_binops = frozenset(_BINOP_CHECKS)
 
         def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
             _budget().spend()
-            _check_binop(operator, left, right)
+            _BINOP_CHECKS[operator](left, right)
             result = super().call_binop(context, operator, left, right)
             _check_size(_size(result))
             return result
