@@ -11,5 +11,7 @@ BUILT_IN = {
     "aws-secretsmanager": "providers.aws_secretsmanager:SecretsManagerProvider",
     "aws-ssm": "providers.aws_ssm:ParameterStoreProvider",
     "azure-keyvault": "providers.azure_keyvault:KeyVaultProvider",
+    "gcp-secretmanager": "providers.gcp_secretmanager:GcpSecretManagerProvider",
 }
-EXTRAS = {"vault": "vault", "aws-secretsmanager": "aws", "aws-ssm": "aws", "azure-keyvault": "azure"}
+EXTRAS = {"vault": "vault", "aws-secretsmanager": "aws", "aws-ssm": "aws", "azure-keyvault": "azure",
+          "gcp-secretmanager": "gcp"}

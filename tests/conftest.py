@@ -65,6 +65,9 @@ def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
         if name.startswith(("VAULT_", "BAO_", "SECRETS_BRIDGE_")) or name.lower() in ("http_proxy", "https_proxy"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for name in ("GCE_METADATA_HOST", "GCE_METADATA_IP"):  # Google's chain: a closed loopback port, or
+        if name not in os.environ:  # the fake's (tests/gcp_fixtures.py sets it before google-auth loads)
+            monkeypatch.setenv(name, "127.0.0.1:9")
 
 
 @pytest.fixture(scope="session")

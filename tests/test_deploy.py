@@ -90,7 +90,7 @@ def test_image_requirements_pin_every_runtime_dependency() -> None:
     assert not missing, f"run `python deploy/lock_requirements.py > deploy/requirements.txt`: {sorted(missing)}"
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    for text in [*project["dependencies"], *extras["vault"], *extras["aws"], *extras["azure"]]:
+    for text in [*project["dependencies"], *extras["vault"], *extras["aws"], *extras["azure"], *extras["gcp"]]:
         req = Requirement(text)
         assert req.specifier.contains(pins[canonicalize_name(req.name)]), f"{text} vs the pin"
 
@@ -425,6 +425,20 @@ def test_azure_overlay_uses_workload_identity() -> None:
     (text,) = _one(docs, "ConfigMap")["data"].values()
     (azure,) = parse_config(text).providers.values()
     assert azure[1].credential.method == "workload_identity"  # type: ignore[attr-defined]
+
+
+def test_gke_overlay_uses_workload_identity() -> None:
+    """gke-workload-identity: the Google service account annotation, a Workload Identity node pool, and
+    gcp-secretmanager in the config with no credentials file (the metadata server answers)."""
+    docs = _render("gke-workload-identity")
+    annotations = _one(docs, "ServiceAccount")["metadata"]["annotations"]
+    assert annotations["iam.gke.io/gcp-service-account"].endswith(".iam.gserviceaccount.com")
+    pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["nodeSelector"]["iam.gke.io/gke-metadata-server-enabled"] == "true"
+    assert "DEMO_DB_PASSWORD" not in {e["name"] for e in _bridge(pod).get("env", [])}
+    (text,) = _one(docs, "ConfigMap")["data"].values()
+    (gcp,) = parse_config(text).providers.values()
+    assert gcp[1].type == "gcp-secretmanager" and gcp[1].credentials_file is None  # type: ignore[attr-defined]
 
 
 # --- configs and YAML blocks of the docs -------------------------------------------------------
