@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -383,6 +384,32 @@ def test_engine_cycle_costs_one_access_per_secret_and_picks_up_a_rotation(
     out = tmp_path / "out"
     assert [(out / n).read_text() for n in ("f0", "f1", "f2", "pin")] == [
         f"first-{refs[0]}", "rotated", f"first-{refs[2]}", "pinned-one"]
+
+
+def test_engine_waits_at_least_retry_after_a_429(
+    backend: SecretManagerBackend, gcp: FakeSecretManager, ca_file: Path, tmp_path: Path
+) -> None:
+    """A throttled check keeps the file and schedules the secret no sooner than Retry-After, after one request."""
+    ref = backend.new_ref()
+    backend.put(ref, "steady")
+    text = (f"output_dir: {tmp_path / 'out'}\nrequire_tmpfs: false\nrefresh_interval: 1s\njitter: 0\n"
+            f"providers:\n  gcp: {{type: gcp-secretmanager, ca_cert: '{ca_file}'}}\n"
+            f"secrets:\n  app: {{provider: gcp, ref: {ref}}}\n")
+    engine = Engine(parse_config(text))
+    engine.start()
+    try:
+        engine.sync()
+        before = len(gcp.requests())
+        gcp.fail_next(1, 429, retry_after=30)
+        now = time.monotonic()
+        result = engine.cycle(list(engine.units.values()))
+        (tracked,) = engine.units.values()
+    finally:
+        engine.close()
+    assert isinstance(result.failed["app"], Unavailable)
+    assert engine.schedule.next_due(tracked) - now >= 30
+    assert len(gcp.requests()) == before + 1
+    assert (tmp_path / "out" / "app").read_bytes() == b"steady"
 
 
 def test_cli_sync_check_ls_inspect_leak_nothing(
