@@ -93,6 +93,24 @@ def test_unknown_service_account_key_is_access_denied_without_the_key(
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
+def test_revoked_token_is_replaced_once(
+    provider: GcpSecretManagerProvider, backend: SecretManagerBackend, gcp: FakeSecretManager
+) -> None:
+    """A token the server no longer accepts (401) makes the session fetch a new one and send the request again."""
+    ref = backend.new_ref()
+    backend.put(ref, "still-readable")
+    provider.fetch(Request(ref))
+    subject = gcp.requests()[-1][3]
+    with gcp.state.lock:
+        mine = [t for t, (_, s) in gcp.state.tokens.items() if s == subject]
+        for token in mine:
+            del gcp.state.tokens[token]
+    tokens_before, before = len(gcp.token_requests()), len(gcp.requests())
+    assert provider.fetch(Request(ref)).value == b"still-readable"
+    assert len(gcp.token_requests()) == tokens_before + 1
+    assert [status for _, _, status, _ in gcp.requests()[before:]] == [401, 200]
+
+
 def _external_account(gcp: FakeSecretManager, tmp_path: Path, token: str | None = None) -> tuple[Path, str]:
     audience, subject_token = gcp.add_federated(PROJECT)
     token_file = tmp_path / "projected-token"
