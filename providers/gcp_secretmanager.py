@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import AliasChoices, Field, field_validator
 
+from bridge.config.fields import HttpUrl
 from bridge.errors import AccessDenied, ProviderError, SecretNotFound, Unavailable
 from bridge.provider import (
     PREVIOUS,
@@ -67,7 +68,7 @@ class GcpSecretManagerSettings(ProviderSettings):
     #: the project of bare secret ids; default: the credentials' project
     project: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.:-]{0,62}$")
     #: a private endpoint (`https://host[:port]`), or an emulator's `http://host:port` (no token is sent)
-    endpoint: str = DEFAULT_ENDPOINT
+    endpoint: HttpUrl = DEFAULT_ENDPOINT
     #: a PEM bundle trusted instead of the system roots, for Secret Manager and the token endpoints
     ca_cert: Path | None = None
     #: a service-account key or an `external_account` file; default: Application Default Credentials
@@ -77,6 +78,7 @@ class GcpSecretManagerSettings(ProviderSettings):
     @field_validator("endpoint")
     @classmethod
     def _url(cls, value: str) -> str:
+        """Beyond any URL's rules (HttpUrl): the scheme and host alone, no path."""
         if not re.match(r"^https?://[^/\s:]+(:\d{1,5})?/?$", value):
             raise ValueError("must be https://host[:port] (or http://host:port for an emulator), with no path")
         return value.rstrip("/")

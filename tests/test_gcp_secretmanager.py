@@ -488,6 +488,8 @@ def test_settings_validation() -> None:
         settings(type="gcp-secretmanager", project="Not A Project")
     with pytest.raises(ValidationError):
         settings(type="gcp-secretmanager", region="x")
+    with pytest.raises(ValidationError, match="credentials do not belong"):
+        settings(type="gcp-secretmanager", endpoint="https://user:pw@secretmanager.googleapis.com")
     parsed = settings(type="gcp-secretmanager", endpoint="http://localhost:8085/", timeout=5)
     assert parsed.endpoint == "http://localhost:8085" and parsed.timeout_seconds == 5
     assert settings(type="gcp-secretmanager").endpoint == "https://secretmanager.googleapis.com"
