@@ -5,16 +5,18 @@
     db_password -> ..data/db_password              what applications open
 
 It never leaves a partial file, never creates a file wider than its final mode, never follows a
-symlink inside the output directory (bridge/generation.py), and never writes when nothing changed.
+symlink inside the output directory (generation.py), and never writes when nothing changed.
 It holds the output directory by the descriptor it locked at start and never resolves the path
-again, unless that directory is removed: then it makes a new one at the path and writes it all.
+again, unless that directory is removed: then it makes a new one at the path and writes it all
+(directory.py).
 Names beginning with `..` are its own; at start it removes the leftovers of a crash at any step.
 
 A commit costs what changed, not what exists: unchanged files enter the new generation as hard
-links (same inode, mode and owner) through a spare prepared off the commit path (bridge/spares.py).
+links (same inode, mode and owner) through a spare prepared off the commit path (spares.py).
 A linked inode is never written, chmod'ed or chown'ed: a new mode or owner is a new file. After
 start the writer never reads files back: it knows what it committed, and check_drift() compares
-what it recorded (inode, mode, owner, size, mtime, ctime) to put back what something else changed.
+what it recorded (inode, mode, owner, size, mtime, ctime; drift.py) to put back what something
+else changed. `Writer.commit` lists the steps of a commit, numbered, as kubelet's AtomicWriter does.
 """
 
 from __future__ import annotations
@@ -22,58 +24,47 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import stat
-import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import BinaryIO
 
 from bridge.errors import WriteError
+from bridge.writer.directory import HeldDirectory, Standing
+from bridge.writer.drift import restamped, tampered, where_path_leads
 from bridge.writer.generation import (
-    DIR_FLAGS,
     FileSpec,
     Stamp,
     by_folder,
-    changed_files,
     is_memory_backed,
     make_dir,
-    open_output_dir,
     opened,
     read_tree,
     remove,
     remove_names,
     rename_new,
-    stamp_of,
-    stat_names,
     unlink,
     write_files,
 )
-from bridge.writer.links import DATA_LINK, Links, link_target
+from bridge.writer.links import DATA_LINK, DATA_TMP, Links, current_generation, link_target
 from bridge.writer.spares import MAX_SPARES, SPARE_PREFIX, Spares
 
 __all__ = ["DATA_LINK", "GENERATION_GRACE_SECONDS", "MAX_SPARES", "FileSpec", "Writer", "is_memory_backed"]
 
 #: how long a replaced generation stays for readers that were resolving paths through it
 GENERATION_GRACE_SECONDS = 1.0
-_DATA_TMP = "..data_tmp"
 
 log = logging.getLogger("secrets_bridge.writer")
 
 
-class Writer:
+class Writer(HeldDirectory):
     """Commits sets of files to `output_dir` as atomic generations, doing work in proportion to
     what changed, and puts back what something else changed. One thread at a time (the engine's
     loop): prepare(), commit(), prune() and check_drift() share the directory state."""
 
     def __init__(self, output_dir: Path, *, require_tmpfs: bool = True) -> None:
-        self.output_dir = output_dir
-        self.require_tmpfs = require_tmpfs
+        super().__init__(output_dir, require_tmpfs=require_tmpfs)
         #: the current generation's directory name (`..2026_...`), None before the first commit
         self.generation: str | None = None
-        self._dfd: int | None = None
-        self._lost = False  # the held directory was removed and could not be made again yet
-        self._rewrite_owed = False  # made again, but writing the committed files there failed
         self._committed: dict[str, FileSpec] = {}
         self._stamps: dict[str, Stamp] = {}
         self._generation_id = (0, 0)  # inode and mtime (a name added or removed changes it)
@@ -90,11 +81,12 @@ class Writer:
         """Create the directory if needed, check it is in memory, take it for this process (one
         writer per directory), repair any crash leftovers, and read what the current generation
         holds (`committed`). Again on a prepared writer: only follow a removal of the directory."""
-        if self._dfd is not None or self._lost:
+        if self._standing is not Standing.UNPREPARED:
             with self._errors("prepare"):
                 self._follow_removal()
             return
         self._open()
+        self._standing = Standing.HELD
         with self._errors("prepare"):
             self._repair()
 
@@ -107,76 +99,145 @@ class Writer:
         """Remove the spares and let another process write the directory."""
         if self._dfd is not None:
             self._spares.remove_spares(self._dfd)
-            os.close(self._dfd)  # closing drops the flock
-        self._dfd, self._lost = None, False
+        self._close()
 
     # -- commit ------------------------------------------------------------------------------
 
     def commit(self, updates: Mapping[str, FileSpec | None]) -> list[str]:
         """Apply `updates` (None removes a file) on top of what is committed, in one rename; return
-        the sorted names whose content, mode or owner changed. Nothing changed: nothing written."""
-        changes = {name: spec for name, spec in updates.items() if spec != self._committed.get(name)}
+        the sorted names whose content, mode or owner changed. Nothing changed: nothing written.
+
+        The steps, numbered as kubelet's AtomicWriter.Write numbers its own (and marked so below):
+
+         (1) Keep the updates that differ from what is committed; none: return, nothing is written.
+         (2) If the directory was removed, make it again and write every committed file there anew
+             (`_follow_removal`); this commit goes on in the new directory.
+         (3) Start the next generation from a spare: a private (0700) directory of hard links to
+             the current generation's files, prepared off the commit path by `prune()`. With none
+             ready, make one now and link the unchanged files into it.
+         (4) Remove the changed names from it: they are links to live inodes, never written through.
+         (5) Write each changed file, created with its final mode and owner, never wider.
+         (6) Open the directory to readers (0755) and rename it to a new `..<timestamp>` generation.
+         (7) Point `..data_tmp` at the new generation and rename it over `..data`: the commit point.
+             A failure before this removes the half-made directory; the current generation stays.
+         (8) Retire the replaced generation: readers mid-lookup have the grace period, then
+             `prune()` makes it a spare (or removes it).
+         (9) Record what is committed: each file's spec and stamp (what `check_drift` compares).
+        (10) Make the visible link of each new top-level name, remove those of names gone; a link
+             that cannot be made yet is made by the next `check_drift`.
+
+        `check_drift` runs the same steps with other starts and retirements: a rewrite of
+        everything in an empty directory (`_rewrite_all`), or of tampered files
+        (`_retire_tampered`), so no inode it did not write is carried into a generation."""
+        changes = {name: spec for name, spec in updates.items() if spec != self._committed.get(name)}  # (1)
         if not changes:
             return []
         with self._errors("commit"):
-            self._follow_removal()
-            self._publish(changes)
+            self._follow_removal()  # (2)
+            self._publish(changes, start=self._start_from_spare, retire=self._retire)
         return sorted(changes)
 
     def current(self) -> dict[str, FileSpec]:
         """The files of the current generation as read from disk now (for tests and tools)."""
         with self._errors("read"):
             dfd = self._fd()
-            gen = _current_generation(dfd)
+            gen = current_generation(dfd)
             if gen is None:
                 return {}
             with opened(dfd, gen) as gfd:
                 return {name: spec for name, spec, _ in read_tree(gfd)}
 
-    def _publish(self, changes: Mapping[str, FileSpec | None], *, fresh: bool = False,
-                 tainted: bool = False) -> None:
-        """Make a new generation: the committed set with `changes` applied, the changed names
-        written, the rest linked (fresh: everything written, no inode shared with anything)."""
+    def _publish(self, changes: Mapping[str, FileSpec | None], *, start: Callable[[Mapping[str, object]], str],
+                 retire: Callable[[str | None, Collection[str]], None]) -> None:
+        """Steps (3) to (10) of `commit`: `start` makes the directory the generation is made in,
+        `retire` takes the generation it replaces."""
         dfd = self._fd()
-        gen, spare = None, None
-        if not fresh:
-            spare = self._spares.take(dfd, self.generation, self._committed, changes)
-        taken = spare is not None
+        draft = start(changes)  # (3) and (4)
+        gen = None
         try:
-            if spare is None:  # no spare ready: link every unchanged file now
-                spare = make_dir(dfd, SPARE_PREFIX, 0o700)
-                if not fresh and self.generation is not None:
-                    unchanged = [name for name in self._committed if name not in changes]
-                    self._spares.link_all(dfd, spare, self.generation, unchanged)
-            with opened(dfd, spare) as sfd:
-                if taken:
-                    remove_names(sfd, changes)  # unlinked, never written through: the inode is live
+            with opened(dfd, draft) as sfd:
                 written = {name: spec for name, spec in changes.items() if spec is not None}
-                stamps = write_files(sfd, written, lambda: self._step("file_written"))
-                os.fchmod(sfd, 0o755)  # nosec B103  # a folder; readers of other uids walk through it
+                stamps = write_files(sfd, written, lambda: self._step("file_written"))  # (5)
+                os.fchmod(sfd, 0o755)  # nosec B103  # (6) a folder; readers of other uids walk through it
                 st = os.fstat(sfd)
-            gen = rename_new(dfd, spare, "..")
+            gen = rename_new(dfd, draft, "..")
             self._step("generation_written")
-            self._swap(gen)  # the commit point
+            self._swap(gen)  # (7) the commit point
         except BaseException:
             with contextlib.suppress(OSError):
-                unlink(dfd, _DATA_TMP)
-            if gen or spare:
-                self._spares.discard(dfd, gen or spare or "")  # never leave a partial generation or spare
+                unlink(dfd, DATA_TMP)
+            self._spares.discard(dfd, gen or draft)  # never leave a partial generation or spare
             self._restamp(changes)  # their links in the spare were removed
             raise
         self._step("committed")
         old, self.generation = self.generation, gen
-        self._spares.committed(old, changes, tainted=tainted or fresh or not self._generation_trusted, fresh=fresh)
+        retire(old, changes)  # (8)
         self._generation_id, self._generation_trusted = (st.st_ino, st.st_mtime_ns), True
-        self._apply(changes, stamps)
-        try:
-            self._links.sync(dfd, {name.split("/", 1)[0] for name in changes}, full=fresh)
+        self._record(changes, stamps)  # (9)
+        try:  # (10)
+            self._links.sync(dfd, {name.split("/", 1)[0] for name in changes})
             self._step("links_synced")
         except (OSError, WriteError) as exc:  # committed all the same; check_drift() makes them
             log.warning("%s: committed, but a visible link could not be made yet: %s", self.output_dir, exc)
 
-    def _apply(self, changes: Mapping[str, FileSpec | None], stamps: Mapping[str, Stamp]) -> None:
+    # (3) and (4): where the next generation starts
+
+    def _start_from_spare(self, changes: Mapping[str, object]) -> str:
+        """A spare matching the current generation with the changed names removed; with none
+        ready, a new directory with the unchanged files linked into it now."""
+        dfd = self._fd()
+        spare = self._spares.take(dfd, self.generation, self._committed, changes)
+        try:
+            if spare is not None:
+                with opened(dfd, spare) as sfd:
+                    remove_names(sfd, changes)  # (4) unlinked, never written through: the inode is live
+                return spare
+            spare = make_dir(dfd, SPARE_PREFIX, 0o700)
+            if self.generation is not None:
+                unchanged = [name for name in self._committed if name not in changes]
+                self._spares.link_all(dfd, spare, self.generation, unchanged)
+        except BaseException:
+            if spare is not None:
+                self._spares.discard(dfd, spare)
+            raise
+        return spare
+
+    def _start_empty(self, changes: Mapping[str, object]) -> str:
+        """An empty directory: every file is written anew, no inode shared with anything."""
+        return make_dir(self._fd(), SPARE_PREFIX, 0o700)
+
+    # (8): what becomes of the replaced generation
+
+    def _retire(self, old: str | None, changes: Collection[str]) -> None:
+        """A spare after its grace, when this process wrote it (one found at start may hold
+        anything: it is removed)."""
+        self._spares.committed(changes)
+        if old is not None:
+            if self._generation_trusted:
+                self._spares.keep(old, changes)
+            else:
+                self._spares.drop(old)
+
+    def _retire_tampered(self, old: str | None, changes: Collection[str]) -> None:
+        """Removed after its grace: it holds inodes something else changed."""
+        self._spares.committed(changes)
+        if old is not None:
+            self._spares.drop(old)
+
+    def _retire_everything(self, old: str | None, changes: Collection[str]) -> None:
+        """The replaced generation and every spare are removed (after a rewrite of everything)."""
+        self._spares.committed(changes)
+        self._spares.drop_spares()
+        if old is not None:
+            self._spares.drop(old)
+
+    def _rewrite_all(self) -> None:
+        """Every committed file written anew in an empty directory, the links of every name made;
+        nothing of the old generation or the spares is carried over."""
+        self._publish(dict(self._committed), start=self._start_empty, retire=self._retire_everything)
+        self._links.sync(self._fd(), self._links.tops, full=True)
+
+    def _record(self, changes: Mapping[str, FileSpec | None], stamps: Mapping[str, Stamp]) -> None:
         for name, spec in changes.items():
             if spec is None:
                 if self._committed.pop(name, None) is not None:
@@ -193,10 +254,10 @@ class Writer:
     def _swap(self, gen: str) -> None:
         """Point `..data` at `gen` by one rename."""
         dfd = self._fd()
-        unlink(dfd, _DATA_TMP)
-        os.symlink(gen, _DATA_TMP, dir_fd=dfd)
+        unlink(dfd, DATA_TMP)
+        os.symlink(gen, DATA_TMP, dir_fd=dfd)
         self._step("data_tmp_linked")
-        self._links.rename_over(dfd, _DATA_TMP, DATA_LINK)
+        self._links.rename_over(dfd, DATA_TMP, DATA_LINK)
 
     def prune(self, grace_seconds: float = GENERATION_GRACE_SECONDS, *, make_spare: bool = True) -> float | None:
         """Retire generations replaced more than `grace_seconds` ago and (with `make_spare`) make sure a
@@ -237,10 +298,11 @@ class Writer:
             repaired = [] if data_ok else [DATA_LINK]
             bad = self._tampered(self.generation)
             if bad is None:  # the generation itself is gone or not the one written
-                self._publish(dict(self._committed), fresh=True)
+                self._rewrite_all()
                 return sorted({*repaired, *self._committed})
             if bad:
-                self._publish({name: self._committed[name] for name in bad}, tainted=True)
+                self._publish({name: self._committed[name] for name in bad}, start=self._start_from_spare,
+                              retire=self._retire_tampered)
                 repaired += bad
             elif not data_ok:
                 self._swap(self.generation)
@@ -250,18 +312,11 @@ class Writer:
     def _warn_if_path_moved(self) -> None:
         """The path may now lead elsewhere (a re-pointed symlink, a directory moved away): writes
         stay in the directory locked at start, and the operator is told once."""
-        held = os.fstat(self._fd())
-        try:
-            st = os.stat(self.output_dir)
-            now: tuple[int, int] | None = (st.st_dev, st.st_ino)
-        except OSError:
-            now = None
-        if now == (held.st_dev, held.st_ino):
-            self._path_warned = None
-        elif self._path_warned is None:
+        now = where_path_leads(self.output_dir, self._fd())
+        if now is not None and self._path_warned is None:
             log.warning("%s no longer leads to the directory locked at start; still writing that one "
                         "(restart the bridge to use the new one)", self.output_dir)
-            self._path_warned = now or (-1, -1)
+        self._path_warned = now
 
     def _restamp(self, names: Collection[str] | None) -> None:
         """Record again the ctime of current files whose link count the writer itself changed
@@ -272,43 +327,24 @@ class Writer:
         wanted = self._committed if names is None else [name for name in names if name in self._committed]
         if not wanted:
             return
-        with contextlib.suppress(OSError), opened(self._dfd, self.generation) as gfd:
-            for name, st in stat_names(gfd, by_folder(wanted).items()):
-                old = self._stamps[name]
-                if st is not None and stamp_of(st)[:-1] == old[:-1]:
-                    self._stamps[name] = stamp_of(st)
+        with contextlib.suppress(OSError):
+            self._stamps.update(restamped(self._dfd, self.generation, wanted, self._stamps))
 
     def _data_ok(self) -> bool:
         return link_target(self._fd(), DATA_LINK) == self.generation
 
     def _tampered(self, gen: str) -> list[str] | None:
-        """Names of the current generation whose stamp differs from the one recorded; None when the
-        generation directory itself is missing, replaced, chmod'ed, or has a name added."""
-        try:
-            gfd = os.open(gen, DIR_FLAGS, dir_fd=self._fd())
-        except OSError:
-            return None
-        try:
-            st = os.fstat(gfd)
-            if st.st_ino != self._generation_id[0] or stat.S_IMODE(st.st_mode) != 0o755:
-                return None
-            if st.st_mtime_ns != self._generation_id[1] and not set(os.listdir(gfd)) <= self._links.tops.keys():
-                return None  # rewrite it all rather than carry along what this writer did not write
-            if self._folders is None:
-                self._folders = list(by_folder(self._committed).items())
-            return changed_files(gfd, self._folders, self._stamps)
-        finally:
-            os.close(gfd)
+        if self._folders is None:
+            self._folders = list(by_folder(self._committed).items())
+        return tampered(self._fd(), gen, self._generation_id, self._links.tops.keys(), self._folders,
+                        self._stamps)
 
     # -- the directory -----------------------------------------------------------------------
-
-    def _open(self) -> None:
-        self._dfd = open_output_dir(self.output_dir, require_tmpfs=self.require_tmpfs)
 
     def _repair(self) -> None:
         """Start: keep `..data`'s generation, remove every other `..` name, read what it holds."""
         dfd = self._fd()
-        gen = _current_generation(dfd)
+        gen = current_generation(dfd)
         if gen is None:
             remove(dfd, DATA_LINK)  # dangling, or not a link to a generation
         for name in os.listdir(dfd):
@@ -331,51 +367,15 @@ class Writer:
         self._spares.forget()
         self._links.forget()
 
-    def _follow_removal(self) -> bool:
-        """If the held directory was removed, make it again at the path and write everything
-        committed there (again at the next call, if that failed). True when it did."""
-        gone = self._dfd is None or os.fstat(self._dfd).st_nlink == 0
-        if not gone and not self._rewrite_owed:
-            return False
-        if self._dfd is None and not self._lost:
-            self._fd()  # never prepared: say so
-        if gone:
-            if self._dfd is not None:
-                log.warning("%s was removed; making it again with the %d committed files",
-                            self.output_dir, len(self._committed))
-                os.close(self._dfd)
-                self._dfd = None
-            self._lost = self._rewrite_owed = True
-            self._spares.forget()
-            self._links.forget()
-            for name in self._committed:
-                self._links.added(name)
-            self.generation = None
-            self._open()
-            self._lost = False
-            dfd = self._fd()
-            for name in os.listdir(dfd):
-                if name.startswith(".."):
-                    remove(dfd, name)
-        if self._committed:
-            self._publish(dict(self._committed), fresh=True)
-        self._rewrite_owed = False
-        return True
+    def _file_count(self) -> int:
+        return len(self._committed)
 
-    def _fd(self) -> int:
-        if self._dfd is None:
-            raise WriteError(f"output_dir {self.output_dir} is not open (prepare() first)")
-        return self._dfd
-
-    @contextlib.contextmanager
-    def _errors(self, doing: str) -> Iterator[None]:
-        """One line for an OS fault (a full tmpfs, no descriptors left, a read-only remount, ...)."""
-        try:
-            yield
-        except OSError as exc:
-            where = f" ({exc.filename})" if exc.filename else ""
-            raise WriteError(
-                f"{doing} in {self.output_dir}: {exc.strerror or type(exc).__name__}{where}") from None
+    def _forget_directory(self) -> None:
+        self._spares.forget()
+        self._links.forget()
+        for name in self._committed:
+            self._links.added(name)
+        self.generation = None
 
     def clear(self) -> None:
         """Remove every file the writer made (Docker removes secrets when a task stops)."""
@@ -388,74 +388,5 @@ class Writer:
                 if name.startswith(".."):
                     remove(dfd, name)
 
-    def write_state(self, name: str, data: bytes, mode: int = 0o644) -> None:
-        """Atomically replace the metadata file `name` (not a `..` name) beside the secrets,
-        created with `mode` from the start (0o600 for what only the bridge may read)."""
-        with self._errors("write state"):
-            self._follow_removal()
-            dfd = self._fd()
-            tmp = f"..state_{time.time_ns()}"
-            try:
-                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-                fd = os.open(tmp, flags, mode & 0o777, dir_fd=dfd)
-                with os.fdopen(fd, "wb") as out:
-                    os.fchmod(fd, mode)  # undoes the umask
-                    out.write(data)
-                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-            except OSError as exc:
-                unlink(dfd, tmp)
-                raise WriteError(f"cannot write {name} in {self.output_dir}: {exc.strerror}") from None
-
-    def read_state(self, name: str) -> bytes | None:
-        """The metadata file `name` beside the secrets (None when there is none), read through the
-        directory held since prepare() (before it, through the path), never through a symlink."""
-        with self._errors(f"read {name}"):
-            try:
-                dfd = self._dfd if self._dfd is not None else os.open(self.output_dir, DIR_FLAGS & ~os.O_NOFOLLOW)
-            except FileNotFoundError:
-                return None  # no output directory yet (`check` before any sync): no state either
-            try:
-                # O_NONBLOCK: a FIFO planted under the name must not hang the bridge in open()
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
-            except FileNotFoundError:
-                return None
-            finally:
-                if dfd != self._dfd:
-                    os.close(dfd)
-            with os.fdopen(fd, "rb") as f:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise WriteError(f"read {name} in {self.output_dir}: not a regular file")
-                return read_bounded(f, f"{name} in {self.output_dir}")
-
-    def remove_state(self, name: str) -> None:
-        """Remove the metadata file `name` beside the secrets, if it is there."""
-        with self._errors(f"remove {name}"):
-            unlink(self._fd(), name)
-
     def _step(self, name: str) -> None:
         """A named point between two steps of a commit (tests crash the process here)."""
-
-
-def _current_generation(dfd: int) -> str | None:
-    target = link_target(dfd, DATA_LINK)
-    if target is None or "/" in target or not target.startswith("..") or target in (DATA_LINK, _DATA_TMP):
-        return None
-    try:
-        st = os.stat(target, dir_fd=dfd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-    return target if stat.S_ISDIR(st.st_mode) else None
-
-
-#: a metadata file beside the secrets (state file, lease store) larger than this is not one the
-#: bridge wrote (100,000 files make a 30 MB state file): refused, never read whole
-MAX_STATE_BYTES = 64 * 2**20
-
-
-def read_bounded(file: BinaryIO, what: str) -> bytes:
-    """All of `file`, or WriteError once it is past MAX_STATE_BYTES (a sparse file of gigabytes
-    costs nothing on disk and everything in memory)."""
-    data = file.read(MAX_STATE_BYTES + 1)
-    if len(data) > MAX_STATE_BYTES:
-        raise WriteError(f"{what} is larger than {MAX_STATE_BYTES // 2**20} MiB: not the bridge's; remove it")
-    return data

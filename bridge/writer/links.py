@@ -19,6 +19,7 @@ from bridge.errors import WriteError
 from bridge.writer.generation import rename_new, unlink
 
 DATA_LINK = "..data"
+DATA_TMP = "..data_tmp"
 _LINK_TMP = "..link_tmp"
 _ASIDE = "..aside_"
 #: a directory's mtime comes from the kernel's tick-based clock (1-10 ms steps): once the clock is
@@ -125,3 +126,15 @@ def link_target(dfd: int, name: str) -> str | None:
 
 def is_our_link(dfd: int, name: str) -> bool:
     return (link_target(dfd, name) or "").startswith(DATA_LINK + "/")
+
+
+def current_generation(dfd: int) -> str | None:
+    """The generation `..data` points at, when it is one (a `..` folder in the directory itself)."""
+    target = link_target(dfd, DATA_LINK)
+    if target is None or "/" in target or not target.startswith("..") or target in (DATA_LINK, DATA_TMP):
+        return None
+    try:
+        st = os.stat(target, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return target if stat.S_ISDIR(st.st_mode) else None

@@ -72,21 +72,30 @@ class Spares:
             link_names(gfd, sfd, names, lambda: self._step("spare_file_linked"))
         self._restamp(names)
 
-    def committed(self, old: str | None, changes: Collection[str], *, tainted: bool, fresh: bool) -> None:
-        """A commit replaced `old` by a generation differing in `changes`; `tainted`: `old` may hold
-        what the writer did not write. A fresh one (every file written anew) retires the spares."""
+    def committed(self, changes: Collection[str]) -> None:
+        """A commit made a new current generation differing in `changes`: so do every spare and
+        every replaced generation now."""
         stale = set(changes)
         for spare_stale in self._spares.values():
             spare_stale |= stale
         for replaced in self._replaced.values():
             replaced.stale |= stale
-        if fresh:
-            for spare in self._spares:
-                self._replaced[spare] = _Replaced(-1e9, set(), True)
-            self._spares.clear()
         self._current_since = time.monotonic()
-        if old is not None:
-            self._replaced[old] = _Replaced(self._current_since, stale, tainted)
+
+    def keep(self, old: str, changes: Collection[str]) -> None:
+        """The replaced generation `old` becomes a spare after its grace."""
+        self._replaced[old] = _Replaced(self._current_since, set(changes), tainted=False)
+
+    def drop(self, old: str) -> None:
+        """The replaced generation `old` may hold what the writer did not write: removed after its
+        grace, never made a spare."""
+        self._replaced[old] = _Replaced(self._current_since, set(), tainted=True)
+
+    def drop_spares(self) -> None:
+        """Every spare is removed at the next prune (after a rewrite of everything)."""
+        for spare in self._spares:
+            self._replaced[spare] = _Replaced(-1e9, set(), tainted=True)
+        self._spares.clear()
 
     def prune(self, dfd: int, generation: str | None, committed: Collection[str],
               grace_seconds: float, *, make_spare: bool = True) -> float | None:
@@ -94,27 +103,10 @@ class Spares:
         (with `make_spare`) make a spare if none is ready once the current generation has stood for the
         grace period (the replaced one becomes a spare by then at a fraction of the cost, and a
         one-shot sync makes none). Returns the seconds until there is more to do, None if nothing."""
-        now, wait = time.monotonic(), None
+        now = time.monotonic()
         try:
-            for name, old in list(self._replaced.items()):
-                age = now - old.replaced_at
-                if age < grace_seconds:
-                    wait = min(wait or grace_seconds, grace_seconds - age)
-                    continue
-                del self._replaced[name]
-                if old.tainted or len(self._spares) >= MAX_SPARES or generation is None:
-                    self.discard(dfd, name)
-                else:
-                    self._recycle(dfd, name, old.stale, generation, committed)
-            for spare, stale in list(self._spares.items()):
-                if stale:
-                    try:
-                        self._relink(dfd, spare, generation, committed, stale)
-                    except BaseException:
-                        del self._spares[spare]
-                        self.discard(dfd, spare)
-                        raise
-                    stale.clear()
+            wait = self._retire_replaced(dfd, generation, committed, grace_seconds, now)
+            self._relink_spares(dfd, generation, committed)
             if make_spare and not self._spares and generation is not None:
                 due = max(self._retry_at, self._current_since + grace_seconds) - now
                 if due <= 0:
@@ -125,6 +117,34 @@ class Spares:
             self._retry_at = now + _RETRY_SECONDS
             raise
         return wait
+
+    def _retire_replaced(self, dfd: int, generation: str | None, committed: Collection[str],
+                         grace_seconds: float, now: float) -> float | None:
+        """Each replaced generation past its grace becomes a spare or is removed; returns the
+        seconds until the next one's grace ends."""
+        wait = None
+        for name, old in list(self._replaced.items()):
+            age = now - old.replaced_at
+            if age < grace_seconds:
+                wait = min(wait or grace_seconds, grace_seconds - age)
+                continue
+            del self._replaced[name]
+            if old.tainted or len(self._spares) >= MAX_SPARES or generation is None:
+                self.discard(dfd, name)
+            else:
+                self._recycle(dfd, name, old.stale, generation, committed)
+        return wait
+
+    def _relink_spares(self, dfd: int, generation: str | None, committed: Collection[str]) -> None:
+        for spare, stale in list(self._spares.items()):
+            if stale:
+                try:
+                    self._relink(dfd, spare, generation, committed, stale)
+                except BaseException:
+                    del self._spares[spare]
+                    self.discard(dfd, spare)
+                    raise
+                stale.clear()
 
     def discard(self, dfd: int, name: str) -> None:
         """Remove a writer-owned directory; if that fails, try again at a later prune()."""

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from bridge.config.fields import STATE_FILE
 from bridge.errors import WriteError
-from bridge.writer.atomic import Writer, read_bounded
+from bridge.writer.atomic import Writer
+from bridge.writer.sidefiles import read_bounded
 
 log = logging.getLogger("secrets_bridge.state")
 
