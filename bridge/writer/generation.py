@@ -58,9 +58,11 @@ def can_give_owner(uid: int, gid: int) -> bool:
 @functools.cache
 def _has_cap_chown() -> bool:
     try:
-        with open("/proc/self/status", encoding="ascii") as status:
+        # bytes, not text: a codec module loaded lazily could be unreadable to a process that has
+        # dropped to an unprivileged uid since it started
+        with open("/proc/self/status", "rb") as status:
             for line in status:
-                if line.startswith("CapEff:"):
+                if line.startswith(b"CapEff:"):
                     return bool(int(line.split()[1], 16) & 1)  # bit 0: CAP_CHOWN
     except (OSError, ValueError):
         pass
