@@ -28,6 +28,7 @@ this machine's disk a file creation or symlink costs 0.6 ms of waiting, which is
 not either tool's.
 
     python bench/vs_bao_agent.py --secrets 100 --interval 1 --window 20 --runs 5
+    python bench/vs_bao_agent.py --secrets 100 --runs 31 --one-shot-only   # the one-shot runs alone
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class Bench:
         self.token = "bench-root"
         self.address = ""
         self.audit = work / "audit.log"
+        self.pair_ratio = float("nan")  # set by one_shot()
 
     def kv_put(self, i: int, value: str) -> None:
         self.client.secrets.kv.v2.create_or_update_secret(path=f"bench/s{i}", secret={"value": value})
@@ -188,6 +190,10 @@ class Bench:
                     samples[name].append(sample)
         medians = {name: {key: statistics.median(s[key] for s in runs_) for key in runs_[0]}
                    for name, runs_ in samples.items()}
+        # Each round's two runs are next to each other in time: on a shared machine whose load
+        # varies, the median of their ratios is steadier than the ratio of the medians.
+        self.pair_ratio = statistics.median(b["seconds"] / a["seconds"]
+                                            for b, a in zip(samples["bridge"], samples["agent"], strict=True))
         return medians["bridge"], medians["agent"]
 
     #: what each command imports before its first request (the engine's Vault reads run on a pool)
@@ -290,6 +296,7 @@ def main() -> None:
     parser.add_argument("--idle-window", type=float, default=65.0,
                         help="seconds of the idle measurement (at least 60 to hold a safety sweep)")
     parser.add_argument("--runs", type=int, default=7, help="one-shot runs of each tool (median)")
+    parser.add_argument("--one-shot-only", action="store_true", help="measure the one-shot runs alone")
     args = parser.parse_args()
     shm = Path("/dev/shm")
     work = Path(tempfile.mkdtemp(prefix="sb-bench-", dir=shm if shm.is_dir() and is_memory_backed(shm) else None))
@@ -298,6 +305,9 @@ def main() -> None:
         server = bench.start_server(audit=False)  # everything timed or measured: no audit device
         try:
             once_bridge, once_agent = bench.one_shot(args.runs)
+            if args.one_shot_only:
+                _print_one_shot(args.runs, once_bridge, once_agent, bench.pair_ratio)
+                return
             floor = bench.floor(args.runs)
             bridge = bench.measure("bridge", bench.bridge_command(work / "bridge-out"), work / "bridge-out")
             agent = bench.measure("agent", bench.agent_command(work / "agent-out"), work / "agent-out")
@@ -331,10 +341,19 @@ def main() -> None:
     for key, ours, theirs in rows:
         ratio = ours / theirs if theirs else float("nan")
         print(f"{key:32} {ours:15.3f} {theirs:12.3f} {ratio:8.2f}")
+    print(f"one-shot wall time, median of the {args.runs} rounds' own ratios: {bench.pair_ratio:.2f}")
     print(f"floor (bridge imports alone; the bare interpreter {floor['interpreter_rss_mib']:.1f} MiB): "
           f"`run` {floor['run_rss_mib']:.1f} MiB ({floor['run_rss_mib'] / agent['rss_mib']:.2f}x the agent's "
           f"steady RSS), {floor['run_seconds']:.3f} s; `sync` {floor['sync_rss_mib']:.1f} MiB, "
           f"{floor['sync_seconds']:.3f} s ({floor['sync_seconds'] / once_agent['seconds']:.2f}x the agent's one-shot)")
+
+
+def _print_one_shot(runs: int, bridge: dict[str, float], agent: dict[str, float], pair_ratio: float) -> None:
+    print(f"one-shot only: median of {runs} alternating cold runs, no audit device")
+    print(f"{'metric':32} {'secrets-bridge':>15} {'bao agent':>12} {'ratio':>8}")
+    for key in bridge:
+        print(f"one_shot_{key:23} {bridge[key]:15.3f} {agent[key]:12.3f} {bridge[key] / agent[key]:8.2f}")
+    print(f"one-shot wall time, median of the {runs} rounds' own ratios: {pair_ratio:.2f}")
 
 
 if __name__ == "__main__":
