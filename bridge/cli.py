@@ -35,7 +35,8 @@ and environment variables. Applications read /run/secrets/NAME as they read Dock
 
 EPILOG = """\
 exit status: 0 success; 1 a required secret failed, the bridge could not start, or (inspect) no
-secret of that name; 2 a configuration or usage error, or (ls, inspect) no state yet.
+secret of that name; 2 a configuration or usage error, or (ls, inspect) no state yet; exec: the
+command's own.
 Options may come before or after the command. Run `secrets-bridge COMMAND --help` for more."""
 
 #: name, one-line help, description, exit statuses (as the README's command table says)
@@ -53,6 +54,15 @@ COMMANDS = (
      "Fetch every secret as sync would and apply key, encoding and format, but write nothing; print "
      "each resolved version or error, never a value.",
      "exit status: 0 every required secret resolves; 1 any does not; 2 config error"),
+    ("exec", "run a command with secrets as env values and files; restart it on rotation",
+     "Sync every secret and env: value, then run COMMAND as the bridge's child with the env: values in "
+     "its environment (less the bridge's own credentials and SECRETS_BRIDGE_* variables), keep files and "
+     "values in step as run does, and restart COMMAND when an env: value changes (exec.restart_on). "
+     "SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2 and SIGWINCH go to COMMAND; the config reloads "
+     "when its file changes. --mask conceals every delivered value in COMMAND's stdout and stderr.",
+     "exit status: COMMAND's own (128+N when signal N ended it); 1 a required secret or env value failed "
+     "at start (COMMAND not started) or the bridge could not start; 2 config or usage error; 126 COMMAND "
+     "cannot be run; 127 COMMAND not found"),
     ("ls", "list the secrets in the output directory (metadata only)",
      "List name, provider, ref, version, size and update time of each file the last sync or run "
      "wrote, from the state file beside them. Contacts no provider. As `docker secret ls`: -q prints "
@@ -96,7 +106,12 @@ THREAD_STACK_BYTES = 1 << 20
 
 def _main(argv: Sequence[str] | None) -> int:
     threading.stack_size(THREAD_STACK_BYTES)
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "exec":
+        args.argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        if not args.argv:
+            parser.error("exec needs a command: secrets-bridge exec [--mask] [--] COMMAND [ARG...]")
     setup_logging(args.log_format or "auto", args.debug)
     try:
         status = _dispatch(args)
@@ -144,12 +159,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     config = load_config(path)
     if args.log_format is None:
         setup_logging(config.settings.log_format, args.debug)
-    if args.command in ("run", "sync"):
+    if args.command in ("run", "sync", "exec"):
         refuse_disk_output_dir(config.settings)
-    if args.command == "run":
-        from bridge.runtime.runner import Runner  # the file watcher and the server: only `run` pays for them
+    if args.command in ("run", "exec"):
+        from bridge.runtime.runner import Runner  # the file watcher and the server: only run and exec pay for them
 
         runner = Runner(path, config, log_format=args.log_format, debug=args.debug)
+        if args.command == "exec":
+            from bridge.runtime.exec_runner import ExecRunner
+
+            runner = ExecRunner(path, config, args.argv, mask=args.mask, log_format=args.log_format,
+                                debug=args.debug)
         if config.settings.listen:
             return runner.run()
         with metrics.unrecorded():  # no /metrics to read them (the listener is set at start only)
@@ -192,6 +212,12 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("-q", "--quiet", action="store_true", help="print the names only")
             command.add_argument("--format", metavar="json|TEMPLATE",
                                  help="one JSON object a line, or a template such as '{{.Name}}\\t{{.Version}}'")
+        if name == "exec":
+            command.add_argument("--mask", action="store_true",
+                                 help="pass COMMAND's stdout and stderr through the bridge, every delivered "
+                                      "value of 6 bytes or more replaced by <concealed by secrets-bridge>")
+            command.add_argument("argv", nargs=argparse.REMAINDER, metavar="[--] COMMAND [ARG...]",
+                                 help="the command to run, with its arguments")
     return parser
 
 

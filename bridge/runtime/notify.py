@@ -127,6 +127,11 @@ class Notifier:
                     self._start_worker(hook)
             self._cond.notify_all()
 
+    def running_pids(self) -> frozenset[int]:
+        """The on_change command running now, if any (its thread reaps it; a PID 1 reaper must not)."""
+        child = self._child
+        return frozenset() if child is None else frozenset((child.pid,))
+
     def started(self) -> None:
         """The first sync of `run` is over: from now on a missing pid file is an error."""
         with self._cond:

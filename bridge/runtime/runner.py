@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bridge.config.fields import STATE_FILE
 from bridge.config.loader import BridgeConfig, Config, load_config
-from bridge.engine.cycle import Engine
+from bridge.engine.cycle import CycleResult, Engine
 from bridge.errors import BridgeError, ConfigError, WriteError
 from bridge.observe.logs import AuditLog, setup_logging
 from bridge.runtime.inotify import Watcher
@@ -49,6 +49,9 @@ RESTART_FIELDS = ("output_dir", "listen")
 
 
 class Runner:
+    #: the exit status once stopped (exec: its child's)
+    status = 0
+
     def __init__(self, config_path: Path, config: Config, *, log_format: str | None = None,
                  debug: bool = False) -> None:
         """`log_format`: given on the command line, it wins over the config's, reloads included."""
@@ -94,6 +97,7 @@ class Runner:
             while not self.wakeup.stop_requested:
                 self.loop.run(self.wakeup)
                 self.wakeup.clear()
+                self._woke()
                 if not self.wakeup.reload_requested or self.wakeup.stop_requested:
                     continue
                 too_soon = last_reload + RELOAD_MIN_INTERVAL_SECONDS - time.monotonic()
@@ -113,6 +117,7 @@ class Runner:
             log.info("received %s: stopping", self.wakeup.stop_signal or "a stop request")
         finally:
             loop_done.set()
+            self._stopping()
             if deferred is not None:
                 deferred.cancel()
             watch.stop()
@@ -129,7 +134,13 @@ class Runner:
                 log.info("removed the secrets from %s (cleanup_on_exit)", self.config.settings.output_dir)
             self.engine.close()
         log.info("stopped")
-        return 0
+        return self.status
+
+    def _woke(self) -> None:
+        """The loop was woken (a signal, a file event, a timer): `exec` looks at its child here."""
+
+    def _stopping(self) -> None:
+        """The loop has ended; shutdown follows (`exec` makes sure its child is gone first)."""
 
     def _stop_deadline(self, loop_done: threading.Event) -> None:
         """After a stop request, give the cycle in progress STOP_DEADLINE_SECONDS to finish.
@@ -142,14 +153,14 @@ class Runner:
         log.warning("the cycle in progress is still waiting on a provider %.0fs after %s; exiting without it",
                     STOP_DEADLINE_SECONDS, self.wakeup.stop_signal or "the stop request")
         logging.shutdown()
-        os._exit(0)
+        os._exit(self.status)
 
     def _engine(self, config: Config, writer: Writer | None = None) -> Engine:
         engine = Engine(config, subscribers=[self.notifier, AuditLog(config.settings.audit_log)], writer=writer)
         engine.start()
         return engine
 
-    def _initial_sync(self, engine: Engine) -> None:
+    def _initial_sync(self, engine: Engine) -> CycleResult:
         result = engine.sync()
         required = [n for n in result.failed if not engine.settings.secrets[n].optional]
         level = logging.ERROR if result.write_error else logging.WARNING if required else logging.INFO
@@ -158,6 +169,7 @@ class Runner:
         # and again (at 10,000 secrets a full collection pauses the loop for 100-200 ms).
         gc.collect()
         gc.freeze()
+        return result
 
     def _reload(self) -> None:
         """Validate and build the new config's engine first; only then replace the running one."""
