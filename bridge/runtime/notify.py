@@ -128,9 +128,9 @@ class Notifier:
             self._cond.notify_all()
 
     def running_pids(self) -> frozenset[int]:
-        """The on_change command running now, if any (its thread reaps it; a PID 1 reaper must not)."""
-        child = self._child
-        return frozenset() if child is None else frozenset((child.pid,))
+        """The on_change commands running now (their threads reap them; a PID 1 reaper must not)."""
+        with self._cond:
+            return frozenset(child.pid for child in self._children)
 
     def started(self) -> None:
         """The first sync of `run` is over: from now on a missing pid file is an error."""
