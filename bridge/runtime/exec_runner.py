@@ -147,8 +147,8 @@ class ExecRunner(Runner):
     def _changed(self, changes: list[Change]) -> None:
         """A commit subscriber: conceal new values; plan a restart when what the child got changed."""
         if self.mask is not None:
-            files = self.engine.files
-            self.mask.add(files[c.file].content for c in changes if c.kind == "file" and c.file in files)
+            specs = (self.engine.files.spec(c.file) for c in changes if c.kind == "file")
+            self.mask.add(spec.content for spec in specs if spec is not None)
             self.mask.add(self.engine.env_values().values())
         settings = self.config.settings.exec
         if not self.child.running() or settings.restart_on == "never":
