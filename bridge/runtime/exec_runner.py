@@ -89,7 +89,7 @@ class ExecRunner(Runner):
 
     def _engine(self, config: Config, writer: Writer | None = None) -> Engine:
         engine = Engine(config, subscribers=[self.notifier, AuditLog(config.settings.audit_log), self._changed],
-                        writer=writer, drift=self.drift, env=True)
+                        writer=writer, env=True)
         engine.start()
         return engine
 

@@ -162,7 +162,7 @@ class Runner:
 
     def _initial_sync(self, engine: Engine) -> CycleResult:
         result = engine.sync()
-        required = [n for n in result.failed if not engine.settings.secrets[n].optional]
+        required = [n for n in result.failed if not engine.outputs[n].optional]
         level = logging.ERROR if result.write_error else logging.WARNING if required else logging.INFO
         log.log(level, "%s", result.summary(engine.config))
         # What start-up built lives as long as the engine: keep the collector from walking it again
