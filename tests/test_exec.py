@@ -1,0 +1,320 @@
+"""`secrets-bridge exec` end to end, as a user runs it: the bridge as a process, its child a real
+program reporting what it got, against a real OpenBao (and its database engine in front of a
+real PostgreSQL for leased credentials)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DatabaseEngine, OpenBao
+from tests.polling import wait_for
+from tests.servers import Postgres, venv_binary
+
+#: the child: reports its start (pid, environment, a file) and each signal, one JSON line each
+CHILD = r"""
+import json, os, signal, sys, time
+report, file = sys.argv[1], sys.argv[2]
+def emit(**kw):
+    with open(report, "a") as f:
+        f.write(json.dumps(kw) + "\n")
+try:
+    content = open(file).read()
+except OSError:
+    content = None
+emit(event="start", pid=os.getpid(), env=dict(os.environ), file=content)
+def on(sig, frame):
+    emit(event="signal", signal=sig)
+    if sig == signal.SIGTERM:
+        sys.exit(int(os.environ.get("EXIT_ON_TERM", "0")))
+for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
+            signal.SIGWINCH):
+    signal.signal(sig, on)
+while True:
+    time.sleep(3600)
+"""
+
+
+@pytest.fixture
+def out() -> Iterator[Path]:
+    """An output directory on tmpfs."""
+    d = Path("/dev/shm") / f"sb-exec-{uuid.uuid4().hex}"
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+class Exec:
+    """`secrets-bridge exec` with a config, Vault credentials in its environment, and its child's reports."""
+
+    def __init__(self, openbao: OpenBao, tmp_path: Path, out: Path, body: str, *, interval: str = "500ms",
+                 extra: str = "") -> None:
+        self.config = tmp_path / "c.yaml"
+        self.config.write_text(f"output_dir: {out}\nrefresh_interval: {interval}\njitter: 0\nlisten: null\n"
+                               f"providers:\n  vault: {{type: vault}}\n{extra}{body}")
+        self.report = tmp_path / "report.jsonl"
+        self.out = out
+        self.env = {**os.environ, "VAULT_ADDR": openbao.address, "VAULT_TOKEN": openbao.root_token,
+                    "SECRETS_BRIDGE_CONFIG": str(self.config), "APP_SETTING": "kept", "DB_PASSWORD": "from-parent"}
+        self.proc: subprocess.Popen[str] | None = None
+        self.printed = ""
+
+    def command(self, *child: str, mask: bool = False) -> list[str]:
+        return [venv_binary("secrets-bridge"), "exec", *(["--mask"] if mask else []), "--", *child]
+
+    def start(self, *child: str) -> subprocess.Popen[str]:
+        argv = child or (sys.executable, "-c", CHILD, str(self.report), str(self.out / "db" / "password"))
+        self.proc = subprocess.Popen(self.command(*argv), env=self.env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        return self.proc
+
+    def events(self, kind: str = "start") -> list[dict[str, object]]:
+        try:
+            lines = self.report.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [e for e in map(json.loads, lines) if e["event"] == kind]
+
+    def starts(self) -> list[dict[str, object]]:
+        return self.events("start")
+
+    def child_env(self, index: int = -1) -> dict[str, str]:
+        env = self.starts()[index]["env"]
+        assert isinstance(env, dict)
+        return env
+
+    def finish(self, timeout: float = 20, *, stop: bool = True) -> int:
+        """Its exit status, after a SIGTERM (unless `stop` is false: then it must end by itself)."""
+        assert self.proc is not None
+        if stop and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        output, _ = self.proc.communicate(timeout=timeout)
+        self.printed += output
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+def _kv(openbao: OpenBao, **data: str) -> str:
+    ref = f"app/{uuid.uuid4().hex}"
+    openbao.client().secrets.kv.v2.create_or_update_secret(path=ref, secret=data)
+    return ref
+
+
+def _body(ref: str) -> str:
+    return (f"secrets:\n  db: {{provider: vault, ref: secret/{ref}, files: {{password: password}}}}\n"
+            f"env:\n  DB_PASSWORD: {{provider: vault, ref: secret/{ref}, key: password}}\n"
+            f"  DATABASE_URL:\n    template: \"postgres://{{{{ db.user }}}}:{{{{ db.password | urlencode }}}}@db/app\"\n"
+            f"    values: {{db: {{provider: vault, ref: secret/{ref}}}}}\n")
+
+
+def test_child_gets_values_files_and_no_credential(openbao: OpenBao, tmp_path: Path, out: Path) -> None:
+    """The child starts after the files are committed, with env: values (over the parent's own),
+    the parent's other variables, and neither the Vault token nor any SECRETS_BRIDGE_* variable,
+    also as the kernel shows its environment."""
+    ref = _kv(openbao, user="app", password="pw one/+")
+    bridge = Exec(openbao, tmp_path, out, _body(ref))
+    bridge.start()
+    try:
+        assert wait_for(bridge.starts, timeout=20), bridge.printed
+        start = bridge.starts()[0]
+        env = bridge.child_env()
+        assert env["DB_PASSWORD"] == "pw one/+" and env["DATABASE_URL"] == "postgres://app:pw%20one%2F%2B@db/app"
+        assert start["file"] == "pw one/+"  # committed before the child started
+        assert env["APP_SETTING"] == "kept" and env["VAULT_ADDR"] == openbao.address
+        assert "VAULT_TOKEN" not in env and not any(k.startswith("SECRETS_BRIDGE_") for k in env)
+        environ = Path(f"/proc/{start['pid']}/environ").read_bytes()
+        assert openbao.root_token.encode() not in environ and b"SECRETS_BRIDGE_" not in environ
+        assert bridge.finish() == 0
+    finally:
+        bridge.kill()
+    assert "pw one" not in bridge.printed and openbao.root_token not in bridge.printed
+
+
+def test_rotation_restarts_once_per_burst(openbao: OpenBao, tmp_path: Path, out: Path) -> None:
+    """Two KV updates within `wait` restart the child once, with the newest value, within the
+    refresh interval plus wait.max; on_change still fires for the files."""
+    ref = _kv(openbao, user="app", password="pw-1")
+    marker = tmp_path / "hook-fired"
+    extra = (f"exec: {{wait: {{min: 1500ms, max: 4s}}}}\n"
+             f"on_change:\n  - {{exec: [\"/bin/sh\", \"-c\", \"echo x >> {marker}\"]}}\n")
+    bridge = Exec(openbao, tmp_path, out, _body(ref), extra=extra)
+    bridge.start()
+    client = openbao.client()
+    try:
+        assert wait_for(bridge.starts, timeout=20), bridge.printed
+        first = time.monotonic()
+        client.secrets.kv.v2.create_or_update_secret(path=ref, secret={"user": "app", "password": "pw-2"})
+        time.sleep(0.8)  # the bridge sees pw-2, then pw-3 within the same quiet window
+        client.secrets.kv.v2.create_or_update_secret(path=ref, secret={"user": "app", "password": "pw-3"})
+        assert wait_for(lambda: len(bridge.starts()) >= 2, timeout=10), bridge.printed
+        assert time.monotonic() - first < 0.5 + 4 + 2  # interval + wait.max, and the child's own start
+        time.sleep(2.5)  # a second restart would come by now
+        assert len(bridge.starts()) == 2
+        assert bridge.child_env()["DB_PASSWORD"] == "pw-3"
+        assert bridge.events("signal") == [{"event": "signal", "signal": signal.SIGTERM}]  # the stop_signal
+        assert wait_for(marker.exists, timeout=5)
+        assert bridge.finish() == 0
+    finally:
+        bridge.kill()
+    assert "restarting" in bridge.printed and "pw-3" not in bridge.printed
+
+
+def test_restart_on_never_keeps_the_child(openbao: OpenBao, tmp_path: Path, out: Path) -> None:
+    """With restart_on: never a rotation updates the files but leaves the child running."""
+    ref = _kv(openbao, user="app", password="pw-1")
+    bridge = Exec(openbao, tmp_path, out, _body(ref), extra="exec: {restart_on: never}\n")
+    bridge.start()
+    try:
+        assert wait_for(bridge.starts, timeout=20), bridge.printed
+        openbao.client().secrets.kv.v2.create_or_update_secret(path=ref, secret={"user": "a", "password": "pw-2"})
+        assert wait_for(lambda: (out / "db" / "password").read_text() == "pw-2", timeout=10)
+        time.sleep(1.5)
+        assert len(bridge.starts()) == 1 and bridge.proc is not None and bridge.proc.poll() is None
+        assert bridge.finish() == 0
+    finally:
+        bridge.kill()
+
+
+def test_restart_on_any_restarts_for_a_file(openbao: OpenBao, tmp_path: Path, out: Path) -> None:
+    """With restart_on: any a changed file restarts the child though no env value changed."""
+    ref = _kv(openbao, password="pw-1")
+    body = f"secrets:\n  db: {{provider: vault, ref: secret/{ref}, files: {{password: password}}}}\n"
+    bridge = Exec(openbao, tmp_path, out, body, extra="exec: {restart_on: any}\n")
+    bridge.start()
+    try:
+        assert wait_for(bridge.starts, timeout=20), bridge.printed
+        openbao.client().secrets.kv.v2.create_or_update_secret(path=ref, secret={"password": "pw-2"})
+        assert wait_for(lambda: len(bridge.starts()) == 2, timeout=10), bridge.printed
+        assert bridge.starts()[-1]["file"] == "pw-2"
+        assert bridge.finish() == 0
+    finally:
+        bridge.kill()
+
+
+def test_signals_reach_the_child(openbao: OpenBao, tmp_path: Path, out: Path) -> None:
+    """SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH and SIGTERM sent to the bridge reach the
+    child; the bridge stops when the child exits, with its status."""
+    ref = _kv(openbao, user="app", password="pw")
+    bridge = Exec(openbao, tmp_path, out, _body(ref))
+    bridge.env["EXIT_ON_TERM"] = "7"
+    proc = bridge.start()
+    try:
+        assert wait_for(bridge.starts, timeout=20), bridge.printed
+        sent = [signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH]
+        for sig in sent:
+            proc.send_signal(sig)
+            assert wait_for(lambda sig=sig: {"event": "signal", "signal": sig} in bridge.events("signal"))
+        assert proc.poll() is None  # none of them stops the bridge: the child decides
+        assert bridge.finish() == 7
+        assert bridge.events("signal")[-1]["signal"] == signal.SIGTERM
+    finally:
+        bridge.kill()
+
+
+@pytest.mark.parametrize(("script", "status"), [("exit 0", 0), ("exit 3", 3), ("kill -9 $$", 137)])
+def test_exit_status_is_the_childs(openbao: OpenBao, tmp_path: Path, out: Path, script: str, status: int) -> None:
+    """The bridge exits with its child's status, 128+N when signal N ended it, after its shutdown."""
+    ref = _kv(openbao, user="app", password="pw")
+    bridge = Exec(openbao, tmp_path, out, _body(ref), extra="cleanup_on_exit: true\n")
+    bridge.start("/bin/sh", "-c", f'test -n "$DB_PASSWORD" && {script}')
+    try:
+        assert bridge.finish(stop=False) == status, bridge.printed
+        assert not (out / "db").exists()  # cleanup_on_exit ran
+    finally:
+        bridge.kill()
+
+
+def test_required_value_missing_starts_nothing(openbao: OpenBao, tmp_path: Path, out: Path) -> None:
+    """A required env value that cannot be fetched: exit 1 naming it, and no child ever ran."""
+    ref = _kv(openbao, user="app", password="pw")
+    body = _body(ref) + f"  MISSING: {{provider: vault, ref: secret/app/{uuid.uuid4().hex}, key: x}}\n"
+    bridge = Exec(openbao, tmp_path, out, body)
+    bridge.start()
+    try:
+        assert bridge.finish(stop=False) == 1
+    finally:
+        bridge.kill()
+    assert bridge.starts() == []
+    assert "$MISSING" in bridge.printed and "not starting" in bridge.printed
+    assert "pw" not in bridge.printed.replace("password", "")
+
+
+def test_command_not_found_is_127(openbao: OpenBao, tmp_path: Path, out: Path) -> None:
+    """A command that does not exist: exit 127 with one line naming it, as a shell says."""
+    ref = _kv(openbao, user="app", password="pw")
+    bridge = Exec(openbao, tmp_path, out, _body(ref))
+    bridge.start("no-such-command-here")
+    try:
+        assert bridge.finish(stop=False) == 127
+    finally:
+        bridge.kill()
+    assert "no-such-command-here" in bridge.printed and "Traceback" not in bridge.printed
+
+
+def test_as_pid_1_orphans_are_reaped(openbao: OpenBao, tmp_path: Path, out: Path) -> None:
+    """As PID 1 of a new PID namespace, grandchildren orphaned by the child are reaped, not left zombies."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs unshare(1) and root to make a PID namespace")
+    ref = _kv(openbao, user="app", password="pw")
+    bridge = Exec(openbao, tmp_path, out, _body(ref))
+    report = tmp_path / "zombies"
+    # Five grandchildren orphaned at once (their parent subshell exits), each exiting 0.2 s later;
+    # after 1.5 s the child counts the zombies in its namespace.
+    script = ("for i in 1 2 3 4 5; do (sleep 0.2 &); done; sleep 1.5; "
+              f"grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l > {report}; "
+              f"echo $PPID >> {report}")
+    argv = ["unshare", "--pid", "--fork", "--mount-proc", *bridge.command("/bin/sh", "-c", script)]
+    proc = subprocess.run(argv, env=bridge.env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    zombies, child_pid = report.read_text().split()
+    assert zombies == "0" and child_pid == "1"  # the bridge was PID 1
+
+
+@pytest.mark.slow
+def test_leased_database_url_restarts_only_on_reissue(
+    openbao: OpenBao, vault_database: DatabaseEngine, postgres: Postgres, tmp_path: Path, out: Path
+) -> None:
+    """DATABASE_URL from leased database credentials: renewals never restart the child; the
+    re-issue at max_ttl does, and the restarted child logs in with its new credentials."""
+    ref = vault_database.role(default_ttl="3s", max_ttl="8s")
+    login = tmp_path / "logins"
+    child = (
+        "import os, sys, time, urllib.parse\n"
+        "import psycopg\n"
+        "url = urllib.parse.urlsplit(os.environ['DATABASE_URL'])\n"
+        f"with psycopg.connect(host={postgres.host!r}, port={postgres.port}, user=url.username, dbname='postgres',\n"
+        "                     password=urllib.parse.unquote(url.password), sslmode='disable') as conn:\n"
+        "    user = conn.execute('select current_user').fetchone()[0]\n"
+        f"open({str(login)!r}, 'a').write(user + '\\n')\n"
+        "time.sleep(3600)\n"
+    )
+    body = ("env:\n  DATABASE_URL:\n    template: \"postgres://{{ db.username }}:{{ db.password | urlencode }}@db/x\"\n"
+            f"    values: {{db: {{provider: vault, ref: {ref}}}}}\n")
+    bridge = Exec(openbao, tmp_path, out, body, interval="1h")
+    bridge.start(sys.executable, "-c", child)
+    try:
+        assert wait_for(login.exists, timeout=20), bridge.printed
+        time.sleep(5)  # renewals at ~2 s and ~4 s: the child keeps running
+        assert len(login.read_text().split()) == 1, bridge.printed
+        assert wait_for(lambda: len(login.read_text().split()) == 2, timeout=10), bridge.printed
+        first, second = login.read_text().split()
+        assert first != second  # new credentials, and the restarted child logged in with them
+        time.sleep(1)
+        assert len(login.read_text().split()) == 2
+        assert bridge.finish() == 128 + signal.SIGTERM  # the child takes SIGTERM's default action
+    finally:
+        bridge.kill()
+    assert "renew" in bridge.printed and "restarting" in bridge.printed
