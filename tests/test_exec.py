@@ -116,7 +116,7 @@ def _kv(openbao: OpenBao, **data: str) -> str:
 def _body(ref: str) -> str:
     return (f"secrets:\n  db: {{provider: vault, ref: secret/{ref}, files: {{password: password}}}}\n"
             f"env:\n  DB_PASSWORD: {{provider: vault, ref: secret/{ref}, key: password}}\n"
-            f"  DATABASE_URL:\n    template: \"postgres://{{{{ db.user }}}}:{{{{ db.password | urlencode }}}}@db/app\"\n"
+            "  DATABASE_URL:\n    template: \"postgres://{{ db.user }}:{{ db.password | urlencode }}@db/app\"\n"
             f"    values: {{db: {{provider: vault, ref: secret/{ref}}}}}\n")
 
 
