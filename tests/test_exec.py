@@ -318,3 +318,39 @@ def test_leased_database_url_restarts_only_on_reissue(
     finally:
         bridge.kill()
     assert "renew" in bridge.printed and "restarting" in bridge.printed
+
+
+def test_child_owns_the_terminal(openbao: OpenBao, tmp_path: Path, out: Path) -> None:
+    """Under a terminal the child runs in a process group of its own, in the terminal's foreground
+    (so ^C and ^Z reach it alone)."""
+    ref = _kv(openbao, user="app", password="pw")
+    bridge = Exec(openbao, tmp_path, out, _body(ref))
+    master, slave = os.openpty()
+    slave_name = os.ttyname(slave)
+
+    def controlling_terminal() -> None:  # a new session whose first terminal opened becomes its own
+        os.close(os.open(slave_name, os.O_RDWR))
+
+    command = bridge.command("/bin/sh", "-c", 'echo "stat: $(cat /proc/$$/stat)"')
+    proc = subprocess.Popen(command, env=bridge.env, stdin=slave, stdout=slave, stderr=subprocess.DEVNULL,
+                            start_new_session=True, preexec_fn=controlling_terminal)
+    os.close(slave)
+    output = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: every holder of the terminal has gone
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert proc.wait(timeout=30) == 0
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    line = next(x for x in output.decode().splitlines() if x.startswith("stat: "))
+    fields = line.rsplit(")", 1)[1].split()
+    pgrp, tpgid = int(fields[2]), int(fields[5])
+    assert pgrp == tpgid and pgrp != proc.pid  # its own group, in the foreground; not the bridge's

@@ -33,8 +33,9 @@ def test_split_anywhere_is_masked_as_whole() -> None:
         alphabet = b"abs\n"
         values = {bytes(rng.choice(alphabet) for _ in range(rng.randint(6, 10))) for _ in range(rng.randint(1, 4))}
         mask = Mask(values)
-        text = b"".join(rng.choice(sorted(values)) if rng.random() < 0.4 else
-                        bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 8))) for _ in range(rng.randint(1, 10)))
+        text = b"".join(rng.choice(sorted(values)) if rng.random() < 0.4
+                        else bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
+                        for _ in range(rng.randint(1, 10)))
         cuts = sorted(rng.sample(range(len(text) + 1), min(len(text) + 1, rng.randint(0, 6))))
         pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
         assert mask.compiled.pattern is not None
