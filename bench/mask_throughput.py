@@ -1,13 +1,15 @@
 """`exec --mask` throughput: a child writing a large text through the bridge, masked and not
 (prints figures, asserts nothing).
 
-    PYTHONPATH=. python bench/mask_throughput.py [--mb 200] [--values 10] [--runs 3]
+    PYTHONPATH=. python bench/mask_throughput.py [--mb 200] [--values 10] [--runs 5]
 
 The child is `cat` of a file of printable text on /dev/shm (base64 of random bytes, in 76-byte
 lines, with a delivered value every ~64 KiB so the mask has work to do), its stdout a pipe the
-bench drains, timed from the first byte to the end (start-up excluded). Three ways: `cat` alone; `secrets-bridge exec -- cat` (the child writes to the
-pipe itself, the bridge only waits); `secrets-bridge exec --mask -- cat` (every byte passes
-through the bridge's pump and its matcher). The values come from the `env`
+bench drains, timed from the first byte to the end (start-up excluded). Three ways: `cat` alone;
+`secrets-bridge exec -- cat` (the child writes to the pipe itself, the bridge only waits);
+`secrets-bridge exec --mask -- cat` (every byte passes through the bridge's pump and its
+matcher). Wall times move with the machine's load; the CPU seconds of the whole process tree
+move less, and their difference is the mask's own cost. The values come from the `env`
 provider, so no server is needed.
 """
 
@@ -74,7 +76,7 @@ def main() -> None:
                           "providers:\n  env: {type: env}\nenv:\n"
                           + "".join(f"  V{i}: {{provider: env, ref: V{i}}}\n" for i in range(args.values)))
         bridge = [shutil.which("secrets-bridge") or f"{sys.prefix}/bin/secrets-bridge", "--config", str(config), "exec"]
-        ways = {"cat": [], "exec": bridge + ["--"], "exec --mask": bridge + ["--mask", "--"]}
+        ways = {"cat": [], "exec": [*bridge, "--"], "exec --mask": [*bridge, "--mask", "--"]}
         print(f"{size / 2**20:.0f} MiB of text, {args.values} values of {len(values[0])} bytes, "
               f"median of {args.runs} runs")
         rates, cpu_of = {}, {}
