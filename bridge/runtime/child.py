@@ -11,6 +11,7 @@ take a lock or log. This module never logs a value, and never puts one in an exc
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -67,6 +68,12 @@ def _take_terminal(fd: int, pgrp: int) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def _foreground(fd: int) -> None:
+    """In the child, before exec: its own process group, in the terminal's foreground."""
+    os.setpgid(0, 0)
+    _take_terminal(fd, os.getpgrp())
+
+
 class Child:
     """The application process: started, restarted and stopped by the supervisor in exec_runner."""
 
@@ -84,18 +91,22 @@ class Child:
         return self.process is not None and self.process.returncode is None
 
     def start(self, env: Mapping[bytes, bytes]) -> None:
+        # Under a terminal the child takes its foreground itself, before exec: done from here after
+        # the start, a program that looks at the terminal at once (a shell) would find it not yet
+        # its own. Only then a preexec_fn (which a threaded parent should avoid): it makes two
+        # system calls and takes no lock.
+        terminal = self._terminal
+        foreground = None if terminal is None else functools.partial(_foreground, terminal)
         try:
             # close_fds; restore_signals puts SIGPIPE back; handlers are reset by exec itself
             self.process = subprocess.Popen(self.argv, env=env, stdout=self.stdout, stderr=self.stderr,
-                                            process_group=0)
+                                            process_group=0, preexec_fn=foreground)
         except FileNotFoundError:
             raise StartError(f"cannot run {self.argv[0]!r}: command not found", 127) from None
         except PermissionError:
             raise StartError(f"cannot run {self.argv[0]!r}: permission denied", 126) from None
         except OSError as exc:
             raise StartError(f"cannot run {self.argv[0]!r}: {exc.strerror}", 126) from None
-        if self._terminal is not None:
-            _take_terminal(self._terminal, self.process.pid)
 
     def forward(self, signum: int) -> bool:
         """Pass a signal on (safe in a signal handler); False when there is no child to take it."""
