@@ -2,19 +2,22 @@
 calls these): the counted SDK call (`call`, `count`), the batch rule (`each`, `each_concurrently`:
 stop calling after Unavailable, the items not tried get a copy), one error fanned out to a batch
 (`fan_out`), `Retry-After` parsing (`retry_after_seconds`), "permission refused: fall back,
-re-probe later" (`Fallback`), and the table that translates an SDK's exceptions (`ErrorMap`).
+re-probe later" (`Fallback`), the table that translates an SDK's exceptions (`ErrorMap`), and
+reading a credential file (`read_credential`: bounded, never blocking on a FIFO).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-from bridge.errors import ProviderError, Unavailable
+from bridge.errors import AccessDenied, ProviderError, Unavailable
 from bridge.observe.metrics import PROVIDER_REQUESTS
 
 
@@ -269,3 +272,26 @@ class Fallback:
             self._log.info("%s: %s allowed again; using it", self.provider, self.operation)
 
 
+
+
+#: a token, JWT, role id or client secret is a few KiB; a larger file is not one
+MAX_CREDENTIAL_BYTES = 64 * 2**10
+
+
+def read_credential(path: os.PathLike[str] | str, what: str) -> str:
+    """The stripped UTF-8 text of a credential file (`token_file`, `jwt_file`, ...), or AccessDenied
+    naming `what` and the path: never blocks on a FIFO, never reads past MAX_CREDENTIAL_BYTES."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise AccessDenied(f"cannot read {what} {path}: not a regular file")
+            data = file.read(MAX_CREDENTIAL_BYTES + 1)
+    except OSError as exc:
+        raise AccessDenied(f"cannot read {what} {path}: {exc.strerror}") from None
+    if len(data) > MAX_CREDENTIAL_BYTES:
+        raise AccessDenied(f"cannot read {what} {path}: larger than {MAX_CREDENTIAL_BYTES >> 10} KiB")
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise AccessDenied(f"cannot read {what} {path}: not UTF-8 text") from None

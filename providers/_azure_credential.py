@@ -17,6 +17,7 @@ from azure.core.exceptions import ClientAuthenticationError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
 
 from bridge.errors import AccessDenied
+from bridge.provider_rules import read_credential
 
 
 class _Section(BaseModel):
@@ -107,12 +108,7 @@ def _client_secret(settings: ClientSecretSettings) -> str:
     if settings.client_secret is not None:
         return settings.client_secret.get_secret_value()
     assert settings.client_secret_file is not None
-    try:
-        secret = settings.client_secret_file.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise AccessDenied(
-            f"cannot read client_secret_file {settings.client_secret_file}: {exc.strerror}"
-        ) from None
+    secret = read_credential(settings.client_secret_file, "client_secret_file")
     if not secret:
         raise AccessDenied(f"client_secret_file {settings.client_secret_file} is empty")
     return secret

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from bridge.errors import AccessDenied, Unavailable
+from bridge.provider_rules import read_credential
 
 log = logging.getLogger("secrets_bridge.providers.vault")
 
@@ -85,10 +86,7 @@ AuthConfig = Annotated[TokenAuth | AppRoleAuth | JwtAuth | KubernetesAuth, Field
 
 
 def _read(path: Path, what: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise AccessDenied(f"cannot read {what} {path}: {exc.strerror}") from None
+    return read_credential(path, what)
 
 
 class TokenKeeper:

@@ -897,3 +897,23 @@ def test_mount_changed_on_the_server_is_followed(openbao, monkeypatch: pytest.Mo
     finally:
         p.close()
         client.sys.disable_secrets_engine(mount)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "huge"])
+def test_token_file_that_is_no_token_is_one_clear_error(openbao, backend: VaultBackend, tmp_path: Path,
+                                                        kind: str) -> None:
+    """A token_file that is a FIFO (nothing writes it) or a 3 GiB sparse file is AccessDenied
+    naming it, at once: the read neither blocks nor takes gigabytes."""
+    path = tmp_path / "token"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        with open(path, "wb") as f:
+            f.truncate(3 << 30)
+    ref = backend.new_ref()
+    p = _provider(openbao, method="token", token_file=str(path))
+    started = time.monotonic()
+    outcome = p.fetch_many([Request(ref)])[Request(ref)]
+    assert time.monotonic() - started < 5
+    assert isinstance(outcome, AccessDenied) and "token_file" in str(outcome), outcome
+    assert ("not a regular file" if kind == "fifo" else "larger than 64 KiB") in str(outcome)
