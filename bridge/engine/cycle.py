@@ -36,7 +36,7 @@ from bridge.engine import failures
 from bridge.engine.leases import LeaseKeeper, Renewed
 from bridge.engine.outputs import EnvVar, Output, build, owner_index
 from bridge.engine.phases import Outcome, fetch_from
-from bridge.engine.records import ManagedFiles, entry_records
+from bridge.engine.records import ManagedFiles, StateRecords
 from bridge.engine.schedule import Schedule
 from bridge.engine.units import Unit
 from bridge.errors import ExtractError, OwnerRefused, ProviderError, WriteError, contained
@@ -106,7 +106,7 @@ class Engine:
         self.schedule = Schedule(self.units.values(), self.settings.jitter)
         self.files = ManagedFiles(self._owner)  # one record per managed file
         self._dirty: set[str] | None = None  # entries whose state records need writing (None: all)
-        self._recorded: dict[str, list[str]] = {}  # the files of each entry in the state file
+        self.records = StateRecords(self.state, self.settings)
         self.leases = LeaseKeeper(self.writer, self.providers)
         self._started = False
         self._write_failing: float | None = None  # since when commits fail (monotonic)
@@ -429,13 +429,9 @@ class Engine:
         if self._dirty == set() or not self._started:
             return
         names = self.entries.keys() if self._dirty is None else self._dirty & self.entries.keys()
-        for name in names:
-            records = entry_records(self.entries[name], self.files, self.settings)
-            files = [r.name for r in records]
-            self.state.update(records, removed=set(self._recorded.get(name, ())) - set(files))
-            self._recorded[name] = files
+        self.records.update((self.entries[n] for n in names), self.files)
         try:
-            self.state.save()
+            self.records.save()
             self._dirty = set()
         except WriteError as exc:
             if not self._state_failing:  # once when it starts, not every cycle of a full tmpfs

@@ -19,7 +19,7 @@ from bridge.config.loader import BridgeConfig
 from bridge.engine.outputs import Output
 from bridge.observe.changes import Change
 from bridge.writer.atomic import FileSpec
-from bridge.writer.state import SecretRecord
+from bridge.writer.state import SecretRecord, State
 
 
 @dataclass(eq=False, slots=True)
@@ -127,32 +127,55 @@ def source_of(name: str, entry: Output) -> tuple[str, str, str | None, str | Non
     return provider, ref, *entry.origin(name)
 
 
-def file_record(name: str, entry: Output, managed: ManagedFile | None, settings: BridgeConfig) -> SecretRecord:
-    """The state-file record of one file (or of an entry that has no file yet, under its name)."""
+class StateRecords:
+    """The state file's records, built here and handed to the state file (bridge/writer/state.py):
+    rebuilt only for the entries that changed, the fields fixed by the config computed once."""
+
+    def __init__(self, state: State, settings: BridgeConfig) -> None:
+        self.state = state
+        self.settings = settings
+        self._fixed: dict[tuple[str, str], dict[str, object]] = {}  # (entry, file) -> config-given fields
+        self._recorded: dict[str, list[str]] = {}  # the files of each entry in the state file
+
+    def update(self, entries: Iterable[Output], files: ManagedFiles) -> None:
+        """Rebuild the records of `entries` (the files each has, or its name while it has none)."""
+        for entry in entries:
+            names = sorted(entry.files | (entry.expected or set())) or [entry.name]
+            records = [self._record(name, entry, files.by_name.get(name)) for name in names]
+            self.state.update(records, removed=set(self._recorded.get(entry.name, ())) - set(names))
+            self._recorded[entry.name] = names
+
+    def save(self) -> None:
+        self.state.save()
+
+    def _record(self, name: str, entry: Output, managed: ManagedFile | None) -> SecretRecord:
+        fixed = self._fixed.get((entry.name, name))
+        if fixed is None:
+            fixed = self._fixed[(entry.name, name)] = _fixed_fields(name, entry, self.settings)
+        error = entry.error or next((u.error for u in entry.units.values() if u.error is not None), None)
+        spec = None if managed is None else managed.spec
+        return SecretRecord(
+            **fixed,  # type: ignore[arg-type]
+            version=None if managed is None else managed.version,
+            size=None if spec is None else len(spec.content),
+            updated=_iso(None if managed is None else managed.updated),
+            error=None if error is None else {"code": error.code, "message": str(error)},
+        )
+
+
+def _fixed_fields(name: str, entry: Output, settings: BridgeConfig) -> dict[str, object]:
+    """The fields of a file's record that only the config decides."""
     meta = entry.meta(name, settings)
     provider, ref = entry.source()
-    types = [settings.providers[p]["type"] for p in provider.split(",")]
-    errors = [e for e in (entry.error, *(u.error for u in entry.units.values())) if e is not None]
-    spec = None if managed is None else managed.spec
-    return SecretRecord(
-        name=name,
-        entry=entry.name,
-        provider=provider,
-        provider_type=",".join(types),
-        ref=ref,
-        key=meta.key,
-        pinned_version=meta.pinned_version,
-        version=None if managed is None else managed.version,
-        size=None if spec is None else len(spec.content),
-        mode=f"{meta.mode:04o}",
-        uid=meta.uid,
-        gid=meta.gid,
-        updated=_iso(None if managed is None else managed.updated),
-        error=None if not errors else {"code": errors[0].code, "message": str(errors[0])},
-    )
-
-
-def entry_records(entry: Output, files: ManagedFiles, settings: BridgeConfig) -> list[SecretRecord]:
-    """The records of each file of `entry` (its name alone while it has none)."""
-    names = sorted(entry.files | (entry.expected or set())) or [entry.name]
-    return [file_record(name, entry, files.by_name.get(name), settings) for name in names]
+    return {
+        "name": name,
+        "entry": entry.name,
+        "provider": provider,
+        "provider_type": ",".join(settings.providers[p]["type"] for p in provider.split(",")),
+        "ref": ref,
+        "key": meta.key,
+        "pinned_version": meta.pinned_version,
+        "mode": f"{meta.mode:04o}",
+        "uid": meta.uid,
+        "gid": meta.gid,
+    }

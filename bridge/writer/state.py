@@ -14,7 +14,7 @@ import os
 import stat
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -55,7 +55,8 @@ class SecretRecord:
         return None if self.updated is None else datetime.fromisoformat(self.updated).timestamp()
 
 
-_FIELDS = tuple(f.name for f in fields(SecretRecord))
+#: one encoder for every record (json.dumps with separators makes a new one per call)
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class State:
@@ -85,8 +86,7 @@ class State:
         for record in records:
             if record.name not in self._encoded:
                 self._order = None
-            self._encoded[record.name] = json.dumps(record.name) + ":" + json.dumps(
-                _plain(record), separators=(",", ":"))
+            self._encoded[record.name] = _ENCODE(record.name) + ":" + _ENCODE(record.__dict__)
 
     def save(self) -> None:
         """Write every record kept, sorted by file name."""
@@ -96,10 +96,6 @@ class State:
                           separators=(",", ":"))
         body = ",".join(self._encoded[name] for name in self._order)
         self.writer.write_state(STATE_FILE, f'{head[:-1]},"secrets":{{{body}}}}}\n'.encode())
-
-
-def _plain(record: SecretRecord) -> dict[str, object]:
-    return {name: getattr(record, name) for name in _FIELDS}
 
 
 def read_state(path: Path) -> dict[str, SecretRecord]:
