@@ -16,6 +16,7 @@ and `translate` does not use it; requests then decodes it as UTF-8, as it docume
 
 from __future__ import annotations
 
+import email.utils
 import os
 import re
 import sys
@@ -123,11 +124,24 @@ class VaultClient:
 
     def _remember_retry_after(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         self._seen.status = response.status_code
+        self._seen.date = response.headers.get("Date")
         if response.status_code in _THROTTLED:
             self._seen.retry_after = retry_after_seconds(response.headers)
 
     def _retry_after(self) -> float | None:
         return getattr(self._seen, "retry_after", None)
+
+    def server_time(self) -> float | None:
+        """The server's clock (epoch seconds, to the second) as its last answer on this thread gave
+        it in `Date`, None when it gave none: a time Vault states (a certificate's `expiration`) is
+        measured against it, never against this machine's clock."""
+        date = getattr(self._seen, "date", None)
+        if not isinstance(date, str):
+            return None
+        try:
+            return email.utils.parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
 
 
 def one_line(text: str) -> str:

@@ -16,6 +16,7 @@ import math
 import time
 from typing import Any
 
+from bridge import certificates
 from bridge.errors import ProviderError, SecretNotFound
 from bridge.provider import Fetched, Request
 from providers.vault_auth import TokenLife
@@ -43,7 +44,7 @@ def fetch_path(client: VaultClient, request: Request) -> Fetched:
     else:
         body = request.params_dict()
         response = client.call("write", request, lambda: _data(client.hvac.adapter.post(url, json=body)))
-    return _fetched(response, started)
+    return _fetched(response, started, client.server_time())
 
 
 def renew(client: VaultClient, fetched: Fetched, increment_seconds: float | None) -> Fetched:
@@ -123,7 +124,11 @@ def _data(response: Any) -> dict[str, Any]:
     return body
 
 
-def _fetched(response: dict[str, Any], started: float) -> Fetched:
+def _fetched(response: dict[str, Any], started: float, server_now: float | None = None) -> Fetched:
+    """The value and its timing as durations from `started` (this machine's clock when the request
+    went out): a lease's `lease_duration`, and for a certificate the seconds its `expiration` is
+    from the server's own `Date` (less a second: `Date` is truncated), never longer than the
+    certificate's own validity. This machine's clock is never compared with Vault's."""
     data: dict[str, Any] = response["data"]
     lease_id = response.get("lease_id") or None
     expires_at: float | None = None
@@ -135,10 +140,24 @@ def _fetched(response: dict[str, Any], started: float) -> Fetched:
         version = lease_tag(lease_id)
     expiration = data.get("expiration")
     if isinstance(expiration, int | float) and expiration > 0:  # a PKI certificate's notAfter
-        expires_at = float(expiration) if expires_at is None else min(expires_at, float(expiration))
+        ends = started + _certificate_seconds(data, float(expiration), server_now, started)
+        expires_at = ends if expires_at is None else min(expires_at, ends)
     if isinstance(data.get("serial_number"), str):
         version = data["serial_number"]
     return Fetched(encode(data), version, expires_at=expires_at,
                    lease_id=lease_id, lease_seconds=lease_seconds,
                    renewable=bool(lease_id and response.get("renewable")),
                    obtained_at=started if (lease_id or expires_at is not None) else None)
+
+
+def _certificate_seconds(data: dict[str, Any], expiration: float, server_now: float | None,
+                         started: float) -> float:
+    """How long an issued certificate has left, as a duration: by the server's clock, bounded by the
+    certificate's own notBefore..notAfter (this machine's clock only when the server says neither)."""
+    left: float | None = None if server_now is None else max(0.0, expiration - server_now - 1.0)
+    cert = data.get("certificate")
+    validity = certificates.validity(cert.encode()) if isinstance(cert, str) else None
+    if validity is not None:
+        span = max(0.0, validity[1] - validity[0])
+        left = span if left is None else min(left, span)
+    return max(0.0, expiration - started) if left is None else left

@@ -128,7 +128,12 @@ def test_pki_issue_with_params(provider: VaultProvider, vault_pki) -> None:
     assert data["issuing_ca"].strip() == vault_pki.ca_pem.strip()
     assert fetched.version == data["serial_number"]
     assert int(fetched.version.replace(":", ""), 16) == cert.serial_number
-    assert fetched.expires_at == data["expiration"] == int(cert.not_valid_after_utc.timestamp())
+    assert data["expiration"] == int(cert.not_valid_after_utc.timestamp())
+    # a duration from the answer, by the server's clock (here the same as ours), a second to spare
+    assert fetched.expires_at is not None and fetched.obtained_at is not None
+    assert data["expiration"] - 3 <= fetched.expires_at <= data["expiration"]
+    validity = (cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds()
+    assert fetched.expires_at - fetched.obtained_at <= validity
     assert fetched.lease_id is None and not fetched.renewable
     assert fetched.obtained_at is not None and before <= fetched.obtained_at <= fetched.expires_at - 100
     assert _fetch(provider, request).version != fetched.version

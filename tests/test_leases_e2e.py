@@ -275,3 +275,63 @@ def test_nginx_serves_each_new_certificate_without_a_failed_request(
         assert bridge.finish(proc) == 0
     assert failed == 0 and requests > 100
     assert len(serials) >= 3, serials
+
+
+_FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+def _skewed(bridge: Bridge, offset: str) -> None:
+    """The bridge process's wall clock `offset` from the server's (libfaketime; monotonic kept)."""
+    if not os.path.exists(_FAKETIME):
+        pytest.skip("libfaketime is not installed (apt-get install faketime)")
+    bridge.env.update(LD_PRELOAD=_FAKETIME, FAKETIME=offset, FAKETIME_DONT_FAKE_MONOTONIC="1",
+                      FAKETIME_NO_CACHE="1")
+
+
+def _hook(tmp_path: Path) -> tuple[str, Path]:
+    hook_log, hook = tmp_path / "hook.log", tmp_path / "hook.py"
+    hook.write_text("import sys\nopen(sys.argv[1], 'a').write('|')\n")
+    hook_log.write_text("")
+    return f'  - {{exec: ["{sys.executable}", "{hook}", "{hook_log}"]}}\n', hook_log
+
+
+def test_pki_with_the_clock_two_hours_ahead_issues_once(openbao: OpenBao, vault_pki: PkiEngine,
+                                                        out: Path, tmp_path: Path) -> None:
+    """A bridge whose clock is 2 h ahead of Vault's issues a 30 s certificate once in 10 s, not in a loop."""
+    on_change, hook_log = _hook(tmp_path)
+    bridge = Bridge(openbao, _pki_config(tmp_path, out, vault_pki, "30s", on_change))
+    _skewed(bridge, "+2h")
+    proc = bridge.start()
+    try:
+        time.sleep(10)
+    finally:
+        assert bridge.finish(proc) == 0
+    log = "\n".join(bridge.printed)
+    assert log.count(": issued") == 1, log.count(": issued")
+    assert hook_log.read_text().count("|") == 1
+    bridge.assert_no_leak("PRIVATE KEY")
+
+
+def test_pki_with_the_clock_a_minute_behind_never_serves_an_expired_certificate(
+    openbao: OpenBao, vault_pki: PkiEngine, out: Path, tmp_path: Path
+) -> None:
+    """A bridge whose clock is 60 s behind Vault's re-issues an 8 s certificate before it expires."""
+    on_change, _ = _hook(tmp_path)
+    bridge = Bridge(openbao, _pki_config(tmp_path, out, vault_pki, "8s", on_change))
+    _skewed(bridge, "-60s")
+    proc = bridge.start()
+    serials: list[int] = []
+    expired = 0
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline:
+            pair = read_generation(out, "tls/tls.crt", "tls/tls.key")
+            if pair is not None:
+                cert = x509.load_pem_x509_certificate(pair[0].encode())
+                expired += cert.not_valid_after_utc.timestamp() <= time.time()  # this test's clock is Vault's
+                if not serials or serials[-1] != cert.serial_number:
+                    serials.append(cert.serial_number)
+            time.sleep(0.1)
+    finally:
+        assert bridge.finish(proc) == 0
+    assert expired == 0 and len(serials) >= 3, (expired, serials)
