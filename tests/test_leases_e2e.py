@@ -3,6 +3,7 @@ OpenBao's database engine in front of a real PostgreSQL, its PKI engine, and a r
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import ssl
@@ -335,3 +336,55 @@ def test_pki_with_the_clock_a_minute_behind_never_serves_an_expired_certificate(
     finally:
         assert bridge.finish(proc) == 0
     assert expired == 0 and len(serials) >= 3, (expired, serials)
+
+
+@pytest.mark.parametrize("edited", ["+10y", "Infinity"])
+def test_edited_store_never_keeps_an_expired_certificate(openbao: OpenBao, vault_pki: PkiEngine,
+                                                         out: Path, tmp_path: Path, edited: str) -> None:
+    """A lease store whose expires_at was edited to 10 years (or Infinity) on: once the certificate
+    itself has expired, a restart issues a new one, and the edited time is not written back."""
+    bridge = Bridge(openbao, _pki_config(tmp_path, out, vault_pki, "3s", "  []\n"))
+    assert bridge.run("sync").returncode == 0
+    first = x509.load_pem_x509_certificate((out / "tls" / "tls.crt").read_bytes())
+    store = out / ".secrets-bridge-leases.json"
+    text = store.read_text()
+    doc = json.loads(text)
+    for record in doc["leases"].values():
+        record["expires_at"] = time.time() + 10 * 365 * 86400 if edited == "+10y" else float("inf")
+    store.write_text(json.dumps(doc))
+    time.sleep(max(0.0, first.not_valid_after_utc.timestamp() - time.time()) + 1)
+    assert bridge.run("sync").returncode == 0
+    cert = x509.load_pem_x509_certificate((out / "tls" / "tls.crt").read_bytes())
+    assert cert.serial_number != first.serial_number and cert.not_valid_after_utc.timestamp() > time.time()
+    for record in json.loads(store.read_text())["leases"].values():
+        assert record["expires_at"] < time.time() + 3600
+
+
+def test_sigkill_with_under_a_third_of_the_ttl_left_renews_the_lease(
+    openbao: OpenBao, vault_database: DatabaseEngine, postgres: Postgres, out: Path, tmp_path: Path
+) -> None:
+    """A bridge SIGKILLed and started again with 3.5 s left of a 12 s lease renews that lease: the
+    same credentials, still one lease, working past the old lease's end."""
+    ref = vault_database.role(default_ttl="12s", max_ttl="10m")
+    bridge = Bridge(openbao, write_config(tmp_path / "c.yaml", out, creds_entry(ref)))
+    proc = bridge.start()
+    deadline = time.monotonic() + 20
+    while read_generation(out, "db/username", "db/password") is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    issued = time.monotonic()
+    first = read_generation(out, "db/username", "db/password")
+    assert first is not None
+    time.sleep(1)
+    proc.kill()
+    proc.wait(timeout=10)
+    bridge.printed.append(proc.stdout.read() if proc.stdout else "")
+    time.sleep(max(0.0, issued + 8.5 - time.monotonic()))  # under a third of the TTL is left
+    proc = bridge.start()
+    try:
+        time.sleep(10)  # past the end of the lease as it stood at the kill
+        assert read_generation(out, "db/username", "db/password") == first
+        assert postgres.can_login(*first)
+    finally:
+        assert bridge.finish(proc) == 0
+    assert len(leases_under(openbao, ref)) == 1
+    bridge.assert_no_leak(first[1])
