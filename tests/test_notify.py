@@ -413,3 +413,11 @@ def test_failing_request_never_logs_url_credentials(caplog: pytest.LogCaptureFix
     assert "failed" in caplog.text
     for secret in ("s3cret-pw", "t0ps3cret", "admin"):
         assert secret not in caplog.text
+
+
+def test_on_change_entries_are_bounded() -> None:
+    """At most 100 `on_change` entries (each may hold a thread while it works): 101 is one line naming on_change."""
+    hooks = "".join(f"  - {{exec: [/bin/true, '{i}']}}\n" for i in range(101))
+    with pytest.raises(ConfigError, match=r"^on_change: "):
+        parse_config("secrets: {}\non_change:\n" + hooks)
+    parse_config("secrets: {}\non_change:\n" + "".join(hooks.splitlines(keepends=True)[:100]))

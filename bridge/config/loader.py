@@ -33,7 +33,7 @@ from bridge.config.fields import (
     printable,
     refuse_bool,
 )
-from bridge.config.sections import EnvConfig, ExecConfig, FileDefaults, FileRule, OnChange, SecretConfig
+from bridge.config.sections import MAX_HOOKS, EnvConfig, ExecConfig, FileDefaults, FileRule, OnChange, SecretConfig
 from bridge.config.strict_yaml import load_yaml
 from bridge.errors import ConfigError
 from bridge.provider import PREVIOUS, Provider, ProviderSettings, provider_class
@@ -67,7 +67,8 @@ class BridgeConfig(BaseModel):
     audit_log: LocalPath | None = None
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     secrets: dict[str, SecretConfig] = Field(default_factory=dict)
-    on_change: list[OnChange] = Field(default_factory=list)
+    #: each entry gets a thread while it has work: the count bounds the notifier's threads
+    on_change: list[OnChange] = Field(default_factory=list, max_length=MAX_HOOKS)
     #: variables for the child of `exec` (run and sync ignore them)
     env: dict[str, EnvConfig] = Field(default_factory=dict)
     exec: ExecConfig = ExecConfig()

@@ -147,6 +147,8 @@ class EnvConfig(_Model):
 
 #: the longest an on_change action may run, or a notification wait
 MAX_HOOK_SECONDS = 3600.0
+#: the most `on_change` entries: each runs on a thread of its own while it has work
+MAX_HOOKS = 100
 
 
 class HttpHook(_Model):
