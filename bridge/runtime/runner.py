@@ -5,8 +5,9 @@ commit in progress always finishes before exit, and no burst of signals can wedg
 config is reloaded on SIGHUP or when the file (or a link to it) changes; a reload is validated
 first, and an invalid one is logged while the running config stays. A reload applies everything
 but `output_dir` and `listen` (one changing rejects it, naming the field); `log_format` switches
-the log lines, and `require_tmpfs` newly set is checked before the reload is accepted. Notifications run on their own
-thread (`Notifier`); at shutdown they get `NOTIFY_GRACE_SECONDS`, then the bridge goes.
+the log lines, and `require_tmpfs` newly set is checked before the reload is accepted.
+Notifications run on their own threads (`Notifier`, one per action while it has work); at shutdown
+they get `NOTIFY_GRACE_SECONDS`, then the bridge goes.
 """
 
 from __future__ import annotations
