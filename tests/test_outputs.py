@@ -73,7 +73,7 @@ env:
         result = engine.sync()
         assert not result.failed
         assert counted.reads_of(f"/v1/secret/data/{ref}") == 1
-        assert engine.env_values() == {"DB_PASSWORD": b"pw one", "DATABASE_URL": b"postgres://app:pw%20one@db/app"}
+        assert engine.env.values() == {"DB_PASSWORD": b"pw one", "DATABASE_URL": b"postgres://app:pw%20one@db/app"}
         assert {(c.file, c.kind, c.action) for c in result.changes} == {
             ("db/password", "file", "added"), ("$DB_PASSWORD", "env", "added"), ("$DATABASE_URL", "env", "added")}
 
@@ -86,7 +86,7 @@ env:
         assert counted.reads_of(f"/v1/secret/data/{ref}") == 1
         env = {c.file: (c.old_version, c.new_version) for c in result.changes if c.kind == "env"}
         assert env == {"$DB_PASSWORD": ("1", "2"), "$DATABASE_URL": ("db=1", "db=2")}
-        assert engine.env_values()["DB_PASSWORD"] == b"pw two"
+        assert engine.env.values()["DB_PASSWORD"] == b"pw two"
         state = (tmp_path / "out" / STATE_FILE).read_text()
         assert "DB_PASSWORD" not in state and "pw two" not in state  # the state file lists files only
     finally:
@@ -106,7 +106,7 @@ def test_env_value_with_nul_fails_that_variable(openbao: OpenBao, tmp_path: Path
     try:
         result = engine.sync()
         assert list(result.failed) == ["$BAD"] and "NUL byte" in str(result.failed["$BAD"])
-        assert engine.env_values() == {"GOOD": b"fine"}
+        assert engine.env.values() == {"GOOD": b"fine"}
         assert engine.missing_required() == ["$BAD"]
     finally:
         engine.close()

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from bridge.config.loader import Config
 from bridge.engine import failures
 from bridge.engine.leases import LeaseKeeper, Renewed
-from bridge.engine.outputs import EnvVar, Output, build, owner_index
+from bridge.engine.outputs import EnvValues, EnvVar, Output, build, owner_index
 from bridge.engine.phases import Outcome, fetch_from
 from bridge.engine.records import ManagedFiles, StateRecords
 from bridge.engine.schedule import Schedule
@@ -100,8 +100,7 @@ class Engine:
         self.units, self.outputs = build(config, self.providers, env=env)
         #: the outputs that make files (`secrets:` entries), and the env variables, by name (`$NAME`)
         self.entries = {n: o for n, o in self.outputs.items() if not isinstance(o, EnvVar)}
-        self.env = {n: o for n, o in self.outputs.items() if isinstance(o, EnvVar)}
-        self._env_pending: dict[str, bytes] = {}  # rendered env values that differ from the current
+        self.env = EnvValues(self.outputs)
         self._owner = owner_index(self.entries)
         self.schedule = Schedule(self.units.values(), self.settings.jitter)
         self.files = ManagedFiles(self._owner)  # one record per managed file
@@ -210,7 +209,7 @@ class Engine:
         if self._started:
             self.leases.save(self.units.values())  # before the commit: a crash between the two resumes the lease
         changes, write_error = self.commit()
-        changes += self.take_env()
+        changes += self.env.take()
         self._save_state()
         self.announce(changes)
         CYCLE_SECONDS.observe(time.perf_counter() - started)
@@ -252,7 +251,7 @@ class Engine:
     def render(self, entries: Iterable[Output], failed: dict[str, ProviderError], *,
                quiet: bool = False) -> dict[str, FileSpec | None]:
         """File contents for `entries`, only where they differ from the last good (env values go to
-        `take_env`); an output that cannot render keeps what it made and is recorded in `failed`."""
+        `self.env`); an output that cannot render keeps what it made and is recorded in `failed`."""
         updates: dict[str, FileSpec | None] = {}
         for entry in entries:
             if not entry.ready_to_render():
@@ -261,7 +260,7 @@ class Engine:
                 specs = entry.render(self.settings)
                 _check_owners(specs)
                 if isinstance(entry, EnvVar):
-                    self._render_env(entry)
+                    self.env.rendered(entry)
             except ProviderError as exc:
                 error = exc
             except Exception as exc:  # a converter's own error: its text may hold the value
@@ -320,30 +319,6 @@ class Engine:
         self._mark(c.entry for c in changes)
         names = ", ".join(c.file for c in changes[:10]) + (", ..." if len(changes) > 10 else "")
         log.info("committed a new generation: %d changed (%s)", len(changes), names)
-
-    def _render_env(self, entry: EnvVar) -> None:
-        value = entry.render_value()
-        if value != entry.value:
-            self._env_pending[entry.name] = value
-        else:
-            self._env_pending.pop(entry.name, None)
-
-    def take_env(self) -> list[Change]:
-        """Make the rendered env values current; one Change (kind "env") per changed variable."""
-        changes = []
-        for name, value in self._env_pending.items():
-            entry = self.env[name]
-            provider, ref = entry.source()
-            action = "added" if entry.value is None else "updated"
-            changes.append(Change(name, name, provider, ref, entry.rendered_version, entry.version(),
-                                  None, action, kind="env"))
-            entry.value, entry.rendered_version = value, entry.version()
-        self._env_pending.clear()
-        return changes
-
-    def env_values(self) -> dict[str, bytes]:
-        """The env variables for the child of `exec`, by variable name."""
-        return {o.variable: o.value for o in self.env.values() if o.value is not None}
 
     def announce(self, changes: list[Change]) -> None:
         """Tell every subscriber; a failing subscriber never stops the bridge."""

@@ -23,6 +23,7 @@ from bridge.engine.extract import extract
 from bridge.engine.render import compile_template, parents, render_template, top_level_files, value_of
 from bridge.engine.units import Unit
 from bridge.errors import ExtractError, ProviderError
+from bridge.observe.changes import Change
 from bridge.provider import Fetched, Provider, Request
 from bridge.writer.atomic import FileSpec
 
@@ -215,6 +216,39 @@ class EnvVar(Output):
 
     def meta(self, file: str, settings: BridgeConfig) -> FileMeta:
         return FileMeta(*self.origin(file), 0, 0, 0)
+
+
+class EnvValues:
+    """The variables of `exec`'s child: a rendered value that differs waits here until the cycle
+    takes it (with the commit of the files rendered beside it)."""
+
+    def __init__(self, outputs: dict[str, Output]) -> None:
+        self.by_name = {n: o for n, o in outputs.items() if isinstance(o, EnvVar)}
+        self._pending: dict[str, bytes] = {}
+
+    def rendered(self, entry: EnvVar) -> None:
+        """Render `entry`'s value; ExtractError when it cannot be one."""
+        value = entry.render_value()
+        if value != entry.value:
+            self._pending[entry.name] = value
+        else:
+            self._pending.pop(entry.name, None)
+
+    def take(self) -> list[Change]:
+        """Make the rendered values current; one Change (kind "env") per changed variable."""
+        changes = []
+        for name, value in self._pending.items():
+            entry = self.by_name[name]
+            provider, ref = entry.source()
+            changes.append(Change(name, name, provider, ref, entry.rendered_version, entry.version(), None,
+                                  "added" if entry.value is None else "updated", kind="env"))
+            entry.value, entry.rendered_version = value, entry.version()
+        self._pending.clear()
+        return changes
+
+    def values(self) -> dict[str, bytes]:
+        """The current value of each variable rendered so far, by variable name."""
+        return {o.variable: o.value for o in self.by_name.values() if o.value is not None}
 
 
 def _value(unit: Unit) -> Fetched:

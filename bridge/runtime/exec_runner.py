@@ -135,7 +135,7 @@ class ExecRunner(Runner):
     # -- the child -------------------------------------------------------------------------
 
     def _start_child(self) -> None:
-        values = self.engine.env_values()
+        values = self.engine.env.values()
         if self.mask is not None:
             self.mask.add(values.values())
         credentials = (name for cls, _ in self.config.providers.values() for name in cls.credential_env)
@@ -149,11 +149,11 @@ class ExecRunner(Runner):
         if self.mask is not None:
             specs = (self.engine.files.spec(c.file) for c in changes if c.kind == "file")
             self.mask.add(spec.content for spec in specs if spec is not None)
-            self.mask.add(self.engine.env_values().values())
+            self.mask.add(self.engine.env.values().values())
         settings = self.config.settings.exec
         if not self.child.running() or settings.restart_on == "never":
             return
-        moved = [c.file for c in changes if c.kind == "env"] if self.engine.env_values() != self.started_env else []
+        moved = [c.file for c in changes if c.kind == "env"] if self.engine.env.values() != self.started_env else []
         if settings.restart_on == "any":
             moved += [c.file for c in changes if c.kind == "file"]
         if not moved:
