@@ -56,17 +56,22 @@ def out() -> Iterator[Path]:
 class Exec:
     """`secrets-bridge exec` with a config, Vault credentials in its environment, and its child's reports."""
 
-    def __init__(self, openbao: OpenBao, tmp_path: Path, out: Path, body: str, *, interval: str = "500ms",
-                 extra: str = "") -> None:
+    def __init__(self, tmp_path: Path, out: Path, config: str, env: dict[str, str] | None = None) -> None:
         self.config = tmp_path / "c.yaml"
-        self.config.write_text(f"output_dir: {out}\nrefresh_interval: {interval}\njitter: 0\nlisten: null\n"
-                               f"providers:\n  vault: {{type: vault}}\n{extra}{body}")
+        self.config.write_text(config)
         self.report = tmp_path / "report.jsonl"
         self.out = out
-        self.env = {**os.environ, "VAULT_ADDR": openbao.address, "VAULT_TOKEN": openbao.root_token,
-                    "SECRETS_BRIDGE_CONFIG": str(self.config), "APP_SETTING": "kept", "DB_PASSWORD": "from-parent"}
+        self.env = {**os.environ, **(env or {}), "SECRETS_BRIDGE_CONFIG": str(self.config)}
         self.proc: subprocess.Popen[str] | None = None
         self.printed = ""
+
+    @classmethod
+    def vault(cls, openbao: OpenBao, tmp_path: Path, out: Path, body: str, *, interval: str = "500ms",
+              extra: str = "") -> Exec:
+        config = (f"output_dir: {out}\nrefresh_interval: {interval}\njitter: 0\nlisten: null\n"
+                  f"providers:\n  vault: {{type: vault}}\n{extra}{body}")
+        return cls(tmp_path, out, config, {"VAULT_ADDR": openbao.address, "VAULT_TOKEN": openbao.root_token,
+                                           "APP_SETTING": "kept", "DB_PASSWORD": "from-parent"})
 
     def command(self, *child: str, mask: bool = False) -> list[str]:
         return [venv_binary("secrets-bridge"), "exec", *(["--mask"] if mask else []), "--", *child]
@@ -125,7 +130,7 @@ def test_child_gets_values_files_and_no_credential(openbao: OpenBao, tmp_path: P
     the parent's other variables, and neither the Vault token nor any SECRETS_BRIDGE_* variable,
     also as the kernel shows its environment."""
     ref = _kv(openbao, user="app", password="pw one/+")
-    bridge = Exec(openbao, tmp_path, out, _body(ref))
+    bridge = Exec.vault(openbao, tmp_path, out, _body(ref))
     bridge.start()
     try:
         assert wait_for(bridge.starts, timeout=20), bridge.printed
@@ -150,7 +155,7 @@ def test_rotation_restarts_once_per_burst(openbao: OpenBao, tmp_path: Path, out:
     marker = tmp_path / "hook-fired"
     extra = (f"exec: {{wait: {{min: 1500ms, max: 4s}}}}\n"
              f"on_change:\n  - {{exec: [\"/bin/sh\", \"-c\", \"echo x >> {marker}\"]}}\n")
-    bridge = Exec(openbao, tmp_path, out, _body(ref), extra=extra)
+    bridge = Exec.vault(openbao, tmp_path, out, _body(ref), extra=extra)
     bridge.start()
     client = openbao.client()
     try:
@@ -175,7 +180,7 @@ def test_rotation_restarts_once_per_burst(openbao: OpenBao, tmp_path: Path, out:
 def test_restart_on_never_keeps_the_child(openbao: OpenBao, tmp_path: Path, out: Path) -> None:
     """With restart_on: never a rotation updates the files but leaves the child running."""
     ref = _kv(openbao, user="app", password="pw-1")
-    bridge = Exec(openbao, tmp_path, out, _body(ref), extra="exec: {restart_on: never}\n")
+    bridge = Exec.vault(openbao, tmp_path, out, _body(ref), extra="exec: {restart_on: never}\n")
     bridge.start()
     try:
         assert wait_for(bridge.starts, timeout=20), bridge.printed
@@ -192,7 +197,7 @@ def test_restart_on_any_restarts_for_a_file(openbao: OpenBao, tmp_path: Path, ou
     """With restart_on: any a changed file restarts the child though no env value changed."""
     ref = _kv(openbao, password="pw-1")
     body = f"secrets:\n  db: {{provider: vault, ref: secret/{ref}, files: {{password: password}}}}\n"
-    bridge = Exec(openbao, tmp_path, out, body, extra="exec: {restart_on: any}\n")
+    bridge = Exec.vault(openbao, tmp_path, out, body, extra="exec: {restart_on: any}\n")
     bridge.start()
     try:
         assert wait_for(bridge.starts, timeout=20), bridge.printed
@@ -208,7 +213,7 @@ def test_signals_reach_the_child(openbao: OpenBao, tmp_path: Path, out: Path) ->
     """SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH and SIGTERM sent to the bridge reach the
     child; the bridge stops when the child exits, with its status."""
     ref = _kv(openbao, user="app", password="pw")
-    bridge = Exec(openbao, tmp_path, out, _body(ref))
+    bridge = Exec.vault(openbao, tmp_path, out, _body(ref))
     bridge.env["EXIT_ON_TERM"] = "7"
     proc = bridge.start()
     try:
@@ -228,7 +233,7 @@ def test_signals_reach_the_child(openbao: OpenBao, tmp_path: Path, out: Path) ->
 def test_exit_status_is_the_childs(openbao: OpenBao, tmp_path: Path, out: Path, script: str, status: int) -> None:
     """The bridge exits with its child's status, 128+N when signal N ended it, after its shutdown."""
     ref = _kv(openbao, user="app", password="pw")
-    bridge = Exec(openbao, tmp_path, out, _body(ref), extra="cleanup_on_exit: true\n")
+    bridge = Exec.vault(openbao, tmp_path, out, _body(ref), extra="cleanup_on_exit: true\n")
     bridge.start("/bin/sh", "-c", f'test -n "$DB_PASSWORD" && {script}')
     try:
         assert bridge.finish(stop=False) == status, bridge.printed
@@ -241,7 +246,7 @@ def test_required_value_missing_starts_nothing(openbao: OpenBao, tmp_path: Path,
     """A required env value that cannot be fetched: exit 1 naming it, and no child ever ran."""
     ref = _kv(openbao, user="app", password="pw")
     body = _body(ref) + f"  MISSING: {{provider: vault, ref: secret/app/{uuid.uuid4().hex}, key: x}}\n"
-    bridge = Exec(openbao, tmp_path, out, body)
+    bridge = Exec.vault(openbao, tmp_path, out, body)
     bridge.start()
     try:
         assert bridge.finish(stop=False) == 1
@@ -255,7 +260,7 @@ def test_required_value_missing_starts_nothing(openbao: OpenBao, tmp_path: Path,
 def test_command_not_found_is_127(openbao: OpenBao, tmp_path: Path, out: Path) -> None:
     """A command that does not exist: exit 127 with one line naming it, as a shell says."""
     ref = _kv(openbao, user="app", password="pw")
-    bridge = Exec(openbao, tmp_path, out, _body(ref))
+    bridge = Exec.vault(openbao, tmp_path, out, _body(ref))
     bridge.start("no-such-command-here")
     try:
         assert bridge.finish(stop=False) == 127
@@ -269,7 +274,7 @@ def test_as_pid_1_orphans_are_reaped(openbao: OpenBao, tmp_path: Path, out: Path
     if shutil.which("unshare") is None or os.geteuid() != 0:
         pytest.skip("needs unshare(1) and root to make a PID namespace")
     ref = _kv(openbao, user="app", password="pw")
-    bridge = Exec(openbao, tmp_path, out, _body(ref))
+    bridge = Exec.vault(openbao, tmp_path, out, _body(ref))
     report = tmp_path / "zombies"
     # Five grandchildren orphaned at once (their parent subshell exits), each exiting 0.2 s later;
     # after 1.5 s the child counts the zombies in its namespace.
@@ -303,7 +308,7 @@ def test_leased_database_url_restarts_only_on_reissue(
     )
     body = ("env:\n  DATABASE_URL:\n    template: \"postgres://{{ db.username }}:{{ db.password | urlencode }}@db/x\"\n"
             f"    values: {{db: {{provider: vault, ref: {ref}}}}}\n")
-    bridge = Exec(openbao, tmp_path, out, body, interval="1h")
+    bridge = Exec.vault(openbao, tmp_path, out, body, interval="1h")
     bridge.start(sys.executable, "-c", child)
     try:
         assert wait_for(login.exists, timeout=20), bridge.printed
@@ -324,7 +329,7 @@ def test_child_owns_the_terminal(openbao: OpenBao, tmp_path: Path, out: Path) ->
     """Under a terminal the child runs in a process group of its own, in the terminal's foreground
     (so ^C and ^Z reach it alone)."""
     ref = _kv(openbao, user="app", password="pw")
-    bridge = Exec(openbao, tmp_path, out, _body(ref))
+    bridge = Exec.vault(openbao, tmp_path, out, _body(ref))
     master, slave = os.openpty()
     slave_name = os.ttyname(slave)
 
@@ -354,3 +359,55 @@ def test_child_owns_the_terminal(openbao: OpenBao, tmp_path: Path, out: Path) ->
     fields = line.rsplit(")", 1)[1].split()
     pgrp, tpgid = int(fields[2]), int(fields[5])
     assert pgrp == tpgid and pgrp != proc.pid  # its own group, in the foreground; not the bridge's
+
+
+def _file_bridge(tmp_path: Path, out: Path, env: str, extra: str = "") -> tuple[Exec, Path]:
+    """An exec config on the `file` provider (a rotation is a write to a file): no server needed."""
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    config = (f"output_dir: {out}\nrefresh_interval: 300ms\njitter: 0\nlisten: null\n"
+              f"providers:\n  files: {{type: file, base_dir: {src}}}\n{extra}env:\n{env}")
+    return Exec(tmp_path, out, config), src
+
+
+def test_a_child_ignoring_the_stop_signal_is_killed_after_stop_timeout(tmp_path: Path, out: Path) -> None:
+    """A child that ignores stop_signal is SIGKILLed after stop_timeout, then started with the new value."""
+    bridge, src = _file_bridge(tmp_path, out, "  TOKEN: {provider: files, ref: token}\n",
+                               extra="exec: {stop_signal: SIGUSR1, stop_timeout: 1s}\n")
+    (src / "token").write_text("token-one")
+    script = ("import json, os, signal, time\nsignal.signal(signal.SIGUSR1, signal.SIG_IGN)\n"
+              f"line = json.dumps(dict(event='start', env=dict(os.environ)))\n"
+              f"open({str(bridge.report)!r}, 'a').write(line + '\\n')\ntime.sleep(3600)\n")
+    bridge.start(sys.executable, "-c", script)
+    try:
+        assert wait_for(bridge.starts, timeout=20), bridge.printed
+        (src / "token").write_text("token-two")
+        changed = time.monotonic()
+        assert wait_for(lambda: len(bridge.starts()) == 2, timeout=10), bridge.printed
+        assert time.monotonic() - changed >= 1.0  # it waited stop_timeout before the SIGKILL
+        assert bridge.child_env()["TOKEN"] == "token-two"
+        assert bridge.finish() == 128 + signal.SIGTERM
+    finally:
+        bridge.kill()
+
+
+def test_config_reload_follows_the_file_and_restarts_only_for_env(tmp_path: Path, out: Path) -> None:
+    """In exec the config reloads when its file changes (SIGHUP is the child's): a reload that
+    leaves the env values alone keeps the child; one that adds a variable restarts it with it."""
+    bridge, src = _file_bridge(tmp_path, out, "  TOKEN: {provider: files, ref: token}\n")
+    (src / "token").write_text("token-one")
+    (src / "other").write_text("other-value")
+    bridge.start()
+    try:
+        assert wait_for(bridge.starts, timeout=20), bridge.printed
+        text = bridge.config.read_text()
+        bridge.config.write_text(text.replace("jitter: 0\n", "jitter: 0.05\n"))  # no env change
+        time.sleep(2.5)
+        assert len(bridge.starts()) == 1
+        bridge.config.write_text(text + "  OTHER: {provider: files, ref: other}\n")
+        assert wait_for(lambda: len(bridge.starts()) == 2, timeout=10), bridge.printed
+        assert bridge.child_env()["OTHER"] == "other-value" and bridge.child_env()["TOKEN"] == "token-one"
+        assert bridge.finish() == 0
+    finally:
+        bridge.kill()
+    assert "config reloaded" in bridge.printed

@@ -136,3 +136,20 @@ def test_exec_section() -> None:
         parse_config("secrets: {}\nexec: {stop_signal: SIGNOPE}\n")
     with pytest.raises(ConfigError, match="exec.restart_on"):
         parse_config("secrets: {}\nexec: {restart_on: sometimes}\n")
+
+
+def test_check_resolves_env_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`check` lists each env variable as $NAME with its status, never its value; a failing one exits 1."""
+    from bridge.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("providers: {local: {type: env}}\nsecrets: {}\n"
+                      "env:\n  GOOD: {provider: local, ref: SOURCE_GOOD}\n  BAD: {provider: local, ref: SOURCE_UNSET}\n")
+    monkeypatch.setenv("SOURCE_GOOD", "value-never-printed")
+    monkeypatch.delenv("SOURCE_UNSET", raising=False)
+    assert main(["--config", str(config), "check"]) == 1
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows.keys() == {"$GOOD", "$BAD"}
+    assert rows["$GOOD"].endswith("ok") and "not_found" in rows["$BAD"]
+    assert "value-never-printed" not in "".join(rows.values())
