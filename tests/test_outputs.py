@@ -145,7 +145,8 @@ def test_check_resolves_env_variables(tmp_path: Path, monkeypatch: pytest.Monkey
 
     config = tmp_path / "c.yaml"
     config.write_text("providers: {local: {type: env}}\nsecrets: {}\n"
-                      "env:\n  GOOD: {provider: local, ref: SOURCE_GOOD}\n  BAD: {provider: local, ref: SOURCE_UNSET}\n")
+                      "env:\n  GOOD: {provider: local, ref: SOURCE_GOOD}\n"
+                      "  BAD: {provider: local, ref: SOURCE_UNSET}\n")
     monkeypatch.setenv("SOURCE_GOOD", "value-never-printed")
     monkeypatch.delenv("SOURCE_UNSET", raising=False)
     assert main(["--config", str(config), "check"]) == 1
