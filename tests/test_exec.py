@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 
 from tests.conftest import DatabaseEngine, OpenBao
 from tests.polling import wait_for
-from tests.servers import Postgres, venv_binary
+from tests.servers import Postgres, free_port, venv_binary
 
 #: the child: reports its start (pid, environment, a file) and each signal, one JSON line each
 CHILD = r"""
@@ -193,20 +194,30 @@ def test_restart_on_never_keeps_the_child(openbao: OpenBao, tmp_path: Path, out:
         bridge.kill()
 
 
-def test_restart_on_any_restarts_for_a_file(openbao: OpenBao, tmp_path: Path, out: Path) -> None:
-    """With restart_on: any a changed file restarts the child though no env value changed."""
+def test_restart_on_any_restarts_for_a_file_and_listen_serves(openbao: OpenBao, tmp_path: Path, out: Path) -> None:
+    """With restart_on: any a changed file restarts the child though no env value changed; `listen`
+    serves /healthz, /readyz and /metrics (the restart counted) as in run."""
     ref = _kv(openbao, password="pw-1")
+    port = free_port()
     body = f"secrets:\n  db: {{provider: vault, ref: secret/{ref}, files: {{password: password}}}}\n"
     bridge = Exec.vault(openbao, tmp_path, out, body, extra="exec: {restart_on: any}\n")
+    bridge.config.write_text(bridge.config.read_text().replace("listen: null", f"listen: 127.0.0.1:{port}"))
     bridge.start()
     try:
         assert wait_for(bridge.starts, timeout=20), bridge.printed
+        assert _get(port, "/healthz")[0] == 200 and _get(port, "/readyz")[0] == 200
         openbao.client().secrets.kv.v2.create_or_update_secret(path=ref, secret={"password": "pw-2"})
         assert wait_for(lambda: len(bridge.starts()) == 2, timeout=10), bridge.printed
         assert bridge.starts()[-1]["file"] == "pw-2"
+        assert 'secrets_bridge_exec_restarts_total{reason="file"} 1.0' in _get(port, "/metrics")[1]
         assert bridge.finish() == 0
     finally:
         bridge.kill()
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+        return response.status, response.read().decode()
 
 
 def test_signals_reach_the_child(openbao: OpenBao, tmp_path: Path, out: Path) -> None:

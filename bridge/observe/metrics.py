@@ -200,3 +200,8 @@ LEASE_ISSUES = _Metric(
     "New issues of leased values and certificates (first, reissue, resume_lost), by outcome.",
     ["reason", "outcome"],
 )
+EXEC_RESTARTS = _Metric(
+    "Counter", "secrets_bridge_exec_restarts_total",
+    "Restarts of exec's child for changed values, by what changed (env, file).",
+    ["reason"],
+)

@@ -27,6 +27,7 @@ from bridge.engine.cycle import CycleResult, Engine
 from bridge.errors import BridgeError
 from bridge.observe.changes import Change
 from bridge.observe.logs import AuditLog
+from bridge.observe.metrics import EXEC_RESTARTS
 from bridge.runtime.child import FORWARDED, Child, Quiet, child_environment, reap_orphans
 from bridge.runtime.mask import Mask, MaskedOutput
 from bridge.runtime.runner import Runner
@@ -183,3 +184,4 @@ class ExecRunner(Runner):
             self.status = status if status is not None else self.status
             return
         self._start_child()
+        EXEC_RESTARTS.labels(reason="env" if any(n.startswith("$") for n in reason) else "file").inc()
