@@ -154,7 +154,7 @@ def test_rotation_restarts_once_per_burst(openbao: OpenBao, tmp_path: Path, out:
     refresh interval plus wait.max; on_change still fires for the files."""
     ref = _kv(openbao, user="app", password="pw-1")
     marker = tmp_path / "hook-fired"
-    extra = (f"exec: {{wait: {{min: 1500ms, max: 4s}}}}\n"
+    extra = (f"exec: {{wait: {{min: 3s, max: 8s}}}}\n"
              f"on_change:\n  - {{exec: [\"/bin/sh\", \"-c\", \"echo x >> {marker}\"]}}\n")
     bridge = Exec.vault(openbao, tmp_path, out, _body(ref), extra=extra)
     bridge.start()
@@ -165,8 +165,8 @@ def test_rotation_restarts_once_per_burst(openbao: OpenBao, tmp_path: Path, out:
         client.secrets.kv.v2.create_or_update_secret(path=ref, secret={"user": "app", "password": "pw-2"})
         time.sleep(0.8)  # the bridge sees pw-2, then pw-3 within the same quiet window
         client.secrets.kv.v2.create_or_update_secret(path=ref, secret={"user": "app", "password": "pw-3"})
-        assert wait_for(lambda: len(bridge.starts()) >= 2, timeout=10), bridge.printed
-        assert time.monotonic() - first < 0.5 + 4 + 2  # interval + wait.max, and the child's own start
+        assert wait_for(lambda: len(bridge.starts()) >= 2, timeout=15), bridge.printed
+        assert time.monotonic() - first < 0.5 + 8 + 2  # interval + wait.max, and the child's own start
         time.sleep(2.5)  # a second restart would come by now
         assert len(bridge.starts()) == 2
         assert bridge.child_env()["DB_PASSWORD"] == "pw-3"
