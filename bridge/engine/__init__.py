@@ -1,4 +1,5 @@
-"""The engine: one cycle from configuration to files. `units` (fetch units and entries), `schedule`
+"""The engine: one cycle from configuration to files. `units` (fetch units), `outputs` (what is made
+from them, one class per kind: a file entry's kinds and an `env:` variable), `schedule`
 (what is due), `leases` (leased values), `render`/`extract` (values to file contents), `failures`
 (how failures are told), `cycle` (plan, fetch, render, commit, announce).
 
