@@ -422,3 +422,18 @@ def test_config_reload_follows_the_file_and_restarts_only_for_env(tmp_path: Path
     finally:
         bridge.kill()
     assert "config reloaded" in bridge.printed
+
+
+def test_options_before_and_after_exec_and_the_command_keeps_its_own() -> None:
+    """Bridge options go before `exec` or after it; everything from the command on (after an
+    optional `--`) is the command's, its own options included; no command is a usage error."""
+    from bridge.cli import _parser, main
+
+    for argv in (["--config", "c.yaml", "exec", "--mask", "app", "--config", "x"],
+                 ["exec", "--config", "c.yaml", "--mask", "--", "app", "--config", "x"]):
+        args = _parser().parse_args(argv)
+        assert args.config == "c.yaml" and args.mask
+        assert args.argv[-3:] == ["app", "--config", "x"]
+    with pytest.raises(SystemExit) as usage:
+        main(["exec", "--"])
+    assert usage.value.code == 2
