@@ -556,3 +556,23 @@ def test_reload_keeps_the_running_config_whatever_goes_wrong(tmp_path: Path, mon
     assert running.config is config
     assert f"keeping the running config: it could not be loaded ({error.__name__})" in caplog.text
     assert "boom" not in caplog.text
+
+
+def test_reload_of_an_alias_bomb_keeps_running(tmp_path: Path, out_dir: Path) -> None:
+    """A reload of a config whose aliases repeat a 1 MB text 5,000 times is rejected in one line;
+    the running bridge keeps its config and keeps rotating (it exited "internal error" before)."""
+    bridge = Bridge(tmp_path, out_dir)
+    bridge.start()
+    try:
+        assert bridge.ready()
+        bomb = f"  s0: {{provider: dev, ref: &t {'x' * 1_000_000}}}\n"
+        bomb += "".join(f"  s{i}: {{provider: dev, ref: *t}}\n" for i in range(1, 5000))
+        bridge.config.write_text(bridge.config_text(("a",)) + bomb)
+        assert _wait(lambda: "config reload rejected" in bridge.output()), bridge.output()[-2000:]
+        assert "YAML aliases expand the document past 16 MiB" in bridge.output()
+        (bridge.src / "a").write_text("a-1")
+        assert bridge.ready()
+        assert bridge.proc is not None and bridge.proc.poll() is None
+        assert bridge.stop() == 0
+    finally:
+        bridge.kill()
