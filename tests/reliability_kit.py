@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from bridge.writer.atomic import is_memory_backed
+from tests.polling import wait_for  # noqa: F401 - the one polling helper, re-exported for the reliability tests
 from tests.servers import venv_binary
 
 FIGURES = Path(os.environ.get("SB_RELIABILITY_FIGURES", "/tmp/secrets-bridge-reliability.json"))
@@ -136,15 +137,6 @@ class Bridge:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
-
-
-def wait_for(predicate: Any, timeout: float = 60.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
 
 
 # -- reader processes ------------------------------------------------------------------------------

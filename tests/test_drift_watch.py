@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config.fields import STATE_FILE
+from bridge.config.fields import RESERVED_PREFIX, STATE_FILE
+from bridge.runtime.inotify import Watcher
 from bridge.runtime.watch import FALLBACK_SWEEP_SECONDS, SAFETY_SWEEP_SECONDS, SETTLE_SECONDS, DriftWatch
 from bridge.writer.atomic import FileSpec, Writer
 
@@ -28,30 +29,53 @@ class Watched:
         self.writer.prepare()
         self.writer.commit(dict(FILES))
         self.woken = threading.Event()
-        self.watch = DriftWatch(self.woken.set)
+        self.watcher = Watcher()
+        self.watch = DriftWatch(self.woken.set, self.watcher)
+        self._barriers = 0
         self.follow()
 
     def follow(self) -> None:
         self.watch.follow(self.named, self.writer.generation)
-        time.sleep(0.2)  # events already queued by earlier steps arrive
+        self.settle()  # events already queued by earlier steps are told
         self.quiet()
 
     def quiet(self) -> None:
         self.watch.sweeping()
         self.woken.clear()
 
+    def settle(self) -> None:
+        """Return once every event before now has reached the drift watch: inotify tells the
+        events of one instance in order, so a name the writer reserves (never drift) made now is
+        told after them all."""
+        self._barriers += 1
+        name = f"{RESERVED_PREFIX}-barrier-{self._barriers}"
+        seen = threading.Event()
+        handle = self.watcher.add(os.path.realpath(self.path), lambda _f, n, _m: seen.set() if n == name else None)
+        try:
+            (self.path / name).touch()
+            assert seen.wait(10), "the watcher told nothing"
+        finally:
+            self.watcher.remove(handle)
+            (self.path / name).unlink()
+
     def woke_after(self, action: Callable[[], object]) -> bool:
+        """Whether `action` woke the loop, once every event it made has been told."""
         self.quiet()
         action()
-        return self.woken.wait(2)
+        self.settle()
+        return self.woken.is_set()
+
+    def stop(self) -> None:
+        self.watch.stop()
+        self.watcher.stop()
+        self.writer.release()
 
 
 @pytest.fixture
 def watched(tmp_path: Path):
     w = Watched(tmp_path / "out")
     yield w
-    w.watch.stop()
-    w.writer.release()
+    w.stop()
 
 
 def _tamper_cases(d: Path) -> dict[str, Callable[[], object]]:
@@ -116,8 +140,7 @@ def test_output_dir_reached_through_a_symlink(tmp_path: Path) -> None:
         assert w.woke_after(lambda: (real / "a").unlink())
         assert w.woke_after(lambda: (real / "..data" / "a").chmod(0o600))
     finally:
-        w.watch.stop()
-        w.writer.release()
+        w.stop()
 
 
 def test_a_failed_sweep_is_tried_again_soon(watched: Watched) -> None:

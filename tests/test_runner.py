@@ -20,6 +20,7 @@ import pytest
 
 from bridge.runtime.wakeup import Wakeup
 from bridge.writer.atomic import is_memory_backed
+from tests.polling import wait_for
 from tests.servers import free_port, venv_binary
 from tests.test_cli import _get
 
@@ -34,15 +35,6 @@ def out_dir() -> Iterator[Path]:
     d = Path("/dev/shm") / f"sb-run-{uuid.uuid4().hex}"
     yield d
     subprocess.run(["rm", "-rf", str(d)], check=False)
-
-
-def _wait(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _read(path: Path) -> str | None:
@@ -86,7 +78,7 @@ class Bridge:
         return self.proc
 
     def ready(self, name: str = "a") -> bool:
-        return _wait(lambda: _read(self.out_dir / name) == (self.src / name).read_text())
+        return wait_for(lambda: _read(self.out_dir / name) == (self.src / name).read_text())
 
     def stop(self, timeout: float = 5.0) -> int:
         """SIGTERM; the bridge must be gone within `timeout` seconds."""
@@ -108,21 +100,42 @@ class Bridge:
             self.proc.wait()
 
 
+def _side_by_side(tmp_path: Path, out_dir: Path, count: int, trial: int) -> list[Bridge]:
+    """`count` bridges started at once, each with its own source, config and output directory;
+    `ready` means each has synced `a-start-TRIAL`."""
+    bridges = []
+    for k in range(count):
+        home = tmp_path / f"b{k}"
+        home.mkdir(exist_ok=True)
+        bridge = Bridge(home, Path(f"{out_dir}-{k}"))
+        (bridge.src / "a").write_text(f"a-start-{trial}")
+        bridge.start()
+        bridges.append(bridge)
+    return bridges
+
+
+def _stop_all(bridges: list[Bridge]) -> None:
+    for bridge in bridges:
+        bridge.kill()
+        subprocess.run(["rm", "-rf", str(bridge.out_dir)], check=False)
+
+
 def test_sighup_burst_never_wedges_the_loop(tmp_path: Path, out_dir: Path) -> None:
-    """500 SIGHUPs in a burst leave the loop refreshing, and SIGTERM still ends it with 0; five runs."""
-    for trial in range(5):
-        bridge = Bridge(tmp_path, out_dir)
-        (bridge.src / "a").write_text(f"a-start-{trial}")  # so `ready` means this process has synced
-        proc = bridge.start()
-        try:
+    """500 SIGHUPs in a burst leave the loop refreshing, and SIGTERM still ends it with 0; five runs
+    side by side."""
+    bridges = _side_by_side(tmp_path, out_dir, 5, 0)
+    try:
+        for bridge in bridges:
             assert bridge.ready()
+        for trial, bridge in enumerate(bridges):
             for _ in range(500):
-                proc.send_signal(signal.SIGHUP)
+                bridge.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
             (bridge.src / "a").write_text(f"a-after-burst-{trial}")
-            assert bridge.ready(), f"trial {trial}: no refresh after the burst\n{bridge.output()}"
-            assert bridge.stop() == 0
-        finally:
-            bridge.kill()
+        for trial, bridge in enumerate(bridges):
+            assert bridge.ready(), f"run {trial}: no refresh after the burst\n{bridge.output()}"
+        assert [bridge.stop() for bridge in bridges] == [0] * 5
+    finally:
+        _stop_all(bridges)
 
 
 def test_sighup_flood_does_not_stop_refreshing(tmp_path: Path, out_dir: Path) -> None:
@@ -163,7 +176,7 @@ def test_sighup_during_start_up_does_not_kill(tmp_path: Path, out_dir: Path, del
     bridge = Bridge(tmp_path, out_dir)
     proc = bridge.start()
     try:
-        assert _wait(lambda: _interpreter_ready(proc.pid), timeout=5)
+        assert wait_for(lambda: _interpreter_ready(proc.pid), timeout=5)
         time.sleep(delay_ms / 1000)
         proc.send_signal(signal.SIGHUP)
         assert bridge.ready(), f"SIGHUP at {delay_ms} ms: exit {proc.poll()}\n{bridge.output()}"
@@ -181,7 +194,7 @@ def test_sigterm_does_not_wait_for_a_hanging_action(tmp_path: Path, out_dir: Pat
     bridge = Bridge(tmp_path, out_dir, secrets=("a", "b"), extra=extra)
     bridge.start()
     try:
-        assert bridge.ready("a") and _wait(lambda: bool(_read(started)))
+        assert bridge.ready("a") and wait_for(lambda: bool(_read(started)))
         (bridge.src / "b").write_text("b-while-the-hook-hangs")
         assert bridge.ready("b")
         assert bridge.stop(timeout=10) == 0
@@ -198,7 +211,7 @@ def test_missing_pid_file_at_start_is_not_an_error(tmp_path: Path, out_dir: Path
     bridge.start()
     try:
         assert bridge.ready()
-        assert _wait(lambda: "does not exist yet" in bridge.output())
+        assert wait_for(lambda: "does not exist yet" in bridge.output())
         assert bridge.stop() == 0
     finally:
         bridge.kill()
@@ -217,7 +230,7 @@ def test_files_beside_the_config_do_not_reload(tmp_path: Path, out_dir: Path) ->
     try:
         assert bridge.ready()
         bridge.config.write_text(bridge.config.read_text() + "bogus: 1\n")  # an invalid edit: rejected
-        assert _wait(lambda: _rejections(bridge) >= 1)
+        assert wait_for(lambda: _rejections(bridge) >= 1)
         time.sleep(1.0)
         seen = _rejections(bridge)
         for i in range(5):
@@ -308,7 +321,7 @@ def test_one_file_watcher_for_the_config_and_the_output(tmp_path: Path, out_dir:
         bridge.write_config(("a", "b"))
         assert bridge.ready("b"), bridge.output()
         (out_dir / "a").unlink()
-        assert _wait(lambda: (out_dir / "a").is_symlink(), timeout=5), bridge.output()
+        assert wait_for(lambda: (out_dir / "a").is_symlink(), timeout=5), bridge.output()
         assert _inotify_instances(proc.pid) == 1
         assert bridge.stop() == 0
     finally:
@@ -349,7 +362,7 @@ def test_an_owner_the_bridge_cannot_give_fails_that_entry_alone(out_dir: Path) -
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         try:
             assert bridge.ready("a") and bridge.ready("b"), bridge.output()
-            assert _wait(lambda: _get(port, "/readyz") == (503, "missing: owned\n")), bridge.output()
+            assert wait_for(lambda: _get(port, "/readyz") == (503, "missing: owned\n")), bridge.output()
             assert not (out_dir / "owned").exists()
             assert os.stat(out_dir / "a").st_uid == 10001
             assert bridge.stop() == 0
@@ -361,21 +374,21 @@ def test_an_owner_the_bridge_cannot_give_fails_that_entry_alone(out_dir: Path) -
 
 
 def test_clean_shutdowns_log_no_error(tmp_path: Path, out_dir: Path) -> None:
-    """Thirty start-and-SIGTERM runs, with files written beside the config meanwhile, each exit 0 and
-    log no error."""
-    for trial in range(30):
-        bridge = Bridge(tmp_path, out_dir)
-        (bridge.src / "a").write_text(f"a-start-{trial}")
-        bridge.start()
+    """Thirty start-and-SIGTERM runs (three side by side at a time), with files written beside the
+    config meanwhile, each exit 0 and log no error."""
+    for round_ in range(10):
+        bridges = _side_by_side(tmp_path, out_dir, 3, round_)
         try:
-            assert bridge.ready()
-            for i in range(20):  # keep the file watcher busy while it is being stopped
-                (bridge.config.parent / f"noise-{i}").write_text(str(trial))
-            assert bridge.stop() == 0
+            for bridge in bridges:
+                assert bridge.ready()
+                for i in range(20):  # keep the file watcher busy while it is being stopped
+                    (bridge.config.parent / f"noise-{i}").write_text(str(round_))
+            assert [bridge.stop() for bridge in bridges] == [0, 0, 0]
         finally:
-            bridge.kill()
-        text = bridge.output()
-        assert " ERROR " not in text and "Traceback" not in text, f"trial {trial}:\n{text}"
+            _stop_all(bridges)
+        for bridge in bridges:
+            text = bridge.output()
+            assert " ERROR " not in text and "Traceback" not in text, f"round {round_}:\n{text}"
 
 
 def test_wakeup_set_never_blocks_and_wakes_a_waiter() -> None:
@@ -439,7 +452,7 @@ def test_drift_is_repaired_within_five_seconds_without_on_change(tmp_path: Path,
     bridge.config.write_text(bridge.config.read_text().replace("refresh_interval: 200ms", "refresh_interval: 1h"))
     bridge.start()
     try:
-        assert bridge.ready() and _wait(lambda: _read(marker) == "x")
+        assert bridge.ready() and wait_for(lambda: _read(marker) == "x")
         elsewhere = tmp_path / "elsewhere"
         elsewhere.write_text("planted")
 
@@ -463,7 +476,7 @@ def test_drift_is_repaired_within_five_seconds_without_on_change(tmp_path: Path,
         for tamper in (tamper_link_deleted, tamper_link_planted, tamper_chmod, tamper_data_dir):
             tamper()
             started = time.monotonic()
-            assert _wait(lambda: _read(out_dir / "a") == "a-0" and (out_dir / "a").is_symlink()
+            assert wait_for(lambda: _read(out_dir / "a") == "a-0" and (out_dir / "a").is_symlink()
                          and os.readlink(out_dir / "a") == "..data/a"
                          and (out_dir / "..data" / "a").stat().st_mode & 0o777 == 0o444, timeout=6), tamper.__name__
             assert time.monotonic() - started <= 5.5, tamper.__name__
@@ -487,7 +500,7 @@ def test_reload_changing_listen_is_rejected_naming_it(tmp_path: Path, out_dir: P
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         bridge.config.write_text(bridge.config_text(("a", "b")).replace("listen: null", f"listen: 127.0.0.1:{port}"))
-        assert _wait(lambda: "listen cannot change while running" in bridge.output()), bridge.output()
+        assert wait_for(lambda: "listen cannot change while running" in bridge.output()), bridge.output()
         time.sleep(0.5)
         assert not (out_dir / "b").exists() and "config reloaded" not in bridge.output()
         assert bridge.stop() == 0
@@ -505,7 +518,7 @@ def test_reload_switches_the_log_format(tmp_path: Path, out_dir: Path) -> None:
         (bridge.src / "b").write_text("b-0")
         bridge.write_config(("a", "b"))
         assert bridge.ready("b")
-        assert _wait(lambda: any(line.startswith("{") and "config reloaded" in line
+        assert wait_for(lambda: any(line.startswith("{") and "config reloaded" in line
                                  for line in bridge.output().splitlines())), bridge.output()
         assert bridge.stop() == 0
     finally:
@@ -525,7 +538,7 @@ def test_reload_setting_require_tmpfs_over_a_disk_is_rejected(tmp_path: Path) ->
         bridge.extra = "require_tmpfs: true\n"
         (bridge.src / "b").write_text("b-0")
         bridge.write_config(("a", "b"))
-        assert _wait(lambda: "require_tmpfs: output_dir" in bridge.output()), bridge.output()
+        assert wait_for(lambda: "require_tmpfs: output_dir" in bridge.output()), bridge.output()
         time.sleep(0.5)
         assert not (disk / "b").exists()
         assert bridge.stop() == 0

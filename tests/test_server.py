@@ -13,10 +13,11 @@ import pytest
 
 from bridge.errors import ConfigError
 from bridge.runtime.server import CONNECTION_SECONDS, MAX_CONNECTIONS, HealthServer, parse_listen
+from tests.polling import wait_for
 from tests.servers import free_port
 from tests.test_cli import _get
 from tests.test_engine import make_engine
-from tests.test_runner import Bridge, _wait, out_dir  # noqa: F401 - out_dir is a fixture
+from tests.test_runner import Bridge, out_dir  # noqa: F401 - out_dir is a fixture
 
 
 def test_endpoints(tmp_path: Path) -> None:
@@ -94,7 +95,7 @@ def test_idle_connections_cannot_exhaust_the_bridge(tmp_path: Path, out_dir: Pat
                 continue
             idle.append(sock)
         assert len(idle) >= 200
-        assert _wait(lambda: _get(port, "/healthz") == (200, "ok\n"), timeout=10)
+        assert wait_for(lambda: _get(port, "/healthz") == (200, "ok\n"), timeout=10)
         (bridge.src / "a").write_text("a-after-the-flood")
         assert bridge.ready(), bridge.output()
         assert proc.poll() is None
