@@ -176,7 +176,7 @@ def test_sighup_during_start_up_does_not_kill(tmp_path: Path, out_dir: Path, del
     bridge = Bridge(tmp_path, out_dir)
     proc = bridge.start()
     try:
-        assert wait_for(lambda: _interpreter_ready(proc.pid), timeout=5)
+        assert wait_for(lambda: _interpreter_ready(proc.pid), timeout=5, step=0.05)
         time.sleep(delay_ms / 1000)
         proc.send_signal(signal.SIGHUP)
         assert bridge.ready(), f"SIGHUP at {delay_ms} ms: exit {proc.poll()}\n{bridge.output()}"
