@@ -581,7 +581,7 @@ def test_reload_of_an_alias_bomb_keeps_running(tmp_path: Path, out_dir: Path) ->
         bomb = f"  s0: {{provider: dev, ref: &t {'x' * 1_000_000}}}\n"
         bomb += "".join(f"  s{i}: {{provider: dev, ref: *t}}\n" for i in range(1, 5000))
         bridge.config.write_text(bridge.config_text(("a",)) + bomb)
-        assert _wait(lambda: "config reload rejected" in bridge.output()), bridge.output()[-2000:]
+        assert wait_for(lambda: "config reload rejected" in bridge.output()), bridge.output()[-2000:]
         assert "YAML aliases expand the document past 16 MiB" in bridge.output()
         (bridge.src / "a").write_text("a-1")
         assert bridge.ready()
