@@ -11,9 +11,9 @@ A cycle has five steps, each a method a test can call:
     announce  one Change record per changed file or env value, to every subscriber (on_change, audit log)
 
 This is the one place where a change is detected and committed, and the one place that retries
-(per-unit exponential backoff with jitter, honouring a provider's retry_after). It is the one
-module that assigns a fetch unit's state: the schedule and the lease keeper return decisions and
-the cycle applies them. It keeps each file's record (bridge/engine/records.py) and last good
+(per-unit exponential backoff with jitter, honouring a provider's retry_after). The schedule and
+the lease keeper return decisions; `Settler` (bridge/engine/settle.py), the one module that assigns
+a fetch unit's state, applies them. It keeps each file's record (bridge/engine/records.py) and last good
 content, so a failure never removes or empties a file. Idle work is proportional
 to what is due. It never logs a value. It never sleeps or keeps a clock of its own: the loop that
 drives cycles (provider upkeep, drift sweeps, pruning, sleeping) is `bridge.runtime.loop`, which
@@ -29,15 +29,16 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from bridge.config.loader import Config
 from bridge.engine import failures
-from bridge.engine.leases import LeaseKeeper, Renewed
+from bridge.engine.leases import LeaseKeeper
 from bridge.engine.outputs import EnvValues, EnvVar, Output, build, owner_index
 from bridge.engine.phases import Outcome, fetch_from
 from bridge.engine.records import ManagedFiles, StateRecords
 from bridge.engine.schedule import Schedule
+from bridge.engine.settle import Settler
 from bridge.engine.units import Unit
 from bridge.errors import ExtractError, OwnerRefused, ProviderError, WriteError, contained
 from bridge.observe.changes import Change
@@ -107,9 +108,9 @@ class Engine:
         self._dirty: set[str] | None = None  # entries whose state records need writing (None: all)
         self.records = StateRecords(self.state, self.settings)
         self.leases = LeaseKeeper(self.writer, self.providers)
+        self.settler = Settler(self.schedule, self.leases, self.outputs.__getitem__, self._mark)
         self._started = False
         self._write_failing: float | None = None  # since when commits fail (monotonic)
-        self._state_failing = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -124,11 +125,7 @@ class Engine:
 
     def _resume(self) -> None:
         """Take back the leases the lease store holds, as the lease keeper checked them."""
-        now = time.monotonic()
-        for unit, resumed in self.leases.resume(self.units.values()).items():
-            unit.fetched, unit.version, unit.lease = resumed.fetched, resumed.fetched.version, resumed.lease
-            self.schedule.at(unit, resumed.lease.at)
-            self.leases.publish(unit, now)
+        self.settler.resumed(self.leases.resume(self.units.values()))
 
     def close(self, *, release: bool = True) -> None:
         """Close the providers; remove replaced generations once readers are past them; let the
@@ -146,13 +143,8 @@ class Engine:
 
     def revoke_leases(self) -> None:
         """Revoke the leases of providers that ask for it (`revoke_on_exit`), on shutdown."""
-        if self._revoke(self.leases.revoke(self.units.values())) and self._started:
+        if self.settler.revoked(self.leases.revoke(self.units.values())) and self._started:
             self.leases.save(self.units.values(), force=True)
-
-    def _revoke(self, revoked: list[Unit]) -> bool:
-        for unit in revoked:
-            unit.fetched, unit.lease = None, None
-        return bool(revoked)
 
     def sync(self) -> CycleResult:
         """One pass: fetch every unit, commit once."""
@@ -164,9 +156,9 @@ class Engine:
         self._resume()  # a running bridge's leases are read, not minted again
         resumed = {u for u in self.units.values() if u.lease is not None}
         outcomes = self.fetch(self.units.values(), force=True)
-        failed = self._settle(outcomes, time.monotonic(), quiet=True)
+        failed = self.settler.settle(outcomes, time.monotonic(), quiet=True)
         self.render(self.outputs.values(), failed, quiet=True)
-        self._revoke(self.leases.revoke(self.units.values(), only=lambda u: u not in resumed))  # minted: back
+        self.settler.revoked(self.leases.revoke(self.units.values(), only=lambda u: u not in resumed))
         return failed
 
     # -- health ----------------------------------------------------------------------------
@@ -202,7 +194,7 @@ class Engine:
         if not units and not self.files.pending:
             return CycleResult([], {})
         outcomes = self.fetch(units, force=force)
-        failed = self._settle(outcomes, time.monotonic())  # a Retry-After counts from the answer, not the plan
+        failed = self.settler.settle(outcomes, time.monotonic())  # a Retry-After counts from the answer, not the plan
         moved = [u for u, o in outcomes.items() if isinstance(o, Fetched)]
         entries = self._affected(moved, everything=force)
         self.files.pending.update(self.render(entries, failed))
@@ -240,11 +232,7 @@ class Engine:
             if isinstance(found, ProviderError):
                 outcomes.update(dict.fromkeys(group, found))
                 continue
-            for unit in found.confirmed:
-                unit.refreshed_at = found.wall  # the idle path: confirmed, and nothing to settle
-            for unit in found.lost:
-                assert unit.lease is not None
-                unit.lease = replace(unit.lease, action="reissue", at=now)
+            self.settler.found(found, now)
             outcomes.update(found.outcomes)
         return outcomes
 
@@ -338,64 +326,6 @@ class Engine:
         names = dict.fromkeys(name for unit in moved for name in unit.entries)
         return [self.outputs[n] for n in names]
 
-    def _settle(self, outcomes: dict[Unit, Outcome], now: float, *, quiet: bool = False) -> dict[str, ProviderError]:
-        """Record each unit's outcome: a success reschedules it, a failure backs it off."""
-        failed: dict[str, ProviderError] = {}
-        newly: dict[tuple[str, str], list[Unit]] = defaultdict(list)
-        wall = time.time()
-        for unit, outcome in outcomes.items():
-            if outcome is None and unit.error is None and unit.lease is None and not self.schedule.on_timer(unit):
-                unit.refreshed_at = wall  # the idle path: checked, unchanged, still on its group's schedule
-                continue
-            if isinstance(outcome, ProviderError):
-                error = outcome.at(provider=unit.provider, ref=unit.request.ref, version=unit.request.version)
-                if unit.error is None or type(unit.error) is not type(error):
-                    newly[(unit.provider, error.code)].append(unit)
-                self._fail(unit, error, now)
-                failed.update(dict.fromkeys(unit.entries, error))
-                continue
-            if isinstance(outcome, Renewed):
-                unit.lease = self.leases.renewed(unit, outcome.fetched, now, wall)
-                unit.fetched = outcome.fetched
-            elif isinstance(outcome, Fetched):
-                if outcome.version != unit.version:
-                    self._mark(unit.entries)
-                unit.lease = self.leases.issued(unit, outcome, now, wall)
-                unit.fetched, unit.version = outcome, outcome.version
-            unit.refreshed_at = wall
-            self._succeed(unit, now)
-        for (provider, code), units in newly.items():
-            if not quiet:
-                failures.log_new_failures(provider, code, units, self.outputs.__getitem__)
-        return failed
-
-    def _succeed(self, unit: Unit, now: float) -> None:
-        if unit.error is not None:
-            log.info("%s: recovered after %d attempts (%.0fs)", unit.describe(), unit.attempts,
-                     now - (unit.failing_since or now))
-            failures.failing(unit.entries, unit.error, None)
-            unit.error, unit.failing_since, unit.attempts = None, None, 0
-            self._mark(unit.entries)
-        if unit.lease is not None:
-            self.schedule.at(unit, unit.lease.at)  # on its lease's clock
-            self.leases.publish(unit, now)
-        elif unit.fixed:
-            self.schedule.never(unit)  # not polled until its pin changes
-        else:
-            self.schedule.polled(unit, now)
-
-    def _fail(self, unit: Unit, error: ProviderError, now: float) -> None:
-        if unit.error is None or type(unit.error) is not type(error):
-            self._mark(unit.entries)
-            failures.failing(unit.entries, unit.error, error)
-        unit.failing_since = unit.failing_since if unit.failing_since is not None else now
-        unit.error = error
-        unit.attempts += 1
-        delay = self.schedule.backoff(unit, error)
-        if unit.lease is not None:
-            unit.lease, delay = self.leases.retry(unit, delay, now)
-        self.schedule.at(unit, now + delay)
-
     def _mark(self, entries: Iterable[str]) -> None:
         if self._dirty is not None:
             self._dirty.update(entries)
@@ -405,17 +335,8 @@ class Engine:
             return
         names = self.entries.keys() if self._dirty is None else self._dirty & self.entries.keys()
         self.records.update((self.entries[n] for n in names), self.files)
-        try:
-            self.records.save()
+        if self.records.save():
             self._dirty = set()
-        except WriteError as exc:
-            if not self._state_failing:  # once when it starts, not every cycle of a full tmpfs
-                log.warning("cannot write the state file: %s", exc)
-            self._state_failing = True
-            return
-        if self._state_failing:
-            log.info("the state file is written again")
-            self._state_failing = False
 
     def last_refreshed(self) -> Iterable[tuple[str, float]]:
         """Each entry with the time its least recently confirmed unit was last confirmed."""

@@ -10,6 +10,7 @@ contents the writer commits, and never logs.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -17,9 +18,12 @@ from datetime import UTC, datetime
 
 from bridge.config.loader import BridgeConfig
 from bridge.engine.outputs import Output
+from bridge.errors import WriteError
 from bridge.observe.changes import Change
 from bridge.writer.atomic import FileSpec
 from bridge.writer.state import SecretRecord, State
+
+log = logging.getLogger("secrets_bridge.engine")
 
 
 @dataclass(eq=False, slots=True)
@@ -136,6 +140,7 @@ class StateRecords:
         self.settings = settings
         self._fixed: dict[tuple[str, str], dict[str, object]] = {}  # (entry, file) -> config-given fields
         self._recorded: dict[str, list[str]] = {}  # the files of each entry in the state file
+        self._failing = False
 
     def update(self, entries: Iterable[Output], files: ManagedFiles) -> None:
         """Rebuild the records of `entries` (the files each has, or its name while it has none)."""
@@ -145,8 +150,19 @@ class StateRecords:
             self.state.update(records, removed=set(self._recorded.get(entry.name, ())) - set(names))
             self._recorded[entry.name] = names
 
-    def save(self) -> None:
-        self.state.save()
+    def save(self) -> bool:
+        """Write the state file; False when that failed (logged once until it works again)."""
+        try:
+            self.state.save()
+        except WriteError as exc:
+            if not self._failing:  # once when it starts, not every cycle of a full tmpfs
+                log.warning("cannot write the state file: %s", exc)
+            self._failing = True
+            return False
+        if self._failing:
+            log.info("the state file is written again")
+            self._failing = False
+        return True
 
     def _record(self, name: str, entry: Output, managed: ManagedFile | None) -> SecretRecord:
         fixed = self._fixed.get((entry.name, name))
