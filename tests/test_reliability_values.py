@@ -270,6 +270,8 @@ def test_hostile_values_fail_their_own_entry_fast() -> None:
     "{% set ns = namespace(s=v) %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
     "{% macro f(s) %}{{ f(s ~ s) }}{% endmacro %}{{ f(v) }}",
     "{% set ns = namespace(s=v) %}{% for i in range(40) %}{% set ns.s %}{{ ns.s }}{{ ns.s }}{% endset %}{% endfor %}",
+    "{{ (v * 1000)|indent(width=100000) }}", "{{ v|wordwrap(1, wrapstring=v * 1000) }}",
+    "{{ (v * 1000)|map('list')|sum(start=[]) }}",
 ])
 def test_growing_template_refused_before_it_allocates(template: str) -> None:
     """A width, replacement or doubling that would build hundreds of megabytes is refused ("too

@@ -102,22 +102,44 @@ def _replaced_size(text: str, old: Any, new: Any) -> int:
     return len(text) + count * max(len(new) - len(old), 0)
 
 
-def _expected_size(name: str, value: Any, args: tuple[Any, ...]) -> int:
+def _argument(args: tuple[Any, ...], kwargs: dict[str, Any], position: int, name: str, default: Any) -> Any:
+    """An argument given by position or by name."""
+    return args[position] if len(args) > position else kwargs.get(name, default)
+
+
+def _width(value: Any, default: int) -> int:
+    return value if isinstance(value, int) else len(str(value)) if value is not None else default
+
+
+def _wrapped_size(text: str, width: Any, wrapstring: str) -> int:
+    """At most a break per `width` characters and one per space or line, each `wrapstring` long
+    (one character long, the result's own size check is enough: it at most doubles)."""
+    if len(wrapstring) <= 1:
+        return 0
+    breaks = len(text) // max(_width(width, 79), 1) + text.count(" ") + text.count("\n") + 1
+    return len(text) + breaks * len(wrapstring)
+
+
+def _expected_size(name: str, value: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
     """The size a growing operation would make, worked out before it runs (0 when it cannot grow)."""
     if not isinstance(value, str):
         return 0
-    if name in ("center", "ljust", "rjust", "zfill") and args and isinstance(args[0], int):
-        return args[0]
-    if name == "indent":
-        width = args[0] if args else 4
-        return len(value) + (value.count("\n") + 1) * (width if isinstance(width, int) else len(str(width)))
-    if name == "expandtabs":
-        return len(value) + value.count("\t") * (args[0] if args and isinstance(args[0], int) else 8)
-    if name == "replace" and len(args) >= 2:
-        return _replaced_size(value, args[0], args[1])
+    lines = value.count("\n") + 1
+    sizes: dict[str, Callable[[], int]] = {
+        "center": lambda: _width(_argument(args, kwargs, 0, "width", 80), 80),
+        "ljust": lambda: _width(_argument(args, kwargs, 0, "width", 0), 0),
+        "rjust": lambda: _width(_argument(args, kwargs, 0, "width", 0), 0),
+        "zfill": lambda: _width(_argument(args, kwargs, 0, "width", 0), 0),
+        "indent": lambda: len(value) + lines * _width(_argument(args, kwargs, 0, "width", 4), 4),
+        "expandtabs": lambda: len(value) + value.count("\t") * _width(_argument(args, kwargs, 0, "tabsize", 8), 8),
+        "wordwrap": lambda: _wrapped_size(value, _argument(args, kwargs, 0, "width", 79),
+                                          str(_argument(args, kwargs, 2, "wrapstring", "\n"))),
+        "replace": lambda: _replaced_size(value, _argument(args, kwargs, 0, "old", ""),
+                                          _argument(args, kwargs, 1, "new", "")),
+    }
     if name == "translate":
         raise TemplateTooBig("translate is not allowed in a template")
-    return 0
+    return sizes[name]() if name in sizes else 0
 
 
 def _check_call(name: str, value: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
@@ -129,13 +151,15 @@ def _check_call(name: str, value: Any, args: tuple[Any, ...], kwargs: dict[str, 
         _check_size(_size(arg))
     if name in ("format", "format_map"):
         _check_format(value)
+    if name == "sum" and isinstance(_argument(args, kwargs, 1, "start", 0), list | tuple):
+        raise TemplateTooBig("a sum of lists (quadratic) is not allowed; use join or map")
     if name == "join":
         if isinstance(value, str):  # str.join(items)
             items = list(args[0]) if args else []
             _check_size(_joined_size(value, items))
             return (items, *args[1:])
         return args
-    _check_size(_expected_size(name, value, args))
+    _check_size(_expected_size(name, value, args, kwargs))
     return args
 
 
