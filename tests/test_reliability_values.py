@@ -271,7 +271,8 @@ def test_hostile_values_fail_their_own_entry_fast() -> None:
     "{% macro f(s) %}{{ f(s ~ s) }}{% endmacro %}{{ f(v) }}",
     "{% set ns = namespace(s=v) %}{% for i in range(40) %}{% set ns.s %}{{ ns.s }}{{ ns.s }}{% endset %}{% endfor %}",
     "{{ (v * 1000)|indent(width=100000) }}", "{{ v|wordwrap(1, wrapstring=v * 1000) }}",
-    "{{ (v * 1000)|map('list')|sum(start=[]) }}",
+    "{{ (v * 1000)|map('list')|sum(start=[]) }}", "{{ '%*d' % (1000000000, 1) }}",
+    "{{ '{:{}}'.format(1, 1000000000) }}", "{{ [1, 2]|batch(1000000000, 0)|list }}",
 ])
 def test_growing_template_refused_before_it_allocates(template: str) -> None:
     """A width, replacement or doubling that would build hundreds of megabytes is refused ("too
@@ -290,3 +291,14 @@ def test_growing_template_refused_before_it_allocates(template: str) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 16 * 2**20, peak
+
+
+def test_big_numbers_in_a_template_are_only_values() -> None:
+    """An expiry time or an id past a million is substituted, not refused: only a width or a count
+    taken from a number is limited."""
+    from bridge.engine.render import compile_template, render_template
+
+    template = ("{{ '%d'|format(v.exp) }} {{ '%d' % v.exp }} {{ '{}'.format(v.exp) }} "
+                "{{ dict(a=v.exp).a }} {{ 'id: 12345678 %s'|format(v.exp) }}")
+    assert render_template(compile_template(template, {"v"}), {"v": {"exp": 1733437445}}) == (
+        b"1733437445 1733437445 1733437445 1733437445 id: 12345678 1733437445")

@@ -35,8 +35,10 @@ MAX_NUMBER_BITS = 4096
 LOOP_FILTER = "bridge loop"
 SIZE_FILTER = "bridge size"
 
-#: a width or precision in a format (`%099999999d`, `{:>99999999}`) large enough to fill memory
-_WIDE_FORMAT = re.compile(r"[%:.]\D{0,3}\d{7,}")
+#: a width or precision in a format: written (`%099999999d`, `{:>99999999}`) or taken from the
+#: arguments (`%*d`, `{:{}}`)
+_WIDTH = re.compile(r"%[-#0 +]*(?:\d+|\*)?(?:\.(?:\d+|\*))?|\{[^{}]*:[^{}]*(?:\{|\d+)")
+_WIDE = re.compile(r"\d{7,}")
 
 
 class TemplateTooBig(Exception):
@@ -87,9 +89,22 @@ def _check_size(size: int, what: str = "a text or list") -> None:
         raise TemplateTooBig(f"{what} past {MAX_OUTPUT_BYTES} bytes")
 
 
-def _check_format(text: Any) -> None:
-    if isinstance(text, str) and _WIDE_FORMAT.search(text):
-        raise TemplateTooBig("a format width past the output limit")
+def _check_format(text: Any, args: Iterable[Any]) -> None:
+    """Refuse a format whose width or precision would fill memory: written in it, or (`*`, a nested
+    field) given by a number argument past the output limit. Other numbers are only substituted."""
+    if not isinstance(text, str):
+        return
+    for width in _WIDTH.finditer(text):
+        spec = width.group(0)
+        if _WIDE.search(spec):
+            raise TemplateTooBig("a format width past the output limit")
+        if ("*" in spec or spec.endswith("{")) and any(
+                isinstance(a, int) and abs(a) > MAX_OUTPUT_BYTES for a in args):
+            raise TemplateTooBig("a format width past the output limit")
+
+
+#: filters whose number argument is how many items they make
+_COUNTS = {"batch": "linecount", "slice": "slices"}
 
 
 def _joined_size(sep: Any, items: list[Any]) -> int:
@@ -146,11 +161,12 @@ def _check_call(name: str, value: Any, args: tuple[Any, ...], kwargs: dict[str, 
     """Refuse a call whose arguments would make it too big; return the args (an iterable to
     `join` made a list, so its size is known before joining)."""
     for arg in (*args, *kwargs.values()):
-        if isinstance(arg, int) and not isinstance(arg, bool) and abs(arg) > MAX_OUTPUT_BYTES:
-            raise TemplateTooBig(f"a number argument past {MAX_OUTPUT_BYTES}")
         _check_size(_size(arg))
     if name in ("format", "format_map"):
-        _check_format(value)
+        _check_format(value, (*args, *kwargs.values()))
+    count = _argument(args, kwargs, 0, _COUNTS[name], 0) if name in _COUNTS else 0
+    if isinstance(count, int) and count > MAX_ITEMS:
+        raise TemplateTooBig(f"{name} makes more than {MAX_ITEMS} items")
     if name == "sum" and isinstance(_argument(args, kwargs, 1, "start", 0), list | tuple):
         raise TemplateTooBig("a sum of lists (quadratic) is not allowed; use join or map")
     if name == "join":
@@ -225,10 +241,7 @@ def _check_sum(left: Any, right: Any) -> None:
 
 
 def _check_percent(left: Any, right: Any) -> None:
-    _check_format(left)
-    for arg in right if isinstance(right, tuple) else (right,):
-        if isinstance(arg, int) and abs(arg) > MAX_OUTPUT_BYTES:
-            raise TemplateTooBig(f"a number argument past {MAX_OUTPUT_BYTES}")
+    _check_format(left, right if isinstance(right, tuple) else (right,))
 
 
 #: the operators a template's values could make huge with, each checked before it runs
