@@ -3,6 +3,7 @@ the child's output, whole, split across writes or at a line end; nothing else is
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -126,3 +127,28 @@ def test_without_mask_the_child_has_the_terminal_streams(tmp_path: Path, out: Pa
                               stderr=subprocess.DEVNULL, timeout=60)
     assert proc.returncode == 0
     assert target.read_text().splitlines() == ["visible-token", str(target)]
+
+
+def test_exec_mask_conceals_template_fields_and_files_already_there(tmp_path: Path, out: Path) -> None:
+    """A field a template reads (the password inside DATABASE_URL) is concealed on its own, and so is
+    a file a former sync wrote and this start found unchanged."""
+    password = "pw-" + uuid.uuid4().hex
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "key").write_text("key-" + uuid.uuid4().hex)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"output_dir: {out}\nlisten: null\nproviders:\n  env: {{type: env}}\n"
+                      f"  files: {{type: file, base_dir: {tmp_path / 'src'}}}\n"
+                      f"secrets:\n  key: {{provider: files, ref: key}}\n"
+                      "env:\n  DATABASE_URL:\n    template: 'postgres://{{ db.user }}:{{ db.password }}@db/app'\n"
+                      "    values: {db: {provider: env, ref: SOURCE_DB}}\n")
+    env = {**os.environ, "SOURCE_DB": json.dumps({"user": "app", "password": password, "host": "db.internal"})}
+    bridge = [venv_binary("secrets-bridge"), "--config", str(config)]
+    assert subprocess.run([*bridge, "sync"], env=env, capture_output=True, timeout=60).returncode == 0
+    child = ("import os, urllib.parse; u = urllib.parse.urlsplit(os.environ['DATABASE_URL']); "
+             f"print('password', u.password); print('key', open({str(out / 'key')!r}).read()); "
+             "print('host db.internal')")
+    proc = subprocess.run([*bridge, "exec", "--mask", "--", sys.executable, "-c", child], env=env,
+                          capture_output=True, timeout=60)
+    concealed = MASK.decode()
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().splitlines() == [f"password {concealed}", f"key {concealed}", "host db.internal"]

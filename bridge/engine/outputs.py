@@ -94,6 +94,11 @@ class Output:
         """The files from the units' current values; ExtractError names what is wrong."""
         raise NotImplementedError
 
+    def parts(self) -> list[bytes]:
+        """The values inside what this output makes that are secrets of their own (the fields a
+        template reads), for `exec --mask`; a plain value is one part, the whole."""
+        return []
+
     def origin(self, file: str) -> tuple[str | None, str | None]:
         """(key, pinned version) one of this output's files is cut from, for its state record."""
         raise NotImplementedError
@@ -178,6 +183,9 @@ class TemplateFile(FileEntry):
         assert self.template is not None
         return {self.name: self.spec(_render(self.template, self.units), settings)}
 
+    def parts(self) -> list[bytes]:
+        return _fields_read(self.template, self.units)
+
 
 @dataclass(eq=False)
 class EnvVar(Output):
@@ -210,6 +218,9 @@ class EnvVar(Output):
 
     def render(self, settings: BridgeConfig) -> dict[str, FileSpec]:
         return {}
+
+    def parts(self) -> list[bytes]:
+        return _fields_read(self.template, self.units)
 
     def origin(self, file: str) -> tuple[str | None, str | None]:
         return self.config.key, self.config.version
@@ -258,6 +269,22 @@ def _value(unit: Unit) -> Fetched:
 
 def _render(template: Template, units: dict[str, Unit]) -> bytes:
     return render_template(template, {n: value_of(_value(u)) for n, u in units.items()})
+
+
+def _fields_read(template: Template | None, units: dict[str, Unit]) -> list[bytes]:
+    """The text fields of the units' JSON maps that the template names (`db.password`)."""
+    names: frozenset[str] = getattr(template, "bridge_names", frozenset())
+    parts = []
+    for unit in units.values():
+        if unit.fetched is None:
+            continue
+        try:
+            doc = value_of(unit.fetched)
+        except ExtractError:
+            continue
+        if isinstance(doc, dict):
+            parts += [v.encode() for k, v in doc.items() if k in names and isinstance(v, str)]
+    return parts
 
 
 def _extract_file(fetched: Fetched, key: str, encoding: str | None, fmt: str | None, file: str) -> bytes:

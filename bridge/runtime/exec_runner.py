@@ -137,20 +137,27 @@ class ExecRunner(Runner):
 
     def _start_child(self) -> None:
         values = self.engine.env.values()
-        if self.mask is not None:
-            self.mask.add(values.values())
+        if self.mask is not None:  # files a former run wrote, unchanged since, came with no Change
+            self.mask.add(f.spec.content for f in self.engine.files.by_name.values() if f.spec is not None)
+        self._conceal()
         credentials = (name for cls, _ in self.config.providers.values() for name in cls.credential_env)
         self.child.start(child_environment(os.environb, values, credentials))
         self.started_env = values
         log.info("started %s (pid %s) with %d env value%s", self.child.argv[0], self.child.pid, len(values),
                  "" if len(values) == 1 else "s")
 
+    def _conceal(self) -> None:
+        """Give the mask every env value, and the fields templates read (a password inside a URL)."""
+        if self.mask is not None:
+            self.mask.add(self.engine.env.values().values())
+            self.mask.add(part for output in self.engine.outputs.values() for part in output.parts())
+
     def _changed(self, changes: list[Change]) -> None:
         """A commit subscriber: conceal new values; plan a restart when what the child got changed."""
         if self.mask is not None:
             specs = (self.engine.files.spec(c.file) for c in changes if c.kind == "file")
             self.mask.add(spec.content for spec in specs if spec is not None)
-            self.mask.add(self.engine.env.values().values())
+            self._conceal()
         settings = self.config.settings.exec
         if not self.child.running() or settings.restart_on == "never":
             return
