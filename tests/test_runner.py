@@ -44,6 +44,22 @@ def _read(path: Path) -> str | None:
         return None
 
 
+#: The bridge as another uid:gid (`Bridge.start(as_uid=...)`). The switch happens inside Python after every module
+#: the run needs is loaded, as the interpreter may live where only root can read.
+_AS_USER = """
+import os, sys
+import bridge.cli, bridge.runtime.runner, bridge.runtime.server, bridge.engine.cycle, providers.local
+import json, http.server, logging.handlers, prometheus_client, pydantic_settings, encodings, importlib, pkgutil
+for codec in pkgutil.iter_modules(encodings.__path__):  # codecs are looked up on first use
+    try:
+        importlib.import_module("encodings." + codec.name)
+    except ImportError:
+        pass
+os.setgroups([]); os.setgid(int(sys.argv[1])); os.setuid(int(sys.argv[1]))
+sys.exit(bridge.cli.main(sys.argv[2:]))
+"""
+
+
 class Bridge:
     """`secrets-bridge run` over a `file` provider in `src`, its output kept in a log file."""
 
@@ -71,10 +87,15 @@ class Bridge:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.config_text(secrets))
 
-    def start(self, *args: str, **popen: object) -> subprocess.Popen[bytes]:
+    def start(self, *args: str, as_uid: int | None = None, **popen: object) -> subprocess.Popen[bytes]:
+        """`run` in the background; `as_uid`: as that uid and gid (the tests run as root)."""
+        command = [venv_binary("secrets-bridge"), "--config", str(self.config), *args, "run"]
+        if as_uid is not None:
+            command = [sys.executable, "-c", _AS_USER, str(as_uid), *command[1:]]
+            popen.setdefault("env", {**os.environ, "PYTHONPATH": str(ROOT)})
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([venv_binary("secrets-bridge"), "--config", str(self.config), *args, "run"],
-                                         stdout=log, stderr=subprocess.STDOUT, **popen)  # type: ignore[call-overload]
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                         **popen)  # type: ignore[call-overload]
         return self.proc
 
     def ready(self, name: str = "a") -> bool:
@@ -328,22 +349,6 @@ def test_one_file_watcher_for_the_config_and_the_output(tmp_path: Path, out_dir:
         bridge.kill()
 
 
-#: `run` as uid:gid 10001 (the image's user). The switch happens inside Python after every module
-#: the run needs is loaded, as the interpreter may live where only root can read.
-_AS_USER = """
-import os, sys
-import bridge.cli, bridge.runtime.runner, bridge.runtime.server, bridge.engine.cycle, providers.local
-import json, http.server, logging.handlers, prometheus_client, pydantic_settings, encodings, importlib, pkgutil
-for codec in pkgutil.iter_modules(encodings.__path__):  # codecs are looked up on first use
-    try:
-        importlib.import_module("encodings." + codec.name)
-    except ImportError:
-        pass
-os.setgroups([]); os.setgid(int(sys.argv[1])); os.setuid(int(sys.argv[1]))
-sys.exit(bridge.cli.main(sys.argv[2:]))
-"""
-
-
 @pytest.mark.skipif(os.getuid() != 0, reason="switching to uid 10001 needs root")
 def test_an_owner_the_bridge_cannot_give_fails_that_entry_alone(out_dir: Path) -> None:
     """Run as uid 10001, an entry with `uid: 999` fails alone: the others are written and /readyz
@@ -356,10 +361,7 @@ def test_an_owner_the_bridge_cannot_give_fails_that_entry_alone(out_dir: Path) -
         bridge.config.write_text(bridge.config.read_text().replace("listen: null", f'listen: "127.0.0.1:{port}"'))
         for path in (home, *home.rglob("*")):
             os.chown(path, 10001, 10001)
-        with open(bridge.log, "ab") as log:
-            bridge.proc = subprocess.Popen(
-                [sys.executable, "-c", _AS_USER, "10001", "--config", str(bridge.config), "run"],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        bridge.start(as_uid=10001)
         try:
             assert bridge.ready("a") and bridge.ready("b"), bridge.output()
             assert wait_for(lambda: _get(port, "/readyz") == (503, "missing: owned\n")), bridge.output()
