@@ -261,9 +261,9 @@ def cmd_sync(config: Config) -> int:
             engine.close()
     required = [n for n in result.failed if not config.settings.secrets[n].optional]
     if result.write_error is not None:
-        log.error("%s", result.summary(config))
+        log.error("%s", result.summary(engine.outputs))
         raise result.write_error
-    (log.warning if required else log.info)("%s", result.summary(config))
+    (log.warning if required else log.info)("%s", result.summary(engine.outputs))
     return 1 if required else 0
 
 

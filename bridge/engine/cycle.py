@@ -28,7 +28,7 @@ import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bridge.config.loader import Config
@@ -67,12 +67,13 @@ class CycleResult:
     changes: list[Change] = field(default_factory=list)
     asked: bool = False
 
-    def summary(self, config: Config) -> str:
-        """The one summary line of `sync` and of `run`'s first sync: entries, required ones that
-        failed, optional ones missing (counted apart), and a commit that failed."""
-        secrets = config.settings.secrets
-        optional = sum(1 for name in self.failed if name in secrets and secrets[name].optional)
-        line = f"sync: {len(secrets)} entries, {len(self.failed) - optional} failed, {optional} optional missing"
+    def summary(self, outputs: Mapping[str, Output]) -> str:
+        """The one summary line of `sync` and of `run`'s (and `exec`'s) first sync: entries (and env
+        values), required ones that failed, optional ones missing (counted apart), and a commit that failed."""
+        optional = sum(1 for name in self.failed if name in outputs and outputs[name].optional)
+        env = sum(1 for output in outputs.values() if isinstance(output, EnvVar))
+        counted = f"{len(outputs) - env} entries" + (f" and {env} env values" if env else "")
+        line = f"sync: {counted}, {len(self.failed) - optional} failed, {optional} optional missing"
         if self.write_error is not None:
             line += f"; commit failed, nothing written: {self.write_error}"
         return line

@@ -165,7 +165,7 @@ class Runner:
         result = engine.sync()
         required = [n for n in result.failed if not engine.outputs[n].optional]
         level = logging.ERROR if result.write_error else logging.WARNING if required else logging.INFO
-        log.log(level, "%s", result.summary(engine.config))
+        log.log(level, "%s", result.summary(engine.outputs))
         # What start-up built lives as long as the engine: keep the collector from walking it again
         # and again (at 10,000 secrets a full collection pauses the loop for 100-200 ms).
         gc.collect()
