@@ -110,15 +110,17 @@ def test_idle_connections_cannot_exhaust_the_bridge(tmp_path: Path, out_dir: Pat
 
 
 def test_slow_request_is_closed_after_its_time(tmp_path: Path) -> None:
-    """A client that sends half a request and stalls is disconnected after CONNECTION_SECONDS, and a
-    request sent in pieces is answered."""
+    """A client that sends half a request and stalls is disconnected after its time (here 1 s; by
+    default CONNECTION_SECONDS), and a request sent in pieces is answered."""
     engine, _ = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
-    server = HealthServer(lambda: engine, "127.0.0.1:0")
+    server = HealthServer(lambda: engine, "127.0.0.1:0", connection_seconds=1.0)
     server.start()
     try:
         with socket.create_connection(server.address, timeout=CONNECTION_SECONDS + 5) as stalled:
             stalled.sendall(b"GET /healthz HTTP/1.1\r\n")
+            started = time.monotonic()
             assert stalled.recv(100) == b""  # closed by the server, not by our timeout
+            assert 0.9 <= time.monotonic() - started < CONNECTION_SECONDS
         with socket.create_connection(server.address, timeout=5) as pieces:
             for part in (b"GET /hea", b"lthz HTTP/1.1\r\nHost: x\r\n", b"\r\n"):
                 pieces.sendall(part)

@@ -56,9 +56,11 @@ class _Connection:
 class HealthServer:
     """Serves the endpoints for whichever engine `current_engine` returns (it changes on reload)."""
 
-    def __init__(self, current_engine: Callable[[], Engine], listen: str) -> None:
+    def __init__(self, current_engine: Callable[[], Engine], listen: str, *,
+                 connection_seconds: float = CONNECTION_SECONDS) -> None:
         host, port = parse_listen(listen)
         self.current_engine = current_engine
+        self.connection_seconds = connection_seconds
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -141,7 +143,7 @@ class HealthServer:
             if len(self._open) >= MAX_CONNECTIONS:
                 self._close(next(iter(self._open.values())))
             sock.setblocking(False)
-            conn = _Connection(sock, time.monotonic() + CONNECTION_SECONDS)
+            conn = _Connection(sock, time.monotonic() + self.connection_seconds)
             self._open[sock] = conn
             self._selector.register(sock, selectors.EVENT_READ)
 
