@@ -100,7 +100,9 @@ def _expected(value: bytes, doc: Any) -> tuple[dict[str, bytes | None], str, set
 def _config(out: Path, src: Path, doc: Any, template: str) -> str:
     pick = ""
     if isinstance(doc, dict) and _pick_key(doc) is not None:
-        pick = f"  pick: {{provider: dev, ref: v, files: {{a: {json.dumps(_pick_key(doc))}}}}}\n"
+        # raw text, not \u escapes: JSON writes a character past U+FFFF as a surrogate pair, which
+        # YAML refuses (the key is printable, so YAML takes it as it is)
+        pick = f"  pick: {{provider: dev, ref: v, files: {{a: {json.dumps(_pick_key(doc), ensure_ascii=False)}}}}}\n"
     return (f"output_dir: {out}\nlisten: null\nproviders:\n  dev: {{type: file, base_dir: {src}}}\nsecrets:\n"
             "  plain: {provider: dev, ref: v}\n"
             f"{pick}"
