@@ -281,8 +281,8 @@ def test_growing_template_refused_before_it_allocates(template: str) -> None:
     big") before it is built: the render's memory peak stays under 16 MB."""
     import tracemalloc
 
-    from bridge.engine.render import compile_template, render_template
     from bridge.errors import ExtractError
+    from bridge.template.language import compile_template, render_template
 
     compiled = compile_template(template, {"v"})
     tracemalloc.start()
@@ -298,7 +298,7 @@ def test_growing_template_refused_before_it_allocates(template: str) -> None:
 def test_big_numbers_in_a_template_are_only_values() -> None:
     """An expiry time or an id past a million is substituted, not refused: only a width or a count
     taken from a number is limited."""
-    from bridge.engine.render import compile_template, render_template
+    from bridge.template.language import compile_template, render_template
 
     template = ("{{ '%d'|format(v.exp) }} {{ '%d' % v.exp }} {{ '{}'.format(v.exp) }} "
                 "{{ dict(a=v.exp).a }} {{ 'id: 12345678 %s'|format(v.exp) }}")

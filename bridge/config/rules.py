@@ -11,13 +11,23 @@ import os
 import posixpath
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Any, Protocol
 
 from bridge.config.fields import RESERVED_PREFIX, FieldError, check_target
+from bridge.config.sections import EnvConfig, OnChange, SecretConfig
 
-if TYPE_CHECKING:
-    from bridge.config.loader import BridgeConfig
-    from bridge.config.sections import EnvConfig, SecretConfig
+
+class BridgeConfig(Protocol):
+    """What the rules read of the whole config (`bridge.config.loader.BridgeConfig`, which runs
+    them while it validates itself)."""
+
+    output_dir: Path
+    audit_log: Path | None
+    providers: dict[str, dict[str, Any]]
+    secrets: dict[str, SecretConfig]
+    on_change: list[OnChange]
+    env: dict[str, EnvConfig]
 
 #: a POSIX environment variable name (an `env:` key)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -80,7 +90,7 @@ def templates_compile(config: BridgeConfig, targets: Targets) -> None:
         for name, entry in entries.items():
             if entry.template is None:
                 continue
-            from bridge.engine.render import compile_template  # Jinja2 only when a config has templates
+            from bridge.template.language import compile_template  # Jinja2 only when a config has templates
 
             try:
                 compile_template(entry.template, set(entry.values or {}))

@@ -20,11 +20,12 @@ from bridge.config.fields import check_target
 from bridge.config.loader import BridgeConfig, Config
 from bridge.config.sections import EnvConfig, SecretConfig
 from bridge.engine.extract import extract
-from bridge.engine.render import compile_template, parents, render_template, top_level_files, value_of
+from bridge.engine.render import parents, top_level_files, value_of
 from bridge.engine.units import Unit
 from bridge.errors import ExtractError, ProviderError
 from bridge.observe.changes import Change
 from bridge.provider import Fetched, Provider, Request
+from bridge.template.language import compile_template, render_template
 from bridge.writer.atomic import FileSpec
 
 if TYPE_CHECKING:
