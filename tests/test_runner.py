@@ -483,8 +483,8 @@ def test_drift_is_repaired_within_five_seconds_without_on_change(tmp_path: Path,
                          and (out_dir / "..data" / "a").stat().st_mode & 0o777 == 0o444, timeout=6), tamper.__name__
             assert time.monotonic() - started <= 5.5, tamper.__name__
         assert elsewhere.read_text() == "planted"
-        time.sleep(1.5)  # past the grace: one generation left
-        assert len([p for p in out_dir.iterdir() if p.name.startswith("..2")]) == 1
+        # past the grace: one generation left
+        assert wait_for(lambda: len([p for p in out_dir.iterdir() if p.name.startswith("..2")]) == 1, timeout=5)
     finally:
         assert bridge.stop() == 0
     assert _read(marker) == "x" and "put back" in bridge.output()
