@@ -92,3 +92,42 @@ def test_run_repairs_drift_without_a_runner(tmp_path: Path) -> None:
         assert wait_for(lambda: (tmp_path / "a").is_symlink(), timeout=5)
         assert (tmp_path / "a").read_bytes() == b"one"
     engine.close()
+
+
+def test_a_reloaded_engine_is_driven_and_its_upkeep_asked_at_once(tmp_path: Path) -> None:
+    """`use` (a reload) hands the loop a new engine: its providers' upkeep runs at the next turn
+    although the old one's was not due for an hour, and its units are the ones refreshed."""
+    config = parse_config(f"output_dir: {tmp_path}\nrequire_tmpfs: false\nrefresh_interval: 200ms\n"
+                          "providers:\n  fake: {type: env}\nsecrets:\n  a: {provider: fake, ref: r1}\n")
+    old, new = UpkeepProvider(3600.0), UpkeepProvider(3600.0)
+    old.put("r1", b"one")
+    first = Engine(config, providers={"fake": old})
+    first.start()
+    first.sync()
+    loop = Loop(first)
+    loop.run(_OneTurn())
+    assert old.upkeeps == 1
+    first.close(release=False)
+    new.put("r1", b"two")
+    second = Engine(config, providers={"fake": new}, writer=first.writer)
+    second.start()
+    loop.use(second)
+    loop.run(_OneTurn())
+    assert new.upkeeps == 1 and old.upkeeps == 1
+    assert (tmp_path / "a").read_bytes() == b"two"
+    loop.stop()
+    second.close()
+
+
+class _OneTurn:
+    """A waiter that lets the loop make one turn: set once asked, and never waits."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def is_set(self) -> bool:
+        self.asked += 1
+        return self.asked > 1
+
+    def wait(self, timeout: float | None = None) -> None:
+        return None
