@@ -3,7 +3,7 @@
 `ref` is the secret name, `version` a Key Vault version id (absent: the current version). A fetch
 returns the value's bytes, the version id, the secret's content type (so `format: pem` can turn a
 certificate's PKCS#12 into PEM) and its expiry. The SDK's own retries are off: the engine is the one
-place that retries. Every SDK error goes through `_translate`, which keeps server text out of
+place that retries. Every SDK error goes through `_azure_errors.translate`, which keeps server text out of
 messages except Key Vault's own 403 reason. Never logs, stores or repr()s a value, token or credential.
 
 The cheap change check. Key Vault's list operation (`GET /secrets`, 25 a page) returns each secret's
@@ -24,12 +24,11 @@ created before the current (newest) one, found by listing the secret's versions;
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, field_validator
 
 from bridge.config.fields import HttpUrl
-from bridge.errors import AccessDenied, ProviderError, SecretNotFound, Unavailable
+from bridge.errors import ProviderError, SecretNotFound
 from bridge.provider import (
     PREVIOUS,
     Capabilities,
@@ -57,9 +56,9 @@ from bridge.provider_rules import (
     each_concurrently,
     fan_out,
     first_unavailable,
-    retry_after_seconds,
 )
 from providers._azure_credential import CountedCredential, CredentialSettings, DefaultCredentialSettings
+from providers._azure_errors import PermissionRefused, translate
 
 if TYPE_CHECKING:
     from azure.keyvault.secrets import KeyVaultSecret, SecretClient, SecretProperties
@@ -71,20 +70,8 @@ _SETTLE_SECONDS = 2
 #: Key Vault's largest list page
 _PAGE_SIZE = 25
 _SECRET_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
-_AADSTS = re.compile(r"AADSTS\d+")
-#: what a 403's innererror code means, in the operator's words
-#: 403 reasons that mean "this identity may not do this" (as opposed to a disabled secret or a firewall)
-_PERMISSION = {None, "AccessDenied", "ForbiddenByPolicy", "ForbiddenByRbac"}
 #: fetches of several values run on this many threads (Key Vault has no batch read)
 _WORKERS = 8
-_FORBIDDEN_REASONS = {
-    "SecretDisabled": "the secret (or this version) is disabled",
-    "AccessDenied": "the identity lacks the {permission} permission (access policy or RBAC role)",
-    "ForbiddenByPolicy": "the identity lacks the {permission} permission (access policy)",
-    "ForbiddenByRbac": "the identity lacks a Key Vault Secrets User role assignment",
-    "ForbiddenByFirewall": "the vault's firewall refuses this client's address",
-    "ForbiddenByConnection": "the vault refuses public access; use its private endpoint",
-}
 
 
 class KeyVaultSettings(ProviderSettings):
@@ -104,11 +91,6 @@ class KeyVaultSettings(ProviderSettings):
         if value is not None and not re.match(r"^https://[^/\s]+/?$", value):
             raise ValueError("must be an https:// URL with no path, e.g. https://my-vault.vault.azure.net")
         return value.rstrip("/") if value else value
-
-
-class PermissionRefused(AccessDenied):
-    """The vault's 403 for an operation the identity lacks the permission for (not a disabled secret,
-    not a firewall): the cue to fall back from listing to reading each secret."""
 
 
 @dataclass(frozen=True)
@@ -217,6 +199,12 @@ class KeyVaultProvider(Provider):
         if credential is not None:
             credential.close()
 
+    def _translate(self, exc: Exception, ref: str, version: str | None,
+                   permission: str = "secrets/get") -> ProviderError:
+        kind = self._credential.kind if self._credential else "credential"
+        error = translate(exc, vault_url=self.settings.vault_url, kind=kind, permission=permission)
+        return error.at(provider=self.name, ref=ref, version=version)
+
     # -- SDK calls -------------------------------------------------------------------------------
 
     def _secret_client(self) -> SecretClient:
@@ -316,77 +304,6 @@ class KeyVaultProvider(Provider):
 
     # -- errors ----------------------------------------------------------------------------------
 
-    def _translate(self, exc: Exception, ref: str, version: str | None,
-                   permission: str = "secrets/get") -> ProviderError:
-        """Every SDK and transport error, mapped to the core's taxonomy. Messages carry no value or token."""
-        from azure.core.exceptions import (
-            ClientAuthenticationError,
-            HttpResponseError,
-            ServiceRequestError,
-            ServiceResponseError,
-        )
-
-        where: dict[str, Any] = {"provider": self.name, "ref": ref, "version": version}
-        if isinstance(exc, ProviderError):  # raised by our own credential setup
-            return exc.at(provider=self.name, ref=ref, version=version)
-        if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
-            return Unavailable(f"cannot reach the vault or identity endpoint ({type(exc).__name__})", **where)
-        if isinstance(exc, ClientAuthenticationError) and not _from_vault(exc, self.settings.vault_url):
-            kind = self._credential.kind if self._credential else "credential"
-            if isinstance(exc.__cause__, (ServiceRequestError, ServiceResponseError)):
-                # the identity endpoint did not answer: an outage, not a refusal
-                return Unavailable(f"{kind} cannot reach the identity endpoint ({type(exc.__cause__).__name__})",
-                                   **where)
-            aadsts = _AADSTS.search(str(exc.message or ""))
-            detail = f": {aadsts.group(0)}" if aadsts else ""
-            if type(exc).__name__ == "CredentialUnavailableError":
-                return AccessDenied(f"{kind} found no usable identity in this environment", **where)
-            return AccessDenied(f"{kind} could not obtain a token{detail}", **where)
-        if isinstance(exc, HttpResponseError):
-            return _http_error(exc, permission).at(provider=self.name, ref=ref, version=version)
-        return Unavailable(f"unexpected {type(exc).__name__} from the Azure SDK", **where)
-
-
-def _http_error(exc: Any, permission: str) -> ProviderError:
-    """A Key Vault HTTP error by its status (the table below); 5xx is an outage."""
-    status = exc.status_code or 0
-    code, inner, message = _error_body(exc)
-    retry_after = retry_after_seconds(getattr(getattr(exc, "response", None), "headers", None))
-    make = _BY_STATUS.get(status) or (_server_error if status >= 500 else _unexpected)
-    return make(_Answer(status, code, inner, message, permission, retry_after))
-
-
-@dataclass(frozen=True)
-class _Answer:
-    status: int
-    code: str | None
-    inner: str | None
-    message: str | None
-    permission: str
-    retry_after: float | None
-
-
-def _forbidden(a: _Answer) -> ProviderError:
-    reason = _FORBIDDEN_REASONS.get(a.inner or "", a.message or "forbidden").replace("{permission}", a.permission)
-    refused = PermissionRefused if a.inner in _PERMISSION else AccessDenied
-    return refused(f"403 {a.inner or a.code or 'Forbidden'}: {reason}")
-
-
-def _server_error(a: _Answer) -> ProviderError:
-    return Unavailable(f"{a.status} {a.code or 'ServerError'}: vault error", retry_after=a.retry_after)
-
-
-def _unexpected(a: _Answer) -> ProviderError:
-    return ProviderError(f"unexpected HTTP {a.status} {a.code or ''}".rstrip())
-
-
-_BY_STATUS: dict[int, Callable[[_Answer], ProviderError]] = {
-    404: lambda a: SecretNotFound(f"{a.code or 'SecretNotFound'}: no such secret or version"),
-    403: _forbidden,
-    401: lambda a: AccessDenied("401: the vault rejected the token (wrong tenant, or no access)"),
-    400: lambda a: SecretNotFound(f"400 {a.code or 'BadParameter'}: the vault refuses this name or version"),
-    429: lambda a: Unavailable(f"429 {a.code or 'Throttled'}: throttled by the vault", retry_after=a.retry_after),
-}
 
 
 def _fingerprint(props: SecretProperties) -> tuple[Any, ...]:
@@ -398,22 +315,3 @@ def _server_time(date_header: str) -> float:
         return parsedate_to_datetime(date_header).timestamp()
     except (TypeError, ValueError, IndexError):
         return time.time() - _SETTLE_SECONDS  # no Date: assume our clock, but never settle early
-
-
-def _from_vault(exc: Any, vault_url: str) -> bool:
-    """Whether an authentication error is the vault's own 401 (not the identity endpoint's)."""
-    response = getattr(exc, "response", None)
-    request = getattr(response, "request", None)
-    return bool(request is not None and str(getattr(request, "url", "")).startswith(vault_url))
-
-
-def _error_body(exc: Any) -> tuple[str | None, str | None, str | None]:
-    """(code, innererror code, message) of a Key Vault error body; the message is one short line."""
-    try:
-        body = json.loads(exc.response.text())
-        error = body["error"]
-        inner = (error.get("innererror") or {}).get("code")
-        message = str(error.get("message") or "").splitlines()[0][:300] or None
-        return error.get("code"), inner, message
-    except Exception:
-        return None, None, None
