@@ -242,27 +242,39 @@ def check_target(name: str, loc: tuple[str, ...] | None = None, output_dir: Path
     and short enough for the filesystem (with `output_dir`, also within PATH_MAX). Errors name `loc`
     (default `secrets.NAME`). The engine calls it too for file names that arrive at run time
     (`files: "*"`)."""
-    loc = loc or ("secrets", name)
+    problem = _text_problem(name) or _parts_problem(name.split("/"))
+    if problem is None and output_dir is not None and (
+            len(os.fsencode(output_dir)) + _GENERATION_PART + len(name.encode()) > MAX_PATH):
+        problem = f"output_dir and target together pass PATH_MAX ({MAX_PATH} bytes)"
+    if problem is not None:
+        raise FieldError(loc or ("secrets", name), problem)
+
+
+def _text_problem(name: str) -> str | None:
+    """What is wrong with a target as text, if anything."""
     if not name or name.startswith("/"):
-        raise FieldError(loc, "target must be a relative path")
+        return "target must be a relative path"
     if any(unicodedata.category(c) in _INVISIBLE for c in name):
-        raise FieldError(loc, "target must not contain control characters (or bidi/format or line separators)")
+        return "target must not contain control characters (or bidi/format or line separators)"
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
-        raise FieldError(loc, "target must be valid UTF-8") from None
-    parts = name.split("/")
+        return "target must be valid UTF-8"
+    return None
+
+
+def _parts_problem(parts: list[str]) -> str | None:
+    """What is wrong with a target's parts, if anything."""
     if any(p == ".." for p in parts):
-        raise FieldError(loc, "target must not contain '..'")
-    if name.startswith(".."):
-        raise FieldError(loc, "target must not begin with '..' (reserved for generations)")
+        return "target must not contain '..'"
+    if parts[0].startswith(".."):
+        return "target must not begin with '..' (reserved for generations)"
     if any(p in ("", ".") for p in parts):
-        raise FieldError(loc, "target must not have empty or '.' parts (write it as a/b)")
+        return "target must not have empty or '.' parts (write it as a/b)"
     if parts[0].startswith(RESERVED_PREFIX):
-        raise FieldError(loc, f"names beginning with {RESERVED_PREFIX!r} are reserved for the bridge's own files")
+        return f"names beginning with {RESERVED_PREFIX!r} are reserved for the bridge's own files"
     if any(len(p.encode()) > MAX_COMPONENT for p in parts):
-        raise FieldError(loc, f"a part of the target is longer than {MAX_COMPONENT} bytes")
+        return f"a part of the target is longer than {MAX_COMPONENT} bytes"
     if len(parts) > MAX_TARGET_DEPTH:
-        raise FieldError(loc, f"target nests more than {MAX_TARGET_DEPTH} folders deep")
-    if output_dir is not None and len(os.fsencode(output_dir)) + _GENERATION_PART + len(name.encode()) > MAX_PATH:
-        raise FieldError(loc, f"output_dir and target together pass PATH_MAX ({MAX_PATH} bytes)")
+        return f"target nests more than {MAX_TARGET_DEPTH} folders deep"
+    return None

@@ -149,7 +149,16 @@ def parse_config(text: str, source: str = "<config>") -> Config:
 
 
 def _parse_config(text: str, source: str) -> Config:
-    data = load_yaml(text, source)
+    data = _top_level(load_yaml(text, source), source)
+    _check_environment()
+    settings = _validate(lambda: _settings(data), ())
+    providers = {name: _provider(name, section) for name, section in settings.providers.items()}
+    _check_capabilities(settings, providers)
+    return Config(settings, providers)
+
+
+def _top_level(data: Any, source: str) -> dict[str, Any]:
+    """The document as a mapping with text keys, never empty."""
     if data is None or data == {}:
         # an empty file (a bad mount, a truncated ConfigMap) must not mean "remove every secret"
         raise ConfigError(f"{source}: the config file is empty (write `secrets: {{}}` to sync none)")
@@ -158,19 +167,26 @@ def _parse_config(text: str, source: str) -> Config:
     for key in data:
         if not isinstance(key, str):
             raise ConfigError(f"{printable(str(key))}: unknown field")
-    _check_environment()
-    settings = _validate(lambda: _settings(data), ())
-    providers: dict[str, tuple[type[Provider], ProviderSettings]] = {}
-    for name, section in settings.providers.items():
-        try:
-            cls = provider_class(section["type"])
-        except ConfigError as exc:
-            raise ConfigError(f"providers.{name}.type: {exc}") from None
-        parsed = _validate(lambda cls=cls, section=section: cls.Settings(**section), ("providers", name))
-        _check_numbers(parsed, ("providers", name))
-        providers[name] = (cls, parsed)
-    sections = [*(("secrets", n, s) for n, s in settings.secrets.items()),
-                *(("env", n, e) for n, e in settings.env.items())]
+    return data
+
+
+def _provider(name: str, section: dict[str, Any]) -> tuple[type[Provider], ProviderSettings]:
+    """A provider section validated by its own class's model (imported only now)."""
+    try:
+        cls = provider_class(section["type"])
+    except ConfigError as exc:
+        raise ConfigError(f"providers.{name}.type: {exc}") from None
+    parsed = _validate(lambda: cls.Settings(**section), ("providers", name))
+    _check_numbers(parsed, ("providers", name))
+    return cls, parsed
+
+
+def _check_capabilities(settings: BridgeConfig,
+                        providers: dict[str, tuple[type[Provider], ProviderSettings]]) -> None:
+    """A value asks only for what its provider declares it can do (`previous`, `params`)."""
+    sections: list[tuple[str, str, SecretConfig | EnvConfig]] = [
+        *(("secrets", n, s) for n, s in settings.secrets.items()),
+        *(("env", n, e) for n, e in settings.env.items())]
     for top, name, section in sections:
         for value_name, origin in section.sources().items():
             cls = providers[origin.provider][0]
@@ -179,7 +195,6 @@ def _parse_config(text: str, source: str) -> Config:
                 raise ConfigError(f"{loc}.version: provider {origin.provider!r} keeps no previous version")
             if origin.params is not None and not cls.capabilities.params:
                 raise ConfigError(f"{loc}.params: provider {origin.provider!r} takes no params")
-    return Config(settings, providers)
 
 
 def _check_numbers(settings: BaseModel, loc: tuple[str, ...]) -> None:
