@@ -158,15 +158,24 @@ class ExecRunner(Runner):
             specs = (self.engine.files.spec(c.file) for c in changes if c.kind == "file")
             self.mask.add(spec.content for spec in specs if spec is not None)
             self._conceal()
+        moved = self._restart_reasons(changes)
+        if moved:
+            self.reason += moved
+            self._restart_after_wait()
+
+    def _restart_reasons(self, changes: list[Change]) -> list[str]:
+        """What changed that the child got (`restart_on`): env values, and with `any` files too."""
         settings = self.config.settings.exec
         if not self.child.running() or settings.restart_on == "never":
-            return
+            return []
         moved = [c.file for c in changes if c.kind == "env"] if self.engine.env.values() != self.started_env else []
         if settings.restart_on == "any":
             moved += [c.file for c in changes if c.kind == "file"]
-        if not moved:
-            return
-        self.reason += moved
+        return moved
+
+    def _restart_after_wait(self) -> None:
+        """Wake the loop for the restart once the burst is quiet (`wait`, as on_change's)."""
+        settings = self.config.settings.exec
         due = self.quiet.add(time.monotonic(), settings.wait.min, settings.wait.max or 0.0)
         if self._timer is not None:
             self._timer.cancel()
