@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: virtualenv, install, lint, type-check, security lint, tests.
-# The tests start their own servers (OpenBao dev server, moto, the Azure Key Vault fake) on loopback.
+# The whole test suite, from a fresh clone: system packages, virtualenv, install, lint, type-check,
+# security lint, tests. The tests start their own servers (OpenBao dev server, moto, the Azure Key Vault
+# fake) on loopback, and the container tests build and run the image with podman.
 set -euo pipefail
+bash "$(dirname "$0")/install-system-deps.sh"  # never fails: what cannot be installed makes its tests skip
 source "$(dirname "$0")/venv.sh" test
 .venv/bin/ruff check bridge providers tests bench
 .venv/bin/mypy
