@@ -6,6 +6,7 @@ host's network. Skipped, saying why, only where podman cannot run at all."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -56,6 +57,23 @@ def _until(check: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.25)
 
 
+@contextlib.contextmanager
+def _machine_lock(name: str, timeout: float = 600) -> Iterator[None]:
+    """An exclusive lock shared by every checkout and xdist worker on this machine: the image tag,
+    the standalone build and port 9098 on the host's network are one each per machine."""
+    with open(f"/run/lock/secrets-bridge-tests-{name}.lock", "w") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"timed out after {timeout:.0f} s waiting for the {name} lock")
+                time.sleep(0.5)
+        yield
+
+
 @pytest.fixture(scope="session")
 def podman() -> str:
     """podman's version, where it can run containers; else every test here skips saying why."""
@@ -71,8 +89,11 @@ def podman() -> str:
 
 @pytest.fixture(scope="session")
 def image(podman: str) -> str:
-    """localhost/secrets-bridge:<version>, built by scripts/build-image.sh (a no-op when nothing changed)."""
-    return _built("build-image.sh")
+    """The id of localhost/secrets-bridge:<version>, built by scripts/build-image.sh (cached layers make
+    it quick when nothing changed); the id, because another checkout may build the same tag."""
+    with _machine_lock("image"):
+        name = _built("build-image.sh")
+        return _podman("image", "inspect", "--format", "{{.Id}}", name).stdout.strip()
 
 
 @pytest.fixture(scope="session")
@@ -87,10 +108,11 @@ def standalone() -> Path:
     executable = ROOT / "dist" / "secrets-bridge" / "secrets-bridge"
     sources = [*ROOT.glob("bridge/**/*.py"), *ROOT.glob("providers/**/*.py"), ROOT / "pyproject.toml",
                ROOT / "scripts" / "build-standalone.sh"]
-    if not executable.exists() or max(p.stat().st_mtime for p in sources) > executable.stat().st_mtime:
-        if shutil.which("pyinstaller", path=str(Path(venv_binary("python")).parent)) is None:
-            pytest.skip("PyInstaller is not installed (pip install -e '.[standalone]')")
-        executable = Path(_built("build-standalone.sh"))
+    with _machine_lock("standalone"):
+        if not executable.exists() or max(p.stat().st_mtime for p in sources) > executable.stat().st_mtime:
+            if shutil.which("pyinstaller", path=str(Path(venv_binary("python")).parent)) is None:
+                pytest.skip("PyInstaller is not installed (pip install -e '.[standalone]')")
+            executable = Path(_built("build-standalone.sh"))
     return executable
 
 
@@ -118,6 +140,14 @@ def _config(directory: Path, path: str, output_dir: str = "/run/secrets") -> Pat
 
 def _health_port_free() -> bool:
     return f":{HEALTH_PORT} " not in _run("ss", "-Hltn").stdout
+
+
+@contextlib.contextmanager
+def _health_port() -> Iterator[None]:
+    """Port 9098 on the host's network, for one test at a time, once nothing else listens there."""
+    with _machine_lock("port-9098"):
+        _until(_health_port_free, 60, f"port {HEALTH_PORT} to be free (another process on the host's network)")
+        yield
 
 
 @contextlib.contextmanager
@@ -168,8 +198,7 @@ def test_image_syncs_rotates_and_stops_cleanly_read_only(image: str, openbao: An
     `podman stop` ends it with exit 0, no other ERROR line and no value or token in its logs."""
     path = f"container/{uuid.uuid4().hex[:8]}"
     config = _config(tmp_path, path)
-    _until(_health_port_free, 60, f"port {HEALTH_PORT} to be free (another bridge on the host's network)")
-    with _container("--network", "host", "--read-only", "--cap-drop", "all",
+    with _health_port(), _container("--network", "host", "--read-only", "--cap-drop", "all",
                     "--security-opt", "no-new-privileges",
                     "--tmpfs", "/run/secrets:rw,size=4m,mode=0755,U",
                     "--volume", f"{config}:/etc/secrets-bridge/secrets-bridge.yaml:ro",
@@ -274,11 +303,11 @@ def sidecar_stack(image: str, minimal_base: str, openbao: Any, tmp_path: Path) -
     compose = _Compose([ROOT / "deploy" / "compose.yaml", override],
                        {"VAULT_ADDR": openbao.address, "VAULT_TOKEN": openbao.root_token,
                         "SECRETS_BRIDGE_IMAGE": image, "APP_IMAGE": minimal_base})
-    _until(_health_port_free, 60, f"port {HEALTH_PORT} to be free (another bridge on the host's network)")
-    try:
-        yield compose
-    finally:
-        compose.down()
+    with _health_port():
+        try:
+            yield compose
+        finally:
+            compose.down()
 
 
 def _healthy(name: str) -> bool:
