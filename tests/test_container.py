@@ -262,3 +262,32 @@ def test_standalone_runs_in_an_image_without_python(standalone: Path, minimal_ba
     assert proc.stdout.split()[-3:-1] == ["secrets-bridge", ct.project_version()]
     assert proc.stdout.endswith("no-python-pw")
     assert openbao.root_token not in proc.stdout + proc.stderr
+
+
+def test_standalone_exec_in_an_image_without_python(standalone: Path, minimal_base: str, openbao: Any,
+                                                    tmp_path: Path) -> None:
+    """As the Kubernetes recipe runs it: the standalone executable, copied into a memory volume of a
+    minbase container without Python, runs `exec -- /bin/sh -c 'echo $VAR'`; the child gets the value
+    from OpenBao but not the bridge's token, and its exit status (3) is the container's."""
+    path = f"standalone/{uuid.uuid4().hex[:8]}"
+    ct.put(openbao, path, "exec-env-pw")
+    config = tmp_path / "secrets-bridge.yaml"
+    config.write_text("output_dir: /run/secrets\nlisten: null\n"
+                      "providers:\n  vault: {type: vault, auth: {method: token}}\n"
+                      f"env:\n  VAR: {{provider: vault, ref: secret/{path}, key: password}}\n")
+    config.chmod(0o644)
+    child = "echo \"$VAR\"; echo \"token:${VAULT_TOKEN:-unset}\"; exit 3"
+    script = ("cp -a /dist/. /bridge/ && exec /bridge/secrets-bridge"
+              " --config /etc/secrets-bridge/secrets-bridge.yaml exec -- /bin/sh -c '" + child + "'")
+    proc = ct.podman("run", "--rm", "--network", "host", "--read-only", "--cap-drop", "all",
+                     "--user", f"{ct.IMAGE_UID}:{ct.IMAGE_UID}",
+                     "--tmpfs", "/bridge:rw,exec,size=256m,mode=0755,U",
+                     "--tmpfs", "/run/secrets:rw,size=4m,mode=0755,U",
+                     "--volume", f"{standalone.parent}:/dist:ro",
+                     "--volume", f"{config}:/etc/secrets-bridge/secrets-bridge.yaml:ro",
+                     "--env", f"VAULT_ADDR={openbao.address}", "--env", f"VAULT_TOKEN={openbao.root_token}",
+                     minimal_base, "sh", "-c", script)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == ["exec-env-pw", "token:unset"]
+    assert openbao.root_token not in proc.stdout + proc.stderr
+    assert "exec-env-pw" not in proc.stderr
