@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 import uuid
@@ -209,3 +210,40 @@ def doc_compose_block(doc: Path, marker: str) -> str:
     blocks = [b for b in re.findall(r"```yaml\n(.*?)```", doc.read_text(), re.S) if marker in b]
     assert len(blocks) == 1, f"{doc}: {len(blocks)} blocks with {marker}"
     return blocks[0]
+
+
+#: what the app stand-in of a docs recipe runs: its uid, the secret file, whether it sees the token
+#: (`$$`: Compose's own interpolation would fill in the test's variable)
+RECIPE_APP_COMMAND = ["sh", "-c", "id -u; cat /run/secrets/db_password; echo; echo token:$${VAULT_TOKEN:-unset}"]
+
+
+def doc_recipe_stack(directory: Path, doc: str, marker: str, app_image: str) -> list[Path]:
+    """The Compose block of docs/`doc` holding `marker`, beside the shipped bridge config, and an
+    override running it here: the app a stand-in image on the host's network, as uid 999, running
+    RECIPE_APP_COMMAND."""
+    stack = directory / "compose.yaml"
+    stack.write_text(doc_compose_block(ROOT / "docs" / doc, marker))
+    shutil.copy(ROOT / "deploy" / "secrets-bridge.yaml", directory / "secrets-bridge.yaml")
+    (directory / "secrets-bridge.yaml").chmod(0o644)
+    override = directory / "override.yaml"
+    override.write_text(f"""\
+services:
+  app:
+    image: {app_image}
+    network_mode: host
+    user: "{APP_UID}:{APP_UID}"
+    command: {json.dumps(RECIPE_APP_COMMAND)}
+    restart: "no"
+""")
+    return [stack, override]
+
+
+def up_once(files: list[Path], env: dict[str, str]) -> tuple[int, str]:
+    """`up -d` of a stack whose app runs to its end: the app's exit status and output; then `down`."""
+    compose = Compose(files, env)
+    try:
+        proc = compose("up", "-d")
+        assert proc.returncode == 0, proc.stderr
+        return app_output(compose)
+    finally:
+        compose.down()

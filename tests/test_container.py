@@ -179,35 +179,13 @@ def test_init_container_recipe_syncs_before_the_app(standalone: Path, minimal_ba
     """docs/init-container.md's Compose recipe, in an image without Python: `sync` with the standalone
     executable exits 0, then the application's command runs as its uid, reads the secret, and does not
     see the bridge's token; with the secret missing, the application's command never runs."""
-    stack = tmp_path / "compose.yaml"
-    stack.write_text(ct.doc_compose_block(ct.ROOT / "docs" / "init-container.md", "secrets-bridge.yaml sync &&"))
-    shutil.copy(ct.ROOT / "deploy" / "secrets-bridge.yaml", tmp_path / "secrets-bridge.yaml")
-    (tmp_path / "secrets-bridge.yaml").chmod(0o644)
-    override = tmp_path / "override.yaml"
-    override.write_text(f"""\
-services:
-  app:
-    image: {minimal_base}
-    network_mode: host
-    command: ["sh", "-c", "id -u; cat /run/secrets/db_password; echo; echo token:$${{VAULT_TOKEN:-unset}}"]
-    restart: "no"
-""")
+    files = ct.doc_recipe_stack(tmp_path, "init-container.md", "secrets-bridge.yaml sync &&", minimal_base)
     env = {"VAULT_ADDR": openbao.address, "VAULT_TOKEN": openbao.root_token,
            "SECRETS_BRIDGE_DIR": str(standalone.parent)}
-    outcomes = []
-    for password in ["compose-oneshot-pw", None]:
-        if password is None:  # the second run: the secret gone from OpenBao
-            openbao.client().secrets.kv.v2.delete_metadata_and_all_versions(path="app/db", mount_point="secret")
-        else:
-            ct.put(openbao, "app/db", password)
-        compose = ct.Compose([stack, override], env)
-        try:
-            proc = compose("up", "-d")
-            assert proc.returncode == 0, proc.stderr
-            outcomes.append(ct.app_output(compose))
-        finally:
-            compose.down()
-    (status, output), (missing_status, missing_output) = outcomes
+    ct.put(openbao, "app/db", "compose-oneshot-pw")
+    status, output = ct.up_once(files, env)
+    openbao.client().secrets.kv.v2.delete_metadata_and_all_versions(path="app/db", mount_point="secret")
+    missing_status, missing_output = ct.up_once(files, env)
     assert status == 0, output
     lines = [line for line in output.splitlines() if not line.startswith("{")]  # the bridge's JSON logs
     assert lines == [str(ct.APP_UID), "compose-oneshot-pw", "token:unset"]
@@ -216,11 +194,28 @@ services:
     assert "compose-oneshot-pw" not in missing_output and "token:" not in missing_output
 
 
+def test_exec_compose_recipe_runs_the_app_through_the_bridge(standalone: Path, minimal_base: str, openbao: Any,
+                                                             tmp_path: Path) -> None:
+    """docs/exec.md's Compose recipe (entrypoint override), in an image without Python: the app runs
+    as the bridge's child once the secret is written, reads it, does not see the token, and its exit
+    status ends the container."""
+    files = ct.doc_recipe_stack(tmp_path, "exec.md", '"exec", "--"]', minimal_base)
+    env = {"VAULT_ADDR": openbao.address, "VAULT_TOKEN": openbao.root_token,
+           "SECRETS_BRIDGE_DIR": str(standalone.parent)}
+    ct.put(openbao, "app/db", "compose-exec-pw")
+    with ct.health_port():  # the shipped config listens on 127.0.0.1:9098, as exec serves /readyz
+        status, output = ct.up_once(files, env)
+    assert status == 0, output
+    lines = [line for line in output.splitlines() if not line.startswith("{")]
+    assert lines == [str(ct.APP_UID), "compose-exec-pw", "token:unset"]
+    assert openbao.root_token not in output
+
+
 # --- the standalone executable ---------------------------------------------------------------------
 
 def test_standalone_runs_with_an_empty_environment(standalone: Path, openbao: Any, tmp_path: Path) -> None:
-    """Under `env -i` (no PATH, so no Python to find), the standalone executable prints its version and
-    a `sync` writes the secret from OpenBao."""
+    """Under `env -i` (no PATH, so no Python to find), the standalone executable prints its version, a
+    `sync` writes the secret from OpenBao, and `exec` gives it to a shell as a variable, without the token."""
     version = ct.run("env", "-i", str(standalone), "--version")
     assert version.returncode == 0, version.stderr
     assert version.stdout.startswith("secrets-bridge ")
@@ -234,6 +229,13 @@ def test_standalone_runs_with_an_empty_environment(standalone: Path, openbao: An
         assert proc.returncode == 0, proc.stderr
         assert (output / "db_password").read_text() == "standalone-pw"
         assert openbao.root_token not in proc.stdout + proc.stderr
+        with config.open("a") as more:
+            more.write(f"env:\n  VAR: {{provider: vault, ref: secret/{path}, key: password}}\n")
+        child = 'echo "$VAR"; echo "token:${VAULT_TOKEN:-unset}"'
+        proc = ct.run("env", "-i", f"VAULT_ADDR={openbao.address}", f"VAULT_TOKEN={openbao.root_token}",
+                      str(standalone), "--config", str(config), "exec", "--", "/bin/sh", "-c", child)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines() == ["standalone-pw", "token:unset"]
     finally:
         shutil.rmtree(output)
 
