@@ -5,7 +5,7 @@
 #   scripts/build-base.sh minimal    minbase alone, no Python (where the standalone executable runs)
 # Prints the image name (localhost/secrets-bridge-base:bookworm-<kind>-<hash>) as its last line.
 # The name carries a hash of the recipe, so a present image is reused as it is, and the root
-# filesystem is cached as a tarball (SECRETS_BRIDGE_CACHE, default /var/cache/secrets-bridge as root,
+# filesystem is cached as a tarball (BRIDGE_CACHE, default /var/cache/secrets-bridge as root,
 # else ~/.cache/secrets-bridge) so that a wiped image store costs an import, not a debootstrap.
 # Needs root (debootstrap) and podman or docker. Never touches an image it did not name.
 set -euo pipefail
@@ -22,8 +22,8 @@ recipe="debootstrap --variant=minbase --include=$include $suite (recipe 1)"
 hash=$(printf '%s' "$recipe" | sha256sum | cut -c1-12)
 image="localhost/secrets-bridge-base:$suite-$kind-$hash"
 
-if [ "$(id -u)" = 0 ]; then cache=${SECRETS_BRIDGE_CACHE:-/var/cache/secrets-bridge}
-else cache=${SECRETS_BRIDGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/secrets-bridge}; fi
+if [ "$(id -u)" = 0 ]; then cache=${BRIDGE_CACHE:-/var/cache/secrets-bridge}
+else cache=${BRIDGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/secrets-bridge}; fi
 mkdir -p "$cache"
 exec 9>"$cache/base.lock"
 flock 9  # one build of a base at a time, also across checkouts sharing the cache and image store

@@ -3,17 +3,17 @@
 # name as its last line (the build's own output goes to stderr).
 #   - podman where it works, else docker (CONTAINER_ENGINE=docker|podman to choose);
 #   - the Dockerfile's BASE (python:3.11-slim-bookworm) when it is present or can be pulled, else a
-#     stand-in made from Debian's packages (scripts/build-base.sh python, cached); BASE=IMAGE to name
-#     another base;
+#     stand-in made from Debian's packages (scripts/build-base.sh python, cached); BRIDGE_BASE=IMAGE
+#     names another base;
 #   - podman builds on the host's network (--network host) with the host's CA bundle mounted over the
 #     image's own, so pip inside the build reaches the package index as the host's pip does, and in
 #     Docker's format (--format docker), which keeps the HEALTHCHECK (the OCI format drops it).
-# IMAGE=NAME names the result instead.
+# BRIDGE_IMAGE=NAME names the result instead. (Not SECRETS_BRIDGE_*: the bridge reads those itself.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml | head -n 1)
-image=${IMAGE:-localhost/secrets-bridge:$version}
+image=${BRIDGE_IMAGE:-localhost/secrets-bridge:$version}
 
 engine=${CONTAINER_ENGINE:-}
 if [ -z "$engine" ]; then
@@ -24,7 +24,7 @@ if [ -z "$engine" ]; then
 fi
 
 # The base: the Dockerfile's own when it can be had, else the local stand-in.
-base=${BASE:-}
+base=${BRIDGE_BASE:-}
 if [ -z "$base" ]; then
     default=$(sed -n 's/^ARG BASE=//p' Dockerfile)
     case "$default" in */*) qualified=$default ;; *) qualified=docker.io/library/$default ;; esac

@@ -119,7 +119,7 @@ def sidecar_stack(image: str, minimal_base: str, openbao: Any, tmp_path: Path) -
     override = ct.write_override(tmp_path, minimal_base, image)
     compose = ct.Compose([ct.ROOT / "deploy" / "compose.yaml", override],
                          {"VAULT_ADDR": openbao.address, "VAULT_TOKEN": openbao.root_token,
-                          "SECRETS_BRIDGE_IMAGE": image, "APP_IMAGE": minimal_base})
+                          "BRIDGE_IMAGE": image, "APP_IMAGE": minimal_base})
     with ct.health_port():
         try:
             yield compose
@@ -181,7 +181,7 @@ def test_init_container_recipe_syncs_before_the_app(standalone: Path, minimal_ba
     see the bridge's token; with the secret missing, the application's command never runs."""
     files = ct.doc_recipe_stack(tmp_path, "init-container.md", "secrets-bridge.yaml sync &&", minimal_base)
     env = {"VAULT_ADDR": openbao.address, "VAULT_TOKEN": openbao.root_token,
-           "SECRETS_BRIDGE_DIR": str(standalone.parent)}
+           "BRIDGE_DIR": str(standalone.parent)}
     ct.put(openbao, "app/db", "compose-oneshot-pw")
     status, output = ct.up_once(files, env)
     openbao.client().secrets.kv.v2.delete_metadata_and_all_versions(path="app/db", mount_point="secret")
@@ -201,7 +201,7 @@ def test_exec_compose_recipe_runs_the_app_through_the_bridge(standalone: Path, m
     status ends the container."""
     files = ct.doc_recipe_stack(tmp_path, "exec.md", '"exec", "--"]', minimal_base)
     env = {"VAULT_ADDR": openbao.address, "VAULT_TOKEN": openbao.root_token,
-           "SECRETS_BRIDGE_DIR": str(standalone.parent)}
+           "BRIDGE_DIR": str(standalone.parent)}
     ct.put(openbao, "app/db", "compose-exec-pw")
     with ct.health_port():  # the shipped config listens on 127.0.0.1:9098, as exec serves /readyz
         status, output = ct.up_once(files, env)

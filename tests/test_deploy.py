@@ -485,7 +485,7 @@ def test_example_configs_are_valid(where: str, text: str) -> None:
 def _bridge_commands(node: Any) -> Iterator[list[str]]:
     """The args (Kubernetes) or command (Compose) of every container or service running the bridge's image."""
     if isinstance(node, dict):
-        if str(node.get("image", "")).startswith(("secrets-bridge", "${SECRETS_BRIDGE_IMAGE")):
+        if str(node.get("image", "")).startswith(("secrets-bridge", "${BRIDGE_IMAGE")):
             argv = node.get("args", node.get("command"))
             if isinstance(argv, list):
                 yield [str(a) for a in argv]
