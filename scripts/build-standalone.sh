@@ -2,14 +2,15 @@
 # A standalone executable of the CLI, with every built-in provider and its SDK, made with PyInstaller:
 # it runs on a Debian-bookworm-like system (glibc 2.36 or newer) with no Python installed.
 #   dist/secrets-bridge/secrets-bridge     the executable; dist/secrets-bridge/_internal beside it
-# One directory, not one file: a one-file build unpacks itself into $TMPDIR on every start (~0.5 s
-# more, and it needs a writable /tmp, which a read-only container root lacks); the directory starts
-# as fast as it can and is copied whole (docs/exec.md). Prints the executable's path as its last line.
-# Uses ./.venv with the `standalone` extra (scripts/venv.sh standalone makes it); what only the test
-# extra brings (mypy, hypothesis: pydantic names them as optional plugins) is left out.
+# One directory, not one file: a one-file build unpacks itself into $TMPDIR on every start (2-3 s of
+# CPU each time, measured in docs/exec.md, and a writable /tmp, which a read-only container root
+# lacks); the directory starts as fast as the installed package and is copied whole.
+# Prints the executable's path as its last line. Uses ./.venv with the SDKs and PyInstaller (made with
+# the `all` and `standalone` extras when missing); what only the test extra brings (mypy, hypothesis:
+# pydantic names them as optional plugins) is left out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/pyinstaller ] || bash scripts/venv.sh standalone >&2
+[ -x .venv/bin/pyinstaller ] || bash scripts/venv.sh all,standalone >&2
 work=build/standalone
 mkdir -p "$work"
 # The entry point: what the installed `secrets-bridge` console script runs.
