@@ -25,7 +25,7 @@ pytestmark = pytest.mark.container
 
 @pytest.fixture(scope="session")
 def podman() -> str:
-    """podman's version, where it can run containers; else every test here skips saying why."""
+    """podman's version where it is installed and answers (as root); else every test here skips saying why."""
     if shutil.which("podman") is None:
         pytest.skip("podman is not installed (scripts/install-system-deps.sh installs it, as root)")
     if os.getuid() != 0:
