@@ -151,6 +151,7 @@ services:
     network_mode: host
     healthcheck:
       start_interval: !reset null
+    restart: "no"              # a bridge that fails is seen failing, not restarted in a loop
   app:
     image: {app_image}
     network_mode: none
@@ -185,7 +186,14 @@ class Compose:
         return names[0]
 
     def down(self) -> None:
+        """`down --volumes`, then whatever it left behind (a container in a restart loop can outlive it)."""
         self("down", "--volumes")
+        label = f"label=io.podman.compose.project={self.project}"
+        for kind, listing in (("container", ["--all"]), ("volume", [])):
+            left = podman(kind, "ls", *listing, "--quiet", "--filter", label).stdout.split()
+            if left:
+                podman(kind, "rm", "--force", *left)
+        podman("pod", "rm", "--force", "--ignore", f"pod_{self.project}")
 
 
 def container_state(name: str) -> dict[str, Any]:
