@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -60,7 +61,8 @@ def until(check: Callable[[], bool], timeout: float, what: str) -> None:
 def machine_lock(name: str, timeout: float = 600) -> Iterator[None]:
     """An exclusive lock shared by every checkout and xdist worker on this machine: the image tag,
     the standalone build and port 9098 on the host's network are one each per machine."""
-    with open(f"/run/lock/secrets-bridge-tests-{name}.lock", "w") as lock:
+    where = "/run/lock" if os.path.isdir("/run/lock") else tempfile.gettempdir()
+    with open(f"{where}/secrets-bridge-tests-{name}.lock", "w") as lock:
         deadline = time.monotonic() + timeout
         while True:
             try:
