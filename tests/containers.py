@@ -86,11 +86,13 @@ def put(openbao: Any, path: str, password: str) -> None:
                                                            mount_point="secret")
 
 
-def write_config(directory: Path, path: str, output_dir: str = "/run/secrets") -> Path:
-    """A bridge config: one secret from secret/<path> with mode 0440, refreshed every second."""
+def write_config(directory: Path, path: str, output_dir: str = "/run/secrets", *, listen: bool = False) -> Path:
+    """A bridge config: one secret from secret/<path> with mode 0440, refreshed every second; with
+    `listen`, serving /readyz on 127.0.0.1:9098 for the image's HEALTHCHECK (hold health_port())."""
     config = directory / "secrets-bridge.yaml"
+    address = f'"127.0.0.1:{HEALTH_PORT}"' if listen else "null"
     config.write_text(
-        f'output_dir: {output_dir}\nrefresh_interval: 1s\nlisten: "127.0.0.1:{HEALTH_PORT}"\n'
+        f"output_dir: {output_dir}\nrefresh_interval: 1s\nlisten: {address}\n"
         "providers:\n  vault: {type: vault, auth: {method: token}}\n"
         f'secrets:\n  db_password: {{provider: vault, ref: secret/{path}, key: password, mode: "0440"}}\n')
     config.chmod(0o644)

@@ -83,7 +83,7 @@ def test_image_syncs_rotates_and_stops_cleanly_read_only(image: str, openbao: An
     HEALTHCHECK fails until then and passes after, a new KV version reaches the container, and
     `podman stop` ends it with exit 0, no other ERROR line and no value or token in its logs."""
     path = f"container/{uuid.uuid4().hex[:8]}"
-    config = ct.write_config(tmp_path, path)
+    config = ct.write_config(tmp_path, path, listen=True)
     run_args = ["--network", "host", "--read-only", "--cap-drop", "all", "--security-opt", "no-new-privileges",
                 "--tmpfs", "/run/secrets:rw,size=4m,mode=0755,U",
                 "--volume", f"{config}:/etc/secrets-bridge/secrets-bridge.yaml:ro",
