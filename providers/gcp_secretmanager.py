@@ -239,17 +239,17 @@ class GcpSecretManagerProvider(Provider):
         """The number of the newest enabled version before the newest enabled one (metadata reads)."""
         parent = self._secret_name(ref, PREVIOUS)
         numbers: list[int] = []
-        token = ""
+        cursor = ""  # where the next page starts
         while True:
             page = call(self.name, "list_secret_versions",
-                        lambda token=token: self._sm().list_secret_versions(  # type: ignore[misc]
+                        lambda cursor=cursor: self._sm().list_secret_versions(  # type: ignore[misc]
                             request={"parent": parent, "filter": "state:ENABLED", "page_size": _PAGE_SIZE,
-                                     "page_token": token},
+                                     "page_token": cursor},
                             retry=None, timeout=self.settings.timeout_seconds),
                         translate=_errors(), ref=ref, version=PREVIOUS)
             numbers += [int(v.name.rsplit("/", 1)[-1]) for v in page.versions]
-            token = page.next_page_token
-            if not token:
+            cursor = page.next_page_token
+            if not cursor:
                 break
         if len(numbers) < 2:
             raise SecretNotFound("no enabled version before the newest enabled one", provider=self.name, ref=ref,
