@@ -189,16 +189,27 @@ def _interpreter_ready(pid: int) -> bool:
     return bool(int(caught.split()[1], 16) & (1 << (signal.SIGINT - 1)))
 
 
+def _cpu_ms(pid: int) -> float:
+    """The CPU time `pid` has used (user and system), in milliseconds (10 ms steps)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 @pytest.mark.parametrize("delay_ms", [50, 75, 100, 200, 300])
 def test_sighup_during_start_up_does_not_kill(tmp_path: Path, out_dir: Path, delay_ms: int) -> None:
     """A SIGHUP sent in the first few hundred milliseconds (while the bridge imports and reads its
     config) neither kills it nor stops it from syncing. Counted from the interpreter's own start-up:
-    before `site` (17-26 ms here, with the editable install's finder) no code of ours can run."""
+    before `site` (17-26 ms here, with the editable install's finder) no code of ours can run. The
+    delay is the bridge's own CPU time, so a busy machine (other test workers) does not stretch its
+    start-up past the signal; a bridge idle sooner gets it after ten times the delay."""
     bridge = Bridge(tmp_path, out_dir)
     proc = bridge.start()
     try:
         assert wait_for(lambda: _interpreter_ready(proc.pid), timeout=5, step=0.05)
-        time.sleep(delay_ms / 1000)
+        cpu, wall = _cpu_ms(proc.pid), time.monotonic()
+        assert wait_for(lambda: _cpu_ms(proc.pid) - cpu >= delay_ms
+                        or time.monotonic() - wall >= delay_ms / 100, timeout=30, step=0.005)
         proc.send_signal(signal.SIGHUP)
         assert bridge.ready(), f"SIGHUP at {delay_ms} ms: exit {proc.poll()}\n{bridge.output()}"
         assert bridge.stop() == 0
