@@ -132,13 +132,12 @@ def source_of(name: str, entry: Output) -> tuple[str, str, str | None, str | Non
 
 
 class StateRecords:
-    """The state file's records, built here and handed to the state file (bridge/writer/state.py):
-    rebuilt only for the entries that changed, the fields fixed by the config computed once."""
+    """The state file's records, built here and handed to the state file (bridge/writer/state.py),
+    rebuilt only for the entries that changed (the state file keeps each one encoded)."""
 
     def __init__(self, state: State, settings: BridgeConfig) -> None:
         self.state = state
         self.settings = settings
-        self._fixed: dict[tuple[str, str], dict[str, object]] = {}  # (entry, file) -> config-given fields
         self._recorded: dict[str, list[str]] = {}  # the files of each entry in the state file
         self._failing = False
 
@@ -165,9 +164,7 @@ class StateRecords:
         return True
 
     def _record(self, name: str, entry: Output, managed: ManagedFile | None) -> SecretRecord:
-        fixed = self._fixed.get((entry.name, name))
-        if fixed is None:
-            fixed = self._fixed[(entry.name, name)] = _fixed_fields(name, entry, self.settings)
+        fixed = _fixed_fields(name, entry, self.settings)
         error = entry.error or next((u.error for u in entry.units.values() if u.error is not None), None)
         spec = None if managed is None else managed.spec
         return SecretRecord(
