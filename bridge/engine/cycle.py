@@ -52,6 +52,11 @@ log = logging.getLogger("secrets_bridge.engine")
 
 #: a commit that failed (a full tmpfs) is tried again this often
 RETRY_COMMIT_SECONDS = 4.0
+#: a state file save slower than SLOW_STATE_SECONDS (100,000 files: 35 MB) waits STATE_PACE times its
+#: own duration (at most STATE_PACE_CAP_SECONDS) before the next: changes between are written together
+SLOW_STATE_SECONDS = 0.05
+STATE_PACE = 10.0
+STATE_PACE_CAP_SECONDS = 5.0
 
 Subscriber = Callable[[list[Change]], None]
 
@@ -107,6 +112,7 @@ class Engine:
         self.schedule = Schedule(self.units.values(), self.settings.jitter)
         self.files = ManagedFiles(self._owner)  # one record per managed file
         self._dirty: set[str] | None = None  # entries whose state records need writing (None: all)
+        self._state_due = 0.0  # when a slow state file may be written again (monotonic)
         self.records = StateRecords(self.state, self.settings)
         self.leases = LeaseKeeper(self.writer, self.providers)
         self.settler = Settler(self.schedule, self.leases, self.outputs.__getitem__, self._mark)
@@ -135,6 +141,7 @@ class Engine:
             provider.close()
         failures.forget(self.outputs.values())
         if self._started:
+            self._save_state(now=True)  # what a paced save still owes
             pending = self.writer.prune(make_spare=False)
             while pending is not None:
                 time.sleep(pending)
@@ -193,6 +200,7 @@ class Engine:
         now = time.monotonic()
         units = self.plan(now) if due is None else list(due)
         if not units and not self.files.pending:
+            self._save_state()  # owed by a paced save, if any
             return CycleResult([], {})
         outcomes = self.fetch(units, force=force)
         failed = self.settler.settle(outcomes, time.monotonic())  # a Retry-After counts from the answer, not the plan
@@ -215,7 +223,8 @@ class Engine:
     def next_wake(self) -> float:
         """When a unit is due, or a failed commit is to be tried again."""
         retry = time.monotonic() + RETRY_COMMIT_SECONDS if self.files.pending else math.inf
-        return min(self.schedule.next_wake(), retry)
+        state = self._state_due if self._started and self._dirty != set() else math.inf
+        return min(self.schedule.next_wake(), retry, state)
 
     def fetch(self, units: Iterable[Unit], *, force: bool = False) -> dict[Unit, Outcome]:
         """Per provider: the cheap check for what has a value, a batched fetch for the rest and
@@ -331,13 +340,17 @@ class Engine:
         if self._dirty is not None:
             self._dirty.update(entries)
 
-    def _save_state(self) -> None:
-        if self._dirty == set() or not self._started:
+    def _save_state(self, *, now: bool = False) -> None:
+        """Write the state records of the entries marked since the last save (a slow save paced)."""
+        if self._dirty == set() or not self._started or (not now and time.monotonic() < self._state_due):
             return
+        started = time.monotonic()
         names = self.entries.keys() if self._dirty is None else self._dirty & self.entries.keys()
         self.records.update((self.entries[n] for n in names), self.files)
         if self.records.save():
             self._dirty = set()
+        took = time.monotonic() - started
+        self._state_due = started + min(STATE_PACE_CAP_SECONDS, STATE_PACE * took) if took > SLOW_STATE_SECONDS else 0.0
 
     def last_refreshed(self) -> Iterable[tuple[str, float]]:
         """Each entry with the time its least recently confirmed unit was last confirmed."""

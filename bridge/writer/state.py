@@ -94,7 +94,7 @@ class State:
             self._order = sorted(self._encoded)
         head = json.dumps({"written": _iso(time.time()), "output_dir": str(self.writer.output_dir)},
                           separators=(",", ":"))
-        body = ",".join(self._encoded[name] for name in self._order)
+        body = ",".join(map(self._encoded.__getitem__, self._order))
         self.writer.write_state(STATE_FILE, f'{head[:-1]},"secrets":{{{body}}}}}\n'.encode())
 
 
