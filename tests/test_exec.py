@@ -29,11 +29,6 @@ report, file = sys.argv[1], sys.argv[2]
 def emit(**kw):
     with open(report, "a") as f:
         f.write(json.dumps(kw) + "\n")
-try:
-    content = open(file).read()
-except OSError:
-    content = None
-emit(event="start", pid=os.getpid(), env=dict(os.environ), file=content)
 def on(sig, frame):
     emit(event="signal", signal=sig)
     if sig == signal.SIGTERM:
@@ -41,6 +36,11 @@ def on(sig, frame):
 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
             signal.SIGWINCH):
     signal.signal(sig, on)
+try:
+    content = open(file).read()
+except OSError:
+    content = None
+emit(event="start", pid=os.getpid(), env=dict(os.environ), file=content)  # after the handlers: ready
 while True:
     time.sleep(3600)
 """
