@@ -70,6 +70,11 @@ def to_pem(data: bytes, content_type: str | None, fmt: str = "pem") -> bytes:
         keys = [b for label, b in blocks if label.endswith(b"PRIVATE KEY")]
         certs = [b for label, b in blocks if label == b"CERTIFICATE"]
         return _part(keys, certs[:1], certs[1:], fmt)
+    return _part(*_from_pkcs12(data, fmt), fmt)
+
+
+def _from_pkcs12(data: bytes, fmt: str) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """The key, the certificate and the chain of a password-less PKCS#12 bundle, as PEM blocks."""
     try:  # lazy: only certificates need it
         from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, pkcs12
     except ModuleNotFoundError:
@@ -85,7 +90,7 @@ def to_pem(data: bytes, content_type: str | None, fmt: str = "pem") -> bytes:
         raise ExtractError(f"value is neither PEM nor a password-less PKCS#12 bundle (format: {fmt})") from None
     keys = [key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())] if key is not None else []
     leaf = [cert.public_bytes(Encoding.PEM)] if cert is not None else []
-    return _part(keys, leaf, [c.public_bytes(Encoding.PEM) for c in chain or []], fmt)
+    return keys, leaf, [c.public_bytes(Encoding.PEM) for c in chain or []]
 
 
 def _part(keys: list[bytes], leaf: list[bytes], chain: list[bytes], fmt: str) -> bytes:
