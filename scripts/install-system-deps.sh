@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages some tests start or use themselves, installed from Debian's archive when missing:
 #   PostgreSQL 15 (behind OpenBao's database engine), nginx (a TLS consumer), strace (the SIGKILL test
-#   kills inside a commit), and for the container tests podman, runc and debootstrap, plus podman's
+#   kills inside a commit), faketime (a bridge whose clock is skewed from Vault's), and for the
+#   container tests podman, runc and debootstrap, plus podman's
 #   system-wide settings this kind of machine needs (tests/test_container.py).
 # A no-op when everything is present. Never fails the caller: a failed install is reported on
 # stderr, and the tests that need the package then skip saying why. Needs root for anything to do.
@@ -18,6 +19,7 @@ missing=()
 postgres_server || missing+=(postgresql-15)
 has nginx || missing+=(nginx)
 has strace || missing+=(strace)
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || compgen -G '/usr/lib/*/faketime/libfaketime.so.1' >/dev/null || missing+=(faketime)
 has podman || missing+=(podman)
 has runc || missing+=(runc)
 has debootstrap || missing+=(debootstrap)
