@@ -88,11 +88,8 @@ class SecretConfig(_Model):
         return self
 
     def sources(self) -> dict[str, ValueSource]:
-        """The fetch units this entry reads, by value name (the entry's own name for one source)."""
-        if self.values is not None:
-            return dict(self.values)
-        assert self.provider is not None and self.ref is not None
-        return {"": ValueSource(provider=self.provider, ref=self.ref, version=self.version, params=self.params)}
+        """The fetch units this entry reads, by value name ("" for its one source)."""
+        return _sources(self)
 
     def file_rules(self) -> dict[str, FileRule]:
         """Each named file of a `files:` entry with its rule (the entry's encoding/format as defaults)."""
@@ -138,12 +135,17 @@ class EnvConfig(_Model):
         return self
 
     def sources(self) -> dict[str, ValueSource]:
-        """The fetch units this variable reads, by value name ("" for one source)."""
-        if self.values is not None:
-            return dict(self.values)
-        assert self.provider is not None and self.ref is not None
-        return {"": ValueSource(provider=self.provider, ref=self.ref, version=self.version, params=self.params)}
+        """The fetch units this variable reads, by value name ("" for its one source)."""
+        return _sources(self)
 
+
+
+def _sources(item: SecretConfig | EnvConfig) -> dict[str, ValueSource]:
+    """A template's named values, or the one (provider, ref, version, params) of anything else."""
+    if item.values is not None:
+        return dict(item.values)
+    assert item.provider is not None and item.ref is not None
+    return {"": ValueSource(provider=item.provider, ref=item.ref, version=item.version, params=item.params)}
 
 #: the longest an on_change action may run, or a notification wait
 MAX_HOOK_SECONDS = 3600.0
