@@ -145,7 +145,10 @@ def _sources(item: SecretConfig | EnvConfig) -> dict[str, ValueSource]:
     if item.values is not None:
         return dict(item.values)
     assert item.provider is not None and item.ref is not None
-    return {"": ValueSource(provider=item.provider, ref=item.ref, version=item.version, params=item.params)}
+    # fields validated with the entry already: constructed, not validated again (300,000 calls at
+    # 100,000 entries cost 2.5 s of a cold sync when each was validated)
+    return {"": ValueSource.model_construct(provider=item.provider, ref=item.ref, version=item.version,
+                                            params=item.params)}
 
 #: the longest an on_change action may run, or a notification wait
 MAX_HOOK_SECONDS = 3600.0
