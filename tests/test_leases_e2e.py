@@ -118,7 +118,7 @@ def test_db_creds_renew_then_reissue_without_a_bad_moment(
     finally:
         stop.set()
         poller.join()
-        assert bridge.finish(proc) == 0
+        assert bridge.finish(proc) == 0, bridge.printed[-1][-3000:]
     assert failures == []
     assert len(seen) == 2, seen  # the first username lived past three TTLs; exactly one re-issue
     log = "\n".join(bridge.printed)
@@ -234,7 +234,7 @@ def test_pki_reissued_before_expiry_and_always_matching(openbao: OpenBao, vault_
                     serials.append(cert.serial_number)
             time.sleep(0.1)
     finally:
-        assert bridge.finish(proc) == 0
+        assert bridge.finish(proc) == 0, bridge.printed[-1][-3000:]
     assert mismatches == 0 and len(serials) >= 3, serials  # 8s certificates over 22s
     fired = [x for x in hook_log.read_text().split("|") if x]
     assert len(fired) == len(serials)  # the first issue and each re-issue, once each
@@ -273,7 +273,7 @@ def test_nginx_serves_each_new_certificate_without_a_failed_request(
                 failed += 1
             time.sleep(0.05)
     finally:
-        assert bridge.finish(proc) == 0
+        assert bridge.finish(proc) == 0, bridge.printed[-1][-3000:]
     assert failed == 0 and requests > 100
     assert len(serials) >= 3, serials
 
@@ -306,7 +306,7 @@ def test_pki_with_the_clock_two_hours_ahead_issues_once(openbao: OpenBao, vault_
     try:
         time.sleep(10)
     finally:
-        assert bridge.finish(proc) == 0
+        assert bridge.finish(proc) == 0, bridge.printed[-1][-3000:]
     log = "\n".join(bridge.printed)
     assert log.count(": issued") == 1, log.count(": issued")
     assert hook_log.read_text().count("|") == 1
@@ -333,7 +333,7 @@ def test_pki_with_the_clock_a_minute_behind_never_serves_an_expired_certificate(
                     serials.append(cert.serial_number)
             time.sleep(0.1)
     finally:
-        assert bridge.finish(proc) == 0
+        assert bridge.finish(proc) == 0, bridge.printed[-1][-3000:]
     assert expired == 0 and len(serials) >= 2, (expired, serials)  # 8 s certificates over 20 s
 
 
@@ -384,6 +384,6 @@ def test_sigkill_with_under_a_third_of_the_ttl_left_renews_the_lease(
         assert read_generation(out, "db/username", "db/password") == first
         assert postgres.can_login(*first)
     finally:
-        assert bridge.finish(proc) == 0
+        assert bridge.finish(proc) == 0, bridge.printed[-1][-3000:]
     assert len(leases_under(openbao, ref)) == 1
     bridge.assert_no_leak(first[1])
