@@ -52,7 +52,8 @@ if TYPE_CHECKING:
 
 #: the SDK loggers and credential variables of every AWS provider (the seam reads them)
 SDK_LOGGERS = ("botocore", "boto3")
-CREDENTIAL_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+CREDENTIAL_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                  "AWS_CONTAINER_AUTHORIZATION_TOKEN")  # the last: EKS Pod Identity / ECS
 
 
 class ActionDenied(AccessDenied):

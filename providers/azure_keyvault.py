@@ -110,7 +110,8 @@ class KeyVaultProvider(Provider):
     settings: KeyVaultSettings
     capabilities = Capabilities(previous=True, cheap_versions=True)
     sdk_loggers = ("azure", "msal")
-    credential_env = ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PASSWORD", "IDENTITY_HEADER")
+    credential_env = ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PASSWORD", "AZURE_PASSWORD",
+                      "IDENTITY_HEADER")
 
     def __init__(self, name: str, settings: Any) -> None:
         super().__init__(name, settings)

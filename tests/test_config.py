@@ -572,3 +572,14 @@ def test_env_json_overrides_one_entry_by_its_exact_name(monkeypatch: pytest.Monk
                                  "  app-env: {provider: dev, ref: b}\n")
     assert config.settings.secrets["app.env"].mode == 0o400 and config.settings.secrets["app.env"].ref == "a"
     assert config.settings.secrets["app-env"].mode != 0o400
+
+
+@pytest.mark.parametrize("template", ["{{ s | nosuchfilter }}", "{{ s is nosuchtest }}"])
+def test_a_template_naming_an_unknown_filter_or_test_is_one_config_line(template: str) -> None:
+    """An unknown filter or test is found when the template compiles: a ConfigError naming the field
+    (it was `internal error (TemplateAssertionError)`)."""
+    text = (f"providers: {{dev: {{type: env}}}}\nsecrets:\n  t: {{template: \"{template}\", "
+            "values: {s: {provider: dev, ref: X}}}\n")
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    assert str(info.value).startswith("secrets.t.template: template does not compile")

@@ -366,6 +366,21 @@ def test_an_edited_state_file_does_not_stop_the_bridge(tmp_path: Path, out_dir: 
     assert listed.returncode == 0 and "garbage" not in listed.stdout and "big" not in listed.stdout
 
 
+@pytest.mark.parametrize("name", [STATE_FILE, LEASE_FILE])
+def test_a_deeply_nested_state_file_or_lease_store_does_not_stop_the_bridge(tmp_path: Path, out_dir: Path,
+                                                                            name: str) -> None:
+    """200 KB of nested JSON arrays planted as the state file or the lease store: `sync` and `ls` go
+    on (both ended in `internal error (RecursionError)` before)."""
+    config = _config(tmp_path, out_dir, "  other: {provider: dev, ref: plain}\n", {"plain": "plain-value"})
+    assert _cli("sync", "--config", str(config)).returncode == 0
+    (out_dir / name).write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / "source" / "plain").write_text("new-value")
+    for command in ("sync", "ls"):
+        proc = _cli(command, "--config", str(config))
+        assert "internal error" not in proc.stderr and proc.returncode in (0, 2), (command, proc.stderr)
+    assert (out_dir / "other").read_text() == "new-value"
+
+
 @pytest.mark.parametrize("name", [STATE_FILE, LEASE_FILE, "other", "..data"])
 def test_audit_log_naming_a_file_the_bridge_manages_is_a_config_error(tmp_path: Path, out_dir: Path,
                                                                        name: str) -> None:

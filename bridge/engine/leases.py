@@ -108,7 +108,7 @@ class LeaseStore:
         except WriteError as exc:  # too large, or not a regular file: the message says which
             log.warning("the lease store is unreadable (%s); ignoring it (leases are issued anew)", exc)
             return {}
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             log.warning("the lease store is unreadable; ignoring it (leases are issued anew)")
             return {}
 

@@ -15,7 +15,7 @@ import functools
 import os
 import signal
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from bridge.errors import BridgeError
 
@@ -141,9 +141,10 @@ class Child:
         return self.poll()
 
 
-def reap_orphans(child: Child, keep: frozenset[int] = frozenset()) -> int:
+def reap_orphans(child: Child, keep: Callable[[], frozenset[int]] = frozenset) -> int:
     """As PID 1 (tini's job): reap every exited process reparented to us, never the child (whose
-    status its Popen reads) nor a pid in `keep` (an on_change command its thread waits for).
+    status its Popen reads) nor a pid `keep()` names (an on_change command its thread waits for),
+    asked again for each pid, so a command started since is not taken from its thread.
     Returns how many were reaped."""
     reaped = 0
     while True:
@@ -158,7 +159,7 @@ def reap_orphans(child: Child, keep: frozenset[int] = frozenset()) -> int:
             if child.running():  # not reaped after all (another thread has it): come back later
                 return reaped
             continue
-        if info.si_pid in keep:
+        if info.si_pid in keep():
             return reaped  # its own thread reaps it; the others wait for the next wake
         with contextlib.suppress(ChildProcessError):
             os.waitpid(info.si_pid, os.WNOHANG)

@@ -114,7 +114,7 @@ class ExecRunner(Runner):
 
     def _woke(self) -> None:
         if os.getpid() == 1:
-            reap_orphans(self.child, self.notifier.running_pids())
+            reap_orphans(self.child, self.notifier.running_pids)
         status = self.child.poll()
         if status is not None and not self.wakeup.stop_requested and not self.restarting:
             log.info("%s (pid %s) exited with status %d; stopping", self.child.argv[0], self.child.pid, status)

@@ -137,9 +137,12 @@ class Watcher:
         return self._fd, self._libc
 
     def _read_loop(self, fd: int, stop: int) -> None:
+        poller = select.poll()  # not select(): a descriptor past 1023 is fine here
+        poller.register(fd, select.POLLIN)
+        poller.register(stop, select.POLLIN)
         while True:
             try:
-                ready, _, _ = select.select([fd, stop], [], [])
+                ready = {ready_fd for ready_fd, _ in poller.poll()}
             except (OSError, ValueError):
                 return  # closed under us
             if stop in ready:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
 import threading
 from collections.abc import Iterable
 
@@ -134,10 +135,12 @@ def _write_all(fd: int, data: bytes) -> bool:
     while view:
         try:
             view = view[os.write(fd, view):]
-        except BrokenPipeError:
-            return False
         except InterruptedError:
             continue
+        except BlockingIOError:  # a non-blocking stdout that is full: wait until it drains
+            select.select([], [fd], [])
+        except OSError:  # the reader has gone (EPIPE) or the stream broke: drop the rest
+            return False
     return True
 
 

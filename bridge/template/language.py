@@ -85,13 +85,19 @@ def compile_template(source: str, declared: set[str]) -> Template:
         raise ValueError(f"template does not parse: line {exc.lineno}: {exc.message}") from None
     if next(tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)), None) is not None:
         raise ValueError("template loads another template (extends, include or import): a template is one text")
-    unknown = sorted(meta.find_undeclared_variables(tree) - declared)
+    try:  # this compiles the template: an unknown filter or test fails here
+        unknown = sorted(meta.find_undeclared_variables(tree) - declared)
+    except TemplateSyntaxError as exc:  # TemplateAssertionError; its text is the config's own
+        raise ValueError(f"template does not compile: line {exc.lineno}: {exc.message}") from None
     if unknown:
         raise ValueError(f"template names {', '.join(unknown)}, not declared in values")
     # The names written in the template are config, so a render error may repeat them (and no other).
     written = {n.name for n in tree.find_all(nodes.Name)} | {n.attr for n in tree.find_all(nodes.Getattr)}
     written |= {str(n.value) for n in tree.find_all(nodes.Const)}
-    template = env.from_string(budget_tree(tree))
+    try:
+        template = env.from_string(budget_tree(tree))
+    except TemplateSyntaxError as exc:  # an unknown filter or test (TemplateAssertionError); the text is config
+        raise ValueError(f"template does not compile: line {exc.lineno}: {exc.message}") from None
     template.bridge_names = frozenset(written)  # type: ignore[attr-defined]
     return template
 

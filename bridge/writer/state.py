@@ -116,7 +116,7 @@ def parse_state(data: bytes) -> dict[str, SecretRecord]:
     try:
         doc = json.loads(data)
         records = {name: SecretRecord(**fields) for name, fields in doc["secrets"].items()}
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return {}
     return {name: r for name, r in records.items() if _well_formed(r)}
 
