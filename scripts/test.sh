@@ -9,6 +9,7 @@ source "$(dirname "$0")/venv.sh" test
 .venv/bin/mypy
 .venv/bin/bandit -q -r bridge providers -c pyproject.toml
 # Three workers on two cores: most tests wait on a server, a child process or a clock, so a third
-# worker fills the idle time (each worker starts its own servers). BRIDGE_TEST_WORKERS=0
+# worker fills the idle time (each worker starts its own servers); worksteal keeps the long tests
+# from ending the run on one worker. BRIDGE_TEST_WORKERS=0
 # (or -n 0) runs it serially.
-exec .venv/bin/pytest -n "${BRIDGE_TEST_WORKERS:-3}" "$@"
+exec .venv/bin/pytest -n "${BRIDGE_TEST_WORKERS:-3}" --dist worksteal "$@"
