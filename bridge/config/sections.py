@@ -71,16 +71,8 @@ class SecretConfig(_Model):
 
     @model_validator(mode="after")
     def _one_shape(self) -> SecretConfig:
-        if self.template is not None:
-            if not self.values:
-                raise ValueError("template needs values: (the named secrets it renders)")
-            extra = [f for f in ("provider", "ref", "key", "version", "params", "encoding", "format", "files")
-                     if getattr(self, f) is not None]
-            if extra:
-                raise ValueError(f"a template entry takes its sources from values:, not {', '.join(extra)}")
+        if _template_shape(self, "entry", ("format", "files")):
             return self
-        if self.values is not None:
-            raise ValueError("values: belongs to a template entry (add template:)")
         if self.files is not None and self.key is not None:
             raise ValueError("key goes on each file of files:, not on the entry")
         if isinstance(self.files, dict) and not self.files:
@@ -121,16 +113,9 @@ class EnvConfig(_Model):
 
     @model_validator(mode="after")
     def _one_shape(self) -> EnvConfig:
-        if self.template is not None:
-            if not self.values:
-                raise ValueError("template needs values: (the named secrets it renders)")
-            extra = [f for f in ("provider", "ref", "key", "version", "params", "encoding")
-                     if getattr(self, f) is not None]
-            if extra:
-                raise ValueError(f"a template variable takes its sources from values:, not {', '.join(extra)}")
-        elif self.values is not None:
-            raise ValueError("values: belongs to a template (add template:)")
-        elif self.provider is None or self.ref is None:
+        if _template_shape(self, "variable"):
+            return self
+        if self.provider is None or self.ref is None:
             raise ValueError("give provider and ref (or template and values)")
         return self
 
@@ -139,6 +124,21 @@ class EnvConfig(_Model):
         return _sources(self)
 
 
+
+def _template_shape(item: SecretConfig | EnvConfig, what: str, more: tuple[str, ...] = ()) -> bool:
+    """Whether `item` is a template (checked: values given, no source fields of its own); a
+    `values:` without `template:` is an error."""
+    if item.template is None:
+        if item.values is not None:
+            raise ValueError(f"values: belongs to a template {what} (add template:)")
+        return False
+    if not item.values:
+        raise ValueError("template needs values: (the named secrets it renders)")
+    extra = [f for f in ("provider", "ref", "key", "version", "params", "encoding", *more)
+             if getattr(item, f) is not None]
+    if extra:
+        raise ValueError(f"a template {what} takes its sources from values:, not {', '.join(extra)}")
+    return True
 
 def _sources(item: SecretConfig | EnvConfig) -> dict[str, ValueSource]:
     """A template's named values, or the one (provider, ref, version, params) of anything else."""
