@@ -1,6 +1,6 @@
 """Hypothesis strategies for configuration fuzzing: YAML documents near the real schema, with
 hostile values mixed in (huge integers, inf, nan, control characters, deep nesting), and
-SECRETS_BRIDGE_* environments. Shared by tests/test_config.py (in process) and tests/test_cli.py."""
+SECRETS_BRIDGE_* environments. Shared by tests/test_loader.py (in process) and tests/test_cli.py."""
 
 from __future__ import annotations
 

@@ -127,17 +127,6 @@ def test_env_config_errors(env: str, message: str) -> None:
     assert str(caught.value).startswith(message), str(caught.value)
 
 
-def test_exec_section() -> None:
-    """exec: has defaults, takes a signal by either name, and refuses an unknown one."""
-    config = parse_config("secrets: {}\nexec: {stop_signal: int, stop_timeout: 2s, wait: {min: 1s}}\n")
-    assert config.settings.exec.stop_signum.name == "SIGINT"
-    assert config.settings.exec.wait.max == 4.0 and config.settings.exec.restart_on == "env"
-    with pytest.raises(ConfigError, match="exec: unknown signal 'SIGNOPE'"):
-        parse_config("secrets: {}\nexec: {stop_signal: SIGNOPE}\n")
-    with pytest.raises(ConfigError, match="exec.restart_on"):
-        parse_config("secrets: {}\nexec: {restart_on: sometimes}\n")
-
-
 def test_check_resolves_env_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     """`check` lists each env variable as $NAME with its status, never its value; a failing one exits 1."""
