@@ -8,7 +8,6 @@ import contextlib
 import fcntl
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,6 @@ import pytest
 
 from bridge.writer.atomic import is_memory_backed
 from tests.polling import wait_for  # noqa: F401 - the one polling helper, re-exported for the reliability tests
-from tests.servers import venv_binary
 
 FIGURES = Path(os.environ.get("SB_RELIABILITY_FIGURES", "/tmp/secrets-bridge-reliability.json"))
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,55 +86,6 @@ class Leaks:
                outputs=len(self.texts), found=len(found))
         record(section, leaks=len(found))
         assert not found, f"secret values in output: {found[:5]}"
-
-
-class Bridge:
-    """`secrets-bridge --debug run` (or `sync`) as a process, its stdout and stderr in one log file."""
-
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
-        self.config = config
-        self.log = config.with_suffix(".log")
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def command(self, *args: str) -> list[str]:
-        return [venv_binary("secrets-bridge"), "--debug", "--log-format", "json", "--config", str(self.config), *args]
-
-    def start(self) -> subprocess.Popen[bytes]:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.command("run"), stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        return self.proc
-
-    def sync(self, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
-        done = subprocess.run(self.command("sync"), capture_output=True, env=self.env, timeout=timeout)
-        with open(self.log, "ab") as log:
-            log.write(done.stdout + done.stderr)
-        return done
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[bytes]:
-        """Another command (`ls`, `inspect NAME`), its output kept in the log as well."""
-        done = subprocess.run(self.command(*args), capture_output=True, env=self.env, timeout=60)
-        with open(self.log, "ab") as log:
-            log.write(done.stdout + done.stderr)
-        return done
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def stop(self, timeout: float = 30) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError("secrets-bridge run did not stop on SIGTERM") from None
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 # -- reader processes ------------------------------------------------------------------------------

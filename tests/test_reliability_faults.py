@@ -22,7 +22,8 @@ from tests.azure_fake import FakeKeyVault
 from tests.azure_fixtures import VAULT_URL, ca_file, fake  # noqa: F401 - fixtures
 from tests.conftest import OpenBao
 from tests.fault_proxy import KINDS, FaultProxy
-from tests.reliability_kit import Bridge, Leaks, merge_reports, readers, record, tmpfs_dir, wait_for
+from tests.harness import Bridge
+from tests.reliability_kit import Leaks, merge_reports, readers, record, tmpfs_dir, wait_for
 
 REGION = "us-east-1"
 PER_PROVIDER = 5
@@ -142,7 +143,7 @@ def test_run_through_faults(openbao: OpenBao, moto_url: str, fake: FakeKeyVault,
     port = free_port()
     config = tmp_path / "bridge.yaml"
     config.write_text(_config(out, proxies["vault"], proxies["aws"], token_file, ca_file, ups, port))
-    bridge = Bridge(config, env=_azure_env(fake, proxies["azure"]))
+    bridge = Bridge(config, options=("--debug", "--log-format", "json"), env=_azure_env(fake, proxies["azure"]))
     leaks = Leaks()
     leaks.secret(openbao.root_token, fake.state.clients["env-client"], fake.state.identity_header)
     every = [name for names in ups.names.values() for name in names]
@@ -172,8 +173,7 @@ def test_run_through_faults(openbao: OpenBao, moto_url: str, fake: FakeKeyVault,
             leaks.text("metrics", response.read())
         assert bridge.stop() == 0
     finally:
-        if bridge.proc is not None and bridge.proc.poll() is None:
-            bridge.proc.kill()
+        bridge.kill()
         for proxy in proxies.values():
             proxy.close()
     assert converged, f"files did not converge after the faults stopped\n{bridge.output()[-3000:]}"

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability_kit import Bridge, Leaks, record, tmpfs_dir
+from tests.harness import Bridge
+from tests.reliability_kit import Leaks, record, tmpfs_dir
 
 FILES = 300
 TEMPORARY = ("..data_tmp", "..link_tmp", "..aside_", "..state_")
@@ -61,7 +62,7 @@ class Rig:
         config = tmp_path / "bridge.yaml"
         config.write_text(f"output_dir: {self.out}\nrefresh_interval: 100ms\nlisten: null\n"
                           f"providers:\n  dev: {{type: file, base_dir: {self.src}}}\nsecrets:\n{entries}")
-        self.bridge = Bridge(config)
+        self.bridge = Bridge(config, options=("--debug", "--log-format", "json"))
         self.stop = threading.Event()
         self.rotations = 0
         self.thread = threading.Thread(target=self._rotator, daemon=True)
@@ -111,8 +112,7 @@ class Rig:
     def restart(self) -> None:
         """`sync` after the kill: exit 0, every link resolves, only `..data`, its generation and the
         writer's spares are left, the state (and any lease store) parses."""
-        done = self.bridge.sync()
-        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        self.bridge("sync", timeout=120)
         gen = _generation(self.out)
         assert gen is not None
         self.first_committed = True
@@ -132,8 +132,7 @@ class Rig:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join()
-        if self.bridge.proc is not None and self.bridge.proc.poll() is None:
-            self.bridge.proc.kill()
+        self.bridge.kill()
 
     def finish(self, section: str) -> None:
         leaks = Leaks()

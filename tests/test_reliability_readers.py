@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability_kit import Bridge, Leaks, merge_reports, readers, record, tmpfs_dir, wait_for
+from tests.harness import Bridge
+from tests.reliability_kit import Leaks, merge_reports, readers, record, tmpfs_dir, wait_for
 
 PLAIN = [f"p{i}" for i in range(8)]
 RELOADS = 16
@@ -74,7 +75,7 @@ def test_readers_over_rotations_and_reloads(tmp_path: Path) -> None:
     config = tmp_path / "conf" / "bridge.yaml"
     config.parent.mkdir()
     _put(config, _config(out, sources.src, [], with_gone=True))
-    bridge = Bridge(config)
+    bridge = Bridge(config, options=("--debug", "--log-format", "json"))
     stop = threading.Event()
     rotations = [0]
 
@@ -109,11 +110,10 @@ def test_readers_over_rotations_and_reloads(tmp_path: Path) -> None:
             seconds = time.monotonic() - started
         assert wait_for(lambda: not (out / "gone").exists() and (out / f"extra{RELOADS - 1}").exists(), 10)
         assert bridge.stop() == 0
-        assert bridge.cli("ls").returncode == 0 and bridge.cli("inspect", "pair/user").returncode == 0
+        bridge("ls"), bridge("inspect", "pair/user")  # each must exit 0
     finally:
         stop.set()
-        if bridge.proc is not None and bridge.proc.poll() is None:
-            bridge.proc.kill()
+        bridge.kill()
     log = bridge.output()
     reloads = log.count("config reloaded from")
     assert reloads >= RELOADS // 2, log[-2000:]
