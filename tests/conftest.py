@@ -1,5 +1,6 @@
 """Session fixtures: a real OpenBao dev server (with its database engine in front of a real
-PostgreSQL, and a PKI engine), nginx as a TLS consumer, and an environment that stays on loopback."""
+PostgreSQL, and a PKI engine), nginx as a TLS consumer, and an environment that stays on loopback;
+the tmpfs directories the writer's tests write to (`shm_dir`, `tiny_tmpfs`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.writer.generation import is_memory_backed
 from tests.servers import (
     Nginx,
     Postgres,
@@ -155,3 +157,27 @@ def nginx(tmp_path: Path) -> Iterator[Callable[[Path, Path], Nginx]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def shm_dir(tmp_path: Path):
+    """A directory on tmpfs (/dev/shm), as /run/secrets is in a container."""
+    base = Path("/dev/shm")
+    if not base.is_dir() or not is_memory_backed(base):
+        pytest.skip("no tmpfs at /dev/shm")
+    d = base / f"sb-test-{os.getpid()}-{tmp_path.name}"
+    d.mkdir()
+    yield d
+    subprocess.run(["rm", "-rf", str(d)], check=False)
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path):
+    """A 256 KiB tmpfs of our own (root only), to fill up or remount read-only."""
+    d = tmp_path / "tiny"
+    d.mkdir()
+    if os.getuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(d)],
+                                          capture_output=True, check=False).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield d
+    subprocess.run(["umount", "-l", str(d)], check=False)

@@ -1,0 +1,50 @@
+"""The visible links (bridge/writer/links.py): a planted symlink at a name is replaced, never
+followed; an idle check trusts an unchanged directory and still sees a deleted link."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from bridge.writer.atomic import DATA_LINK, FileSpec, Writer
+
+
+def test_planted_symlink_is_not_followed(tmp_path: Path) -> None:
+    """A symlink planted at a secret's name is replaced, and its target is never written."""
+    out, victim = tmp_path / "out", tmp_path / "victim"
+    out.mkdir()
+    victim.write_text("untouched")
+    (out / "db").symlink_to(victim)
+    w = Writer(out, require_tmpfs=False)
+    w.prepare()
+    w.commit({"db": FileSpec(b"secret")})
+    assert victim.read_text() == "untouched"
+    assert os.readlink(out / "db") == "..data/db"
+
+
+def test_idle_check_trusts_an_unchanged_directory_and_still_sees_a_change(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a full pass found the links right, a check reads none while the output directory's
+    mtime stays; a link deleted afterwards changes it and is put back."""
+    w = Writer(tmp_path, require_tmpfs=False)
+    w.prepare()
+    w.commit({f"f{i}": FileSpec(b"%d" % i) for i in range(20)})
+    past = os.stat(tmp_path).st_mtime_ns - 10_000_000_000
+    os.utime(tmp_path, ns=(past, past))  # as if the last change was long ago
+    assert w.check_drift() == []  # a full pass, which now trusts this mtime
+    reads: list[str] = []
+    real_readlink = os.readlink
+
+    def counting_readlink(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        reads.append(str(path))
+        return real_readlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "readlink", counting_readlink)
+    assert w.check_drift() == []
+    assert reads == [DATA_LINK]  # ..data only, none of the 20 links
+    os.unlink(tmp_path / "f7")
+    assert w.check_drift() == ["f7"]
+    assert os.readlink(tmp_path / "f7") == f"{DATA_LINK}/f7"
+

@@ -1,0 +1,61 @@
+"""The state file (bridge/writer/state.py): records saved sorted through the held directory and
+read back, removed names dropped, a record edited into a wrong shape left out, and a state file
+that is not a regular file read as empty, never a hang."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from bridge.config.fields import STATE_FILE
+from bridge.writer.atomic import Writer
+from bridge.writer.state import SecretRecord, State, parse_state, read_state
+
+
+def _record(name: str, **changes: object) -> SecretRecord:
+    record = SecretRecord(name=name, entry=name, provider="dev", provider_type="file", ref=f"refs/{name}",
+                          key=None, pinned_version=None, version="3", size=12, mode="0444", uid=0, gid=0,
+                          updated="2026-12-06T00:00:00+00:00", error=None)
+    return replace(record, **changes)  # type: ignore[arg-type]
+
+
+def _state(out: Path) -> State:
+    writer = Writer(out, require_tmpfs=False)
+    writer.prepare()
+    return State(writer)
+
+
+def test_records_saved_and_read_back(tmp_path: Path) -> None:
+    """Saved records come back equal, sorted by name, and a removed name is gone after the next save."""
+    state = _state(tmp_path)
+    records = [_record("b"), _record("a", error={"code": "not_found", "message": "gone"}), _record("d/c")]
+    state.update(records)
+    state.save()
+    doc = json.loads((tmp_path / STATE_FILE).read_text())
+    assert list(doc["secrets"]) == ["a", "b", "d/c"] and doc["output_dir"] == str(tmp_path)
+    assert read_state(tmp_path / STATE_FILE) == {r.name: r for r in records}
+    assert state.load() == {r.name: r for r in records}
+    state.update([_record("b", version="4")], removed=["a"])
+    state.save()
+    assert read_state(tmp_path / STATE_FILE) == {"b": _record("b", version="4"), "d/c": _record("d/c")}
+
+
+def test_records_of_a_wrong_shape_are_left_out() -> None:
+    """A record edited into a wrong shape (a number for a text, a bad date, a bool size) is left out;
+    broken or deeply nested JSON is an empty state, never an exception."""
+    good = _record("good").__dict__
+    secrets = {"good": good, "uid": {**good, "uid": "0"}, "size": {**good, "size": True},
+               "date": {**good, "updated": "yesterday"}, "error": {**good, "error": "text"}}
+    assert list(parse_state(json.dumps({"secrets": secrets}).encode())) == ["good"]
+    for broken in (b"{", b"[]", b'{"secrets": 1}', b"[" * 100_000 + b"]" * 100_000):
+        assert parse_state(broken) == {}
+
+
+def test_a_state_file_that_is_not_a_regular_file_reads_as_empty(tmp_path: Path) -> None:
+    """`ls` reading a FIFO or a folder planted as the state file gets no records, without blocking."""
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "folder").mkdir()
+    assert read_state(tmp_path / "fifo") == {} and read_state(tmp_path / "folder") == {}
+    assert read_state(tmp_path / "missing") == {}
