@@ -1,5 +1,5 @@
 """The lease lifecycle in the engine, with a fake of our own Provider interface that leases
-values (the wire is tested against OpenBao in test_leases.py)."""
+values (the wire is tested against OpenBao in test_vault_leases.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Leased and issued Vault values at the provider level, against real servers: OpenBao's database
-engine in front of PostgreSQL, its PKI engine, and nginx as the certificate's consumer."""
+"""Leased and issued Vault values (providers/vault_leases.py) at the provider level, against real
+servers: OpenBao's database engine in front of PostgreSQL, its PKI engine, and nginx as the
+certificate's consumer."""
 
 from __future__ import annotations
 
