@@ -20,6 +20,8 @@ from tests.azure_fake import FakeKeyVault
 VAULT_URL = "https://kv-bridge-test.vault.azure.net"
 #: what the AZURE_* environment names: the service principal the default chain finds
 ENV_CLIENT = "env-client"
+#: the `make_provider` fixture: settings fields -> a provider on the fake
+MakeProvider = Callable[..., KeyVaultProvider]
 
 
 #: one server per test process, even when several modules import the `fake` fixture (pytest then
@@ -131,3 +133,8 @@ def backend(fake: FakeKeyVault, ca_file: Path) -> Iterator[KeyVaultBackend]:
 def provider(make_provider: Callable[..., KeyVaultProvider]) -> KeyVaultProvider:
     """The default credential chain, which finds the AZURE_* service principal."""
     return make_provider()
+
+
+def secret_gets(fake: FakeKeyVault, vault: str, name: str) -> int:
+    """How many authorised GETs of secret `name` (any version) `vault` has answered."""
+    return sum(1 for m, p, s in fake.requests(vault) if m == "GET" and p.startswith(f"/secrets/{name}/") and s != 401)

@@ -1,4 +1,7 @@
-"""Azure Key Vault provider against the fake TLS Key Vault and identity server (real SDK, real HTTPS)."""
+"""The Azure Key Vault provider as a whole (providers/azure_keyvault.py) against the fake TLS Key
+Vault and identity server (real SDK, real HTTPS): conformance, reading (pins, JSON keys,
+certificates), the cheap change check, the engine and CLI over it, settings. Credentials and error
+translation are tested in test_azure_credential and test_azure_errors."""
 
 # The fixtures are imported from tests/azure_fixtures.py (no conftest, so no other module sees the
 # Azure environment); pytest then passes them by the same names, which pyflakes calls redefinition.
@@ -11,7 +14,7 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,25 +34,24 @@ from pydantic import ValidationError
 
 from bridge.config.loader import parse_config
 from bridge.engine.cycle import Engine
-from bridge.errors import AccessDenied, SecretNotFound, Unavailable
-from bridge.observe.metrics import PROVIDER_REQUESTS
+from bridge.errors import SecretNotFound, Unavailable
 from bridge.provider import PREVIOUS, Fetched, Request
 from providers.azure_keyvault import KeyVaultProvider
-from tests.azure_fake import VAULT_RESOURCE, VAULT_SCOPE, FakeKeyVault
+from tests.azure_fake import FakeKeyVault
 from tests.azure_fixtures import (  # noqa: F401 - fixtures
     VAULT_URL,
     KeyVaultBackend,
+    MakeProvider,
     azure_env,
     backend,
     ca_file,
     fake,
     make_provider,
     provider,
+    secret_gets,
 )
 from tests.conformance import ProviderConformance, read, unique_text
 from tests.versions import latest
-
-MakeProvider = Callable[..., KeyVaultProvider]
 
 
 class OutageBackend(KeyVaultBackend):
@@ -78,164 +80,10 @@ class TestKeyVaultConformance(ProviderConformance):
         writer.close()
 
 
-def _gets(fake: FakeKeyVault, vault: str, name: str) -> int:
-    return sum(1 for m, p, s in fake.requests(vault) if m == "GET" and p.startswith(f"/secrets/{name}/") and s != 401)
-
-
 def _lists(fake: FakeKeyVault, vault: str) -> int:
     return sum(1 for m, p, _ in fake.requests(vault) if m == "GET" and p == "/secrets")
 
 
-# -- credentials ------------------------------------------------------------------------------------
-
-
-def test_default_chain_uses_environment_service_principal(
-    make_provider: MakeProvider, backend: KeyVaultBackend, fake: FakeKeyVault
-) -> None:
-    """DefaultAzureCredential takes the AZURE_* client secret, answers the vault's challenge, and reads."""
-    ref = backend.new_ref()
-    backend.put(ref, "from-env")
-    before = len(fake.token_requests())
-    assert make_provider().fetch(Request(ref)).value == b"from-env"
-    (token_request,) = fake.token_requests()[before:]
-    assert (token_request.kind, token_request.client_id, token_request.scope) == (
-        "client_secret", "env-client", VAULT_SCOPE)
-    assert token_request.granted
-
-
-def test_client_secret_from_file(
-    make_provider: MakeProvider, backend: KeyVaultBackend, fake: FakeKeyVault, tmp_path: Path
-) -> None:
-    """An explicit client_secret credential reads its secret from client_secret_file."""
-    client_id, secret = fake.add_client()
-    secret_file = tmp_path / "client-secret"
-    secret_file.write_text(secret + "\n")
-    ref = backend.new_ref()
-    backend.put(ref, "via-file")
-    provider = make_provider(credential={"method": "client_secret", "tenant_id": fake.tenant_id,
-                                         "client_id": client_id, "client_secret_file": str(secret_file)})
-    assert provider.fetch(Request(ref)).value == b"via-file"
-    assert [t.client_id for t in fake.token_requests() if t.kind == "client_secret"][-1] == client_id
-
-
-def test_wrong_client_secret_is_access_denied_without_the_secret(
-    make_provider: MakeProvider, backend: KeyVaultBackend, fake: FakeKeyVault
-) -> None:
-    """A refused client secret is AccessDenied naming the AADSTS code; neither secret shows anywhere."""
-    client_id, _ = fake.add_client()
-    wrong = "cs~wrong-" + uuid.uuid4().hex
-    provider = make_provider(credential={"method": "client_secret", "tenant_id": fake.tenant_id,
-                                         "client_id": client_id, "client_secret": wrong})
-    ref = backend.new_ref()
-    backend.put(ref, "x")
-    with pytest.raises(AccessDenied) as info:
-        provider.fetch(Request(ref))
-    text = str(info.value) + repr(info.value) + repr(provider.settings) + str(provider.settings)
-    assert "AADSTS7000215" in str(info.value)
-    assert ref in str(info.value)
-    for credential in [wrong, *fake.credentials()]:
-        assert credential not in text
-    assert info.value.__cause__ is None and info.value.__suppress_context__
-
-
-def test_workload_identity_explicit(
-    make_provider: MakeProvider, backend: KeyVaultBackend, fake: FakeKeyVault, tmp_path: Path
-) -> None:
-    """workload_identity posts the federated token file as a client assertion and reads."""
-    client_id, token = fake.add_federated()
-    token_file = tmp_path / "azure-identity-token"
-    token_file.write_text(token)
-    ref = backend.new_ref()
-    backend.put(ref, "federated")
-    provider = make_provider(credential={"method": "workload_identity", "tenant_id": fake.tenant_id,
-                                         "client_id": client_id, "token_file": str(token_file)})
-    assert provider.fetch(Request(ref)).value == b"federated"
-    last = fake.token_requests()[-1]
-    assert (last.kind, last.client_id, last.granted) == ("workload_identity", client_id, True)
-
-
-def test_workload_identity_as_aks_injects_it(
-    make_provider: MakeProvider, backend: KeyVaultBackend, fake: FakeKeyVault, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """On AKS the webhook's AZURE_* variables suffice, for `workload_identity` and the default chain."""
-    client_id, token = fake.add_federated()
-    token_file = tmp_path / "token"
-    token_file.write_text(token)
-    monkeypatch.delenv("AZURE_CLIENT_SECRET")
-    monkeypatch.setenv("AZURE_CLIENT_ID", client_id)
-    monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", str(token_file))
-    ref = backend.new_ref()
-    backend.put(ref, "aks")
-    for credential in ("workload_identity", "default"):
-        before = len(fake.token_requests())
-        assert make_provider(credential=credential).fetch(Request(ref)).value == b"aks"
-        kinds = [t.kind for t in fake.token_requests()[before:]]
-        assert kinds == ["workload_identity"]
-
-
-@pytest.mark.parametrize("user_assigned", [False, True])
-def test_managed_identity(
-    make_provider: MakeProvider, backend: KeyVaultBackend, fake: FakeKeyVault, user_assigned: bool
-) -> None:
-    """managed_identity asks IDENTITY_ENDPOINT (with X-IDENTITY-HEADER) for the vault resource and reads."""
-    client_id = str(uuid.uuid4()) if user_assigned else None
-    fake.enable_managed_identity(client_id)
-    ref = backend.new_ref()
-    backend.put(ref, "msi")
-    credential = {"method": "managed_identity", "client_id": client_id} if client_id else "managed_identity"
-    assert make_provider(credential=credential).fetch(Request(ref)).value == b"msi"
-    last = fake.token_requests()[-1]
-    assert (last.kind, last.client_id, last.scope, last.granted) == (
-        "managed_identity", client_id, VAULT_RESOURCE, True)
-
-
-def test_default_chain_falls_to_managed_identity_never_imds(
-    make_provider: MakeProvider, backend: KeyVaultBackend, fake: FakeKeyVault, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Without AZURE_* secrets the default chain reaches managed identity at the fake, never IMDS."""
-    for name in ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_ID"):
-        monkeypatch.delenv(name)
-    ref = backend.new_ref()
-    backend.put(ref, "chain")
-    assert make_provider().fetch(Request(ref)).value == b"chain"
-    assert fake.token_requests()[-1].kind == "managed_identity"
-    assert all(host.endswith(".vault.azure.net") or host.startswith("login.") for host in fake.connect_hosts)
-
-
-def test_sovereign_authority_host(
-    make_provider: MakeProvider, backend: KeyVaultBackend, fake: FakeKeyVault
-) -> None:
-    """authority_host sends token requests to that cloud's login host."""
-    client_id, secret = fake.add_client()
-    ref = backend.new_ref()
-    backend.put(ref, "gov")
-    provider = make_provider(authority_host="https://login.microsoftonline.us",
-                             credential={"method": "client_secret", "tenant_id": fake.tenant_id,
-                                         "client_id": client_id, "client_secret": secret})
-    assert provider.fetch(Request(ref)).value == b"gov"
-    assert "login.microsoftonline.us" in fake.connect_hosts
-
-
-def test_token_expiry_and_renewal(make_provider: MakeProvider, backend: KeyVaultBackend, fake: FakeKeyVault) -> None:
-    """A short-lived token is renewed: after it expires the next read asks for a second token and succeeds."""
-    client_id, secret = fake.add_client()
-    ref = backend.new_ref()
-    backend.put(ref, "renewed")
-    provider = make_provider(credential={"method": "client_secret", "tenant_id": fake.tenant_id,
-                                         "client_id": client_id, "client_secret": secret})
-    fake.state.token_lifetime_seconds = 2  # the first token only
-    try:
-        assert provider.fetch(Request(ref)).value == b"renewed"
-    finally:
-        fake.state.token_lifetime_seconds = 3600
-    (first_expiry,) = [exp for exp, subject in fake.state.tokens.values() if subject == f"app:{client_id}"]
-    time.sleep(max(0.0, first_expiry - time.time()) + 0.1)
-    assert provider.fetch(Request(ref)).value == b"renewed"  # the fake refuses the first token by now
-    mine = [t for t in fake.token_requests() if t.client_id == client_id]
-    assert len(mine) == 2 and all(t.granted for t in mine)
-    issued = sorted(exp for exp, subject in fake.state.tokens.values() if subject == f"app:{client_id}")
-    assert issued[0] == first_expiry < time.time() < issued[1]
 
 
 # -- reading ------------------------------------------------------------------------------------------
@@ -396,86 +244,6 @@ def test_expired_secret_is_served_with_a_warning(
     assert value not in caplog.text
 
 
-# -- errors --------------------------------------------------------------------------------------------
-
-
-def test_disabled_secret_is_access_denied(provider: KeyVaultProvider, backend: KeyVaultBackend) -> None:
-    """A disabled secret is AccessDenied saying so, for fetch and for the cheap check."""
-    ref = backend.new_ref()
-    backend.put(ref, "off")
-    backend.client.update_secret_properties(ref, enabled=False)
-    with pytest.raises(AccessDenied, match=r"SecretDisabled: the secret .* is disabled"):
-        provider.fetch(Request(ref))
-    outcome = latest(provider, [ref])[ref]
-    assert isinstance(outcome, AccessDenied) and ref in str(outcome)
-
-
-def test_no_get_permission_is_access_denied(
-    provider: KeyVaultProvider, backend: KeyVaultBackend, fake: FakeKeyVault
-) -> None:
-    """A 403 AccessDenied names the missing permission."""
-    ref = backend.new_ref()
-    backend.put(ref, "locked")
-    fake.deny(ref)
-    with pytest.raises(AccessDenied, match="secrets/get permission"):
-        provider.fetch(Request(ref))
-
-
-def test_throttling_carries_retry_after_and_is_not_retried(
-    provider: KeyVaultProvider, backend: KeyVaultBackend, fake: FakeKeyVault
-) -> None:
-    """429 Throttled with Retry-After is Unavailable(retry_after) after exactly one request (no SDK retry)."""
-    ref = backend.new_ref()
-    backend.put(ref, "busy")
-    provider.fetch(Request(ref))  # challenge and token done
-    before = _gets(fake, VAULT_URL, ref)
-    fake.fail_next(1, 429, retry_after=7)
-    with pytest.raises(Unavailable) as info:
-        provider.fetch(Request(ref))
-    assert info.value.retry_after == 7.0
-    assert "Throttled" in str(info.value)
-    assert [s for m, p, s in fake.requests(VAULT_URL) if p == f"/secrets/{ref}/"][-1] == 429
-    assert _gets(fake, VAULT_URL, ref) == before + 1
-    assert provider.fetch(Request(ref)).value == b"busy"
-
-
-def test_unreachable_identity_endpoint_is_unavailable(
-    make_provider: MakeProvider, backend: KeyVaultBackend, fake: FakeKeyVault, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A token endpoint that cannot be reached is Unavailable (back off, stop the batch), not AccessDenied."""
-    from tests.servers import free_port
-
-    ref = backend.new_ref()
-    backend.put(ref, "x")
-    client_id, secret = fake.add_client()
-    provider = make_provider(credential={"method": "client_secret", "tenant_id": fake.tenant_id,
-                                         "client_id": client_id, "client_secret": secret})
-    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{free_port()}")
-    requests = [Request(ref), Request(backend.new_ref()), Request(backend.new_ref())]
-    out = provider.fetch_many(requests)
-    assert all(isinstance(out[r], Unavailable) and r.ref in str(out[r]) for r in requests)
-    assert secret not in str(out[requests[0]])
-
-
-def test_server_error_is_unavailable(
-    provider: KeyVaultProvider, backend: KeyVaultBackend, fake: FakeKeyVault
-) -> None:
-    """A 5xx is Unavailable after one request, and counted in the metrics by outcome."""
-    def counted() -> tuple[float, ...]:
-        return tuple(PROVIDER_REQUESTS.labels(provider=provider.name, operation=op, outcome=outcome)._value.get()
-                     for op, outcome in (("get_secret", "ok"), ("get_secret", "unavailable"), ("get_token", "ok")))
-
-    before = counted()
-    ref = backend.new_ref()
-    backend.put(ref, "flaky")
-    provider.fetch(Request(ref))
-    fake.fail_next(1, 503)
-    with pytest.raises(Unavailable) as info:
-        provider.fetch(Request(ref))
-    assert info.value.retry_after is None
-    assert "503" in str(info.value)
-    gets_ok, gets_unavailable, tokens_ok = (a - b for a, b in zip(counted(), before, strict=True))
-    assert (gets_ok, gets_unavailable, tokens_ok) == (1, 1, 1)
 
 
 # -- the cheap change check -----------------------------------------------------------------------------
@@ -492,15 +260,15 @@ def test_cheap_check_one_list_page_for_settled_secrets(make_provider: MakeProvid
     provider = make_provider(vault_url=url)
     for name in versions:
         provider.fetch(Request(name))
-    gets = {n: _gets(fake, url, n) for n in versions}
+    gets = {n: secret_gets(fake, url, n) for n in versions}
     assert latest(provider, list(versions)) == versions
     assert _lists(fake, url) == 1
-    assert {n: _gets(fake, url, n) for n in versions} == gets
+    assert {n: secret_gets(fake, url, n) for n in versions} == gets
 
     rotated = fake.set_secret(url, "beta", "new value")
     assert latest(provider, list(versions)) == {**versions, "beta": rotated}
     assert _lists(fake, url) == 2
-    assert {n: _gets(fake, url, n) for n in versions} == {**gets, "beta": gets["beta"] + 1}
+    assert {n: secret_gets(fake, url, n) for n in versions} == {**gets, "beta": gets["beta"] + 1}
 
 
 def test_cheap_check_never_trusts_a_same_second_read(make_provider: MakeProvider, fake: FakeKeyVault) -> None:
@@ -523,7 +291,7 @@ def test_cheap_check_stops_paging_when_gets_are_cheaper(make_provider: MakeProvi
         provider.fetch(Request(name))
     assert latest(provider, wanted) == {n: versions[n] for n in wanted}
     assert _lists(fake, url) == 2  # not the 4 pages a full listing takes
-    assert all(_gets(fake, url, n) == 2 for n in wanted)
+    assert all(secret_gets(fake, url, n) == 2 for n in wanted)
 
 
 def test_cheap_check_reports_a_deleted_secret(make_provider: MakeProvider, fake: FakeKeyVault) -> None:
@@ -554,12 +322,12 @@ def test_cheap_check_without_list_permission(
     finally:
         fake.state.list_denied = False
     assert [s for m, p, s in fake.requests(url) if p == "/secrets"] == [403]
-    assert all(_gets(fake, url, n) == 3 for n in versions)
+    assert all(secret_gets(fake, url, n) == 3 for n in versions)
     assert len([r for r in caplog.records if "secrets/list refused" in r.getMessage()]) == 1
     provider.list_fallback.reprobe_seconds = 0  # the permission was granted: the next check lists again
     assert latest(provider, list(versions)) == versions
     assert [s for m, p, s in fake.requests(url) if p == "/secrets"] == [403, 200]
-    assert all(_gets(fake, url, n) == 3 for n in versions)
+    assert all(secret_gets(fake, url, n) == 3 for n in versions)
 
 
 def test_cheap_check_listing_down_stops_calls(make_provider: MakeProvider, fake: FakeKeyVault) -> None:
@@ -600,7 +368,7 @@ def test_fetch_many_on_a_pool_fetches_each_once(make_provider: MakeProvider, fak
     tokens = len(fake.token_requests())
     got = provider.fetch_many([Request(n) for n in versions])
     assert {r.ref: o.version for r, o in got.items() if isinstance(o, Fetched)} == versions
-    assert all(_gets(fake, url, n) == 1 for n in versions)
+    assert all(secret_gets(fake, url, n) == 1 for n in versions)
     assert [s for _, _, s in fake.requests(url)].count(401) == 1
     assert len(fake.token_requests()) == tokens + 1
 
@@ -653,7 +421,7 @@ def test_engine_waits_at_least_retry_after(
     engine = _engine(tmp_path, ca_file, f"  app: {{provider: azure, ref: {ref}}}\n")
     try:
         engine.sync()
-        before = _gets(fake, VAULT_URL, ref)
+        before = secret_gets(fake, VAULT_URL, ref)
         fake.fail_next(1, 429, retry_after=30)
         now = time.monotonic()
         result = engine.cycle(list(engine.units.values()))
@@ -662,7 +430,7 @@ def test_engine_waits_at_least_retry_after(
         engine.close()
     assert isinstance(result.failed["app"], Unavailable)
     assert engine.schedule.next_due(tracked) - now >= 30
-    assert _gets(fake, VAULT_URL, ref) == before + 1
+    assert secret_gets(fake, VAULT_URL, ref) == before + 1
     assert (tmp_path / "out" / "app").read_bytes() == b"steady"
 
 
