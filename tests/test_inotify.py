@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.runtime.inotify import IN_CREATE, IN_DELETE_SELF, Watcher
+from bridge.inotify_queue import IN_CREATE, IN_DELETE_SELF
+from bridge.runtime.inotify import Watcher
 from tests.polling import wait_for
 
 

@@ -27,7 +27,7 @@ def load_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source}: invalid YAML: {_yaml_problem(exc)}") from None
     except ValueError:  # an integer of more than 4,300 digits (sys.get_int_max_str_digits)
         raise ConfigError(f"{source}: invalid YAML: a number too large") from None
-    if isinstance(data, dict | list):
+    if isinstance(data, dict | list) and "&" in text:  # an alias needs an anchor: no `&`, nothing to expand
         _check_aliases(data, source)
     return data
 

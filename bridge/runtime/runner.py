@@ -167,13 +167,22 @@ class Runner:
         level = logging.ERROR if result.write_error else logging.WARNING if required else logging.INFO
         log.log(level, "%s", result.summary(engine.outputs))
         # What start-up built lives as long as the engine: keep the collector from walking it again
-        # and again (at 10,000 secrets a full collection pauses the loop for 100-200 ms).
+        # and again (at 10,000 secrets a full collection pauses the loop for 100-200 ms). It was
+        # off while that was built (bridge/cli.py, `_reload`).
         gc.collect()
         gc.freeze()
+        gc.enable()
         return result
 
     def _reload(self) -> None:
         """Validate and build the new config's engine first; only then replace the running one."""
+        gc.disable()  # while the new engine is built, as at start-up; its first sync turns it on
+        try:
+            self._rebuild()
+        finally:
+            gc.enable()
+
+    def _rebuild(self) -> None:
         try:
             config = load_config(self.config_path)
             if config.settings == self.config.settings:

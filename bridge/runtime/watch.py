@@ -35,7 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bridge.config.fields import RESERVED_PREFIX
-from bridge.runtime.inotify import IN_Q_OVERFLOW, Handle, Watcher, watch_limit_error
+from bridge.inotify_queue import IN_Q_OVERFLOW, watch_limit_error
+from bridge.runtime.inotify import Handle, Watcher
 from bridge.writer.links import DATA_LINK
 
 log = logging.getLogger("secrets_bridge.run")
