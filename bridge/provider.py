@@ -51,7 +51,7 @@ BUILT_IN_PACKAGE = "providers"
 PREVIOUS = "previous"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Request:
     """What to fetch: a provider-native ref, at a pinned version or (None) the latest.
 
@@ -62,13 +62,14 @@ class Request:
     ref: str
     version: str | None = None
     params: str | None = None
+    _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Requests key dicts in every cycle (10,000 per check at scale): hash once, not per lookup.
         object.__setattr__(self, "_hash", hash((self.ref, self.version, self.params)))
 
     def __hash__(self) -> int:
-        return self._hash  # type: ignore[attr-defined,no-any-return]
+        return self._hash
 
     @staticmethod
     def canonical_params(params: Mapping[str, Any] | None) -> str | None:
@@ -78,7 +79,7 @@ class Request:
         return {} if self.params is None else dict(json.loads(self.params))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fetched:
     """One fetched value. The value is never part of the repr."""
 

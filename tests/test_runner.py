@@ -342,19 +342,21 @@ def _readlink(path: Path) -> str:
 
 
 def test_one_file_watcher_for_the_config_and_the_output(tmp_path: Path, out_dir: Path) -> None:
-    """A running bridge holds one inotify instance, through which both a config edit reloads and a
-    deleted link is put back."""
+    """A running bridge holds one inotify instance of its own, through which both a config edit
+    reloads and a deleted link is put back; beside it only the `file` provider's (threadless, read at
+    each check), which a reload's new provider replaces rather than adds to."""
     bridge = Bridge(tmp_path, out_dir, secrets=("a", "b"))
     bridge.write_config(("a",))
     proc = bridge.start()
     try:
         assert bridge.ready("a")
-        assert _inotify_instances(proc.pid) == 1
+        assert wait_for(lambda: _inotify_instances(proc.pid) == 2, timeout=5)
         bridge.write_config(("a", "b"))
         assert bridge.ready("b"), bridge.output()
         (out_dir / "a").unlink()
         assert wait_for(lambda: (out_dir / "a").is_symlink(), timeout=5), bridge.output()
-        assert _inotify_instances(proc.pid) == 1
+        time.sleep(0.5)  # cycles of the reloaded engine: its provider has watched by now
+        assert _inotify_instances(proc.pid) == 2
         assert bridge.stop() == 0
     finally:
         bridge.kill()

@@ -11,7 +11,6 @@ a value, and a render error never carries one.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -35,7 +34,7 @@ if TYPE_CHECKING:
 ENV_PREFIX = "$"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileMeta:
     """Where a file's record in the state file comes from (never its content)."""
 
@@ -46,7 +45,7 @@ class FileMeta:
     gid: int
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Output:
     """One output: the units it reads (by value name; "" for a single source) and what it has made."""
 
@@ -70,14 +69,13 @@ class Output:
             return self.units[""].version
         return ",".join(f"{n}={u.version or '-'}" for n, u in sorted(self.units.items()))
 
-    @functools.cached_property
-    def _source(self) -> tuple[str, str]:
-        units = [self.units[n] for n in sorted(self.units)]
-        return ",".join(dict.fromkeys(u.provider for u in units)), ",".join(u.request.ref for u in units)
-
     def source(self) -> tuple[str, str]:
         """(provider, ref), comma-joined for several values."""
-        return self._source
+        if "" in self.units:
+            unit = self.units[""]
+            return unit.provider, unit.request.ref
+        units = [self.units[n] for n in sorted(self.units)]
+        return ",".join(dict.fromkeys(u.provider for u in units)), ",".join(u.request.ref for u in units)
 
     def owns(self, file: str) -> bool:
         if self.expected is not None:
@@ -109,7 +107,7 @@ class Output:
         raise NotImplementedError
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class FileEntry(Output):
     """A `secrets:` entry: the kinds below differ in what they render; the metadata is the entry's."""
 
@@ -125,7 +123,7 @@ class FileEntry(Output):
         return FileMeta(*self.origin(file), settings.mode_of(self.config), *settings.owner_of(self.config))
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class PlainFile(FileEntry):
     """provider + ref (+ key, encoding, format) -> one file named for the entry."""
 
@@ -135,7 +133,7 @@ class PlainFile(FileEntry):
         return {self.name: self.spec(content, settings)}
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class NamedFiles(FileEntry):
     """`files: {name: key | rule}`: one file per named key of one fetch, each with its own options.
     All or nothing: files cut from one fetch (a certificate and its key) never come from two values."""
@@ -158,7 +156,7 @@ class NamedFiles(FileEntry):
         return FileMeta(*self.origin(file), settings.mode_of(self.config, rule), *settings.owner_of(self.config, rule))
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class EveryKey(FileEntry):
     """`files: "*"`: one file per top-level key of the fetched JSON map."""
 
@@ -174,7 +172,7 @@ class EveryKey(FileEntry):
         return specs
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class TemplateFile(FileEntry):
     """`template:` + `values:` -> one file rendered from several fetch units."""
 
@@ -188,7 +186,7 @@ class TemplateFile(FileEntry):
         return _fields_read(self.template, self.units)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class EnvVar(Output):
     """An `env:` entry: one variable for the child of `exec`, from one value (provider + ref + key)
     or a template. It makes no file; `value` is what it rendered last."""

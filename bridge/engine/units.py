@@ -14,7 +14,7 @@ from bridge.errors import ProviderError
 from bridge.provider import Fetched, Request
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Unit:
     """One fetch unit and what the engine knows of it between cycles (value never in the repr).
     Only the engine's cycle (bridge/engine/cycle.py) assigns its state; when it is next due is the

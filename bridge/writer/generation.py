@@ -37,7 +37,7 @@ _RAMFS_MAGIC = 0x858458F6
 Stamp = tuple[int, int, int, int, int, int, int]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileSpec:
     """One file of a generation. The content is never part of the repr."""
 
