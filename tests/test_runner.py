@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from bridge.runtime.wakeup import Wakeup
 from bridge.writer.atomic import is_memory_backed
 from tests.polling import wait_for
 from tests.servers import free_port, venv_binary
@@ -404,26 +402,6 @@ def test_clean_shutdowns_log_no_error(tmp_path: Path, out_dir: Path) -> None:
         for bridge in bridges:
             text = bridge.output()
             assert " ERROR " not in text and "Traceback" not in text, f"round {round_}:\n{text}"
-
-
-def test_wakeup_set_never_blocks_and_wakes_a_waiter() -> None:
-    """set() from many threads never blocks, even with the pipe full; it wakes a waiter; clear() resets."""
-    wakeup = Wakeup()
-    try:
-        threads = [threading.Thread(target=lambda: [wakeup.set() for _ in range(20000)]) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=30)
-        assert not any(thread.is_alive() for thread in threads) and wakeup.is_set()
-        wakeup.clear()
-        assert not wakeup.is_set()
-        threading.Timer(0.2, wakeup.set).start()
-        started = time.monotonic()
-        wakeup.wait(60)
-        assert wakeup.is_set() and time.monotonic() - started < 30
-    finally:
-        wakeup.close()
 
 
 def test_sigterm_while_a_provider_hangs(tmp_path: Path, out_dir: Path) -> None:
