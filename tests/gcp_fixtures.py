@@ -1,10 +1,10 @@
-"""Session fixtures for the Secret Manager tests: the fake server, its CA, key files, a scoped environment.
-
-Imported by tests/test_gcp_secretmanager.py (no conftest). google-auth reads GCE_METADATA_HOST when
-it is first imported, so this module points it (and GCE_METADATA_IP, the detection ping) at a loopback
-port before any test imports google-auth; the fake's metadata server listens there and answers only
-once a test enables it. Every Google host goes through the fake's CONNECT proxy (HTTPS_PROXY), so no
-request can reach Google or a metadata address.
+"""Session fixtures for the Secret Manager tests: the fake server, its CA, key files, a scoped
+environment. Imported by tests/test_gcp_secretmanager.py and tests/test_gcp_client.py (no conftest).
+google-auth reads GCE_METADATA_HOST when it is first imported, so this module points it (and
+GCE_METADATA_IP, the detection ping) at a loopback port before any test imports google-auth; the
+fake's metadata server listens there and answers only once a test enables it. Every Google host goes
+through the fake's CONNECT proxy (HTTPS_PROXY), so no request can reach Google or a metadata
+address.
 """
 
 from __future__ import annotations
@@ -37,12 +37,25 @@ from providers.gcp_secretmanager import GcpSecretManagerProvider  # noqa: E402 -
 MakeProvider = Callable[..., GcpSecretManagerProvider]
 
 
+#: one server per test process, even when several modules import the `gcp` fixture (pytest then
+#: holds one session fixture per module): its metadata server must listen on METADATA_PORT, which
+#: google-auth read once at import
+_SHARED: dict[str, Any] = {"server": None, "users": 0}
+
+
 @pytest.fixture(scope="session")
 def gcp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeSecretManager]:
-    server = FakeSecretManager(metadata_port=METADATA_PORT)
-    server.add_project(PROJECT)
-    yield server
-    server.close()
+    """The fake Secret Manager, token and metadata server, shared by every module that imports it."""
+    if _SHARED["server"] is None:
+        server = FakeSecretManager(metadata_port=METADATA_PORT)
+        server.add_project(PROJECT)
+        _SHARED["server"] = server
+    _SHARED["users"] += 1
+    yield _SHARED["server"]
+    _SHARED["users"] -= 1
+    if _SHARED["users"] == 0:
+        _SHARED["server"].close()
+        _SHARED["server"] = None
 
 
 @pytest.fixture(scope="session")
