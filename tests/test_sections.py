@@ -1,5 +1,6 @@
-"""The sections of a configuration (bridge/config/sections.py): the `on_change` actions with their
-wait and timeout bounds, signal names, and the `exec:` settings."""
+"""The sections of a configuration (bridge/config/sections.py): the shapes of secret and `env:`
+entries, the `on_change` actions with their wait and timeout bounds, signal names, and the
+`exec:` settings."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bridge.config.loader import parse_config
-from bridge.config.sections import OnChange
+from bridge.config.sections import EnvConfig, OnChange, SecretConfig
 from bridge.errors import ConfigError
 
 
@@ -58,3 +59,51 @@ def test_exec_section() -> None:
     with pytest.raises(ConfigError, match="exec.restart_on"):
         parse_config("secrets: {}\nexec: {restart_on: sometimes}\n")
 
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"provider": "p", "ref": "r", "files": {}}, "files: names no file"),
+    ({"provider": "p", "ref": "r", "key": "k", "files": {"a": "a"}}, "key goes on each file of files:"),
+    ({"provider": "p", "ref": "r", "values": {"a": {"provider": "p", "ref": "r"}}},
+     "values: belongs to a template entry"),
+    ({"template": "{{ a }}"}, "template needs values:"),
+    ({"template": "{{ a }}", "format": "pem", "values": {"a": {"provider": "p", "ref": "r"}}},
+     "a template entry takes its sources from values:, not format"),
+])
+def test_secret_entry_shapes(entry: dict[str, object], message: str) -> None:
+    """An entry is plain, `files:` or `template:`; a mix of their fields is refused saying which."""
+    with pytest.raises(ValueError, match=message):
+        SecretConfig.model_validate(entry)
+
+
+def test_files_take_the_entry_defaults() -> None:
+    """Each file of a `files:` entry takes the entry's encoding and format unless it sets its own."""
+    entry = SecretConfig.model_validate({"provider": "p", "ref": "r", "encoding": "base64", "format": "pem",
+                                         "files": {"a": "ka", "b": {"key": "kb", "encoding": None, "mode": "0400"}}})
+    rules = entry.file_rules()
+    assert (rules["a"].key, rules["a"].encoding, rules["a"].format) == ("ka", "base64", "pem")
+    assert (rules["b"].key, rules["b"].encoding, rules["b"].mode) == ("kb", "base64", 0o400)
+    assert set(entry.sources()) == {""} and entry.sources()[""].ref == "r"
+
+
+def test_env_entry_needs_a_source() -> None:
+    """An `env:` variable is one value (provider and ref) or a template; a template's sources are its values."""
+    with pytest.raises(ValueError, match="give provider and ref"):
+        EnvConfig.model_validate({"provider": "p"})
+    templated = EnvConfig.model_validate({"template": "{{ a }}{{ b }}", "values": {
+        "a": {"provider": "p", "ref": "r1"}, "b": {"provider": "q", "ref": "r2", "version": "3"}}})
+    assert {name: (s.provider, s.ref, s.version) for name, s in templated.sources().items()} == {
+        "a": ("p", "r1", None), "b": ("q", "r2", "3")}
+
+
+@pytest.mark.parametrize(("hook", "message"), [
+    ({"signal": "SIGHUP"}, "signal needs pid_file"),
+    ({"exec": [""]}, "exec needs a command"),
+    ({"exec": ["/bin/echo", "a\0b"]}, "no argument may contain a NUL byte"),
+    ({"exec": ["/bin/true"], "http": {"url": "http://127.0.0.1/x"}}, "give exactly one of"),
+])
+def test_on_change_action_shapes(hook: dict[str, object], message: str) -> None:
+    """An action is one signal (with its pid_file), one command (no NUL byte) or one request."""
+    with pytest.raises(ValueError, match=message):
+        OnChange.model_validate(hook)
+    assert OnChange.model_validate({"http": {"url": "http://127.0.0.1/x"}}).kind == "http"
