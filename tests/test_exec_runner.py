@@ -1,6 +1,7 @@
-"""`secrets-bridge exec` end to end, as a user runs it: the bridge as a process, its child a real
-program reporting what it got, against a real OpenBao (and its database engine in front of a
-real PostgreSQL for leased credentials)."""
+"""`secrets-bridge exec` end to end (bridge/runtime/exec_runner.py), as a user runs it: the bridge as
+a process, its child a real program reporting what it got, against a real OpenBao (and its
+database engine in front of a real PostgreSQL for leased credentials). The child's own parts are
+tested in process in test_child."""
 
 from __future__ import annotations
 
