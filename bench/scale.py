@@ -6,7 +6,9 @@ For each N it measures, with the bridge as a user runs it (the console script, a
 - RSS of `run` (VmRSS and peak VmHWM);
 - propagation: from rewriting a source file to the new content in its target, over CHANGES changes;
 - commit time: the bridge's own `secrets_bridge_commit_duration_seconds` histogram over those changes.
-The floor beside it: the RSS and start time of a Python that only imports the bridge's modules.
+The floors beside them: the RSS and start time of a Python that only imports the bridge's modules,
+and a bare sync (`bare_sync`): the YAML parsed by LibYAML, each file read, written and linked, a
+state file, and nothing else.
 
     python bench/scale.py --secrets 1000 10000 --window 10 --changes 12
 """
@@ -14,6 +16,7 @@ The floor beside it: the RSS and start time of a Python that only imports the br
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -62,6 +65,44 @@ def floor() -> dict[str, float]:
     return {"rss_mib": rss, "start_seconds": elapsed}
 
 
+_BARE_SYNC = """
+import gc, json, os, sys, time
+gc.disable()
+import yaml
+started = time.perf_counter()
+config, out = sys.argv[1], sys.argv[2]
+secrets = yaml.load(open(config).read(), Loader=yaml.CSafeLoader)["secrets"]
+parsed = time.perf_counter()
+gen = os.path.join(out, "..gen")
+os.makedirs(gen)
+base = os.path.join(os.path.dirname(config), "src")
+for name, entry in secrets.items():
+    with open(os.path.join(base, entry["ref"]), "rb") as f:
+        data = f.read()
+    fd = os.open(os.path.join(gen, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    os.write(fd, data)
+    os.close(fd)
+os.symlink("..gen", os.path.join(out, "..data"))
+for name in secrets:
+    os.symlink("..data/" + name, os.path.join(out, name))
+with open(os.path.join(out, "state.json"), "w") as f:
+    json.dump({n: {"entry": n, "provider": e["provider"], "ref": e["ref"]} for n, e in secrets.items()}, f)
+print(json.dumps({"parse": parsed - started, "files": time.perf_counter() - parsed}))
+"""
+
+
+def bare_sync(config: Path, out: Path) -> dict[str, float]:
+    """The floor under a cold sync: a Python that does only what any sync must (parse the YAML with
+    LibYAML, read each source file, write each file into one generation, link it, write a state
+    file), with no checks, no records, no error handling; its whole wall time, and the parse and the
+    files apart."""
+    out.mkdir()
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _BARE_SYNC, str(config), str(out)], capture_output=True,
+                          text=True, check=True)
+    return {"wall": time.perf_counter() - started, **json.loads(done.stdout)}
+
+
 def measure(n: int, window: float, changes: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(dir="/dev/shm") as tmp:
         root = Path(tmp)
@@ -69,6 +110,7 @@ def measure(n: int, window: float, changes: int) -> dict[str, float]:
         port = free_port()
         write_sources(base, n)
         write_config(config, base, out, n, port)
+        bare = bare_sync(config, root / "bare")
         bridge = venv_binary("secrets-bridge")
         started = time.perf_counter()
         subprocess.run([bridge, "--config", str(config), "sync"], check=True, capture_output=True)
@@ -78,7 +120,9 @@ def measure(n: int, window: float, changes: int) -> dict[str, float]:
         try:
             metrics = f"http://127.0.0.1:{port}/metrics"
             wait_http(f"http://127.0.0.1:{port}/readyz", timeout=120, proc=proc)
-            time.sleep(2)  # past the first cycles
+            # past the first cycles and what follows a start once (the spare generation, the first
+            # change check that sets the `file` provider's watches): 2 s, and 1 s per 10,000 secrets
+            time.sleep(max(2.0, n / 10_000))
             before, t0 = proc_stats(proc.pid), time.monotonic()
             time.sleep(window)
             after, t1 = proc_stats(proc.pid), time.monotonic()
@@ -104,6 +148,8 @@ def measure(n: int, window: float, changes: int) -> dict[str, float]:
     return {
         "secrets": n,
         "cold_sync_seconds": cold,
+        "bare_sync_seconds": bare["wall"],
+        "bare_parse_seconds": bare["parse"],
         "idle_cpu_cores": idle_cpu,
         "rss_mib": stats["rss_mib"],
         "peak_rss_mib": stats["peak_rss_mib"],
@@ -122,11 +168,13 @@ def main() -> None:
     args = parser.parse_args()
     base = floor()
     print(f"floor (imports only): RSS {base['rss_mib']:.1f} MiB, start {base['start_seconds']:.2f} s")
-    print("| secrets | cold sync | idle CPU | RSS (peak) | propagation median (max) | commit of one change |")
+    print("| secrets | cold sync (bare floor; its YAML parse) | idle CPU | RSS (peak) | propagation median (max) "
+          "| commit of one change |")
     print("|---|---|---|---|---|---|")
     for n in args.secrets:
         r = measure(n, args.window, args.changes)
-        print(f"| {n:,} | {r['cold_sync_seconds']:.2f} s | {r['idle_cpu_cores']:.3f} core | "
+        print(f"| {n:,} | {r['cold_sync_seconds']:.2f} s ({r['bare_sync_seconds']:.2f}; "
+              f"{r['bare_parse_seconds']:.2f} s) | {r['idle_cpu_cores']:.3f} core | "
               f"{r['rss_mib']:.0f} ({r['peak_rss_mib']:.0f}) MiB | {r['propagation_median_seconds']:.2f} "
               f"({r['propagation_max_seconds']:.2f}) s | {r['commit_ms_mean']:.1f} ms ({r['commits']:.0f} commits) |",
               flush=True)
