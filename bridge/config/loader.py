@@ -87,10 +87,10 @@ class BridgeConfig(BaseModel):
 
     def owner_of(self, secret: SecretConfig, rule: FileRule | None = None) -> tuple[int, int]:
         """uid/gid: the file's own, else the entry's, else defaults, else the bridge's own."""
-        def first(*ids: int | None) -> int | None:
-            return next((i for i in ids if i is not None), None)
-        uid = first(rule.uid if rule else None, secret.uid, self.defaults.uid)
-        gid = first(rule.gid if rule else None, secret.gid, self.defaults.gid)
+        uid = rule.uid if rule is not None and rule.uid is not None else secret.uid
+        gid = rule.gid if rule is not None and rule.gid is not None else secret.gid
+        uid = self.defaults.uid if uid is None else uid
+        gid = self.defaults.gid if gid is None else gid
         return (os.getuid() if uid is None else uid, os.getgid() if gid is None else gid)
 
     def interval_of(self, secret: SecretConfig | EnvConfig) -> float:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from signal import Signals
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -79,7 +79,7 @@ class SecretConfig(_Model):
             raise ValueError("files: names no file")
         return self
 
-    def sources(self) -> dict[str, ValueSource]:
+    def sources(self) -> dict[str, ValueSource | Source]:
         """The fetch units this entry reads, by value name ("" for its one source)."""
         return _sources(self)
 
@@ -119,7 +119,7 @@ class EnvConfig(_Model):
             raise ValueError("give provider and ref (or template and values)")
         return self
 
-    def sources(self) -> dict[str, ValueSource]:
+    def sources(self) -> dict[str, ValueSource | Source]:
         """The fetch units this variable reads, by value name ("" for its one source)."""
         return _sources(self)
 
@@ -140,15 +140,23 @@ def _template_shape(item: SecretConfig | EnvConfig, what: str, more: tuple[str, 
         raise ValueError(f"a template {what} takes its sources from values:, not {', '.join(extra)}")
     return True
 
-def _sources(item: SecretConfig | EnvConfig) -> dict[str, ValueSource]:
+class Source(NamedTuple):
+    """What one value is fetched from: a template's `ValueSource`, or an entry's own fields."""
+
+    provider: str
+    ref: str
+    version: str | None
+    params: dict[str, Any] | None
+
+
+def _sources(item: SecretConfig | EnvConfig) -> dict[str, ValueSource | Source]:
     """A template's named values, or the one (provider, ref, version, params) of anything else."""
     if item.values is not None:
         return dict(item.values)
     assert item.provider is not None and item.ref is not None
-    # fields validated with the entry already: constructed, not validated again (300,000 calls at
-    # 100,000 entries cost 2.5 s of a cold sync when each was validated)
-    return {"": ValueSource.model_construct(provider=item.provider, ref=item.ref, version=item.version,
-                                            params=item.params)}
+    # fields validated with the entry already: a tuple of them, not a model validated again (300,000
+    # calls at 100,000 entries: 2.5 s of a cold sync validated, 0.7 s constructed as models)
+    return {"": Source(item.provider, item.ref, item.version, item.params)}
 
 #: the longest an on_change action may run, or a notification wait
 MAX_HOOK_SECONDS = 3600.0

@@ -10,6 +10,7 @@ contents the writer commits, and never logs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -121,7 +122,9 @@ class ManagedFiles:
         return None if managed is None else managed.updated
 
 
+@functools.lru_cache(maxsize=64)
 def _iso(epoch: float | None) -> str | None:
+    """The time as the state file says it (the files of one commit share one stamp: made once)."""
     return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
 
 
@@ -138,6 +141,7 @@ class StateRecords:
     def __init__(self, state: State, settings: BridgeConfig) -> None:
         self.state = state
         self.settings = settings
+        self._types: dict[str, str] = {}  # provider (comma-joined for several) -> its type(s)
         self._recorded: dict[str, list[str]] = {}  # the files of each entry in the state file
         self._failing = False
 
@@ -164,7 +168,7 @@ class StateRecords:
         return True
 
     def _record(self, name: str, entry: Output, managed: ManagedFile | None) -> SecretRecord:
-        fixed = _fixed_fields(name, entry, self.settings)
+        fixed = _fixed_fields(name, entry, self.settings, self._types)
         error = entry.error or next((u.error for u in entry.units.values() if u.error is not None), None)
         spec = None if managed is None else managed.spec
         return SecretRecord(
@@ -176,15 +180,17 @@ class StateRecords:
         )
 
 
-def _fixed_fields(name: str, entry: Output, settings: BridgeConfig) -> dict[str, object]:
-    """The fields of a file's record that only the config decides."""
+def _fixed_fields(name: str, entry: Output, settings: BridgeConfig, types: dict[str, str]) -> dict[str, object]:
+    """The fields of a file's record that only the config decides (`types`: a memo of provider types)."""
     meta = entry.meta(name, settings)
     provider, ref = entry.source()
+    if provider not in types:
+        types[provider] = ",".join(settings.providers[p]["type"] for p in provider.split(","))
     return {
         "name": name,
         "entry": entry.name,
         "provider": provider,
-        "provider_type": ",".join(settings.providers[p]["type"] for p in provider.split(",")),
+        "provider_type": types[provider],
         "ref": ref,
         "key": meta.key,
         "pinned_version": meta.pinned_version,
