@@ -31,6 +31,13 @@ def test_audit_log_naming_a_managed_file_is_refused(audit_log: str) -> None:
     assert config_error(text) == "audit_log: names a file the bridge manages in output_dir"
 
 
+@pytest.mark.parametrize("audit_log", ["/run/secrets", "/run/secrets/", "/run/secrets/."])
+def test_audit_log_on_the_output_dir_itself_is_refused(audit_log: str) -> None:
+    """The output directory is no file to append to: refused at load, not an error at every change."""
+    text = f"output_dir: /run/secrets\naudit_log: {audit_log}\n" + BASE + "  a: {provider: dev, ref: a}\n"
+    assert config_error(text) == "audit_log: is output_dir itself: name a file outside it"
+
+
 @pytest.mark.parametrize("audit_log", ["/var/log/audit.jsonl", "/run/secrets/other.jsonl", "/run/secrets-audit"])
 def test_audit_log_beside_the_managed_files_is_accepted(audit_log: str) -> None:
     """An audit log outside output_dir, or on a name in it no entry makes, loads."""

@@ -43,11 +43,13 @@ def test_records_saved_and_read_back(tmp_path: Path) -> None:
 
 
 def test_records_of_a_wrong_shape_are_left_out() -> None:
-    """A record edited into a wrong shape (a number for a text, a bad date, a bool size) is left out;
-    broken or deeply nested JSON is an empty state, never an exception."""
+    """A record edited into a wrong shape (a number for a text, a bad date, a bool size, a field
+    unknown or missing) is left out alone; broken or deeply nested JSON is an empty state, never an
+    exception."""
     good = _record("good").__dict__
     secrets = {"good": good, "uid": {**good, "uid": "0"}, "size": {**good, "size": True},
-               "date": {**good, "updated": "yesterday"}, "error": {**good, "error": "text"}}
+               "date": {**good, "updated": "yesterday"}, "error": {**good, "error": "text"},
+               "unknown": {**good, "colour": "red"}, "missing": {"name": "missing"}, "list": [1, 2]}
     assert list(parse_state(json.dumps({"secrets": secrets}).encode())) == ["good"]
     for broken in (b"{", b"[]", b'{"secrets": 1}', b"[" * 100_000 + b"]" * 100_000):
         assert parse_state(broken) == {}

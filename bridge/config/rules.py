@@ -134,6 +134,8 @@ def audit_log_outside_the_secrets(config: BridgeConfig, targets: Targets) -> Non
     relative = os.path.relpath(os.path.abspath(config.audit_log), os.path.abspath(config.output_dir))
     if relative.startswith(".." + os.sep) or relative == "..":
         return
+    if relative == ".":
+        raise FieldError(("audit_log",), "is output_dir itself: name a file outside it")
     first = relative.split(os.sep)[0]
     if first.startswith((RESERVED_PREFIX, "..")) or first in {t.split("/")[0] for t in targets}:
         raise FieldError(("audit_log",), "names a file the bridge manages in output_dir")

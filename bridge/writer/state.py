@@ -114,11 +114,19 @@ def parse_state(data: bytes) -> dict[str, SecretRecord]:
     """The records of a state file; a record someone edited into a wrong shape is left out (a start
     must never fail on it: the state is only what `ls` shows and what a restart keeps)."""
     try:
-        doc = json.loads(data)
-        records = {name: SecretRecord(**fields) for name, fields in doc["secrets"].items()}
+        secrets = json.loads(data)["secrets"]
+        items = secrets.items()
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return {}
-    return {name: r for name, r in records.items() if _well_formed(r)}
+    records = {}
+    for name, fields in items:
+        try:
+            record = SecretRecord(**fields)
+        except TypeError:  # a field missing or unknown, or not a mapping: this record alone
+            continue
+        if _well_formed(record):
+            records[name] = record
+    return records
 
 
 def _well_formed(record: SecretRecord) -> bool:
