@@ -222,19 +222,27 @@ class Fallback:
     """"Permission refused: fall back, re-probe later", for a cheaper call an identity may be
     refused (AWS ListSecrets or BatchGetSecretValue, Key Vault's list, Vault's metadata read).
 
-    `allowed()` says whether to try the cheaper call now: always, until it is refused; after a
-    refusal, again once `reprobe_seconds` have passed. `refused(exc)` records a refusal and logs
-    it once (at WARNING, with `instead`: what the provider does meanwhile); `worked()` records a
-    success, logging once if the call had been refused. Thread-safe."""
+    `allowed(holder)` says whether to try the cheaper call now: always, until it is refused; after a
+    refusal, again once `reprobe_seconds` have passed, or at once for another `holder` (the
+    credential that was refused, told apart by identity: a new token is asked afresh).
+    `refused(exc, holder)` records a refusal and logs it once (at WARNING, with `instead`: what the
+    provider does meanwhile); `worked()` records a success, logging once if the call had been refused.
+    With `confirm`, a refusal is only suspected (the call is still tried) until `confirmed(holder)`:
+    another call with the same credential worked, so the refusal was the policy's and not a revoked
+    credential's. Thread-safe."""
 
     def __init__(self, provider: str, operation: str, *, instead: str,
-                 reprobe_seconds: float = REPROBE_SECONDS, logger: logging.Logger | None = None) -> None:
+                 reprobe_seconds: float = REPROBE_SECONDS, logger: logging.Logger | None = None,
+                 confirm: bool = False) -> None:
         self.provider = provider
         self.operation = operation
         self.instead = instead
         self.reprobe_seconds = reprobe_seconds
+        self.confirm = confirm
         self._log = logger or log
         self._refused_at: float | None = None
+        self._refused_by: object = None
+        self._suspected: tuple[object, ProviderError] | None = None
         self._warned = False
         self._lock = threading.Lock()
 
@@ -247,31 +255,47 @@ class Fallback:
         """Whether the last attempt was refused (and not yet shown to work again)."""
         return self._refused_at is not None
 
-    def allowed(self) -> bool:
+    def allowed(self, holder: object = None) -> bool:
         with self._lock:
-            at = self._refused_at
-        return at is None or time.monotonic() - at >= self.reprobe_seconds
+            at, by = self._refused_at, self._refused_by
+        return at is None or by is not holder or time.monotonic() - at >= self.reprobe_seconds
 
-    def refused(self, exc: ProviderError) -> None:
+    def refused(self, exc: ProviderError, holder: object = None) -> None:
         with self._lock:
-            self._refused_at = time.monotonic()
+            if self.confirm and (self._refused_at is None or self._refused_by is not holder):
+                self._refused_at, self._suspected = None, (holder, exc)
+                first = False
+            else:
+                self._refused_at, self._refused_by = time.monotonic(), holder
+                first, self._warned = not self._warned, True
+        self._tell(exc, first)
+
+    def confirmed(self, holder: object = None) -> None:
+        """A refusal suspected for `holder` was the policy's (see `confirm`)."""
+        with self._lock:
+            suspected, self._suspected = self._suspected, None
+            if suspected is None or suspected[0] is not holder:
+                self._suspected = suspected
+                return
+            self._refused_at, self._refused_by = time.monotonic(), holder
             first, self._warned = not self._warned, True
+        self._tell(suspected[1], first)
+
+    def worked(self) -> None:
+        with self._lock:
+            was, self._refused_at, self._suspected = self._refused_at, None, None
+            if was is not None:
+                self._warned = False
+        if was is not None:
+            self._log.info("%s: %s allowed again; using it", self.provider, self.operation)
+
+    def _tell(self, exc: ProviderError, first: bool) -> None:
         if first:
             self._log.warning("%s: %s refused (%s: %s); %s; trying %s again every %ds",
                               self.provider, self.operation, exc.code, exc.message, self.instead,
                               self.operation, round(self.reprobe_seconds))
         else:
             self._log.debug("%s: %s still refused (%s)", self.provider, self.operation, exc.code)
-
-    def worked(self) -> None:
-        with self._lock:
-            was, self._refused_at = self._refused_at, None
-            if was is not None:
-                self._warned = False
-        if was is not None:
-            self._log.info("%s: %s allowed again; using it", self.provider, self.operation)
-
-
 
 
 #: a token, JWT, role id or client secret is a few KiB; a larger file is not one

@@ -12,19 +12,20 @@ even then it is probed again every `metadata_reprobe_seconds`, or at once when t
 so a widened policy or a new token brings the cheap check back. A token is told apart by its
 `TokenLife`, which the keeper replaces with each token (no token is kept here).
 
-Reads run on the provider's pool: the bookkeeping of refused metadata changes under one lock.
+Reads run on the provider's pool: the bookkeeping of refused metadata is one
+`bridge.provider_rules.Fallback` per mount (thread-safe), with `confirm` for the rule above.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from bridge.errors import AccessDenied, SecretNotFound
 from bridge.provider import PREVIOUS, Fetched, Request
+from bridge.provider_rules import Fallback
 from providers.vault_client import VaultClient
 from providers.vault_leases import encode
 
@@ -59,11 +60,7 @@ class KeyValue:
         self._client = client
         self.name = name
         self._created: dict[tuple[str, str | None], tuple[str, str]] = {}  # unit -> (number, created_time)
-        #: mount -> (monotonic time to probe its metadata again, the token whose policy refused it)
-        self._no_metadata: dict[str, tuple[float, object]] = {}
-        #: mount -> the token refused its metadata, not yet known to be the policy's doing
-        self._refused: dict[str, object] = {}
-        self._warned: set[str] = set()
+        self._metadata_reads: dict[str, Fallback] = {}  # mount -> its metadata read's fallback
         self._lock = threading.Lock()
 
     def fetch(self, mount: Mount, path: str, request: Request) -> Fetched:
@@ -113,29 +110,28 @@ class KeyValue:
         return number
 
     def _metadata(self, mount: Mount, path: str, request: Request) -> dict[str, Any] | None:
-        """The secret's metadata, or None while the policy is known (or suspected) to refuse it."""
-        known = self._no_metadata.get(mount.path)
-        if known is not None and time.monotonic() < known[0] and known[1] is self._token():
+        """The secret's metadata, or None while the policy is known to refuse it to this token."""
+        fallback, token = self._fallback(mount), self._token()
+        if not fallback.allowed(token):
             return None
         try:
             meta: dict[str, Any] = self._client.call("read_metadata", request, lambda: (
                 self._client.hvac.secrets.kv.v2.read_secret_metadata(path=path, mount_point=mount.path)))["data"]
-        except AccessDenied:
-            token = self._token()
-            with self._lock:
-                if known is not None and known[1] is token:
-                    self._no_metadata[mount.path] = (time.monotonic() + self.metadata_reprobe_seconds, token)
-                else:
-                    # the policy, or a token refused everywhere: a data read with this token tells
-                    self._no_metadata.pop(mount.path, None)
-                    self._refused[mount.path] = token
+        except AccessDenied as exc:
+            fallback.refused(exc, token)  # suspected until a data read with this token works
             return None
-        with self._lock:
-            self._refused.pop(mount.path, None)
-            readable_again = self._no_metadata.pop(mount.path, None) is not None
-        if readable_again:
-            log.info("%s: %s/metadata/* is readable again; checking versions cheaply", self.name, mount.path)
+        fallback.worked()
         return meta
+
+    def _fallback(self, mount: Mount) -> Fallback:
+        with self._lock:
+            fallback = self._metadata_reads.get(mount.path)
+            if fallback is None:
+                fallback = self._metadata_reads[mount.path] = Fallback(
+                    self.name, f"read of {mount.path}/metadata/*", logger=log, confirm=True,
+                    instead="checking for changes by reading values (grant it to check versions cheaply)",
+                    reprobe_seconds=self.metadata_reprobe_seconds)
+        return fallback
 
     def _metadata_for_previous(self, mount: Mount, path: str, request: Request) -> dict[str, Any]:
         try:
@@ -147,21 +143,10 @@ class KeyValue:
         return meta
 
     def _data_read_works(self, mount: Mount) -> None:
-        """A data read worked where metadata was refused: the policy grants data only."""
-        if mount.path not in self._refused:
-            return
-        token = self._token()
-        with self._lock:
-            refused_by = self._refused.pop(mount.path, None)
-            if refused_by is not token:
-                return  # another thread got here first, or the refused token was replaced since
-            self._no_metadata[mount.path] = (time.monotonic() + self.metadata_reprobe_seconds, token)
-            first = mount.path not in self._warned
-            self._warned.add(mount.path)
-        if first:
-            log.warning("%s: no read access to %s/metadata/*; checking for changes by reading values "
-                        "(grant it to check versions cheaply)", self.name, mount.path)
-
+        """A data read worked: a metadata refusal to this token was the policy's."""
+        fallback = self._metadata_reads.get(mount.path)
+        if fallback is not None:
+            fallback.confirmed(self._token())
 
     def _token(self) -> object:
         """The token in use, told apart from others by its life (replaced with every new token)."""

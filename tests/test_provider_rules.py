@@ -166,6 +166,26 @@ def test_fallback_logs_once_and_reprobes(caplog: pytest.LogCaptureFixture) -> No
     assert infos == ["aws: ListSecrets allowed again; using it"]
 
 
+def test_fallback_with_confirm_waits_for_proof_and_asks_a_new_holder_afresh(caplog: pytest.LogCaptureFixture) -> None:
+    """With `confirm`, a refusal is only suspected (still tried) until another call with the same
+    holder works; a refusal to one holder never stops another from trying; logged once."""
+    fallback = Fallback("vault", "read of secret/metadata/*", instead="reading values", confirm=True,
+                        reprobe_seconds=3600)
+    old, new = object(), object()
+    with caplog.at_level(logging.DEBUG, logger="secrets_bridge.provider"):
+        fallback.refused(AccessDenied("permission denied"), old)
+        assert fallback.allowed(old) and not fallback.refused_now  # suspected: a revoked token is refused too
+        fallback.confirmed(new)  # proof about another holder proves nothing
+        assert fallback.allowed(old)
+        fallback.confirmed(old)
+        assert not fallback.allowed(old) and fallback.allowed(new) and fallback.refused_now
+        fallback.refused(AccessDenied("permission denied"), old)  # at the re-probe: refused again, still refused
+        assert not fallback.allowed(old)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["vault: read of secret/metadata/* refused (access_denied: permission denied); "
+                        "reading values; trying read of secret/metadata/* again every 3600s"]
+
+
 def test_error_map_takes_the_first_matching_row() -> None:
     """An error table maps by class, first matching row first; a class row names the exception's
     class (never its text); a ProviderError passes through; anything else is the default."""
