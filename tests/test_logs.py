@@ -13,7 +13,7 @@ import pytest
 
 from bridge.errors import WriteError
 from bridge.observe.changes import Change
-from bridge.observe.logs import AUDIT_LOGGER, AuditLog, JsonFormatter, TextFormatter
+from bridge.observe.logs import AUDIT_LOGGER, HELD_LINES, AuditLog, JsonFormatter, TextFormatter, held, setup_logging
 
 CHANGES = [
     Change(file="db/password", entry="db", provider="vault", ref="secret/app/db", old_version="3", new_version="4",
@@ -127,3 +127,30 @@ def test_text_lines_cannot_be_forged() -> None:
                                None)
     line = TextFormatter().format(record)
     assert "\n" not in line and line.endswith("failed: a\\x0aFAKE INFO ok\\x1b[0m")
+
+
+def test_held_lines_are_written_together_in_order(capsys: pytest.CaptureFixture[str]) -> None:
+    """Inside `held()` log lines wait (a thousand at a time are written), and at its end every line
+    is out, in order, each one JSON object; a nested hold changes nothing."""
+    root, level = logging.getLogger(), logging.getLogger("secrets_bridge").level
+    before = list(root.handlers)
+    setup_logging("json")
+    try:
+        log = logging.getLogger(AUDIT_LOGGER)
+        with held():
+            for i in range(10):
+                log.info("line %d", i)
+            assert capsys.readouterr().err == ""  # held
+            with held():
+                for i in range(10, HELD_LINES + 500):
+                    log.info("line %d", i)
+            assert len(capsys.readouterr().err.splitlines()) == HELD_LINES  # the first thousand, written
+        lines = capsys.readouterr().err.splitlines()
+        assert [json.loads(line)["message"] for line in lines] == [f"line {i}" for i in range(HELD_LINES,
+                                                                                             HELD_LINES + 500)]
+        log.info("after")
+        assert json.loads(capsys.readouterr().err)["message"] == "after"  # not held any more
+    finally:
+        for handler in set(root.handlers) - set(before):
+            root.removeHandler(handler)
+        logging.getLogger("secrets_bridge").setLevel(level)
