@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 from bridge.cli import _parser
 from bridge.writer.atomic import is_memory_backed
 from tests.config_strategies import cli_environments, config_documents, to_yaml
+from tests.harness import Bridge
+from tests.polling import wait_for
 from tests.servers import free_port, venv_binary
 
 
@@ -34,40 +36,9 @@ def out_dir(tmp_path: Path):
     subprocess.run(["rm", "-rf", str(d)], check=False)
 
 
-class Bridge:
-    """Runs secrets-bridge with a config and a token, and keeps everything it printed."""
-
-    def __init__(self, openbao, config: Path) -> None:
-        self.config = config
-        self.env = {**os.environ, "VAULT_ADDR": openbao.address, "VAULT_TOKEN": openbao.root_token}
-        self.printed: list[str] = []
-
-    def __call__(self, *args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([venv_binary("secrets-bridge"), "--config", str(self.config), *args],
-                              env=self.env, capture_output=True, text=True, timeout=60)
-        self.printed += [proc.stdout, proc.stderr]
-        if check is not None:
-            assert proc.returncode == check, proc.stderr
-        return proc
-
-    def start(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([venv_binary("secrets-bridge"), "--config", str(self.config), *args, "run"],
-                                env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-    def stop(self, proc: subprocess.Popen[str]) -> int:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=20)
-        self.printed.append(out)
-        return proc.returncode
-
-
-def _wait(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+def _vault_bridge(openbao, config: Path, **kw) -> Bridge:
+    """The one harness with Vault's address and token in its environment."""
+    return Bridge(config, env={"VAULT_ADDR": openbao.address, "VAULT_TOKEN": openbao.root_token}, **kw)
 
 
 def _put(openbao, path: str, **data: str) -> int:
@@ -99,25 +70,25 @@ secrets:
   db.json: {{provider: vault, ref: secret/{app}/db}}
   db_v1: {{provider: vault, ref: secret/{app}/db, key: password, version: 1, mode: 0440}}
 """)
-    bridge = Bridge(openbao, config)
+    bridge = _vault_bridge(openbao, config)
     bridge("sync")
     assert (out_dir / "db_password").read_text() == p1
     assert json.loads((out_dir / "db.json").read_text()) == {"password": p1, "username": "app"}
     assert (os.stat(out_dir / "db_password").st_mode & 0o777, os.stat(out_dir / "db_v1").st_mode & 0o777) == (
         0o400, 0o440)
 
-    proc = bridge.start()
+    bridge.start()
     try:
-        assert _wait(lambda: _get(port, "/readyz")[0] == 200)
+        assert wait_for(lambda: _get(port, "/readyz")[0] == 200)
         _put(openbao, f"{app}/db", username="app", password=p2)
-        assert _wait(lambda: (out_dir / "db_password").read_text() == p2, timeout=8)
+        assert wait_for(lambda: (out_dir / "db_password").read_text() == p2, timeout=8)
         assert json.loads((out_dir / "db.json").read_text())["password"] == p2
         assert (out_dir / "db_v1").read_text() == p1
         metrics = _get(port, "/metrics")[1]
         assert "secrets_bridge_provider_requests_total" in metrics
-        bridge.printed.append(metrics)
+        bridge.keep(metrics)
     finally:
-        assert bridge.stop(proc) == 0
+        assert bridge.stop(timeout=20) == 0
 
     bridge("--debug", "sync")  # debug output is scanned too
     bridge("--debug", "check")
@@ -129,7 +100,7 @@ secrets:
     assert bridge("inspect", "nope", check=1).stderr.count("\n") == 1
 
     state = (out_dir / ".secrets-bridge-state.json").read_text()
-    for text in [*bridge.printed, state]:
+    for text in [bridge.output(), state]:
         for secret in (p1, p2, openbao.root_token):
             assert secret not in text
 
@@ -148,7 +119,7 @@ def test_typo_exits_2_with_one_line(openbao, out_dir: Path, tmp_path: Path) -> N
     """A config typo exits 2 with one line and no traceback, and writes nothing."""
     config = _config(tmp_path / "c.yaml", out_dir, None, "secrets:\n  a: {provider: vault, ref: secret/x, kee: y}\n")
     for command in ("sync", "run", "check"):
-        proc = Bridge(openbao, config)(command, check=2)
+        proc = _vault_bridge(openbao, config)(command, check=2)
         assert proc.stderr.strip() == "secrets-bridge: secrets.a.kee: unknown field"
         assert "Traceback" not in proc.stderr
     assert not out_dir.exists()
@@ -164,7 +135,7 @@ secrets:
   gone: {{provider: vault, ref: secret/{app}/missing}}
   maybe: {{provider: vault, ref: secret/{app}/missing2, optional: true}}
 """)
-    proc = Bridge(openbao, config)("sync", check=1)
+    proc = _vault_bridge(openbao, config)("sync", check=1)
     assert (out_dir / "ok").read_text() == "fine"
     assert not (out_dir / "gone").exists()
     assert f"secret/{app}/missing" in proc.stderr and "not_found" in proc.stderr
@@ -181,7 +152,7 @@ secrets:
   a: {{provider: vault, ref: secret/{app}/a, key: value}}
   b: {{provider: vault, ref: secret/{app}/a, version: 1}}
 """)
-    proc = Bridge(openbao, config)("check")
+    proc = _vault_bridge(openbao, config)("check")
     rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[1:]}
     assert rows["a"][3:] == ["2", "ok"] and rows["b"][3:] == ["1", "ok"]
     assert value not in proc.stdout + proc.stderr
@@ -191,7 +162,7 @@ secrets:
 def test_ls_without_state(openbao, out_dir: Path, tmp_path: Path) -> None:
     """ls before any sync exits 2 saying what to do."""
     config = _config(tmp_path / "c.yaml", out_dir, None)
-    assert "run `secrets-bridge sync` first" in Bridge(openbao, config)("ls", check=2).stderr
+    assert "run `secrets-bridge sync` first" in _vault_bridge(openbao, config)("ls", check=2).stderr
 
 
 def test_disk_output_dir_refused(openbao, tmp_path: Path) -> None:
@@ -199,7 +170,7 @@ def test_disk_output_dir_refused(openbao, tmp_path: Path) -> None:
     if is_memory_backed(tmp_path):
         pytest.skip("tmp_path is on tmpfs")
     config = _config(tmp_path / "c.yaml", tmp_path / "out", None, "secrets: {}\n")
-    proc = Bridge(openbao, config)("sync", check=1)
+    proc = _vault_bridge(openbao, config)("sync", check=1)
     assert "mount -t tmpfs" in proc.stderr and proc.stderr.count("\n") == 1
 
 
@@ -224,21 +195,21 @@ on_change:
   - {{exec: ["{sys.executable}", "{hook}", "{marker}"]}}
 """
     config = _config(tmp_path / "c.yaml", out_dir, None, base)
-    bridge = Bridge(openbao, config)
+    bridge = _vault_bridge(openbao, config)
     proc = bridge.start()
     try:
-        assert _wait(lambda: marker.exists() and marker.read_text() == "a\n")
+        assert wait_for(lambda: marker.exists() and marker.read_text() == "a\n")
         _config(config, out_dir, None, base + "  - {bogus: 1}\n")
         proc.send_signal(signal.SIGHUP)
         time.sleep(1)
         _put(openbao, f"{app}/b", value="two")
         entry_b = f"  b: {{provider: vault, ref: secret/{app}/b, key: value}}\n"
         _config(config, out_dir, None, base.replace("on_change:", entry_b + "on_change:"))  # no SIGHUP: watched
-        assert _wait(lambda: (out_dir / "b").exists() and (out_dir / "b").read_text() == "two")
+        assert wait_for(lambda: (out_dir / "b").exists() and (out_dir / "b").read_text() == "two")
         assert (out_dir / "a").read_text() == "one"
     finally:
-        assert bridge.stop(proc) == 0
-    log = bridge.printed[-1]
+        assert bridge.stop(timeout=20) == 0
+    log = bridge.output()
     assert "config reload rejected" in log and "on_change.1.bogus: unknown field" in log
     assert marker.read_text().splitlines() == ["a", "b"]
 
@@ -250,21 +221,21 @@ def test_reload_that_cannot_build_keeps_running(openbao, out_dir: Path, tmp_path
     _put(openbao, f"{app}/a", value="one")
     base = f"secrets:\n  a: {{provider: vault, ref: secret/{app}/a, key: value}}\n"
     config = _config(tmp_path / "c.yaml", out_dir, None, base)
-    bridge = Bridge(openbao, config)
+    bridge = _vault_bridge(openbao, config)
     for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE"):
         bridge.env.pop(name, None)
     bridge.env["AWS_CONFIG_FILE"] = str(tmp_path / "no-aws-config")
     proc = bridge.start()
     try:
-        assert _wait(lambda: (out_dir / "a").exists())
+        assert wait_for(lambda: (out_dir / "a").exists())
         config.write_text(config.read_text().replace("providers:\n", "providers:\n  aws: {type: aws-secretsmanager}\n"))
         proc.send_signal(signal.SIGHUP)
         time.sleep(1.5)
         _put(openbao, f"{app}/a", value="two")
-        assert _wait(lambda: (out_dir / "a").read_text() == "two")
+        assert wait_for(lambda: (out_dir / "a").read_text() == "two")
     finally:
-        assert bridge.stop(proc) == 0
-    assert "config reload rejected" in bridge.printed[-1] and "region" in bridge.printed[-1]
+        assert bridge.stop(timeout=20) == 0
+    assert "config reload rejected" in bridge.output() and "region" in bridge.output()
 
 
 def test_configmap_style_updates_are_all_seen(openbao, out_dir: Path, tmp_path: Path) -> None:
@@ -287,16 +258,16 @@ def test_configmap_style_updates_are_all_seen(openbao, out_dir: Path, tmp_path: 
             (mount / "config.yaml").symlink_to("..data/config.yaml")
 
     publish(1, ["a"])
-    bridge = Bridge(openbao, mount / "config.yaml")
-    proc = bridge.start()
+    bridge = _vault_bridge(openbao, mount / "config.yaml", log=tmp_path / "bridge.log")
+    bridge.start()
     try:
-        assert _wait(lambda: (out_dir / "a").exists())
+        assert wait_for(lambda: (out_dir / "a").exists())
         publish(2, ["a", "b"])
-        assert _wait(lambda: (out_dir / "b").exists())
+        assert wait_for(lambda: (out_dir / "b").exists())
         publish(3, ["a", "b", "c"])
-        assert _wait(lambda: (out_dir / "c").exists())
+        assert wait_for(lambda: (out_dir / "c").exists())
     finally:
-        assert bridge.stop(proc) == 0
+        assert bridge.stop(timeout=20) == 0
 
 
 def test_cleanup_on_exit_removes_files(openbao, out_dir: Path, tmp_path: Path) -> None:
@@ -305,10 +276,10 @@ def test_cleanup_on_exit_removes_files(openbao, out_dir: Path, tmp_path: Path) -
     _put(openbao, f"{app}/a", value="one")
     config = _config(tmp_path / "c.yaml", out_dir, None,
                      f"cleanup_on_exit: true\nsecrets:\n  a: {{provider: vault, ref: secret/{app}/a, key: value}}\n")
-    bridge = Bridge(openbao, config)
-    proc = bridge.start()
-    assert _wait(lambda: (out_dir / "a").exists())
-    assert bridge.stop(proc) == 0
+    bridge = _vault_bridge(openbao, config)
+    bridge.start()
+    assert wait_for(lambda: (out_dir / "a").exists())
+    assert bridge.stop(timeout=20) == 0
     assert list(out_dir.iterdir()) == []
 
 
@@ -317,15 +288,15 @@ def test_second_writer_refused(openbao, out_dir: Path, tmp_path: Path) -> None:
     app = f"app-{uuid.uuid4().hex[:8]}"
     _put(openbao, f"{app}/a", value="one")
     entry = f"secrets:\n  a: {{provider: vault, ref: secret/{app}/a, key: value}}\n"
-    bridge = Bridge(openbao, _config(tmp_path / "c.yaml", out_dir, None, entry))
-    proc = bridge.start()
+    bridge = _vault_bridge(openbao, _config(tmp_path / "c.yaml", out_dir, None, entry))
+    bridge.start()
     try:
-        assert _wait(lambda: (out_dir / "a").exists())
+        assert wait_for(lambda: (out_dir / "a").exists())
         refused = bridge("sync", check=1)
         assert "another secrets-bridge is writing" in refused.stderr and refused.stderr.count("\n") == 1
         assert (out_dir / "a").read_text() == "one"
     finally:
-        assert bridge.stop(proc) == 0
+        assert bridge.stop(timeout=20) == 0
 
 
 def test_check_reports_a_missing_key(openbao, out_dir: Path, tmp_path: Path) -> None:
@@ -334,7 +305,7 @@ def test_check_reports_a_missing_key(openbao, out_dir: Path, tmp_path: Path) -> 
     _put(openbao, f"{app}/a", value="v")
     config = _config(tmp_path / "c.yaml", out_dir, None,
                      f"secrets:\n  a: {{provider: vault, ref: secret/{app}/a, key: passwrd}}\n")
-    proc = Bridge(openbao, config)("check", check=1)
+    proc = _vault_bridge(openbao, config)("check", check=1)
     assert "bad_value" in proc.stdout and "'passwrd'" in proc.stdout
 
 
@@ -349,7 +320,7 @@ secrets:
   mine: {{provider: vault, ref: secret/{app}/a, key: value, mode: "0400", uid: 999, gid: 999}}
   tls/root_only: {{provider: vault, ref: secret/{app}/a, key: value, mode: "0400"}}
 """)
-    Bridge(openbao, config)("sync")
+    _vault_bridge(openbao, config)("sync")
 
     def read_as_app(name: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["cat", str(out_dir / name)], capture_output=True, text=True,
@@ -467,19 +438,19 @@ def test_empty_config_removes_nothing(out_dir: Path, tmp_path: Path) -> None:
 def test_reload_with_an_out_of_range_uid_keeps_running(out_dir: Path, tmp_path: Path) -> None:
     """A reload whose uid the OS cannot take is rejected at validation; the running bridge keeps syncing."""
     config = _local(tmp_path, out_dir)
-    proc = subprocess.Popen([venv_binary("secrets-bridge"), "--config", str(config), "run"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    bridge = Bridge(config, log=tmp_path / "bridge.log")
+    bridge.start()
     try:
-        assert _wait(lambda: (out_dir / "a").exists())
+        assert wait_for(lambda: (out_dir / "a").exists())
         config.write_text(config.read_text().replace("ref: one}", "ref: one, uid: 4294967296}"))
-        proc.send_signal(signal.SIGHUP)
+        bridge.signal(signal.SIGHUP)
         time.sleep(1)
         (tmp_path / "source" / "one").write_text("rotated")
-        assert _wait(lambda: (out_dir / "a").read_text() == "rotated")
+        assert wait_for(lambda: (out_dir / "a").read_text() == "rotated")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=20)
-    assert proc.returncode == 0, out
+        status = bridge.stop(timeout=20)
+    out = bridge.output()
+    assert status == 0, out
     assert "config reload rejected" in out and "secrets.a.uid" in out and "internal error" not in out
 
 
@@ -581,7 +552,7 @@ def test_audit_events_in_json_logs_and_the_audit_file(openbao, out_dir: Path, tm
 secrets:
   db: {{provider: vault, ref: secret/{app}/db, files: {{username: username, password: password}}}}
 """)
-    bridge = Bridge(openbao, config)
+    bridge = _vault_bridge(openbao, config)
     first = bridge("sync")
     events = [json.loads(line) for line in first.stderr.splitlines() if '"secret_changed"' in line]
     assert sorted(e["file"] for e in events) == ["db/password", "db/username"]
@@ -595,7 +566,7 @@ secrets:
     bridge("sync")
     lines = [json.loads(line) for line in audit.read_text().splitlines()]
     assert [(e["file"], e["old_version"], e["new_version"]) for e in lines[2:]] == [("db/password", "1", "2")]
-    for text in [*bridge.printed, audit.read_text()]:
+    for text in [bridge.output(), audit.read_text()]:
         assert p1 not in text and p2 not in text and openbao.root_token not in text
 
 
@@ -620,15 +591,13 @@ def test_sync_and_run_print_one_summary_format(out_dir: Path, tmp_path: Path) ->
     sync = _cli("--config", str(config), "--log-format", "text", "sync")
     assert sync.returncode == 0, sync.stderr
     assert _summary(sync.stderr) == "sync: 2 entries, 0 failed, 1 optional missing"
-    with open(tmp_path / "run.log", "w") as log:
-        proc = subprocess.Popen([venv_binary("secrets-bridge"), "--config", str(config), "--log-format", "text",
-                                 "run"], stdout=log, stderr=subprocess.STDOUT)
+    bridge = Bridge(config, options=("--log-format", "text"), log=tmp_path / "run.log")
+    bridge.start()
     try:
-        assert _wait(lambda: " entries" in (tmp_path / "run.log").read_text())
+        assert wait_for(lambda: " entries" in bridge.output())
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
-    assert _summary((tmp_path / "run.log").read_text()) == _summary(sync.stderr)
+        bridge.stop(timeout=20)
+    assert _summary(bridge.output()) == _summary(sync.stderr)
 
 
 def _small_files() -> None:
@@ -644,19 +613,16 @@ def test_a_failed_commit_is_in_the_summary(out_dir: Path, tmp_path: Path, comman
     """When the commit fails, the summary says so (before, `run` said "1 secrets, 0 failed")."""
     config = _local(tmp_path, out_dir)
     (tmp_path / "source" / "one").write_text("x" * 5000)
-    with open(tmp_path / "out.log", "w") as log:
-        proc = subprocess.Popen([venv_binary("secrets-bridge"), "--config", str(config), "--log-format", "text",
-                                 command], stdout=log, stderr=subprocess.STDOUT, preexec_fn=_small_files)
+    bridge = Bridge(config, options=("--log-format", "text"), log=tmp_path / "out.log")
+    bridge.start(command, preexec_fn=_small_files)
     try:
-        assert _wait(lambda: " entries" in (tmp_path / "out.log").read_text()), (tmp_path / "out.log").read_text()
+        assert wait_for(lambda: " entries" in bridge.output()), bridge.output()
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
-    line = _summary((tmp_path / "out.log").read_text())
+        status = bridge.stop(timeout=20)
+    line = _summary(bridge.output())
     assert line.startswith("sync: 1 entries, 0 failed, 0 optional missing; commit failed"), line
     if command == "sync":
-        assert proc.returncode == 1
+        assert status == 1
 
 
 def test_ls_quiet_json_and_template(out_dir: Path, tmp_path: Path) -> None:
