@@ -149,7 +149,14 @@ class StateRecords:
         """Rebuild the records of `entries` (the files each has, or its name while it has none)."""
         for entry in entries:
             names = sorted(entry.files | (entry.expected or set())) or [entry.name]
-            records = [self._record(name, entry, files.by_name.get(name)) for name in names]
+            provider, ref = entry.source()
+            if provider not in self._types:
+                self._types[provider] = ",".join(self.settings.providers[p]["type"] for p in provider.split(","))
+            error = entry.error or next((u.error for u in entry.units.values() if u.error is not None), None)
+            failure: dict[str, str | None] | None = (
+                None if error is None else {"code": error.code, "message": str(error)})
+            shared = (entry.name, provider, self._types[provider], ref, failure)
+            records = [self._record(name, entry, files.by_name.get(name), shared) for name in names]
             self.state.update(records, removed=set(self._recorded.get(entry.name, ())) - set(names))
             self._recorded[entry.name] = names
 
@@ -167,34 +174,17 @@ class StateRecords:
             self._failing = False
         return True
 
-    def _record(self, name: str, entry: Output, managed: ManagedFile | None) -> SecretRecord:
-        fixed = _fixed_fields(name, entry, self.settings, self._types)
-        error = entry.error or next((u.error for u in entry.units.values() if u.error is not None), None)
+    def _record(self, name: str, entry: Output, managed: ManagedFile | None,
+                shared: tuple[str, str, str, str, dict[str, str | None] | None]) -> SecretRecord:
+        """One file's record: `shared` holds its entry's fields (entry, provider, type, ref, error)."""
+        meta = entry.meta(name, self.settings)
         spec = None if managed is None else managed.spec
+        entry_name, provider, provider_type, ref, error = shared
         return SecretRecord(
-            **fixed,  # type: ignore[arg-type]
-            version=None if managed is None else managed.version,
-            size=None if spec is None else len(spec.content),
-            updated=_iso(None if managed is None else managed.updated),
-            error=None if error is None else {"code": error.code, "message": str(error)},
+            name, entry_name, provider, provider_type, ref, meta.key, meta.pinned_version,
+            None if managed is None else managed.version,
+            None if spec is None else len(spec.content),
+            f"{meta.mode:04o}", meta.uid, meta.gid,
+            _iso(None if managed is None else managed.updated),
+            error,
         )
-
-
-def _fixed_fields(name: str, entry: Output, settings: BridgeConfig, types: dict[str, str]) -> dict[str, object]:
-    """The fields of a file's record that only the config decides (`types`: a memo of provider types)."""
-    meta = entry.meta(name, settings)
-    provider, ref = entry.source()
-    if provider not in types:
-        types[provider] = ",".join(settings.providers[p]["type"] for p in provider.split(","))
-    return {
-        "name": name,
-        "entry": entry.name,
-        "provider": provider,
-        "provider_type": types[provider],
-        "ref": ref,
-        "key": meta.key,
-        "pinned_version": meta.pinned_version,
-        "mode": f"{meta.mode:04o}",
-        "uid": meta.uid,
-        "gid": meta.gid,
-    }
