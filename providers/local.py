@@ -185,9 +185,13 @@ def file_version(info: os.stat_result) -> str:
 def _read_all(fd: int, size_hint: int) -> bytes:
     """The file's bytes, up to one past MAX_FILE_BYTES (a sparse file of gigabytes, or one that
     keeps growing, is never read whole)."""
-    chunks: list[bytes] = []
-    left = MAX_FILE_BYTES + 1
-    while left > 0 and (chunk := os.read(fd, min(max(size_hint, 0) + 1 if not chunks else 1 << 20, left))):
+    first = min(max(size_hint, 0) + 1, MAX_FILE_BYTES + 1)
+    chunk = os.read(fd, first)
+    if len(chunk) < first:  # a regular file's short read is its end: no second read to learn it
+        return chunk
+    chunks = [chunk]
+    left = MAX_FILE_BYTES + 1 - len(chunk)
+    while left > 0 and (chunk := os.read(fd, min(1 << 20, left))):
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
