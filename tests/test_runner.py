@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from bridge.writer.atomic import is_memory_backed
+from tests.harness import Bridge
 from tests.polling import wait_for
-from tests.servers import free_port, venv_binary
+from tests.servers import free_port
 from tests.test_cli import _get
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,24 +43,9 @@ def _read(path: Path) -> str | None:
         return None
 
 
-#: The bridge as another uid:gid (`Bridge.start(as_uid=...)`). The switch happens inside Python after every module
-#: the run needs is loaded, as the interpreter may live where only root can read.
-_AS_USER = """
-import os, sys
-import bridge.cli, bridge.runtime.runner, bridge.runtime.server, bridge.engine.cycle, providers.local
-import json, http.server, logging.handlers, prometheus_client, pydantic_settings, encodings, importlib, pkgutil
-for codec in pkgutil.iter_modules(encodings.__path__):  # codecs are looked up on first use
-    try:
-        importlib.import_module("encodings." + codec.name)
-    except ImportError:
-        pass
-os.setgroups([]); os.setgid(int(sys.argv[1])); os.setuid(int(sys.argv[1]))
-sys.exit(bridge.cli.main(sys.argv[2:]))
-"""
-
-
-class Bridge:
-    """`secrets-bridge run` over a `file` provider in `src`, its output kept in a log file."""
+class Dev:
+    """A `file` provider's source folder in `src`, the config that maps it into `out_dir`, and the
+    one harness (`bridge`) that runs `secrets-bridge` on it, its output in a log beside `src`."""
 
     def __init__(self, tmp_path: Path, out_dir: Path, secrets: tuple[str, ...] = ("a",), extra: str = "",
                  config: Path | None = None) -> None:
@@ -72,8 +58,7 @@ class Bridge:
             if not (self.src / name).exists():
                 (self.src / name).write_text(f"{name}-0")
         self.write_config(secrets)
-        self.log = tmp_path / f"bridge-{uuid.uuid4().hex[:6]}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.bridge = Bridge(self.config, log=tmp_path / f"bridge-{uuid.uuid4().hex[:6]}.log")
 
     def config_text(self, secrets: tuple[str, ...]) -> str:
         entries = "".join(f"  {n}: {{provider: dev, ref: {n}}}\n" for n in secrets)
@@ -85,86 +70,57 @@ class Bridge:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.config_text(secrets))
 
-    def start(self, *args: str, as_uid: int | None = None, **popen: object) -> subprocess.Popen[bytes]:
-        """`run` in the background; `as_uid`: as that uid and gid (the tests run as root)."""
-        command = [venv_binary("secrets-bridge"), "--config", str(self.config), *args, "run"]
-        if as_uid is not None:
-            command = [sys.executable, "-c", _AS_USER, str(as_uid), *command[1:]]
-            popen.setdefault("env", {**os.environ, "PYTHONPATH": str(ROOT)})
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                         **popen)  # type: ignore[call-overload]
-        return self.proc
-
     def ready(self, name: str = "a") -> bool:
         return wait_for(lambda: _read(self.out_dir / name) == (self.src / name).read_text())
 
-    def stop(self, timeout: float = 5.0) -> int:
-        """SIGTERM; the bridge must be gone within `timeout` seconds."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"still running {timeout}s after SIGTERM:\n{self.output()}") from None
 
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def _side_by_side(tmp_path: Path, out_dir: Path, count: int, trial: int) -> list[Bridge]:
+def _side_by_side(tmp_path: Path, out_dir: Path, count: int, trial: int) -> list[Dev]:
     """`count` bridges started at once, each with its own source, config and output directory;
     `ready` means each has synced `a-start-TRIAL`."""
-    bridges = []
+    devs = []
     for k in range(count):
         home = tmp_path / f"b{k}"
         home.mkdir(exist_ok=True)
-        bridge = Bridge(home, Path(f"{out_dir}-{k}"))
-        (bridge.src / "a").write_text(f"a-start-{trial}")
-        bridge.start()
-        bridges.append(bridge)
-    return bridges
+        dev = Dev(home, Path(f"{out_dir}-{k}"))
+        (dev.src / "a").write_text(f"a-start-{trial}")
+        dev.bridge.start()
+        devs.append(dev)
+    return devs
 
 
-def _stop_all(bridges: list[Bridge]) -> None:
-    for bridge in bridges:
-        bridge.kill()
-        subprocess.run(["rm", "-rf", str(bridge.out_dir)], check=False)
+def _stop_all(devs: list[Dev]) -> None:
+    for dev in devs:
+        dev.bridge.kill()
+        subprocess.run(["rm", "-rf", str(dev.out_dir)], check=False)
 
 
 def test_sighup_burst_never_wedges_the_loop(tmp_path: Path, out_dir: Path) -> None:
     """500 SIGHUPs in a burst leave the loop refreshing, and SIGTERM still ends it with 0; five runs
     side by side."""
-    bridges = _side_by_side(tmp_path, out_dir, 5, 0)
+    devs = _side_by_side(tmp_path, out_dir, 5, 0)
     try:
-        for bridge in bridges:
-            assert bridge.ready()
-        for trial, bridge in enumerate(bridges):
+        for dev in devs:
+            assert dev.ready()
+        for trial, dev in enumerate(devs):
             for _ in range(500):
-                bridge.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
-            (bridge.src / "a").write_text(f"a-after-burst-{trial}")
-        for trial, bridge in enumerate(bridges):
-            assert bridge.ready(), f"run {trial}: no refresh after the burst\n{bridge.output()}"
-        assert [bridge.stop() for bridge in bridges] == [0] * 5
+                dev.bridge.signal(signal.SIGHUP)
+            (dev.src / "a").write_text(f"a-after-burst-{trial}")
+        for trial, dev in enumerate(devs):
+            assert dev.ready(), f"run {trial}: no refresh after the burst\n{dev.bridge.output()}"
+        assert [dev.bridge.stop(timeout=5) for dev in devs] == [0] * 5
     finally:
-        _stop_all(bridges)
+        _stop_all(devs)
 
 
 def test_sighup_flood_does_not_stop_refreshing(tmp_path: Path, out_dir: Path) -> None:
     """A SIGHUP every few milliseconds for six seconds neither wedges the loop nor keeps it from
     picking up a rotated secret meanwhile."""
-    bridge = Bridge(tmp_path, out_dir)
+    dev = Dev(tmp_path, out_dir)
+    bridge = dev.bridge
     proc = bridge.start()
     try:
-        assert bridge.ready()
-        (bridge.src / "a").write_text("rotated-during-the-flood")
+        assert dev.ready()
+        (dev.src / "a").write_text("rotated-during-the-flood")
         refreshed = False
         flood_ends = time.monotonic() + 6
         while time.monotonic() < flood_ends:
@@ -172,7 +128,7 @@ def test_sighup_flood_does_not_stop_refreshing(tmp_path: Path, out_dir: Path) ->
             time.sleep(0.005)
             refreshed = refreshed or _read(out_dir / "a") == "rotated-during-the-flood"
         assert refreshed, bridge.output()
-        assert bridge.stop() == 0
+        assert bridge.stop(timeout=5) == 0
     finally:
         bridge.kill()
 
@@ -201,7 +157,8 @@ def test_sighup_during_start_up_does_not_kill(tmp_path: Path, out_dir: Path, del
     before `site` (17-26 ms here, with the editable install's finder) no code of ours can run. The
     delay is the bridge's own CPU time, so a busy machine (other test workers) does not stretch its
     start-up past the signal; a bridge idle sooner gets it after ten times the delay."""
-    bridge = Bridge(tmp_path, out_dir)
+    dev = Dev(tmp_path, out_dir)
+    bridge = dev.bridge
     proc = bridge.start()
     try:
         assert wait_for(lambda: _interpreter_ready(proc.pid), timeout=5, step=0.05)
@@ -209,8 +166,8 @@ def test_sighup_during_start_up_does_not_kill(tmp_path: Path, out_dir: Path, del
         assert wait_for(lambda: _cpu_ms(proc.pid) - cpu >= delay_ms
                         or time.monotonic() - wall >= delay_ms / 100, timeout=30, step=0.005)
         proc.send_signal(signal.SIGHUP)
-        assert bridge.ready(), f"SIGHUP at {delay_ms} ms: exit {proc.poll()}\n{bridge.output()}"
-        assert bridge.stop() == 0
+        assert dev.ready(), f"SIGHUP at {delay_ms} ms: exit {proc.poll()}\n{bridge.output()}"
+        assert bridge.stop(timeout=5) == 0
     finally:
         bridge.kill()
 
@@ -221,12 +178,13 @@ def test_sigterm_does_not_wait_for_a_hanging_action(tmp_path: Path, out_dir: Pat
     hook = tmp_path / "hook.py"
     hook.write_text(f"import os, time\nopen({str(started)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n")
     extra = f'on_change:\n  - {{secrets: [a], exec: ["{sys.executable}", "{hook}"], timeout: 5m}}\n'
-    bridge = Bridge(tmp_path, out_dir, secrets=("a", "b"), extra=extra)
+    dev = Dev(tmp_path, out_dir, secrets=("a", "b"), extra=extra)
+    bridge = dev.bridge
     bridge.start()
     try:
-        assert bridge.ready("a") and wait_for(lambda: bool(_read(started)))
-        (bridge.src / "b").write_text("b-while-the-hook-hangs")
-        assert bridge.ready("b")
+        assert dev.ready("a") and wait_for(lambda: bool(_read(started)))
+        (dev.src / "b").write_text("b-while-the-hook-hangs")
+        assert dev.ready("b")
         assert bridge.stop(timeout=10) == 0
     finally:
         bridge.kill()
@@ -237,12 +195,13 @@ def test_sigterm_does_not_wait_for_a_hanging_action(tmp_path: Path, out_dir: Pat
 def test_missing_pid_file_at_start_is_not_an_error(tmp_path: Path, out_dir: Path) -> None:
     """A signal action whose pid file does not exist yet at the first sync logs no warning or error."""
     extra = f"on_change:\n  - {{signal: HUP, pid_file: {tmp_path / 'app.pid'}}}\n"
-    bridge = Bridge(tmp_path, out_dir, extra=extra)
+    dev = Dev(tmp_path, out_dir, extra=extra)
+    bridge = dev.bridge
     bridge.start()
     try:
-        assert bridge.ready()
+        assert dev.ready()
         assert wait_for(lambda: "does not exist yet" in bridge.output())
-        assert bridge.stop() == 0
+        assert bridge.stop(timeout=5) == 0
     finally:
         bridge.kill()
     assert " WARNING " not in bridge.output() and " ERROR " not in bridge.output()
@@ -255,10 +214,11 @@ def _rejections(bridge: Bridge) -> int:
 def test_files_beside_the_config_do_not_reload(tmp_path: Path, out_dir: Path) -> None:
     """Writing other files in the config's folder does not make the bridge read its config again;
     editing the config does."""
-    bridge = Bridge(tmp_path, out_dir)
+    dev = Dev(tmp_path, out_dir)
+    bridge = dev.bridge
     bridge.start()
     try:
-        assert bridge.ready()
+        assert dev.ready()
         bridge.config.write_text(bridge.config.read_text() + "bogus: 1\n")  # an invalid edit: rejected
         assert wait_for(lambda: _rejections(bridge) >= 1)
         time.sleep(1.0)
@@ -268,10 +228,10 @@ def test_files_beside_the_config_do_not_reload(tmp_path: Path, out_dir: Path) ->
             (bridge.config.parent / "hook.out").write_text(str(i))
         time.sleep(1.5)  # a reload would read the file 0.3s after the event
         assert _rejections(bridge) == seen
-        (bridge.src / "b").write_text("b-0")
-        bridge.write_config(("a", "b"))
-        assert bridge.ready("b")
-        assert bridge.stop() == 0
+        (dev.src / "b").write_text("b-0")
+        dev.write_config(("a", "b"))
+        assert dev.ready("b")
+        assert bridge.stop(timeout=5) == 0
     finally:
         bridge.kill()
     assert "config reloaded" in bridge.output()
@@ -292,17 +252,18 @@ def test_configmap_swaps_reload(tmp_path: Path, out_dir: Path) -> None:
     """A config mounted as a ConfigMap is reloaded on each `..data` swap."""
     mount = tmp_path / "configmap"
     mount.mkdir()
-    bridge = Bridge(tmp_path, out_dir, secrets=("a", "b", "c"), config=mount / "config.yaml")
+    dev = Dev(tmp_path, out_dir, secrets=("a", "b", "c"), config=mount / "config.yaml")
+    bridge = dev.bridge
     bridge.config.unlink()
-    _publish(mount, 1, bridge.config_text(("a",)))
+    _publish(mount, 1, dev.config_text(("a",)))
     bridge.start()
     try:
-        assert bridge.ready("a")
-        _publish(mount, 2, bridge.config_text(("a", "b")))
-        assert bridge.ready("b")
-        _publish(mount, 3, bridge.config_text(("a", "b", "c")))
-        assert bridge.ready("c")
-        assert bridge.stop() == 0
+        assert dev.ready("a")
+        _publish(mount, 2, dev.config_text(("a", "b")))
+        assert dev.ready("b")
+        _publish(mount, 3, dev.config_text(("a", "b", "c")))
+        assert dev.ready("c")
+        assert bridge.stop(timeout=5) == 0
     finally:
         bridge.kill()
     assert " ERROR " not in bridge.output()
@@ -313,16 +274,17 @@ def test_config_linked_from_another_folder_reloads(tmp_path: Path, out_dir: Path
     real = tmp_path / "elsewhere" / "real.yaml"
     link = tmp_path / "etc" / "config.yaml"
     link.parent.mkdir()
-    bridge = Bridge(tmp_path, out_dir, secrets=("a", "b"), config=real)
+    dev = Dev(tmp_path, out_dir, secrets=("a", "b"), config=real)
+    bridge = dev.bridge
     link.symlink_to(real)
     bridge.config = link
-    bridge.write_config(("a",), path=real)
+    dev.write_config(("a",), path=real)
     bridge.start()
     try:
-        assert bridge.ready("a")
-        bridge.write_config(("a", "b"), path=real)
-        assert bridge.ready("b"), bridge.output()
-        assert bridge.stop() == 0
+        assert dev.ready("a")
+        dev.write_config(("a", "b"), path=real)
+        assert dev.ready("b"), bridge.output()
+        assert bridge.stop(timeout=5) == 0
     finally:
         bridge.kill()
 
@@ -343,19 +305,20 @@ def test_one_file_watcher_for_the_config_and_the_output(tmp_path: Path, out_dir:
     """A running bridge holds one inotify instance of its own, through which both a config edit
     reloads and a deleted link is put back; beside it only the `file` provider's (threadless, read at
     each check), which a reload's new provider replaces rather than adds to."""
-    bridge = Bridge(tmp_path, out_dir, secrets=("a", "b"))
-    bridge.write_config(("a",))
+    dev = Dev(tmp_path, out_dir, secrets=("a", "b"))
+    bridge = dev.bridge
+    dev.write_config(("a",))
     proc = bridge.start()
     try:
-        assert bridge.ready("a")
+        assert dev.ready("a")
         assert wait_for(lambda: _inotify_instances(proc.pid) == 2, timeout=5)
-        bridge.write_config(("a", "b"))
-        assert bridge.ready("b"), bridge.output()
+        dev.write_config(("a", "b"))
+        assert dev.ready("b"), bridge.output()
         (out_dir / "a").unlink()
         assert wait_for(lambda: (out_dir / "a").is_symlink(), timeout=5), bridge.output()
         time.sleep(0.5)  # cycles of the reloaded engine: its provider has watched by now
         assert _inotify_instances(proc.pid) == 2
-        assert bridge.stop() == 0
+        assert bridge.stop(timeout=5) == 0
     finally:
         bridge.kill()
 
@@ -368,17 +331,18 @@ def test_an_owner_the_bridge_cannot_give_fails_that_entry_alone(out_dir: Path) -
     home.mkdir()
     try:
         port = free_port()
-        bridge = Bridge(home, out_dir, secrets=("a", "b"), extra="  owned: {provider: dev, ref: b, uid: 999}\n")
+        dev = Dev(home, out_dir, secrets=("a", "b"), extra="  owned: {provider: dev, ref: b, uid: 999}\n")
+        bridge = dev.bridge
         bridge.config.write_text(bridge.config.read_text().replace("listen: null", f'listen: "127.0.0.1:{port}"'))
         for path in (home, *home.rglob("*")):
             os.chown(path, 10001, 10001)
         bridge.start(as_uid=10001)
         try:
-            assert bridge.ready("a") and bridge.ready("b"), bridge.output()
+            assert dev.ready("a") and dev.ready("b"), bridge.output()
             assert wait_for(lambda: _get(port, "/readyz") == (503, "missing: owned\n")), bridge.output()
             assert not (out_dir / "owned").exists()
             assert os.stat(out_dir / "a").st_uid == 10001
-            assert bridge.stop() == 0
+            assert bridge.stop(timeout=5) == 0
         finally:
             bridge.kill()
         assert "cannot give owned owner 999:" in bridge.output()
@@ -390,17 +354,17 @@ def test_clean_shutdowns_log_no_error(tmp_path: Path, out_dir: Path) -> None:
     """Thirty start-and-SIGTERM runs (three side by side at a time), with files written beside the
     config meanwhile, each exit 0 and log no error."""
     for round_ in range(10):
-        bridges = _side_by_side(tmp_path, out_dir, 3, round_)
+        devs = _side_by_side(tmp_path, out_dir, 3, round_)
         try:
-            for bridge in bridges:
-                assert bridge.ready()
+            for dev in devs:
+                assert dev.ready()
                 for i in range(20):  # keep the file watcher busy while it is being stopped
-                    (bridge.config.parent / f"noise-{i}").write_text(str(round_))
-            assert [bridge.stop() for bridge in bridges] == [0, 0, 0]
+                    (dev.config.parent / f"noise-{i}").write_text(str(round_))
+            assert [dev.bridge.stop(timeout=5) for dev in devs] == [0, 0, 0]
         finally:
-            _stop_all(bridges)
-        for bridge in bridges:
-            text = bridge.output()
+            _stop_all(devs)
+        for dev in devs:
+            text = dev.bridge.output()
             assert " ERROR " not in text and "Traceback" not in text, f"round {round_}:\n{text}"
 
 
@@ -415,24 +379,19 @@ def test_sigterm_while_a_provider_hangs(tmp_path: Path, out_dir: Path) -> None:
     config.write_text(f"output_dir: {out_dir}\nlisten: null\nproviders:\n"
                       f"  vault: {{type: vault, address: 'http://127.0.0.1:{port}', timeout: 300}}\n"
                       "secrets:\n  a: {provider: vault, ref: secret/app/a, key: value}\n")
-    log = tmp_path / "hang.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([venv_binary("secrets-bridge"), "--config", str(config), "run"], stdout=out,
-                                stderr=subprocess.STDOUT, env={**os.environ, "VAULT_TOKEN": "hvs.test-token"})
+    bridge = Bridge(config, env={"VAULT_TOKEN": "hvs.test-token"})
+    proc = bridge.start()
     silent.settimeout(30)
     try:
         held, _ = silent.accept()  # the first request is in flight, and would wait 300s
         time.sleep(0.5)
-        assert proc.poll() is None, log.read_text()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
+        assert proc.poll() is None, bridge.output()
+        assert bridge.stop(timeout=15) == 0
         held.close()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        bridge.kill()
         silent.close()
-    assert "still waiting on a provider" in log.read_text()
+    assert "still waiting on a provider" in bridge.output()
 
 
 def test_drift_is_repaired_within_five_seconds_without_on_change(tmp_path: Path, out_dir: Path) -> None:
@@ -441,11 +400,12 @@ def test_drift_is_repaired_within_five_seconds_without_on_change(tmp_path: Path,
     marker = tmp_path / "fired"
     hook = tmp_path / "hook.py"
     hook.write_text("import sys\nopen(sys.argv[1], 'a').write('x')\n")
-    bridge = Bridge(tmp_path, out_dir, extra=f'on_change:\n  - {{exec: ["{sys.executable}", "{hook}", "{marker}"]}}\n')
+    dev = Dev(tmp_path, out_dir, extra=f'on_change:\n  - {{exec: ["{sys.executable}", "{hook}", "{marker}"]}}\n')
+    bridge = dev.bridge
     bridge.config.write_text(bridge.config.read_text().replace("refresh_interval: 200ms", "refresh_interval: 1h"))
     bridge.start()
     try:
-        assert bridge.ready() and wait_for(lambda: _read(marker) == "x")
+        assert dev.ready() and wait_for(lambda: _read(marker) == "x")
         elsewhere = tmp_path / "elsewhere"
         elsewhere.write_text("planted")
 
@@ -477,43 +437,45 @@ def test_drift_is_repaired_within_five_seconds_without_on_change(tmp_path: Path,
         # past the grace: one generation left
         assert wait_for(lambda: len([p for p in out_dir.iterdir() if p.name.startswith("..2")]) == 1, timeout=5)
     finally:
-        assert bridge.stop() == 0
+        assert bridge.stop(timeout=5) == 0
     assert _read(marker) == "x" and "put back" in bridge.output()
 
 
 def test_reload_changing_listen_is_rejected_naming_it(tmp_path: Path, out_dir: Path) -> None:
     """A reload that changes `listen` (to an address or to null) is rejected in one line naming it;
     the running config stays (no new entry)."""
-    bridge = Bridge(tmp_path, out_dir)
+    dev = Dev(tmp_path, out_dir)
+    bridge = dev.bridge
     bridge.start()
     try:
-        assert bridge.ready()
-        (bridge.src / "b").write_text("b-0")
+        assert dev.ready()
+        (dev.src / "b").write_text("b-0")
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        bridge.config.write_text(bridge.config_text(("a", "b")).replace("listen: null", f"listen: 127.0.0.1:{port}"))
+        bridge.config.write_text(dev.config_text(("a", "b")).replace("listen: null", f"listen: 127.0.0.1:{port}"))
         assert wait_for(lambda: "listen cannot change while running" in bridge.output()), bridge.output()
         time.sleep(0.5)
         assert not (out_dir / "b").exists() and "config reloaded" not in bridge.output()
-        assert bridge.stop() == 0
+        assert bridge.stop(timeout=5) == 0
     finally:
         bridge.kill()
 
 
 def test_reload_switches_the_log_format(tmp_path: Path, out_dir: Path) -> None:
     """A reload changing `log_format` from text to json is applied: the next lines are JSON."""
-    bridge = Bridge(tmp_path, out_dir, extra="log_format: text\n")
+    dev = Dev(tmp_path, out_dir, extra="log_format: text\n")
+    bridge = dev.bridge
     bridge.start()
     try:
-        assert bridge.ready()
-        bridge.extra = "log_format: json\n"
-        (bridge.src / "b").write_text("b-0")
-        bridge.write_config(("a", "b"))
-        assert bridge.ready("b")
+        assert dev.ready()
+        dev.extra = "log_format: json\n"
+        (dev.src / "b").write_text("b-0")
+        dev.write_config(("a", "b"))
+        assert dev.ready("b")
         assert wait_for(lambda: any(line.startswith("{") and "config reloaded" in line
                                  for line in bridge.output().splitlines())), bridge.output()
-        assert bridge.stop() == 0
+        assert bridge.stop(timeout=5) == 0
     finally:
         bridge.kill()
 
@@ -524,17 +486,18 @@ def test_reload_setting_require_tmpfs_over_a_disk_is_rejected(tmp_path: Path) ->
     disk = tmp_path / "out"
     if is_memory_backed(tmp_path):
         pytest.skip("tmp_path is on a tmpfs")
-    bridge = Bridge(tmp_path, disk, extra="require_tmpfs: false\n")
+    dev = Dev(tmp_path, disk, extra="require_tmpfs: false\n")
+    bridge = dev.bridge
     bridge.start()
     try:
-        assert bridge.ready()
-        bridge.extra = "require_tmpfs: true\n"
-        (bridge.src / "b").write_text("b-0")
-        bridge.write_config(("a", "b"))
+        assert dev.ready()
+        dev.extra = "require_tmpfs: true\n"
+        (dev.src / "b").write_text("b-0")
+        dev.write_config(("a", "b"))
         assert wait_for(lambda: "require_tmpfs: output_dir" in bridge.output()), bridge.output()
         time.sleep(0.5)
         assert not (disk / "b").exists()
-        assert bridge.stop() == 0
+        assert bridge.stop(timeout=5) == 0
     finally:
         bridge.kill()
 
@@ -567,18 +530,19 @@ def test_reload_keeps_the_running_config_whatever_goes_wrong(tmp_path: Path, mon
 def test_reload_of_an_alias_bomb_keeps_running(tmp_path: Path, out_dir: Path) -> None:
     """A reload of a config whose aliases repeat a 1 MB text 5,000 times is rejected in one line;
     the running bridge keeps its config and keeps rotating (it exited "internal error" before)."""
-    bridge = Bridge(tmp_path, out_dir)
+    dev = Dev(tmp_path, out_dir)
+    bridge = dev.bridge
     bridge.start()
     try:
-        assert bridge.ready()
+        assert dev.ready()
         bomb = f"  s0: {{provider: dev, ref: &t {'x' * 1_000_000}}}\n"
         bomb += "".join(f"  s{i}: {{provider: dev, ref: *t}}\n" for i in range(1, 5000))
-        bridge.config.write_text(bridge.config_text(("a",)) + bomb)
+        bridge.config.write_text(dev.config_text(("a",)) + bomb)
         assert wait_for(lambda: "config reload rejected" in bridge.output()), bridge.output()[-2000:]
         assert "YAML aliases expand the document past 16 MiB" in bridge.output()
-        (bridge.src / "a").write_text("a-1")
-        assert bridge.ready()
+        (dev.src / "a").write_text("a-1")
+        assert dev.ready()
         assert bridge.proc is not None and bridge.proc.poll() is None
-        assert bridge.stop() == 0
+        assert bridge.stop(timeout=5) == 0
     finally:
         bridge.kill()

@@ -17,7 +17,7 @@ from tests.polling import wait_for
 from tests.servers import free_port
 from tests.test_cli import _get
 from tests.test_engine import make_engine
-from tests.test_runner import Bridge, out_dir  # noqa: F401 - out_dir is a fixture
+from tests.test_runner import Dev, out_dir  # noqa: F401 - out_dir is a fixture
 
 
 def test_endpoints(tmp_path: Path) -> None:
@@ -79,12 +79,13 @@ def test_idle_connections_cannot_exhaust_the_bridge(tmp_path: Path, out_dir: Pat
     """500 idle connections, with the bridge limited to 256 file descriptors, leave /healthz answering a
     new client, the bridge alive and refreshing, and its descriptors and threads bounded."""
     port = free_port()
-    bridge = Bridge(tmp_path, out_dir)
+    dev = Dev(tmp_path, out_dir)
+    bridge = dev.bridge
     bridge.config.write_text(bridge.config.read_text().replace("listen: null", f'listen: "127.0.0.1:{port}"'))
     proc = bridge.start(preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)))
     idle: list[socket.socket] = []
     try:
-        assert bridge.ready() and _get(port, "/healthz") == (200, "ok\n")
+        assert dev.ready() and _get(port, "/healthz") == (200, "ok\n")
         for _ in range(500):
             sock = socket.socket()
             sock.settimeout(5)
@@ -96,12 +97,12 @@ def test_idle_connections_cannot_exhaust_the_bridge(tmp_path: Path, out_dir: Pat
             idle.append(sock)
         assert len(idle) >= 200
         assert wait_for(lambda: _get(port, "/healthz") == (200, "ok\n"), timeout=10)
-        (bridge.src / "a").write_text("a-after-the-flood")
-        assert bridge.ready(), bridge.output()
+        (dev.src / "a").write_text("a-after-the-flood")
+        assert dev.ready(), bridge.output()
         assert proc.poll() is None
         assert _fd_count(proc.pid) <= MAX_CONNECTIONS + 40
         assert len(os.listdir(f"/proc/{proc.pid}/task")) <= 10
-        assert bridge.stop() == 0
+        assert bridge.stop(timeout=5) == 0
     finally:
         for sock in idle:
             sock.close()
