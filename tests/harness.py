@@ -138,5 +138,10 @@ class Bridge:
         self.kill()
 
 
+def vault_env(openbao: Any) -> dict[str, str]:
+    """The environment a bridge needs to reach the session's OpenBao as root."""
+    return {"VAULT_ADDR": openbao.address, "VAULT_TOKEN": openbao.root_token}
+
+
 def _text(data: bytes | None) -> str:
     return (data or b"").decode("utf-8", "replace")
