@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import ssl
 import subprocess
 import sys
@@ -20,7 +19,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.conftest import DatabaseEngine, OpenBao, PkiEngine
-from tests.servers import Postgres, venv_binary
+from tests.harness import Bridge, vault_env
+from tests.polling import wait_for
+from tests.servers import Postgres
 
 pytestmark = pytest.mark.slow
 
@@ -33,34 +34,11 @@ def out(tmp_path: Path):
     subprocess.run(["rm", "-rf", str(d)], check=False)
 
 
-class Bridge:
-    """secrets-bridge with a config, a Vault token in its environment, and everything it printed."""
-
-    def __init__(self, openbao: OpenBao, config: Path) -> None:
-        self.config = config
-        self.env = {**os.environ, "VAULT_ADDR": openbao.address, "VAULT_TOKEN": openbao.root_token}
-        self.printed: list[str] = []
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([venv_binary("secrets-bridge"), "--config", str(self.config), *args],
-                              env=self.env, capture_output=True, text=True, timeout=60)
-        self.printed += [proc.stdout, proc.stderr]
-        return proc
-
-    def start(self) -> subprocess.Popen[str]:
-        return subprocess.Popen([venv_binary("secrets-bridge"), "--config", str(self.config), "run"],
-                                env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-    def finish(self, proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> int:
-        proc.send_signal(sig)
-        output, _ = proc.communicate(timeout=30)
-        self.printed.append(output)
-        return proc.returncode
-
-    def assert_no_leak(self, *secrets: str) -> None:
-        text = "\n".join(self.printed)
-        for secret in secrets:
-            assert secret not in text
+def _no_leak(bridge: Bridge, *secrets: str) -> None:
+    """None of `secrets` in anything the bridge printed."""
+    text = bridge.output()
+    for secret in secrets:
+        assert secret not in text
 
 
 def write_config(path: Path, out: Path, secrets: str, *, extra: str = "", provider: str = "") -> Path:
@@ -95,8 +73,8 @@ def test_db_creds_renew_then_reissue_without_a_bad_moment(
     """The credentials log in; renewal keeps the username past several TTLs; at max_ttl both files
     switch in one generation; a reader polling the files never holds credentials that fail."""
     ref = vault_database.role(default_ttl="6s", max_ttl="20s")
-    bridge = Bridge(openbao, write_config(tmp_path / "c.yaml", out, creds_entry(ref)))
-    proc = bridge.start()
+    bridge = Bridge(write_config(tmp_path / "c.yaml", out, creds_entry(ref)), env=vault_env(openbao))
+    bridge.start()
     seen: list[str] = []
     failures: list[str] = []
     stop = threading.Event()
@@ -118,12 +96,12 @@ def test_db_creds_renew_then_reissue_without_a_bad_moment(
     finally:
         stop.set()
         poller.join()
-        assert bridge.finish(proc) == 0, bridge.printed[-1][-3000:]
+        assert bridge.stop() == 0, bridge.output()[-3000:]
     assert failures == []
     assert len(seen) == 2, seen  # the first username lived past three TTLs; exactly one re-issue
-    log = "\n".join(bridge.printed)
+    log = bridge.output()
     assert "renewal gave" in log and "issued" in log
-    bridge.assert_no_leak(*(read_generation(out, "db/password") or ()))
+    _no_leak(bridge, *(read_generation(out, "db/password") or ()))
 
 
 def test_sync_then_run_and_sigkill_keep_one_lease(
@@ -131,8 +109,8 @@ def test_sync_then_run_and_sigkill_keep_one_lease(
 ) -> None:
     """An init container's `sync`, then `run`, then SIGKILL and a restart: the same credentials, one lease."""
     ref = vault_database.role(default_ttl="2m", max_ttl="10m")
-    bridge = Bridge(openbao, write_config(tmp_path / "c.yaml", out, creds_entry(ref)))
-    assert bridge.run("sync").returncode == 0
+    bridge = Bridge(write_config(tmp_path / "c.yaml", out, creds_entry(ref)), env=vault_env(openbao))
+    bridge("sync")
     first = read_generation(out, "db/username", "db/password")
     assert first is not None and postgres.can_login(*first)
     assert (out / ".secrets-bridge-leases.json").stat().st_mode & 0o777 == 0o600
@@ -142,28 +120,25 @@ def test_sync_then_run_and_sigkill_keep_one_lease(
         assert read_generation(out, "db/username", "db/password") == first
         proc.kill()
         proc.wait(timeout=10)
-        bridge.printed.append(proc.stdout.read() if proc.stdout else "")
-    assert bridge.run("sync").returncode == 0
+    bridge("sync")
     assert read_generation(out, "db/username", "db/password") == first
     assert len(leases_under(openbao, ref)) == 1
     state = (out / ".secrets-bridge-state.json").read_text()
     assert first[1] not in state
-    bridge.assert_no_leak(first[1])
+    _no_leak(bridge, first[1])
 
 
 def test_revoke_on_exit(openbao: OpenBao, vault_database: DatabaseEngine, postgres: Postgres,
                         out: Path, tmp_path: Path) -> None:
     """With revoke_on_exit, SIGTERM revokes the lease: the credentials stop working."""
     ref = vault_database.role(default_ttl="2m", max_ttl="10m")
-    bridge = Bridge(openbao, write_config(tmp_path / "c.yaml", out, creds_entry(ref),
-                                          provider=", revoke_on_exit: true"))
-    proc = bridge.start()
-    deadline = time.monotonic() + 20
-    while read_generation(out, "db/username", "db/password") is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    bridge = Bridge(write_config(tmp_path / "c.yaml", out, creds_entry(ref),
+                                          provider=", revoke_on_exit: true"), env=vault_env(openbao))
+    bridge.start()
+    wait_for(lambda: read_generation(out, "db/username", "db/password") is not None, timeout=20, step=0.2)
     creds = read_generation(out, "db/username", "db/password")
     assert creds is not None and postgres.can_login(*creds)
-    assert bridge.finish(proc) == 0
+    assert bridge.stop() == 0
     assert not postgres.can_login(*creds)
     assert leases_under(openbao, ref) == []
 
@@ -175,8 +150,8 @@ def test_template_and_files_share_one_lease(openbao: OpenBao, vault_database: Da
     secrets = creds_entry(ref) + (
         '  app.env:\n    template: "DATABASE_URL=postgres://{{ db.username }}:{{ db.password | urlencode }}@db/app"\n'
         f"    values: {{db: {{provider: vault, ref: {ref}}}}}\n")
-    bridge = Bridge(openbao, write_config(tmp_path / "c.yaml", out, secrets))
-    assert bridge.run("sync").returncode == 0
+    bridge = Bridge(write_config(tmp_path / "c.yaml", out, secrets), env=vault_env(openbao))
+    bridge("sync")
     user, password, env = read_generation(out, "db/username", "db/password", "app.env") or ("", "", "")
     assert env.startswith(f"DATABASE_URL=postgres://{user}:") and postgres.can_login(user, password)
     assert len(leases_under(openbao, ref)) == 1
@@ -188,8 +163,8 @@ def test_bad_leased_ref_fails_its_own_files(openbao: OpenBao, vault_database: Da
     good = vault_database.role(default_ttl="2m", max_ttl="10m")
     secrets = creds_entry(good) + "  bad:\n    provider: vault\n    ref: database/creds/no-such-role\n" \
         "    files: {username: username}\n"
-    bridge = Bridge(openbao, write_config(tmp_path / "c.yaml", out, secrets))
-    proc = bridge.run("sync")
+    bridge = Bridge(write_config(tmp_path / "c.yaml", out, secrets), env=vault_env(openbao))
+    proc = bridge("sync", check=None)
     assert proc.returncode == 1
     assert (out / "db" / "username").exists() and not (out / "bad").exists()
     lines = [line for line in proc.stderr.splitlines() if "no-such-role" in line]
@@ -218,8 +193,8 @@ def test_pki_reissued_before_expiry_and_always_matching(openbao: OpenBao, vault_
     hook.write_text("import os, sys\n"
                     "open(sys.argv[1], 'a').write(os.environ.get('SECRETS_BRIDGE_CHANGED', '') + '|')\n")
     on_change = f'  - {{exec: ["{sys.executable}", "{hook}", "{hook_log}"]}}\n'
-    bridge = Bridge(openbao, _pki_config(tmp_path, out, vault_pki, "8s", on_change))
-    proc = bridge.start()
+    bridge = Bridge(_pki_config(tmp_path, out, vault_pki, "8s", on_change), env=vault_env(openbao))
+    bridge.start()
     serials: list[int] = []
     mismatches = 0
     deadline = time.monotonic() + 22
@@ -234,11 +209,11 @@ def test_pki_reissued_before_expiry_and_always_matching(openbao: OpenBao, vault_
                     serials.append(cert.serial_number)
             time.sleep(0.1)
     finally:
-        assert bridge.finish(proc) == 0, bridge.printed[-1][-3000:]
+        assert bridge.stop() == 0, bridge.output()[-3000:]
     assert mismatches == 0 and len(serials) >= 3, serials  # 8s certificates over 22s
     fired = [x for x in hook_log.read_text().split("|") if x]
     assert len(fired) == len(serials)  # the first issue and each re-issue, once each
-    bridge.assert_no_leak("PRIVATE KEY")
+    _no_leak(bridge, "PRIVATE KEY")
 
 
 def test_nginx_serves_each_new_certificate_without_a_failed_request(
@@ -248,15 +223,15 @@ def test_nginx_serves_each_new_certificate_without_a_failed_request(
     file; a client making HTTPS requests throughout sees the new serial and no failed request."""
     pid_file = tmp_path / "nginx-started.pid"
     on_change = f"  - {{secrets: [tls], signal: SIGHUP, pid_file: {pid_file}}}\n"
-    bridge = Bridge(openbao, _pki_config(tmp_path, out, vault_pki, "8s", on_change))
-    assert bridge.run("sync").returncode == 0
+    bridge = Bridge(_pki_config(tmp_path, out, vault_pki, "8s", on_change), env=vault_env(openbao))
+    bridge("sync")
     server = nginx(out / "tls" / "tls.crt", out / "tls" / "tls.key")
     pid_file.write_text(server.pid_file.read_text())
     ca = tmp_path / "ca.pem"
     ca.write_text(vault_pki.ca_pem)
     context = ssl.create_default_context(cafile=str(ca))
     context.check_hostname = False
-    proc = bridge.start()
+    bridge.start()
     serials: list[int] = []
     failed = requests = 0
     deadline = time.monotonic() + 22
@@ -273,20 +248,9 @@ def test_nginx_serves_each_new_certificate_without_a_failed_request(
                 failed += 1
             time.sleep(0.05)
     finally:
-        assert bridge.finish(proc) == 0, bridge.printed[-1][-3000:]
+        assert bridge.stop() == 0, bridge.output()[-3000:]
     assert failed == 0 and requests > 100
     assert len(serials) >= 3, serials
-
-
-_FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
-
-
-def _skewed(bridge: Bridge, offset: str) -> None:
-    """The bridge process's wall clock `offset` from the server's (libfaketime; monotonic kept)."""
-    if not os.path.exists(_FAKETIME):
-        pytest.skip("libfaketime is not installed (apt-get install faketime)")
-    bridge.env.update(LD_PRELOAD=_FAKETIME, FAKETIME=offset, FAKETIME_DONT_FAKE_MONOTONIC="1",
-                      FAKETIME_NO_CACHE="1")
 
 
 def _hook(tmp_path: Path) -> tuple[str, Path]:
@@ -300,26 +264,24 @@ def test_pki_with_the_clock_two_hours_ahead_issues_once(openbao: OpenBao, vault_
                                                         out: Path, tmp_path: Path) -> None:
     """A bridge whose clock is 2 h ahead of Vault's issues a 30 s certificate once in 10 s, not in a loop."""
     on_change, hook_log = _hook(tmp_path)
-    bridge = Bridge(openbao, _pki_config(tmp_path, out, vault_pki, "30s", on_change))
-    _skewed(bridge, "+2h")
-    proc = bridge.start()
+    bridge = Bridge(_pki_config(tmp_path, out, vault_pki, "30s", on_change), env=vault_env(openbao), clock="+2h")
+    bridge.start()
     try:
         time.sleep(10)
     finally:
-        assert bridge.finish(proc) == 0, bridge.printed[-1][-3000:]
-    log = "\n".join(bridge.printed)
+        assert bridge.stop() == 0, bridge.output()[-3000:]
+    log = bridge.output()
     assert log.count(": issued") == 1, log.count(": issued")
     assert hook_log.read_text().count("|") == 1
-    bridge.assert_no_leak("PRIVATE KEY")
+    _no_leak(bridge, "PRIVATE KEY")
 
 
 def test_pki_with_the_clock_a_minute_behind_never_serves_an_expired_certificate(
     openbao: OpenBao, vault_pki: PkiEngine, out: Path, tmp_path: Path
 ) -> None:
     """A bridge whose clock is 60 s behind Vault's re-issues an 8 s certificate before it expires."""
-    bridge = Bridge(openbao, _pki_config(tmp_path, out, vault_pki, "8s", "  []\n"))
-    _skewed(bridge, "-60s")
-    proc = bridge.start()
+    bridge = Bridge(_pki_config(tmp_path, out, vault_pki, "8s", "  []\n"), env=vault_env(openbao), clock="-60s")
+    bridge.start()
     serials: list[int] = []
     expired = 0
     deadline = time.monotonic() + 20
@@ -333,7 +295,7 @@ def test_pki_with_the_clock_a_minute_behind_never_serves_an_expired_certificate(
                     serials.append(cert.serial_number)
             time.sleep(0.1)
     finally:
-        assert bridge.finish(proc) == 0, bridge.printed[-1][-3000:]
+        assert bridge.stop() == 0, bridge.output()[-3000:]
     assert expired == 0 and len(serials) >= 2, (expired, serials)  # 8 s certificates over 20 s
 
 
@@ -342,8 +304,8 @@ def test_edited_store_never_keeps_an_expired_certificate(openbao: OpenBao, vault
                                                          out: Path, tmp_path: Path, edited: str) -> None:
     """A lease store whose expires_at was edited to 10 years (or Infinity) on: once the certificate
     itself has expired, a restart issues a new one, and the edited time is not written back."""
-    bridge = Bridge(openbao, _pki_config(tmp_path, out, vault_pki, "3s", "  []\n"))
-    assert bridge.run("sync").returncode == 0
+    bridge = Bridge(_pki_config(tmp_path, out, vault_pki, "3s", "  []\n"), env=vault_env(openbao))
+    bridge("sync")
     first = x509.load_pem_x509_certificate((out / "tls" / "tls.crt").read_bytes())
     store = out / ".secrets-bridge-leases.json"
     text = store.read_text()
@@ -352,7 +314,7 @@ def test_edited_store_never_keeps_an_expired_certificate(openbao: OpenBao, vault
         record["expires_at"] = time.time() + 10 * 365 * 86400 if edited == "+10y" else float("inf")
     store.write_text(json.dumps(doc))
     time.sleep(max(0.0, first.not_valid_after_utc.timestamp() - time.time()) + 1)
-    assert bridge.run("sync").returncode == 0
+    bridge("sync")
     cert = x509.load_pem_x509_certificate((out / "tls" / "tls.crt").read_bytes())
     assert cert.serial_number != first.serial_number and cert.not_valid_after_utc.timestamp() > time.time()
     for record in json.loads(store.read_text())["leases"].values():
@@ -366,18 +328,15 @@ def test_sigkill_with_under_a_third_of_the_ttl_left_renews_the_lease(
     same credentials, still one lease, working past the old lease's end. (14 s: on a loaded machine,
     the container tests beside it, a restart took most of 9 s and found the lease gone.)"""
     ref = vault_database.role(default_ttl="45s", max_ttl="10m")
-    bridge = Bridge(openbao, write_config(tmp_path / "c.yaml", out, creds_entry(ref)))
+    bridge = Bridge(write_config(tmp_path / "c.yaml", out, creds_entry(ref)), env=vault_env(openbao))
     proc = bridge.start()
-    deadline = time.monotonic() + 20
-    while read_generation(out, "db/username", "db/password") is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: read_generation(out, "db/username", "db/password") is not None, timeout=20, step=0.05)
     issued = time.monotonic()
     first = read_generation(out, "db/username", "db/password")
     assert first is not None
     time.sleep(1)
     proc.kill()
     proc.wait(timeout=10)
-    bridge.printed.append(proc.stdout.read() if proc.stdout else "")
     time.sleep(max(0.0, issued + 31 - time.monotonic()))  # under a third of the TTL is left
     proc = bridge.start()
     try:
@@ -385,6 +344,6 @@ def test_sigkill_with_under_a_third_of_the_ttl_left_renews_the_lease(
         assert read_generation(out, "db/username", "db/password") == first
         assert postgres.can_login(*first)
     finally:
-        assert bridge.finish(proc) == 0, bridge.printed[-1][-3000:]
+        assert bridge.stop() == 0, bridge.output()[-3000:]
     assert len(leases_under(openbao, ref)) == 1
-    bridge.assert_no_leak(first[1])
+    _no_leak(bridge, first[1])
