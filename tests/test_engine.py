@@ -10,65 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config.loader import parse_config
 from bridge.engine.cycle import Engine
 from bridge.errors import SecretNotFound, Unavailable
-from bridge.provider import Fetched, Provider, ProviderSettings, Request
-
-
-class FakeProvider(Provider):
-    """Versions per ref in memory; counts calls; can be told to fail."""
-
-    def __init__(self) -> None:
-        super().__init__("fake", ProviderSettings(type="fake"))
-        self.history: dict[str, list[bytes]] = {}
-        self.fetches: list[Request] = []
-        self.checks: list[list[str]] = []
-        self.failure: Exception | None = None
-
-    def put(self, ref: str, value: bytes) -> None:
-        self.history.setdefault(ref, []).append(value)
-
-    def fetch(self, request: Request) -> Fetched:
-        self.fetches.append(request)
-        if self.failure is not None:
-            raise self.failure
-        history = self.history.get(request.ref)
-        if not history:
-            raise SecretNotFound("no such secret")
-        index = {None: len(history), "prev": len(history) - 1}.get(request.version) or int(request.version or 0)
-        if not 1 <= index <= len(history):
-            raise SecretNotFound("no such version")
-        return Fetched(history[index - 1], str(index))
-
-    def moves(self, version: str) -> bool:
-        return version == "prev"  # a label, like AWSPREVIOUS
-
-    def versions(self, requests):
-        """The latest without a fetch; a moving pin by fetching it (the default's way)."""
-        self.checks.append([r.ref for r in requests if r.version is None])
-        out = {}
-        for request in requests:
-            if request.version is not None:
-                out.update(super().versions([request]))
-            elif self.failure is not None:
-                out[request] = self.failure
-            elif request.ref not in self.history:
-                out[request] = SecretNotFound("no such secret")
-            else:
-                out[request] = str(len(self.history[request.ref]))
-        return out
-
-
-def make_engine(tmp_path: Path, secrets: str, **top) -> tuple[Engine, FakeProvider]:
-    fields = {"output_dir": tmp_path, "require_tmpfs": "false", "refresh_interval": "1s", "jitter": 0, **top}
-    text = ("".join(f"{k}: {v}\n" for k, v in fields.items())
-            + f"providers:\n  fake: {{type: env}}\nsecrets:\n{secrets}")
-    config = parse_config(text)
-    fake = FakeProvider()
-    engine = Engine(config, providers={"fake": fake})
-    engine.start()
-    return engine, fake
+from bridge.provider import Request
+from tests.engines import FakeProvider, fake_engine, make_engine
 
 
 def unit(engine: Engine, entry: str):
@@ -84,7 +29,7 @@ SECRETS = """  a: {provider: fake, ref: r1}
 
 def test_sync_writes_all_in_one_commit(tmp_path: Path) -> None:
     """sync fetches every secret and commits them together."""
-    engine, fake = make_engine(tmp_path, SECRETS)
+    engine, fake = fake_engine(tmp_path, SECRETS)
     fake.put("r1", b"one")
     fake.put("r2", b"two")
     result = engine.sync()
@@ -95,7 +40,7 @@ def test_sync_writes_all_in_one_commit(tmp_path: Path) -> None:
 
 def test_cheap_check_then_fetch_only_changed(tmp_path: Path) -> None:
     """A cycle checks unpinned secrets in one batch call and fetches only what moved; pins stay."""
-    engine, fake = make_engine(tmp_path, SECRETS)
+    engine, fake = fake_engine(tmp_path, SECRETS)
     fake.put("r1", b"one")
     fake.put("r2", b"two")
     engine.sync()
@@ -111,7 +56,7 @@ def test_cheap_check_then_fetch_only_changed(tmp_path: Path) -> None:
 
 def test_pinned_not_polled(tmp_path: Path) -> None:
     """A pinned secret that was written is never due again."""
-    engine, fake = make_engine(tmp_path, "  b: {provider: fake, ref: r1, version: 1}\n")
+    engine, fake = fake_engine(tmp_path, "  b: {provider: fake, ref: r1, version: 1}\n")
     fake.put("r1", b"one")
     engine.sync()
     assert engine.schedule.next_due(unit(engine, "b")) == float("inf")
@@ -120,7 +65,7 @@ def test_pinned_not_polled(tmp_path: Path) -> None:
 def test_failure_keeps_last_good_file_and_logs_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A failing provider leaves the files; the failure is logged when it starts and when it ends."""
     caplog.set_level(logging.INFO, logger="secrets_bridge")
-    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
+    engine, fake = fake_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
     fake.put("r1", b"one")
     engine.sync()
     fake.failure = Unavailable("server error")
@@ -136,7 +81,7 @@ def test_failure_keeps_last_good_file_and_logs_once(tmp_path: Path, caplog: pyte
 
 def test_backoff_grows_and_honours_retry_after(tmp_path: Path) -> None:
     """Retries back off exponentially, capped, and never sooner than retry_after."""
-    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n", refresh_interval="60s")
+    engine, fake = fake_engine(tmp_path, "  a: {provider: fake, ref: r1}\n", refresh_interval="60s")
     fake.failure = Unavailable("busy")
     delays = []
     for _ in range(4):
@@ -152,7 +97,7 @@ def test_backoff_grows_and_honours_retry_after(tmp_path: Path) -> None:
 
 def test_deleted_upstream_keeps_file(tmp_path: Path) -> None:
     """A secret deleted upstream keeps its last good file and is reported."""
-    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
+    engine, fake = fake_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
     fake.put("r1", b"one")
     engine.sync()
     del fake.history["r1"]
@@ -164,7 +109,7 @@ def test_deleted_upstream_keeps_file(tmp_path: Path) -> None:
 def test_readiness(tmp_path: Path) -> None:
     """Ready only when every required secret is written; optional ones do not block."""
     secrets = "  a: {provider: fake, ref: r1}\n  o: {provider: fake, ref: nope, optional: true}\n"
-    engine, fake = make_engine(tmp_path, secrets)
+    engine, fake = fake_engine(tmp_path, secrets)
     assert not engine.ready()
     fake.put("r1", b"one")
     engine.sync()
@@ -173,7 +118,7 @@ def test_readiness(tmp_path: Path) -> None:
 
 def test_stale_after_max_staleness(tmp_path: Path) -> None:
     """A secret failing for longer than max_staleness makes the bridge not ready."""
-    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n", max_staleness="100ms")
+    engine, fake = fake_engine(tmp_path, "  a: {provider: fake, ref: r1}\n", max_staleness="100ms")
     fake.put("r1", b"one")
     engine.sync()
     fake.failure = Unavailable("down")
@@ -184,11 +129,11 @@ def test_stale_after_max_staleness(tmp_path: Path) -> None:
 
 def test_restart_keeps_files_when_provider_down(tmp_path: Path) -> None:
     """A restart with the provider down keeps the files from the previous run."""
-    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
+    engine, fake = fake_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
     fake.put("r1", b"one")
     engine.sync()
     engine.close()
-    engine2, fake2 = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
+    engine2, fake2 = fake_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
     fake2.failure = Unavailable("down")
     result = engine2.sync()
     assert "a" in result.failed and engine2.ready()
@@ -197,11 +142,11 @@ def test_restart_keeps_files_when_provider_down(tmp_path: Path) -> None:
 
 def test_removed_secret_leaves_directory(tmp_path: Path) -> None:
     """A secret no longer in the config is removed at the next commit."""
-    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n  b: {provider: fake, ref: r1}\n")
+    engine, fake = fake_engine(tmp_path, "  a: {provider: fake, ref: r1}\n  b: {provider: fake, ref: r1}\n")
     fake.put("r1", b"one")
     engine.sync()
     engine.close()
-    engine2, fake2 = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
+    engine2, fake2 = fake_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
     fake2.put("r1", b"one")
     assert engine2.sync().changed == ["b"]
     assert not (tmp_path / "b").exists()
@@ -210,7 +155,7 @@ def test_removed_secret_leaves_directory(tmp_path: Path) -> None:
 def test_group_shares_one_schedule(tmp_path: Path) -> None:
     """Secrets of one provider and interval come due together, so their check is one batch."""
     secrets = "".join(f"  s{i}: {{provider: fake, ref: r{i}}}\n" for i in range(10))
-    engine, fake = make_engine(tmp_path, secrets, jitter="0.5")
+    engine, fake = fake_engine(tmp_path, secrets, jitter="0.5")
     for i in range(10):
         fake.put(f"r{i}", b"x")
     engine.sync()
@@ -220,7 +165,7 @@ def test_group_shares_one_schedule(tmp_path: Path) -> None:
 def test_moving_pin_is_polled_and_follows(tmp_path: Path) -> None:
     """A pin the provider says moves (a label) is checked each cycle and follows; a fixed pin is not."""
     secrets = "  p: {provider: fake, ref: r1, version: prev}\n  f: {provider: fake, ref: r1, version: 1}\n"
-    engine, fake = make_engine(tmp_path, secrets)
+    engine, fake = fake_engine(tmp_path, secrets)
     fake.put("r1", b"one")
     fake.put("r1", b"two")
     engine.sync()
@@ -234,7 +179,7 @@ def test_moving_pin_is_polled_and_follows(tmp_path: Path) -> None:
 
 def test_unexpected_provider_exception_is_unavailable(tmp_path: Path) -> None:
     """A provider bug (any exception) fails its secrets as unavailable; the bridge goes on."""
-    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
+    engine, fake = fake_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
     fake.put("r1", b"one")
     engine.sync()
     fake.failure = KeyError("odd server answer")
@@ -245,7 +190,7 @@ def test_unexpected_provider_exception_is_unavailable(tmp_path: Path) -> None:
 
 def test_backoff_survives_long_outages(tmp_path: Path) -> None:
     """Thousands of failures in a row keep a bounded backoff (no overflow)."""
-    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
+    engine, fake = fake_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
     fake.failure = Unavailable("down")
     unit(engine, "a").attempts = 5000
     now = time.monotonic()
@@ -256,7 +201,7 @@ def test_backoff_survives_long_outages(tmp_path: Path) -> None:
 def test_batch_stops_after_unavailable(tmp_path: Path) -> None:
     """Once the backend is unavailable, the rest of a batch is not tried (no timeout per secret)."""
     secrets = "".join(f"  s{i}: {{provider: fake, ref: r{i}}}\n" for i in range(5))
-    engine, fake = make_engine(tmp_path, secrets)
+    engine, fake = fake_engine(tmp_path, secrets)
     fake.failure = Unavailable("down")
     result = engine.sync()
     assert len(result.failed) == 5 and len(fake.fetches) == 1
@@ -276,7 +221,7 @@ def tiny_tmpfs(tmp_path: Path):
 
 def test_full_tmpfs_keeps_last_generation(tiny_tmpfs: Path) -> None:
     """When the tmpfs is full the commit fails, the last good files stay, and the next cycle retries."""
-    engine, fake = make_engine(tiny_tmpfs, "  a: {provider: fake, ref: r1}\n", require_tmpfs="true")
+    engine, fake = fake_engine(tiny_tmpfs, "  a: {provider: fake, ref: r1}\n", require_tmpfs="true")
     fake.put("r1", b"small")
     assert engine.sync().changed == ["a"]
     fake.put("r1", b"x" * 200_000)
@@ -308,7 +253,7 @@ SHAPES = """  db:
 
 def test_files_and_template_share_one_fetch(tmp_path: Path) -> None:
     """Three entries naming one unit cost one fetch; files: and template: render from it."""
-    engine, fake = make_engine(tmp_path, SHAPES)
+    engine, fake = fake_engine(tmp_path, SHAPES)
     fake.put("creds", b'{"user": "u1", "pass": "p/1 x"}')
     result = engine.sync()
     assert not result.failed and fake.fetches == [Request("creds")]
@@ -321,7 +266,7 @@ def test_files_and_template_share_one_fetch(tmp_path: Path) -> None:
 
 def test_rotation_changes_all_files_in_one_generation(tmp_path: Path) -> None:
     """A rotation of a files: entry changes both files in one commit, announced as records."""
-    engine, fake = make_engine(tmp_path, SHAPES)
+    engine, fake = fake_engine(tmp_path, SHAPES)
     fake.put("creds", b'{"user": "u1", "pass": "p1"}')
     engine.sync()
     seen: list[list] = []
@@ -344,7 +289,7 @@ def test_missing_key_fails_only_that_file(tmp_path: Path, caplog: pytest.LogCapt
     values: {db: {provider: fake, ref: creds}}
   user: {provider: fake, ref: creds, key: user}
 """
-    engine, fake = make_engine(tmp_path, secrets)
+    engine, fake = fake_engine(tmp_path, secrets)
     fake.put("creds", b'{"user": "u1", "pass": "hunter2-first"}')
     engine.sync()
     fake.put("creds", b'{"user": "u2", "other": "hunter2-second"}')
@@ -360,7 +305,7 @@ def test_files_entry_is_all_or_nothing(tmp_path: Path) -> None:
     """When one key of a files: entry is missing, none of its files change (no key beside a
     certificate from another issue)."""
     secrets = "  tls: {provider: fake, ref: pki, files: {tls.crt: cert, tls.key: key}}\n"
-    engine, fake = make_engine(tmp_path, secrets)
+    engine, fake = fake_engine(tmp_path, secrets)
     fake.put("pki", b'{"cert": "C1", "key": "K1"}')
     engine.sync()
     fake.put("pki", b'{"cert": "C2"}')
@@ -371,7 +316,7 @@ def test_files_entry_is_all_or_nothing(tmp_path: Path) -> None:
 
 def test_star_files_follow_the_keys(tmp_path: Path) -> None:
     """files: "*" adds and removes files as the map's keys come and go; a bad key name fails the entry."""
-    engine, fake = make_engine(tmp_path, '  cfg: {provider: fake, ref: m, files: "*"}\n')
+    engine, fake = fake_engine(tmp_path, '  cfg: {provider: fake, ref: m, files: "*"}\n')
     fake.put("m", b'{"a": "1", "b": {"n": 2}}')
     engine.sync()
     assert (tmp_path / "cfg" / "b").read_text() == '{"n":2}'
@@ -392,7 +337,7 @@ def test_template_sandbox(tmp_path: Path, template: str) -> None:
     """A template that reaches for Python internals or mutates a value is refused by the sandbox:
     that entry fails saying so, and the file is not written."""
     secrets = f'  t:\n    template: "{template}"\n    values: {{db: {{provider: fake, ref: creds}}}}\n'
-    engine, fake = make_engine(tmp_path, secrets)
+    engine, fake = fake_engine(tmp_path, secrets)
     fake.put("creds", b'{"user": "u1"}')
     result = engine.sync()
     assert "refused by the sandbox" in str(result.failed["t"]) and not (tmp_path / "t").exists()
@@ -415,7 +360,7 @@ def test_entry_shape_errors(tmp_path: Path, entry: str, message: str) -> None:
     from bridge.errors import ConfigError
 
     with pytest.raises(ConfigError) as info:
-        make_engine(tmp_path, entry + "\n")
+        fake_engine(tmp_path, entry + "\n")
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
@@ -436,14 +381,10 @@ def test_ten_thousand_entries_idle_and_one_change(tmp_path: Path) -> None:
     """At 10,000 entries an idle cycle is one batch check and no commit; one change writes one file."""
     n = 10_000
     secrets = "".join(f"  s{i}: {{provider: fake, ref: r{i}}}\n" for i in range(n))
-    fields = {"output_dir": tmp_path, "require_tmpfs": "false", "refresh_interval": "1s", "jitter": 0}
-    config = parse_config("".join(f"{k}: {v}\n" for k, v in fields.items())
-                          + f"providers:\n  fake: {{type: env}}\nsecrets:\n{secrets}")
     fake = CountingFake()
     for i in range(n):
         fake.put(f"r{i}", f"v{i}".encode())
-    engine = Engine(config, providers={"fake": fake})
-    engine.start()
+    engine = make_engine(tmp_path, secrets, instances={"fake": fake})
     engine.sync()
     inodes = {p.name: p.stat().st_ino for p in (tmp_path / "..data").iterdir()}
     fake.fetches.clear()
@@ -464,7 +405,7 @@ def test_last_refresh_metric_per_entry(tmp_path: Path) -> None:
 
     from bridge.observe.metrics import REGISTRY
 
-    engine, fake = make_engine(tmp_path, SECRETS)
+    engine, fake = fake_engine(tmp_path, SECRETS)
     fake.put("r1", b"one")
     fake.put("r2", b"two")
     before = time.time()
@@ -483,7 +424,7 @@ def test_failing_gauge_follows_failure_and_recovery(tmp_path: Path) -> None:
         return [(s.labels["secret"], s.labels["code"]) for m in SECRET_ERRORS.collect() for s in m.samples
                 if s.labels["secret"] == "gauge_a"]
 
-    engine, fake = make_engine(tmp_path, "  gauge_a: {provider: fake, ref: r1}\n")
+    engine, fake = fake_engine(tmp_path, "  gauge_a: {provider: fake, ref: r1}\n")
     fake.put("r1", b"one")
     engine.sync()
     fake.failure = Unavailable("down")
@@ -507,7 +448,7 @@ def test_runaway_template_fails_its_file_fast(tmp_path: Path, template: str) -> 
     """A template that would loop for ever or fill memory fails its own file quickly; others are written."""
     secrets = (f"  t:\n    template: '{template}'\n    values: {{db: {{provider: fake, ref: creds}}}}\n"
                "  plain: {provider: fake, ref: creds}\n")
-    engine, fake = make_engine(tmp_path, secrets)
+    engine, fake = fake_engine(tmp_path, secrets)
     fake.put("creds", b'{"user": "u1"}')
     started = time.monotonic()
     result = engine.sync()

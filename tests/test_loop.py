@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config.loader import parse_config
 from bridge.engine.cycle import Engine
 from bridge.runtime.loop import UPKEEP_MIN_SECONDS, Loop
+from tests.engines import FakeProvider, fake_engine, make_engine
 from tests.polling import wait_for
-from tests.test_engine import FakeProvider, make_engine
 
 
 @contextlib.contextmanager
@@ -35,7 +34,7 @@ def running(engine: Engine) -> Iterator[threading.Thread]:
 
 def test_run_loop_rotates_and_stops(tmp_path: Path) -> None:
     """The loop picks up a new version within the interval and returns when stopped."""
-    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n", refresh_interval="200ms")
+    engine, fake = fake_engine(tmp_path, "  a: {provider: fake, ref: r1}\n", refresh_interval="200ms")
     fake.put("r1", b"one")
     engine.sync()
     with running(engine) as thread:
@@ -61,12 +60,9 @@ class UpkeepProvider(FakeProvider):
 def test_run_sleeps_until_something_is_due(tmp_path: Path, every: float | None) -> None:
     """With a one-hour refresh the loop wakes only for what asks: a provider upkeep that never comes
     due runs once, one due at once runs at most every UPKEEP_MIN_SECONDS; nothing is polled."""
-    config = parse_config(f"output_dir: {tmp_path}\nrequire_tmpfs: false\nrefresh_interval: 1h\n"
-                          "providers:\n  fake: {type: env}\nsecrets:\n  a: {provider: fake, ref: r1}\n")
     fake = UpkeepProvider(every)
     fake.put("r1", b"one")
-    engine = Engine(config, providers={"fake": fake})
-    engine.start()
+    engine = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n", instances={"fake": fake}, refresh_interval="1h")
     engine.sync()
     with running(engine):
         time.sleep(2.5)
@@ -83,7 +79,7 @@ def test_run_sleeps_until_something_is_due(tmp_path: Path, every: float | None) 
 def test_run_repairs_drift_without_a_runner(tmp_path: Path) -> None:
     """The loop with only a threading.Event to wait on (nothing a watch could wake) sweeps on the
     4 s clock: a deleted link is put back within the SPEC's 5 s although nothing is due for an hour."""
-    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n", refresh_interval="1h")
+    engine, fake = fake_engine(tmp_path, "  a: {provider: fake, ref: r1}\n", refresh_interval="1h")
     fake.put("r1", b"one")
     engine.sync()
     with running(engine):
@@ -97,20 +93,18 @@ def test_run_repairs_drift_without_a_runner(tmp_path: Path) -> None:
 def test_a_reloaded_engine_is_driven_and_its_upkeep_asked_at_once(tmp_path: Path) -> None:
     """`use` (a reload) hands the loop a new engine: its providers' upkeep runs at the next turn
     although the old one's was not due for an hour, and its units are the ones refreshed."""
-    config = parse_config(f"output_dir: {tmp_path}\nrequire_tmpfs: false\nrefresh_interval: 200ms\n"
-                          "providers:\n  fake: {type: env}\nsecrets:\n  a: {provider: fake, ref: r1}\n")
+    secrets = "  a: {provider: fake, ref: r1}\n"
     old, new = UpkeepProvider(3600.0), UpkeepProvider(3600.0)
     old.put("r1", b"one")
-    first = Engine(config, providers={"fake": old})
-    first.start()
+    first = make_engine(tmp_path, secrets, instances={"fake": old}, refresh_interval="200ms")
     first.sync()
     loop = Loop(first)
     loop.run(_OneTurn())
     assert old.upkeeps == 1
     first.close(release=False)
     new.put("r1", b"two")
-    second = Engine(config, providers={"fake": new}, writer=first.writer)
-    second.start()
+    second = make_engine(tmp_path, secrets, instances={"fake": new}, engine_args={"writer": first.writer},
+                         refresh_interval="200ms")
     loop.use(second)
     loop.run(_OneTurn())
     assert new.upkeeps == 1 and old.upkeeps == 1

@@ -13,16 +13,16 @@ import pytest
 
 from bridge.errors import ConfigError
 from bridge.runtime.server import CONNECTION_SECONDS, MAX_CONNECTIONS, HealthServer, parse_listen
+from tests.engines import fake_engine
 from tests.polling import wait_for
 from tests.servers import free_port
 from tests.test_cli import _get
-from tests.test_engine import make_engine
 from tests.test_runner import Dev, out_dir  # noqa: F401 - out_dir is a fixture
 
 
 def test_endpoints(tmp_path: Path) -> None:
     """/readyz names what is missing until it is written; /healthz and /metrics answer."""
-    engine, fake = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
+    engine, fake = fake_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
     server = HealthServer(lambda: engine, "127.0.0.1:0")
     server.start()
     port = server.address[1]
@@ -58,7 +58,7 @@ def test_listen_forms() -> None:
 
 def test_ipv6_listen(tmp_path: Path) -> None:
     """An IPv6 listen address binds and serves."""
-    engine, _ = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
+    engine, _ = fake_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
     try:
         server = HealthServer(lambda: engine, "[::1]:0")
     except OSError:
@@ -113,7 +113,7 @@ def test_idle_connections_cannot_exhaust_the_bridge(tmp_path: Path, out_dir: Pat
 def test_slow_request_is_closed_after_its_time(tmp_path: Path) -> None:
     """A client that sends half a request and stalls is disconnected after its time (here 1 s; by
     default CONNECTION_SECONDS), and a request sent in pieces is answered."""
-    engine, _ = make_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
+    engine, _ = fake_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
     server = HealthServer(lambda: engine, "127.0.0.1:0", connection_seconds=1.0)
     server.start()
     try:
