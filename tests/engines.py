@@ -32,9 +32,11 @@ def config_text(out: Path, secrets: str, *, providers: str = "", instances: Mapp
 def make_engine(out: Path, secrets: str, *, providers: str = "", instances: Mapping[str, Provider] | None = None,
                 engine_args: Mapping[str, Any] | None = None, **settings: object) -> Engine:
     """A started Engine writing to `out` (see `config_text`); `instances`: provider objects by
-    name, used as given; `engine_args`: more Engine arguments (`env=True`, `writer=...`)."""
-    text = config_text(out, secrets, providers=providers, instances=instances or {}, **settings)
-    engine = Engine(parse_config(text), providers=dict(instances or {}), **(engine_args or {}))
+    name, used as given (beside those the YAML `providers` builds); `engine_args`: more Engine
+    arguments (`env=True`, `writer=...`)."""
+    config = parse_config(config_text(out, secrets, providers=providers, instances=instances or {}, **settings))
+    built = {**config.build_providers(), **instances} if instances and providers else instances
+    engine = Engine(config, providers=dict(built) if built else None, **(engine_args or {}))
     engine.start()
     return engine
 

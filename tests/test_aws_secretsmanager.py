@@ -26,6 +26,7 @@ from bridge.provider import Fetched, Request
 from providers.aws_secretsmanager import SecretsManagerProvider, SecretsManagerSettings
 from tests.aws_counting_proxy import CountingProxy, start_moto, stop
 from tests.conformance import ProviderConformance
+from tests.engines import make_engine
 from tests.versions import latest
 
 ACCESS_KEY_ID = "AKIABRIDGETESTKEY001"
@@ -409,14 +410,8 @@ def test_config_type_loads_this_provider(moto_url: str) -> None:
 
 def _engine(tmp_path: Path, url: str, secrets: str) -> Engine:
     """A started engine writing to tmp_path, with one `aws` provider at `url`."""
-    config = parse_config(
-        f"output_dir: {tmp_path}\nrequire_tmpfs: false\nrefresh_interval: 1s\njitter: 0\nlisten: null\n"
-        f"providers:\n  aws: {{type: aws-secretsmanager, region: {REGION}, endpoint_url: '{url}'}}\n"
-        f"secrets:\n{secrets}"
-    )
-    engine = Engine(config)
-    engine.start()
-    return engine
+    return make_engine(tmp_path, secrets,
+                       providers=f"  aws: {{type: aws-secretsmanager, region: {REGION}, endpoint_url: '{url}'}}\n")
 
 
 def test_engine_keeps_files_and_backs_off_when_throttled(moto_url: str, counted: CountingProxy,

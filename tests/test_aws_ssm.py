@@ -31,6 +31,7 @@ from providers.aws_ssm import ParameterStoreProvider, ParameterStoreSettings
 from tests import test_aws_secretsmanager as sm_tests
 from tests.aws_counting_proxy import CountingProxy
 from tests.conformance import ProviderConformance
+from tests.engines import make_engine
 from tests.servers import venv_binary
 from tests.test_aws_secretsmanager import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY
 
@@ -169,14 +170,8 @@ def test_single_level_name_with_or_without_slash(moto_url: str, counted: Countin
 
 def _engine(tmp_path: Path, url: str, secrets: str) -> Engine:
     """A started engine writing to tmp_path, with one `ssm` provider at `url`."""
-    config = parse_config(
-        f"output_dir: {tmp_path}\nrequire_tmpfs: false\nrefresh_interval: 1s\njitter: 0\nlisten: null\n"
-        f"providers:\n  ssm: {{type: aws-ssm, region: {REGION}, endpoint_url: '{url}'}}\n"
-        f"secrets:\n{secrets}"
-    )
-    engine = Engine(config)
-    engine.start()
-    return engine
+    return make_engine(tmp_path, secrets,
+                       providers=f"  ssm: {{type: aws-ssm, region: {REGION}, endpoint_url: '{url}'}}\n")
 
 
 def test_path_writes_nested_parameters_as_subfolders(moto_url: str, counted: CountingProxy,

@@ -32,7 +32,6 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from pydantic import ValidationError
 
-from bridge.config.loader import parse_config
 from bridge.engine.cycle import Engine
 from bridge.errors import SecretNotFound, Unavailable
 from bridge.provider import PREVIOUS, Fetched, Request
@@ -51,6 +50,7 @@ from tests.azure_fixtures import (  # noqa: F401 - fixtures
     secret_gets,
 )
 from tests.conformance import ProviderConformance, read, unique_text
+from tests.engines import make_engine
 from tests.versions import latest
 
 
@@ -377,12 +377,8 @@ def test_fetch_many_on_a_pool_fetches_each_once(make_provider: MakeProvider, fak
 
 
 def _engine(tmp_path: Path, ca_file: Path, secrets: str) -> Engine:
-    text = (f"output_dir: {tmp_path / 'out'}\nrequire_tmpfs: false\nrefresh_interval: 1s\njitter: 0\n"
-            f"providers:\n  azure: {{type: azure-keyvault, vault_url: '{VAULT_URL}', ca_cert: '{ca_file}'}}\n"
-            f"secrets:\n{secrets}")
-    engine = Engine(parse_config(text))
-    engine.start()
-    return engine
+    return make_engine(tmp_path / "out", secrets,
+                       providers=f"  azure: {{type: azure-keyvault, vault_url: '{VAULT_URL}', ca_cert: '{ca_file}'}}\n")
 
 
 def test_engine_writes_pem_json_key_and_pin(

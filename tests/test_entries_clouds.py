@@ -11,7 +11,6 @@ from pathlib import Path
 
 import boto3
 
-from bridge.config.loader import parse_config
 from bridge.engine.cycle import Engine
 from tests.azure_fixtures import (  # noqa: F401 - fixtures
     VAULT_URL,
@@ -21,6 +20,7 @@ from tests.azure_fixtures import (  # noqa: F401 - fixtures
     ca_file,
     fake,
 )
+from tests.engines import make_engine
 from tests.test_aws_secretsmanager import REGION, aws_env, counted, moto_url, proxy  # noqa: F401 - fixtures
 
 SHAPES = """  db:
@@ -35,11 +35,7 @@ SHAPES = """  db:
 
 
 def _engine(out: Path, provider: str, secrets: str) -> Engine:
-    text = (f"output_dir: {out}\nrequire_tmpfs: false\nrefresh_interval: 1s\njitter: 0\nlisten: null\n"
-            f"providers:\n  {provider}\nsecrets:\n{secrets}")
-    engine = Engine(parse_config(text))
-    engine.start()
-    return engine
+    return make_engine(out, secrets, providers=f"  {provider}\n")
 
 
 def _check_rotation(engine: Engine, out: Path, rotate) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config.loader import parse_config
 from bridge.engine.cycle import Engine
 from tests.conftest import OpenBao
+from tests.engines import make_engine
 from tests.fault_proxy import FaultProxy
 
 
@@ -31,13 +31,8 @@ def counted(openbao: OpenBao) -> Iterator[PathCounter]:
 
 
 def _engine(tmp_path: Path, address: str, token_file: Path, secrets: str) -> Engine:
-    text = (f"output_dir: {tmp_path}\nrequire_tmpfs: false\nrefresh_interval: 1s\njitter: 0\nlisten: null\n"
-            f"providers:\n  vault: {{type: vault, address: '{address}', "
-            f"auth: {{method: token, token_file: '{token_file}'}}}}\n"
-            f"secrets:\n{secrets}")
-    engine = Engine(parse_config(text))
-    engine.start()
-    return engine
+    return make_engine(tmp_path, secrets, providers=f"  vault: {{type: vault, address: '{address}', "
+                                                    f"auth: {{method: token, token_file: '{token_file}'}}}}\n")
 
 
 def test_three_entries_one_fetch_and_one_generation(openbao: OpenBao, counted: PathCounter, tmp_path: Path) -> None:

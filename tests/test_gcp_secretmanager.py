@@ -20,13 +20,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from bridge.config.loader import parse_config
-from bridge.engine.cycle import Engine
 from bridge.errors import AccessDenied, SecretNotFound, Unavailable
 from bridge.observe.metrics import PROVIDER_REQUESTS
 from bridge.provider import PREVIOUS, Fetched, Request
 from providers.gcp_secretmanager import BadChecksum, GcpSecretManagerProvider
 from tests.conformance import ProviderConformance, unique_text
+from tests.engines import make_engine
 from tests.gcp_fake import FakeSecretManager
 from tests.gcp_fixtures import (  # noqa: F401 - fixtures
     PROJECT,
@@ -233,12 +232,10 @@ def test_engine_cycle_costs_one_access_per_secret_and_picks_up_a_rotation(
     pinned = backend.put(refs[0], "pinned-one")
     for ref in refs:
         backend.put(ref, f"first-{ref}")
-    text = (f"output_dir: {tmp_path / 'out'}\nrequire_tmpfs: false\nrefresh_interval: 1s\njitter: 0\n"
-            f"providers:\n  gcp: {{type: gcp-secretmanager, ca_cert: '{ca_file}'}}\nsecrets:\n"
-            + "".join(f"  f{i}: {{provider: gcp, ref: {ref}}}\n" for i, ref in enumerate(refs))
-            + f"  pin: {{provider: gcp, ref: {refs[0]}, version: '{pinned}'}}\n")
-    engine = Engine(parse_config(text))
-    engine.start()
+    secrets = ("".join(f"  f{i}: {{provider: gcp, ref: {ref}}}\n" for i, ref in enumerate(refs))
+               + f"  pin: {{provider: gcp, ref: {refs[0]}, version: '{pinned}'}}\n")
+    engine = make_engine(tmp_path / "out", secrets,
+                         providers=f"  gcp: {{type: gcp-secretmanager, ca_cert: '{ca_file}'}}\n")
     try:
         assert engine.sync().failed == {}
         backend.put(refs[1], "rotated")
@@ -259,11 +256,8 @@ def test_engine_waits_at_least_retry_after_a_429(
     """A throttled check keeps the file and schedules the secret no sooner than Retry-After, after one request."""
     ref = backend.new_ref()
     backend.put(ref, "steady")
-    text = (f"output_dir: {tmp_path / 'out'}\nrequire_tmpfs: false\nrefresh_interval: 1s\njitter: 0\n"
-            f"providers:\n  gcp: {{type: gcp-secretmanager, ca_cert: '{ca_file}'}}\n"
-            f"secrets:\n  app: {{provider: gcp, ref: {ref}}}\n")
-    engine = Engine(parse_config(text))
-    engine.start()
+    engine = make_engine(tmp_path / "out", f"  app: {{provider: gcp, ref: {ref}}}\n",
+                         providers=f"  gcp: {{type: gcp-secretmanager, ca_cert: '{ca_file}'}}\n")
     try:
         engine.sync()
         before = len(gcp.requests())
