@@ -9,11 +9,11 @@ import os
 import time
 from pathlib import Path
 
-from bridge.config.loader import parse_config
 from bridge.engine.cycle import Engine
 from bridge.engine.leases import LEASE_FILE
 from bridge.errors import Unavailable
 from bridge.provider import Capabilities, Fetched, Provider, ProviderSettings, Request
+from tests.engines import make_engine
 
 
 class LeaseSettings(ProviderSettings):
@@ -84,11 +84,7 @@ SECRETS = """  db:
 
 
 def make(out: Path, fake: LeasingFake) -> Engine:
-    text = (f"output_dir: {out}\nrequire_tmpfs: false\nrefresh_interval: 1h\njitter: 0\n"
-            f"providers:\n  db: {{type: env}}\nsecrets:\n{SECRETS}")
-    engine = Engine(parse_config(text), providers={"db": fake})
-    engine.start()
-    return engine
+    return make_engine(out, SECRETS, instances={"db": fake}, refresh_interval="1h")
 
 
 def lease_of(engine: Engine):

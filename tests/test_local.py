@@ -15,12 +15,11 @@ from typing import Any
 
 import pytest
 
-from bridge.config.loader import parse_config
-from bridge.engine.cycle import Engine
 from bridge.errors import AccessDenied, SecretNotFound, Unavailable
 from bridge.provider import Fetched, Request
 from providers.local import EnvProvider, EnvSettings, FileProvider, FileSettings, file_version
 from tests.conformance import ProviderConformance
+from tests.engines import make_engine
 from tests.versions import latest, latest_one
 
 
@@ -225,18 +224,9 @@ def test_compose_parity_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "site.key").write_text("KEY")
     monkeypatch.setenv("API_TOKEN", "tok")
-    config = parse_config(f"""
-output_dir: {tmp_path / "out"}
-require_tmpfs: false
-providers:
-  dev: {{type: file, base_dir: {tmp_path / "src"}}}
-  env: {{type: env}}
-secrets:
-  site.key: {{provider: dev, ref: site.key, mode: "0400"}}
-  api_token: {{provider: env, ref: API_TOKEN}}
-""")
-    engine = Engine(config)
-    engine.start()
+    engine = make_engine(tmp_path / "out", """  site.key: {provider: dev, ref: site.key, mode: "0400"}
+  api_token: {provider: env, ref: API_TOKEN}
+""", providers=f"  dev: {{type: file, base_dir: {tmp_path / 'src'}}}\n  env: {{type: env}}\n")
     assert sorted(engine.sync().changed) == ["api_token", "site.key"]
     assert (tmp_path / "out" / "site.key").read_text() == "KEY"
     assert (tmp_path / "out" / "api_token").read_text() == "tok"
