@@ -14,12 +14,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.parse
 import urllib.request
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from tests.polling import wait_for
 
 _HOP_BY_HOP = {
     "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection",
@@ -43,16 +44,20 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
+
+    def answers() -> bool:
         try:
             with urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=1):
-                return process, url
+                return True
         except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError("moto_server did not start") from None
-            time.sleep(0.1)
+            if process.poll() is not None:
+                raise RuntimeError("moto_server exited at start") from None
+            return False
+
+    if not wait_for(answers, 30, step=0.1):
+        process.kill()
+        raise RuntimeError("moto_server did not start")
+    return process, url
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

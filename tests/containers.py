@@ -12,7 +12,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.polling import wait_for
 from tests.servers import venv_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,11 +50,8 @@ def built(script: str, *args: str) -> str:
 
 
 def until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.25)
+    if not wait_for(check, timeout, step=0.25):
+        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @contextlib.contextmanager
@@ -63,15 +60,16 @@ def machine_lock(name: str, timeout: float = 600) -> Iterator[None]:
     the standalone build and port 9098 on the host's network are one each per machine."""
     where = "/run/lock" if os.path.isdir("/run/lock") else tempfile.gettempdir()
     with open(f"{where}/secrets-bridge-tests-{name}.lock", "w") as lock:
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def taken() -> bool:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return True
             except BlockingIOError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"timed out after {timeout:.0f} s waiting for the {name} lock")
-                time.sleep(0.5)
+                return False
+
+        if not wait_for(taken, timeout, step=0.5):
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for the {name} lock")
         yield
 
 

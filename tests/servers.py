@@ -10,7 +10,6 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+
+from tests.polling import wait_for
 
 
 def free_port() -> int:
@@ -40,18 +41,19 @@ def venv_binary(name: str) -> str:
 
 
 def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited early with {proc.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=1):
-                return
+                return True
         except urllib.error.HTTPError:
-            return  # it answers
+            return True  # it answers
         except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout}s")
+            return False
+
+    if not wait_for(answers, timeout, step=0.1):
+        raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
 # -- PostgreSQL (Debian's postgresql-15) ------------------------------------------------------
@@ -211,17 +213,20 @@ http {{
                                 "-c", str(directory / "nginx.conf")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = Nginx(port, pid_file, process)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+
+    def serving() -> bool:
         if process.poll() is not None:
             log = (directory / "error.log").read_text(errors="replace") if (directory / "error.log").exists() else ""
             raise RuntimeError(f"nginx exited with {process.returncode}: {log[-500:]}")
-        if pid_file.exists():
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    return server
-            except OSError:
-                pass
-        time.sleep(0.05)
+        if not pid_file.exists():
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    if wait_for(serving, 20, step=0.05):
+        return server
     server.stop()
     raise RuntimeError("nginx did not start within 20s")

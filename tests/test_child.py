@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bridge.runtime.child import Child, Quiet, StartError, child_environment, exit_status
+from tests.polling import wait_for
 
 
 def test_environment_drops_credentials_and_own_settings() -> None:
@@ -53,10 +54,8 @@ def test_child_runs_with_its_environment_in_its_own_group(tmp_path: Path) -> Non
         sys.exit(4)
     """)])
     child.start({b"DB_PASSWORD": b"from-exec"})
-    deadline = time.monotonic() + 30
-    while (status := child.poll()) is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert status == 4 and not child.running()
+    wait_for(lambda: child.poll() is not None, 30, step=0.05)
+    assert child.poll() == 4 and not child.running()
     assert out.read_text() == "from-exec True"
 
 
@@ -73,13 +72,9 @@ def test_signals_are_passed_on_and_stop_kills_after_its_timeout(tmp_path: Path) 
             time.sleep(0.05)
     """)])
     child.start({})
-    deadline = time.monotonic() + 30
-    while not ready.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert wait_for(ready.exists, 30, step=0.05)
     assert child.forward(signal.SIGUSR1)
-    while not (tmp_path / "usr1").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert (tmp_path / "usr1").exists()
+    assert wait_for((tmp_path / "usr1").exists, 30, step=0.05)
     started = time.monotonic()
     assert child.stop(signal.SIGTERM, timeout=0.5) == 128 + signal.SIGKILL
     assert 0.4 < time.monotonic() - started < 10

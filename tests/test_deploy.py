@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from bridge.config.loader import parse_config
+from tests.polling import wait_for
 from tests.servers import free_port, venv_binary, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -226,9 +226,8 @@ def test_compose_healthcheck_passes_once_the_bridge_is_ready(openbao: Any) -> No
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_http(f"http://127.0.0.1:{port}/healthz", proc=bridge)
-            deadline = time.monotonic() + 30  # a wait, not an assertion: /readyz is 503 until the first commit
-            while _run(*check).returncode != 0 and time.monotonic() < deadline and bridge.poll() is None:
-                time.sleep(0.1)
+            # a wait, not an assertion: /readyz is 503 until the first commit
+            wait_for(lambda: _run(*check).returncode == 0 or bridge.poll() is not None, 30, step=0.1)
             assert _run(*check).returncode == 0
             assert (mountpoint / "db_password").read_text() == "compose-pw"
         finally:

@@ -20,6 +20,7 @@ from bridge.config.sections import OnChange
 from bridge.observe.changes import Change
 from bridge.observe.metrics import REGISTRY
 from bridge.runtime.notify import Notifier, _read_pid
+from tests.polling import wait_for
 from tests.servers import venv_binary
 
 WAITER = textwrap.dedent("""
@@ -41,15 +42,6 @@ def _change(file: str, entry: str | None = None) -> Change:
 def _count(action: str, outcome: str) -> float:
     value = REGISTRY.get_sample_value("secrets_bridge_notifications_total", {"action": action, "outcome": outcome})
     return value or 0.0
-
-
-def _until(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def _recorder(tmp_path: Path, name: str = "ran") -> tuple[list[str], Path]:
@@ -82,7 +74,7 @@ def test_signal_to_pid_file(tmp_path: Path, notifiers: list[Notifier]) -> None:
     notifier([_change("a")])
     assert proc.stdout.readline().strip() == "HUP"
     proc.wait(timeout=10)
-    assert _until(lambda: _count("signal", "ok") == before + 1)
+    assert wait_for(lambda: _count("signal", "ok") == before + 1)
 
 
 def test_action_filters_by_entry_or_file(tmp_path: Path, notifiers: list[Notifier]) -> None:
@@ -92,9 +84,9 @@ def test_action_filters_by_entry_or_file(tmp_path: Path, notifiers: list[Notifie
     notifiers.append(notifier)
     notifier([_change("other")])
     notifier([_change("tls/cert.pem", entry="tls")])
-    assert _until(lambda: len(_runs(out)) == 1)
+    assert wait_for(lambda: len(_runs(out)) == 1)
     notifier([_change("db/password", entry="db"), _change("db/username", entry="db")])
-    assert _until(lambda: len(_runs(out)) == 2)
+    assert wait_for(lambda: len(_runs(out)) == 2)
     notifier.close(5)
     assert _runs(out) == ["tls/cert.pem", "db/password"]
 
@@ -119,7 +111,7 @@ def test_http_action_posts(tmp_path: Path, notifiers: list[Notifier]) -> None:
         notifier = Notifier([OnChange.model_validate({"http": {"url": url}})])
         notifiers.append(notifier)
         notifier([_change("a")])
-        assert _until(lambda: seen == [("POST", "/-/reload")])
+        assert wait_for(lambda: seen == [("POST", "/-/reload")])
     finally:
         server.shutdown()
 
@@ -159,9 +151,9 @@ def test_reload_keeps_or_flushes_pending_changes(tmp_path: Path) -> None:
     notifier = Notifier([kept, gone])
     notifier([_change("a")])
     notifier.replace([kept])
-    assert _until(lambda: _runs(gone_out) == ["a"])  # not 30s later
+    assert wait_for(lambda: _runs(gone_out) == ["a"])  # not 30s later
     notifier([_change("b")])
-    assert _until(lambda: _runs(kept_out) == ["a\nb"])
+    assert wait_for(lambda: _runs(kept_out) == ["a\nb"])
     notifier([_change("c")])
     notifier.close(5)
     assert _runs(kept_out) == ["a\nb", "c"] and _runs(gone_out) == ["a"]
@@ -188,7 +180,7 @@ def test_wait_folds_a_burst_into_one_notification(tmp_path: Path) -> None:
     for i in range(20):
         notifier([_change(f"s{i}")])
         time.sleep(0.01)
-    assert _until(lambda: len(_runs(out)) == 1)
+    assert wait_for(lambda: len(_runs(out)) == 1)
     time.sleep(1.0)  # a second run would come 500ms after the last change
     notifier.close(5)
     (run,) = _runs(out)
@@ -218,7 +210,7 @@ def test_slow_action_never_blocks_and_close_is_bounded(tmp_path: Path) -> None:
     before = _count("exec", "failed")
     notifier = Notifier([OnChange(exec=[sys.executable, "-c", code], timeout=120)])
     notifier([_change("a")])  # returns at once: the command runs on the notifier's thread
-    assert _until(lambda: started.exists() and started.read_text() != "")
+    assert wait_for(lambda: started.exists() and started.read_text() != "")
     pid = int(started.read_text())
     notifier([_change("b")])  # queued behind the hanging one
     notifier.close(0.5)
@@ -276,7 +268,7 @@ def test_missing_pid_file_at_start_is_skipped(tmp_path: Path, caplog: pytest.Log
     skipped, failed = _count("signal", "skipped"), _count("signal", "failed")
     notifier = Notifier([OnChange(signal="HUP", pid_file=tmp_path / "not-yet.pid")])
     notifier([_change("a")])
-    assert _until(lambda: _count("signal", "skipped") == skipped + 1)
+    assert wait_for(lambda: _count("signal", "skipped") == skipped + 1)
     assert not [r for r in caplog.records if r.levelno >= 30]
     notifier.started()
     notifier([_change("a")])
@@ -337,7 +329,7 @@ def test_http_timeout_is_a_deadline_for_the_whole_call(dribble: str, caplog: pyt
     notifier = Notifier([OnChange.model_validate({"http": {"url": dribble}, "timeout": "1s"})])
     started = time.monotonic()
     notifier([_change("a")])
-    assert _until(lambda: _count("http", "failed") == before + 1, timeout=8)
+    assert wait_for(lambda: _count("http", "failed") == before + 1, timeout=8)
     assert time.monotonic() - started < 3
     notifier.close(5)
     assert "no answer within 1s" in caplog.text
@@ -355,7 +347,7 @@ def test_a_slow_action_never_delays_another(tmp_path: Path, dribble: str) -> Non
         time.sleep(0.3)
         started = time.monotonic()
         notifier([_change("b")])  # the first two are still hanging
-        assert _until(lambda: _runs(out) == ["a\nb"] or len(_runs(out)) == 2, timeout=5)
+        assert wait_for(lambda: _runs(out) == ["a\nb"] or len(_runs(out)) == 2, timeout=5)
         assert time.monotonic() - started < 2.5
     finally:
         notifier.close(1)
@@ -367,8 +359,8 @@ def test_idle_notifier_holds_no_thread(tmp_path: Path) -> None:
     baseline = threading.active_count()
     notifier = Notifier([OnChange(exec=argv), OnChange(exec=argv)])
     notifier([_change("a")])
-    assert _until(lambda: len(_runs(out)) == 2)
-    assert _until(lambda: threading.active_count() == baseline)
+    assert wait_for(lambda: len(_runs(out)) == 2)
+    assert wait_for(lambda: threading.active_count() == baseline)
     notifier.close(5)
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from bridge.config.fields import LEASE_FILE, STATE_FILE
 from bridge.writer.atomic import is_memory_backed
+from tests.polling import wait_for
 from tests.servers import free_port, venv_binary
 
 SECRET = "S3CRET-probe-value"
@@ -137,15 +138,6 @@ def test_a_fifo_planted_as_a_bridge_file_hangs_nothing(tmp_path: Path, out_dir: 
     assert (out_dir / "other").read_text() == "plain-value"
 
 
-def _wait(predicate, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def _readyz(port: int) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
@@ -180,13 +172,13 @@ def test_readyz_fails_when_a_required_file_cannot_be_rendered_for_max_staleness(
                                                  "refresh_interval: 200ms\nmax_staleness: 1s"))
     proc = _run(config)
     try:
-        assert _wait(lambda: _readyz(port)[0] == 200)
+        assert wait_for(lambda: _readyz(port)[0] == 200, 15, step=0.2)
         (tmp_path / "source" / "r.json").write_text(json.dumps({"pw": "two"}))
-        assert _wait(lambda: _readyz(port)[0] == 503), _readyz(port)
+        assert wait_for(lambda: _readyz(port)[0] == 503, 15, step=0.2), _readyz(port)
         assert "t.txt" in _readyz(port)[1] and "p" in _readyz(port)[1]
         assert (out_dir / "t.txt").read_text() == "P=one"
         (tmp_path / "source" / "r.json").write_text(json.dumps({"password": "three"}))
-        assert _wait(lambda: _readyz(port)[0] == 200)
+        assert wait_for(lambda: _readyz(port)[0] == 200, 15, step=0.2)
     finally:
         _stop(proc)
 
@@ -211,19 +203,19 @@ def test_a_full_tmpfs_is_logged_once_and_fails_readiness(tmp_path: Path, small_t
                                                  "refresh_interval: 100ms\nmax_staleness: 1s"))
     proc = _run(config)
     try:
-        assert _wait(lambda: _readyz(port)[0] == 200)
+        assert wait_for(lambda: _readyz(port)[0] == 200, 15, step=0.2)
         fd = os.open(small_tmpfs / "fill", os.O_WRONLY | os.O_CREAT, 0o600)
         with contextlib.suppress(OSError):  # until ENOSPC
             while os.write(fd, b"\0" * 4096):
                 pass
         os.close(fd)
         (tmp_path / "source" / "w").write_text("two")
-        assert _wait(lambda: _readyz(port)[0] == 503), _readyz(port)
+        assert wait_for(lambda: _readyz(port)[0] == 503, 15, step=0.2), _readyz(port)
         assert "commits to" in _readyz(port)[1]
         time.sleep(1)  # several cycles while full
         (small_tmpfs / "fill").unlink()
-        assert _wait(lambda: (out / "w").read_text() == "two")
-        assert _wait(lambda: _readyz(port)[0] == 200)
+        assert wait_for(lambda: (out / "w").read_text() == "two", 15, step=0.2)
+        assert wait_for(lambda: _readyz(port)[0] == 200, 15, step=0.2)
     finally:
         printed = _stop(proc)
     assert printed.count("cannot write the state file") <= 1, printed
@@ -271,11 +263,11 @@ def test_a_reload_that_removes_a_leased_entry_drops_its_expiry_gauge(openbao, va
         return "\n".join(line for line in text.splitlines() if line.startswith("secrets_bridge_lease_expiry"))
 
     try:
-        assert _wait(lambda: 'secret="gone"' in gauges() and 'secret="kept"' in gauges())
+        assert wait_for(lambda: 'secret="gone"' in gauges() and 'secret="kept"' in gauges(), 15, step=0.2)
         config.write_text(both.split("  gone:")[0])
         # one scrape that has the kept gauge and not the removed one (a scrape while the reloaded
         # engine resumes its lease may have neither)
-        assert _wait(lambda: 'secret="gone"' not in (g := gauges()) and 'secret="kept"' in g), gauges()
+        assert wait_for(lambda: 'secret="gone"' not in (g := gauges()) and 'secret="kept"' in g, 15, step=0.2), gauges()
     finally:
         _stop(proc)
 
@@ -405,10 +397,10 @@ def test_readyz_is_green_for_a_star_entry_over_an_empty_map(tmp_path: Path, out_
                                                  "refresh_interval: 200ms"))
     proc = _run(config)
     try:
-        assert _wait(lambda: _readyz(port)[0] == 200), _readyz(port)
+        assert wait_for(lambda: _readyz(port)[0] == 200, 15, step=0.2), _readyz(port)
         (tmp_path / "source" / "empty.json").unlink()
         config.write_text(config.read_text().replace("ref: empty.json", "ref: gone.json"))
-        assert _wait(lambda: "missing: e" in _readyz(port)[1]), _readyz(port)
+        assert wait_for(lambda: "missing: e" in _readyz(port)[1], 15, step=0.2), _readyz(port)
     finally:
         _stop(proc)
 

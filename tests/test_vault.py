@@ -24,6 +24,7 @@ from bridge.provider import Fetched, Request
 from providers.vault import VaultProvider, VaultSettings
 from tests.conformance import ProviderConformance, read, unique_text
 from tests.fault_proxy import FaultProxy
+from tests.polling import wait_for
 from tests.servers import free_port
 from tests.vault_fixtures import (  # noqa: F401 - fixtures
     VaultBackend,
@@ -207,20 +208,23 @@ def test_mount_changed_on_the_server_is_followed(openbao, monkeypatch: pytest.Mo
         else:
             client.sys.disable_secrets_engine(mount)
             client.sys.enable_secrets_engine("kv", path=mount, options={"version": after})
-        deadline = time.monotonic() + 15
-        while True:  # an upgrade to v2 runs in the background for a moment
+        def written() -> bool:
             try:
                 write("new", after)
-                break
+                return True
             except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        while True:
-            outcome = p.fetch_many([Request(f"{mount}/app")])[Request(f"{mount}/app")]
-            if isinstance(outcome, Fetched) or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)
+                return False
+
+        if not wait_for(written, 15, step=0.2):  # an upgrade to v2 runs in the background for a moment
+            write("new", after)  # raises its error
+        outcomes = []
+
+        def fetched() -> bool:
+            outcomes.append(p.fetch_many([Request(f"{mount}/app")])[Request(f"{mount}/app")])
+            return isinstance(outcomes[-1], Fetched)
+
+        wait_for(fetched, 15, step=0.3)
+        outcome = outcomes[-1]
         assert isinstance(outcome, Fetched), outcome
         assert json.loads(outcome.value)["k"] == "new"
         assert (outcome.version is None) == (after == "1")

@@ -8,7 +8,6 @@ line, Retry-After carried on a throttled answer, TLS (`ca_cert`, `tls_skip_verif
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from bridge.errors import AccessDenied, SecretNotFound, Unavailable
 from bridge.provider import Fetched, Request
 from providers.vault import VaultProvider, VaultSettings
 from tests.conformance import read
+from tests.polling import wait_for
 from tests.servers import free_port, venv_binary
 from tests.vault_fixtures import (  # noqa: F401 - fixtures
     POLICY,
@@ -79,15 +79,16 @@ def openbao_tls(tmp_path_factory: pytest.TempPathFactory):
                              "-dev-no-store-token"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         client = hvac.Client(url=address, token="tls-root", verify=str(ca))
-        deadline = time.monotonic() + 20
-        while True:
+
+        def written() -> bool:
             try:
                 client.secrets.kv.v2.create_or_update_secret(path="tls/one", secret={"value": "over-tls"})
-                break
+                return True
             except (OSError, requests.RequestException, hvac.exceptions.VaultError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+                return False
+
+        if not wait_for(written, 20, step=0.2):
+            client.secrets.kv.v2.create_or_update_secret(path="tls/one", secret={"value": "over-tls"})  # its error
         yield address, ca
     finally:
         proc.terminate()

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from bridge.errors import ProviderError, SecretNotFound
 from bridge.provider import Fetched, Request
 from providers.vault import VaultProvider, VaultSettings
+from tests.polling import wait_for
 from tests.versions import latest_one
 
 
@@ -109,10 +110,7 @@ def test_expired_lease_is_not_alive(provider: VaultProvider, vault_database) -> 
     ref = vault_database.role(default_ttl="1s", max_ttl="1s")
     fetched = _fetch(provider, Request(ref))
     assert fetched.lease_id is not None
-    deadline = time.monotonic() + 15
-    while provider.lease_alive(fetched.lease_id) is not None:
-        assert time.monotonic() < deadline, "the 1 s lease never expired"
-        time.sleep(0.3)
+    assert wait_for(lambda: provider.lease_alive(fetched.lease_id) is None, 15, step=0.3), "the 1 s lease never expired"
 
 
 def test_pki_issue_with_params(provider: VaultProvider, vault_pki) -> None:
@@ -204,10 +202,8 @@ def test_nginx_serves_and_reloads_an_issued_certificate(provider: VaultProvider,
     assert server.served_certificate().serial_number == first
     second = install(_fetch(provider, request))
     os.kill(int(server.pid_file.read_text()), signal.SIGHUP)
-    deadline = time.monotonic() + 15
-    while server.served_certificate().serial_number != second:
-        assert time.monotonic() < deadline, "nginx never served the new certificate"
-        time.sleep(0.1)
+    assert wait_for(lambda: server.served_certificate().serial_number == second, 15, step=0.1), \
+        "nginx never served the new certificate"
 
 
 def test_default_policy_allows_renew_and_lookup(openbao, vault_database, tmp_path) -> None:
