@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
 import time
 import urllib.request
 import uuid
@@ -32,7 +30,7 @@ from tests import test_aws_secretsmanager as sm_tests
 from tests.aws_counting_proxy import CountingProxy
 from tests.conformance import ProviderConformance
 from tests.engines import make_engine
-from tests.servers import venv_binary
+from tests.harness import Bridge
 from tests.test_aws_secretsmanager import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY
 
 # The Secrets Manager tests' fixtures: moto's server, the counting proxy, the loopback-only environment.
@@ -452,16 +450,8 @@ def test_cli_sync_check_ls_inspect(moto_url: str, tmp_path: Path) -> None:
         f"providers:\n  ssm: {{type: aws-ssm, region: {REGION}, endpoint_url: '{moto_url}'}}\n"
         f"secrets:\n  db_password: {{provider: ssm, ref: {root}/db/password, version: prod}}\n"
         f'  app: {{provider: ssm, ref: "{root}/", files: "*"}}\n')
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY}
-    printed: list[str] = []
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([venv_binary("secrets-bridge"), "--config", str(config), "--debug", *args],
-                              env=env, capture_output=True, text=True, timeout=60)
-        printed.extend([proc.stdout, proc.stderr])
-        assert proc.returncode == 0, proc.stderr
-        return proc
-
+    cli = Bridge(config, options=("--debug",),
+                 env={"AWS_ACCESS_KEY_ID": ACCESS_KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY})
     cli("sync")
     assert (out / "db_password").read_text() == values[f"{root}/db/password"]
     assert (out / "app" / "api" / "token").read_text() == values[f"{root}/api/token"]
@@ -471,6 +461,6 @@ def test_cli_sync_check_ls_inspect(moto_url: str, tmp_path: Path) -> None:
     (doc,) = json.loads(cli("inspect", "db_password").stdout)
     assert (doc["version"], doc["pinned_version"]) == ("1", "prod")
     state = (out / ".secrets-bridge-state.json").read_text()
-    for text in [*printed, state]:
+    for text in [cli.output(), state]:
         for secret in (*values.values(), SECRET_ACCESS_KEY):
             assert secret not in text

@@ -51,6 +51,7 @@ from tests.azure_fixtures import (  # noqa: F401 - fixtures
 )
 from tests.conformance import ProviderConformance, read, unique_text
 from tests.engines import make_engine
+from tests.harness import Bridge
 from tests.versions import latest
 
 
@@ -434,11 +435,6 @@ def test_cli_sync_and_check_leak_nothing(
     backend: KeyVaultBackend, fake: FakeKeyVault, ca_file: Path, tmp_path: Path
 ) -> None:
     """`secrets-bridge sync` then `check` against the vault exit 0, write the file, and print no value or credential."""
-    import os
-    import subprocess
-
-    from tests.servers import venv_binary
-
     ref = backend.new_ref()
     value = unique_text()
     backend.put(ref, value)
@@ -447,17 +443,13 @@ def test_cli_sync_and_check_leak_nothing(
         f"output_dir: {tmp_path / 'out'}\nrequire_tmpfs: false\nlisten: null\n"
         f"providers:\n  azure: {{type: azure-keyvault, vault_url: '{VAULT_URL}', ca_cert: '{ca_file}'}}\n"
         f"secrets:\n  app_secret: {{provider: azure, ref: {ref}}}\n")
-    outputs = []
-    for command in ("sync", "check"):
-        proc = subprocess.run([venv_binary("secrets-bridge"), "--config", str(config), command],
-                              env=dict(os.environ), capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0, proc.stderr
-        outputs.append(proc.stdout + proc.stderr)
+    bridge = Bridge(config)
+    bridge("sync"), bridge("check")  # each must exit 0
     assert (tmp_path / "out" / "app_secret").read_text() == value
-    for text in outputs:
-        assert value not in text
-        for credential in fake.credentials():
-            assert credential not in text
+    text = bridge.output()
+    assert value not in text
+    for credential in fake.credentials():
+        assert credential not in text
 
 
 # -- settings -------------------------------------------------------------------------------------------

@@ -10,8 +10,6 @@ authenticates is tested in test_gcp_client."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -39,7 +37,7 @@ from tests.gcp_fixtures import (  # noqa: F401 - fixtures
     make_provider,
     provider,
 )
-from tests.servers import venv_binary
+from tests.harness import Bridge
 
 
 class TestSecretManagerConformance(ProviderConformance):
@@ -290,12 +288,8 @@ def test_cli_sync_check_ls_inspect_leak_nothing(
         f"secrets:\n  app: {{provider: gcp, ref: {ref}}}\n"
         f"  app.previous: {{provider: gcp, ref: {ref}, version: previous}}\n"
         f"  full: {{provider: gcp, ref: 'projects/{PROJECT}/secrets/{ref}', version: '1'}}\n")
-    outputs = []
-    for command in (["sync"], ["check"], ["ls"], ["inspect", "app"]):
-        proc = subprocess.run([venv_binary("secrets-bridge"), "--config", str(config), *command],
-                              env=dict(os.environ), capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0, proc.stderr
-        outputs.append(proc.stdout + proc.stderr)
+    bridge = Bridge(config)
+    outputs = [bridge(*command).stdout for command in (["sync"], ["check"], ["ls"], ["inspect", "app"])]
     out = tmp_path / "out"
     assert [(out / n).read_text() for n in ("app", "app.previous", "full")] == [value, old, old]
     assert ref in outputs[2]
@@ -304,19 +298,17 @@ def test_cli_sync_check_ls_inspect_leak_nothing(
     gcp.state.corrupt.add(ref)
     try:
         backend.put(ref, "never-written-" + uuid.uuid4().hex)
-        proc = subprocess.run([venv_binary("secrets-bridge"), "--config", str(config), "sync"],
-                              env=dict(os.environ), capture_output=True, text=True, timeout=60)
+        proc = bridge("sync", check=1)
     finally:
         gcp.state.corrupt.discard(ref)
-    assert proc.returncode == 1 and "CRC32C" in proc.stderr
+    assert "CRC32C" in proc.stderr
     assert (out / "app").read_text() == value
-    outputs.append(proc.stdout + proc.stderr)
     key = json.loads(key_file.read_text())
-    for text in outputs:
-        assert value not in text and old not in text and "never-written" not in text
-        assert key["private_key_id"] not in text and "PRIVATE KEY" not in text
-        for credential in gcp.credentials():
-            assert credential not in text
+    text = bridge.output()
+    assert value not in text and old not in text and "never-written" not in text
+    assert key["private_key_id"] not in text and "PRIVATE KEY" not in text
+    for credential in gcp.credentials():
+        assert credential not in text
 
 
 # -- settings --------------------------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ from bridge.config.sections import OnChange
 from bridge.observe.changes import Change
 from bridge.observe.metrics import REGISTRY
 from bridge.runtime.notify import Notifier, _read_pid
+from tests.harness import Bridge
 from tests.polling import wait_for
-from tests.servers import venv_binary
 
 WAITER = textwrap.dedent("""
     import signal, sys, time
@@ -290,9 +290,7 @@ def test_bad_http_url_exits_2_in_one_line(tmp_path: Path) -> None:
     """The CLI refuses a non-http URL before doing anything: exit 2, one line naming the field."""
     config = tmp_path / "c.yaml"
     config.write_text(f"output_dir: {tmp_path / 'out'}\non_change:\n  - {{http: {{url: 'file:///etc/shadow'}}}}\n")
-    proc = subprocess.run([venv_binary("secrets-bridge"), "--config", str(config), "sync"],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
+    proc = Bridge(config)("sync", check=2)
     assert proc.stderr == "secrets-bridge: on_change.0.http.url: expected an http:// or https:// URL\n"
     assert not (tmp_path / "out").exists()
 
