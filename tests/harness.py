@@ -44,15 +44,17 @@ sys.exit(bridge.cli.main(sys.argv[2:]))
 class Bridge:
     """`secrets-bridge [options] --config CONFIG ...` as processes sharing one environment and one log.
 
-    `env` overrides the base environment (the test's own, or with `inherit=False` only PATH and
-    PYTHONPATH); `options` go before every command (`--debug`, `--log-format json`); `clock` runs it
-    with its wall clock that far off (libfaketime, monotonic kept); `log` is where its output goes
-    (default: beside the config)."""
+    `env` overrides the base environment: the test's own less any SECRETS_BRIDGE_* variable (or,
+    with `inherit=False`, only PATH), with PYTHONPATH the project's unless `env` names one.
+    `options` go before every command (`--debug`, `--log-format json`); `clock` runs it with its
+    wall clock that far off (libfaketime, monotonic kept); `log` is where its output goes (default:
+    beside the config)."""
 
     def __init__(self, config: Path, *, env: Mapping[str, str] | None = None, options: Sequence[str] = (),
                  inherit: bool = True, clock: str | None = None, log: Path | None = None) -> None:
         self.config = config
-        base = dict(os.environ) if inherit else {"PATH": "/usr/bin:/bin"}
+        mine = {k: v for k, v in os.environ.items() if not k.startswith("SECRETS_BRIDGE_")}  # the config says
+        base = mine if inherit else {"PATH": "/usr/bin:/bin"}
         self.env: dict[str, str] = {**base, "PYTHONPATH": str(ROOT), **(env or {})}
         if clock is not None:
             if not os.path.exists(FAKETIME):

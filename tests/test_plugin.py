@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import venv_binary
+from tests.harness import Bridge
 
 PLUGIN = Path(__file__).parent / "plugin"
 
@@ -30,10 +30,8 @@ def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _run(plugin_path: Path, tmp_path: Path, config: str, *args: str, token: str = "let-me-in"):
     (tmp_path / "c.yaml").write_text(config)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SECRETS_BRIDGE_")}
-    env.update(PYTHONPATH=str(plugin_path), EXAMPLE_MEMORY_TOKEN=token)
-    return subprocess.run([venv_binary("secrets-bridge"), "--config", str(tmp_path / "c.yaml"), *args],
-                          capture_output=True, text=True, env=env, timeout=60)
+    bridge = Bridge(tmp_path / "c.yaml", env={"PYTHONPATH": str(plugin_path), "EXAMPLE_MEMORY_TOKEN": token})
+    return bridge(*args, check=None)
 
 
 def _config(tmp_path: Path, out: Path, secrets: str) -> str:

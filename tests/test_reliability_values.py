@@ -8,7 +8,6 @@ import json
 import random
 import re
 import shutil
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -18,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.reliability_kit import ROOT, Leaks, record, tmpfs_dir
-from tests.servers import venv_binary
+from tests.harness import Bridge
+from tests.reliability_kit import Leaks, record, tmpfs_dir
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,40}")
 _json_leaf = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
@@ -129,10 +128,9 @@ def test_generated_values_sync_exactly(value: bytes) -> None:
         files, template, failing, maybe = _expected(value, doc)
         config = src / f"c-{uuid.uuid4().hex[:6]}.yaml"
         config.write_text(_config(out, src, doc, template))
-        done = subprocess.run([venv_binary("secrets-bridge"), "--debug", "--log-format", "text", "--config",
-                               str(config), "sync"], capture_output=True, timeout=120,
-                              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
-        stderr = done.stderr.decode("utf-8", "replace")
+        bridge = Bridge(config, options=("--debug", "--log-format", "text"), inherit=False)
+        done = bridge("sync", check=None, timeout=120)
+        stderr = done.stderr
         assert "Traceback" not in stderr and "internal error" not in stderr, stderr[-3000:]
         assert done.returncode in ({1} if failing else {0, 1} if maybe else {0}), (failing, stderr[-2000:])
         if done.returncode == 1 and not failing:
@@ -149,8 +147,7 @@ def test_generated_values_sync_exactly(value: bytes) -> None:
         leaks = Leaks()
         if len(set(value)) >= 6:  # a value of few distinct bytes may occur in a log by chance
             leaks.secret(value)
-        leaks.text("stdout", done.stdout)
-        leaks.text("stderr", done.stderr)
+        leaks.text("log", bridge.raw())  # bytes: a value need not be UTF-8
         leaks.file("state", out / ".secrets-bridge-state.json")
         leaks.check("values")
     finally:
@@ -247,11 +244,10 @@ def test_hostile_values_fail_their_own_entry_fast() -> None:
         config.write_text(f"output_dir: {out}\nlisten: null\nproviders:\n  dev: {{type: file, base_dir: {src}}}\n"
                           f"secrets:\n{entries}")
         started = time.monotonic()
-        done = subprocess.run([venv_binary("secrets-bridge"), "--debug", "--log-format", "text", "--config",
-                               str(config), "sync"], capture_output=True, timeout=120,
-                              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+        bridge = Bridge(config, options=("--debug", "--log-format", "text"), inherit=False)
+        done = bridge("sync", check=None, timeout=120)
         took = time.monotonic() - started
-        stderr = done.stderr.decode("utf-8", "replace")
+        stderr = done.stderr
         assert done.returncode == 1 and "Traceback" not in stderr and "internal error" not in stderr, stderr[-3000:]
         assert took < 30, took
         for name in _HOSTILE_ENTRIES:
@@ -259,7 +255,7 @@ def test_hostile_values_fail_their_own_entry_fast() -> None:
             assert not (out / name).exists(), name
         assert (out / "good").read_text() == '{"n": 5432}'
         assert (out / "b64").read_text() == "NTQzMg=="
-        assert _HOSTILE_SECRET not in stderr + done.stdout.decode() and "hostile-it" not in stderr
+        assert _HOSTILE_SECRET not in stderr + done.stdout and "hostile-it" not in stderr
     finally:
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(src, ignore_errors=True)
