@@ -7,7 +7,6 @@ import base64
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import time
 import urllib.error
@@ -19,6 +18,7 @@ import pytest
 
 from bridge.config.fields import LEASE_FILE, STATE_FILE
 from bridge.writer.atomic import is_memory_backed
+from tests.harness import Bridge, vault_env
 from tests.polling import wait_for
 from tests.servers import free_port, venv_binary
 
@@ -33,12 +33,6 @@ def out_dir():
     d = Path("/dev/shm") / f"sb-probe-{uuid.uuid4().hex}"
     yield d
     subprocess.run(["rm", "-rf", str(d)], check=False)
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SECRETS_BRIDGE_")}
-    return subprocess.run([venv_binary("secrets-bridge"), *args], env=clean, capture_output=True, text=True,
-                          timeout=30)
 
 
 def _config(tmp_path: Path, out_dir: Path, secrets: str, sources: dict[str, str]) -> Path:
@@ -57,7 +51,7 @@ def test_star_keys_that_clash_as_file_and_folder_fail_only_their_entry(tmp_path:
     config = _config(tmp_path, out_dir, "  star: {provider: dev, ref: star.json, files: '*'}\n"
                                         "  other: {provider: dev, ref: plain}\n",
                      {"star.json": json.dumps({"b": "1", "b/c": "2"}), "plain": "plain-value"})
-    proc = _cli("sync", "--config", str(config))
+    proc = Bridge(config)("sync", check=None)
     assert proc.returncode == 1, proc.stderr
     assert (out_dir / "other").read_text() == "plain-value"
     assert "'b/c'" in proc.stderr and "cannot commit" not in proc.stderr
@@ -70,9 +64,9 @@ def test_template_error_never_repeats_a_key_taken_from_a_value(tmp_path: Path, o
     config = _config(tmp_path, out_dir, f"  t.txt:\n    template: '{template}'\n"
                                         "    values: {db: {provider: dev, ref: db.json}}\n",
                      {"db.json": json.dumps({"password": SECRET, "user": SECRET + "-user"})})
-    proc = _cli("sync", "--config", str(config))
+    proc = Bridge(config)("sync", check=None)
     assert proc.returncode == 1 and "t.txt" in proc.stderr and "missing" in proc.stderr, proc.stderr
-    ls = _cli("inspect", "t.txt", "--config", str(config))
+    ls = Bridge(config)("inspect", "t.txt", check=None)
     for text in (proc.stdout, proc.stderr, ls.stdout, ls.stderr, (out_dir / STATE_FILE).read_text()):
         assert SECRET not in text
 
@@ -82,7 +76,7 @@ def test_template_missing_key_written_in_it_is_still_named(tmp_path: Path, out_d
     config = _config(tmp_path, out_dir, "  t.txt:\n    template: 'x={{ db.nokey }}'\n"
                                         "    values: {db: {provider: dev, ref: db.json}}\n",
                      {"db.json": json.dumps({"password": SECRET})})
-    proc = _cli("sync", "--config", str(config))
+    proc = Bridge(config)("sync", check=None)
     assert proc.returncode == 1 and "'nokey'" in proc.stderr, proc.stderr
 
 
@@ -91,7 +85,7 @@ def test_template_loading_another_template_is_a_config_error(tmp_path: Path, out
     """include/import/extends have nothing to load: a config error (exit 2), not a render failure later."""
     config = _config(tmp_path, out_dir, f"  t.txt:\n    template: '{statement}'\n"
                                         "    values: {db: {provider: dev, ref: db.json}}\n", {"db.json": "{}"})
-    proc = _cli("sync", "--config", str(config))
+    proc = Bridge(config)("sync", check=None)
     assert proc.returncode == 2 and "secrets.t.txt.template" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -111,7 +105,7 @@ def test_an_edited_lease_store_does_not_stop_the_bridge(tmp_path: Path, out_dir:
     """A lease store with a field of the wrong type is ignored with a warning, never `internal error`."""
     config = _config(tmp_path, out_dir, "  other: {provider: dev, ref: plain}\n", {"plain": "plain-value"})
     _plant_lease(out_dir, **fields)
-    proc = _cli("sync", "--config", str(config))
+    proc = Bridge(config)("sync", check=None)
     assert proc.returncode == 0 and "internal error" not in proc.stderr, proc.stderr
     assert (out_dir / "other").read_text() == "plain-value"
 
@@ -120,7 +114,7 @@ def test_a_lease_record_never_replaces_a_polled_value(tmp_path: Path, out_dir: P
     """A record in the lease store for a unit that is neither leased nor issued is not resumed."""
     config = _config(tmp_path, out_dir, "  other: {provider: dev, ref: plain}\n", {"plain": "plain-value"})
     _plant_lease(out_dir)
-    proc = _cli("sync", "--config", str(config))
+    proc = Bridge(config)("sync", check=None)
     assert proc.returncode == 0, proc.stderr
     assert (out_dir / "other").read_text() == "plain-value"
 
@@ -132,8 +126,8 @@ def test_a_fifo_planted_as_a_bridge_file_hangs_nothing(tmp_path: Path, out_dir: 
     out_dir.mkdir()
     os.mkfifo(out_dir / name)
     if name == STATE_FILE:
-        assert _cli("ls", "--config", str(config)).returncode == 2
-    proc = _cli("sync", "--config", str(config))
+        assert Bridge(config)("ls", check=None).returncode == 2
+    proc = Bridge(config)("sync", check=None)
     assert proc.returncode == 0, proc.stderr
     assert (out_dir / "other").read_text() == "plain-value"
 
@@ -148,16 +142,18 @@ def _readyz(port: int) -> tuple[int, str]:
         return 0, ""
 
 
-def _run(config: Path) -> subprocess.Popen[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SECRETS_BRIDGE_")}
-    return subprocess.Popen([venv_binary("secrets-bridge"), "run", "--config", str(config)], env=clean,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _run(config: Path, env: dict[str, str] | None = None) -> Bridge:
+    """`run` on `config` through the one harness."""
+    bridge = Bridge(config, env=env)
+    bridge.start()
+    return bridge
 
 
-def _stop(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=20)
-    assert proc.returncode == 0, out
+def _stop(bridge: Bridge) -> str:
+    """SIGTERM; it must exit 0 within 20 s. Everything it printed."""
+    status = bridge.stop(timeout=20)
+    out = bridge.output()
+    assert status == 0, out
     return out
 
 
@@ -170,7 +166,7 @@ def test_readyz_fails_when_a_required_file_cannot_be_rendered_for_max_staleness(
                      {"r.json": json.dumps({"password": "one"})})
     config.write_text(config.read_text().replace("listen: null", f"listen: '127.0.0.1:{port}'\n"
                                                  "refresh_interval: 200ms\nmax_staleness: 1s"))
-    proc = _run(config)
+    bridge = _run(config)
     try:
         assert wait_for(lambda: _readyz(port)[0] == 200, 15, step=0.2)
         (tmp_path / "source" / "r.json").write_text(json.dumps({"pw": "two"}))
@@ -180,7 +176,7 @@ def test_readyz_fails_when_a_required_file_cannot_be_rendered_for_max_staleness(
         (tmp_path / "source" / "r.json").write_text(json.dumps({"password": "three"}))
         assert wait_for(lambda: _readyz(port)[0] == 200, 15, step=0.2)
     finally:
-        _stop(proc)
+        _stop(bridge)
 
 
 @pytest.fixture
@@ -201,7 +197,7 @@ def test_a_full_tmpfs_is_logged_once_and_fails_readiness(tmp_path: Path, small_t
     config = _config(tmp_path, out, "  w: {provider: dev, ref: w}\n", {"w": "one"})
     config.write_text(config.read_text().replace("listen: null", f"listen: '127.0.0.1:{port}'\n"
                                                  "refresh_interval: 100ms\nmax_staleness: 1s"))
-    proc = _run(config)
+    bridge = _run(config)
     try:
         assert wait_for(lambda: _readyz(port)[0] == 200, 15, step=0.2)
         fd = os.open(small_tmpfs / "fill", os.O_WRONLY | os.O_CREAT, 0o600)
@@ -217,7 +213,7 @@ def test_a_full_tmpfs_is_logged_once_and_fails_readiness(tmp_path: Path, small_t
         assert wait_for(lambda: (out / "w").read_text() == "two", 15, step=0.2)
         assert wait_for(lambda: _readyz(port)[0] == 200, 15, step=0.2)
     finally:
-        printed = _stop(proc)
+        printed = _stop(bridge)
     assert printed.count("cannot write the state file") <= 1, printed
     assert printed.count("cannot commit") == 1, printed
 
@@ -249,10 +245,7 @@ def test_a_reload_that_removes_a_leased_entry_drops_its_expiry_gauge(openbao, va
             f"providers:\n  vault: {{type: vault}}\nsecrets:\n"
             f"  kept: {issue}, key: certificate}}\n  gone: {issue}, key: private_key}}\n")
     config.write_text(both)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SECRETS_BRIDGE_")},
-           "VAULT_ADDR": openbao.address, "VAULT_TOKEN": openbao.root_token}
-    proc = subprocess.Popen([venv_binary("secrets-bridge"), "run", "--config", str(config)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    bridge = _run(config, vault_env(openbao))
 
     def gauges() -> str:
         try:
@@ -269,18 +262,18 @@ def test_a_reload_that_removes_a_leased_entry_drops_its_expiry_gauge(openbao, va
         # engine resumes its lease may have neither)
         assert wait_for(lambda: 'secret="gone"' not in (g := gauges()) and 'secret="kept"' in g, 15, step=0.2), gauges()
     finally:
-        _stop(proc)
+        _stop(bridge)
 
 
 def test_the_audit_event_of_a_removed_file_says_what_was_removed(tmp_path: Path, out_dir: Path) -> None:
     """A file removed because its entry left the config is audited with its provider, ref and old version."""
     config = _config(tmp_path, out_dir, "  a: {provider: dev, ref: one}\n  b: {provider: dev, ref: two}\n",
                      {"one": "1", "two": "2"})
-    assert _cli("sync", "--config", str(config)).returncode == 0
-    version = json.loads(_cli("inspect", "b", "--config", str(config)).stdout)[0]["version"]
+    assert Bridge(config)("sync", check=None).returncode == 0
+    version = json.loads(Bridge(config)("inspect", "b", check=None).stdout)[0]["version"]
     audit = tmp_path / "audit.jsonl"
     config.write_text(config.read_text().split("  b:")[0].replace("listen: null", f"listen: null\naudit_log: {audit}"))
-    assert _cli("sync", "--config", str(config)).returncode == 0
+    assert Bridge(config)("sync", check=None).returncode == 0
     events = [json.loads(line) for line in audit.read_text().splitlines()]
     assert [(e["file"], e["provider"], e["ref"], e["old_version"], e["new_version"]) for e in events] == \
         [("b", "dev", "two", version, None)]
@@ -296,7 +289,7 @@ def test_a_bad_file_rule_is_named_by_its_field(tmp_path: Path, out_dir: Path, ru
     """A bad option of one file of a `files:` entry is named by its path, not by pydantic's union branch."""
     config = _config(tmp_path, out_dir, f"  e: {{provider: dev, ref: x.json, files: {{a: {rule}}}}}\n",
                      {"x.json": "{}"})
-    proc = _cli("check", "--config", str(config))
+    proc = Bridge(config)("check", check=None)
     assert proc.returncode == 2 and proc.stderr.startswith(f"secrets-bridge: {named}"), proc.stderr
     assert "literal[" not in proc.stderr
 
@@ -306,7 +299,7 @@ def test_a_files_name_is_checked_as_a_name_of_its_own(tmp_path: Path, out_dir: P
     """`files: {"..data": key}` is refused as a `files: "*"` key of that name is (names beginning with `..`)."""
     config = _config(tmp_path, out_dir, f"  e: {{provider: dev, ref: x.json, files: {{'{name}': a}}}}\n",
                      {"x.json": "{}"})
-    proc = _cli("check", "--config", str(config))
+    proc = Bridge(config)("check", check=None)
     assert proc.returncode == 2 and "secrets.e.files" in proc.stderr, proc.stderr
 
 
@@ -345,16 +338,16 @@ def test_an_edited_state_file_does_not_stop_the_bridge(tmp_path: Path, out_dir: 
     """A state record with a field of the wrong shape is left out: `sync` still works (it ended in
     `internal error (ValueError)` before) and `ls` shows no garbage."""
     config = _config(tmp_path, out_dir, "  other: {provider: dev, ref: plain}\n", {"plain": "plain-value"})
-    assert _cli("sync", "--config", str(config)).returncode == 0
+    assert Bridge(config)("sync", check=None).returncode == 0
     state = out_dir / STATE_FILE
     doc = json.loads(state.read_text())
     doc["secrets"]["other"][field] = value
     state.write_text(json.dumps(doc))
     (tmp_path / "source" / "plain").write_text("new-value")
-    proc = _cli("sync", "--config", str(config))
+    proc = Bridge(config)("sync", check=None)
     assert proc.returncode == 0 and "internal error" not in proc.stderr, proc.stderr
     assert (out_dir / "other").read_text() == "new-value"
-    listed = _cli("ls", "--config", str(config))
+    listed = Bridge(config)("ls", check=None)
     assert listed.returncode == 0 and "garbage" not in listed.stdout and "big" not in listed.stdout
 
 
@@ -364,11 +357,11 @@ def test_a_deeply_nested_state_file_or_lease_store_does_not_stop_the_bridge(tmp_
     """200 KB of nested JSON arrays planted as the state file or the lease store: `sync` and `ls` go
     on (both ended in `internal error (RecursionError)` before)."""
     config = _config(tmp_path, out_dir, "  other: {provider: dev, ref: plain}\n", {"plain": "plain-value"})
-    assert _cli("sync", "--config", str(config)).returncode == 0
+    assert Bridge(config)("sync", check=None).returncode == 0
     (out_dir / name).write_text("[" * 100_000 + "]" * 100_000)
     (tmp_path / "source" / "plain").write_text("new-value")
     for command in ("sync", "ls"):
-        proc = _cli(command, "--config", str(config))
+        proc = Bridge(config)(command, check=None)
         assert "internal error" not in proc.stderr and proc.returncode in (0, 2), (command, proc.stderr)
     assert (out_dir / "other").read_text() == "new-value"
 
@@ -380,12 +373,12 @@ def test_audit_log_naming_a_file_the_bridge_manages_is_a_config_error(tmp_path: 
     that `ls` said "no state"."""
     config = _config(tmp_path, out_dir, "  other: {provider: dev, ref: plain}\n", {"plain": "plain-value"})
     config.write_text(config.read_text().replace("listen: null", f"listen: null\naudit_log: {out_dir / name}"))
-    proc = _cli("sync", "--config", str(config))
+    proc = Bridge(config)("sync", check=None)
     assert proc.returncode == 2 and "audit_log:" in proc.stderr, proc.stderr
     out_dir.mkdir()
     beside = tmp_path / "c2.yaml"
     beside.write_text(config.read_text().replace(str(out_dir / name), str(out_dir / "audit.jsonl")))
-    assert _cli("sync", "--config", str(beside)).returncode == 0
+    assert Bridge(beside)("sync", check=None).returncode == 0
 
 
 def test_readyz_is_green_for_a_star_entry_over_an_empty_map(tmp_path: Path, out_dir: Path) -> None:
@@ -395,22 +388,22 @@ def test_readyz_is_green_for_a_star_entry_over_an_empty_map(tmp_path: Path, out_
     config = _config(tmp_path, out_dir, "  e: {provider: dev, ref: empty.json, files: '*'}\n", {"empty.json": "{}"})
     config.write_text(config.read_text().replace("listen: null", f"listen: '127.0.0.1:{port}'\n"
                                                  "refresh_interval: 200ms"))
-    proc = _run(config)
+    bridge = _run(config)
     try:
         assert wait_for(lambda: _readyz(port)[0] == 200, 15, step=0.2), _readyz(port)
         (tmp_path / "source" / "empty.json").unlink()
         config.write_text(config.read_text().replace("ref: empty.json", "ref: gone.json"))
         assert wait_for(lambda: "missing: e" in _readyz(port)[1], 15, step=0.2), _readyz(port)
     finally:
-        _stop(proc)
+        _stop(bridge)
 
 
 def test_inspect_a_files_entry_by_its_name(tmp_path: Path, out_dir: Path) -> None:
     """`inspect NAME` of a `files:` entry lists each of its files (it said "no secret named" before)."""
     config = _config(tmp_path, out_dir, "  star: {provider: dev, ref: x.json, files: '*'}\n",
                      {"x.json": json.dumps({"a": "1", "b": "2"})})
-    assert _cli("sync", "--config", str(config)).returncode == 0
-    proc = _cli("inspect", "star", "--config", str(config))
+    assert Bridge(config)("sync", check=None).returncode == 0
+    proc = Bridge(config)("inspect", "star", check=None)
     assert proc.returncode == 0, proc.stderr
     assert [r["name"] for r in json.loads(proc.stdout)] == ["star/a", "star/b"]
-    assert _cli("inspect", "sta", "--config", str(config)).returncode == 1
+    assert Bridge(config)("inspect", "sta", check=None).returncode == 1
