@@ -1,8 +1,9 @@
-"""The engine, with an in-memory fake of our own Provider interface (the wire is tested per provider)."""
+"""The engine's cycle (bridge/engine/cycle.py) with an in-memory fake of our own Provider interface
+(the wire is tested per provider): one commit per cycle, readiness and staleness, outputs sharing
+a fetch, scale. Schedule, failures, phases and extraction have test files of their own."""
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import time
@@ -10,16 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.engine.cycle import Engine
-from bridge.errors import SecretNotFound, Unavailable
+from bridge.errors import Unavailable
 from bridge.provider import Request
 from tests.engines import FakeProvider, fake_engine, make_engine
-
-
-def unit(engine: Engine, entry: str):
-    """The single fetch unit of a plain entry."""
-    return engine.entries[entry].units[""]
-
 
 SECRETS = """  a: {provider: fake, ref: r1}
   b: {provider: fake, ref: r1, version: 1}
@@ -52,58 +46,6 @@ def test_cheap_check_then_fetch_only_changed(tmp_path: Path) -> None:
     assert fake.fetches == [Request("r1")]
     assert result.changed == ["a"]
     assert (tmp_path / "a").read_bytes() == b"one-v2" and (tmp_path / "b").read_bytes() == b"one"
-
-
-def test_pinned_not_polled(tmp_path: Path) -> None:
-    """A pinned secret that was written is never due again."""
-    engine, fake = fake_engine(tmp_path, "  b: {provider: fake, ref: r1, version: 1}\n")
-    fake.put("r1", b"one")
-    engine.sync()
-    assert engine.schedule.next_due(unit(engine, "b")) == float("inf")
-
-
-def test_failure_keeps_last_good_file_and_logs_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A failing provider leaves the files; the failure is logged when it starts and when it ends."""
-    caplog.set_level(logging.INFO, logger="secrets_bridge")
-    engine, fake = fake_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
-    fake.put("r1", b"one")
-    engine.sync()
-    fake.failure = Unavailable("server error")
-    for _ in range(5):
-        result = engine.cycle(engine.units.values())
-        assert "a" in result.failed
-    assert (tmp_path / "a").read_bytes() == b"one"
-    assert len([r for r in caplog.records if "server error" in r.getMessage()]) == 1
-    fake.failure = None
-    engine.cycle(engine.units.values())
-    assert len([r for r in caplog.records if "recovered after 5 attempts" in r.getMessage()]) == 1
-
-
-def test_backoff_grows_and_honours_retry_after(tmp_path: Path) -> None:
-    """Retries back off exponentially, capped, and never sooner than retry_after."""
-    engine, fake = fake_engine(tmp_path, "  a: {provider: fake, ref: r1}\n", refresh_interval="60s")
-    fake.failure = Unavailable("busy")
-    delays = []
-    for _ in range(4):
-        now = time.monotonic()
-        engine.cycle(engine.units.values())
-        delays.append(engine.schedule.next_due(unit(engine, "a")) - now)
-    assert delays[0] < delays[1] < delays[2] < delays[3]
-    fake.failure = Unavailable("throttled", retry_after=30)
-    now = time.monotonic()
-    engine.cycle(engine.units.values())
-    assert engine.schedule.next_due(unit(engine, "a")) - now >= 30
-
-
-def test_deleted_upstream_keeps_file(tmp_path: Path) -> None:
-    """A secret deleted upstream keeps its last good file and is reported."""
-    engine, fake = fake_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
-    fake.put("r1", b"one")
-    engine.sync()
-    del fake.history["r1"]
-    result = engine.cycle(engine.units.values())
-    assert isinstance(result.failed["a"], SecretNotFound)
-    assert (tmp_path / "a").read_bytes() == b"one"
 
 
 def test_readiness(tmp_path: Path) -> None:
@@ -150,61 +92,6 @@ def test_removed_secret_leaves_directory(tmp_path: Path) -> None:
     fake2.put("r1", b"one")
     assert engine2.sync().changed == ["b"]
     assert not (tmp_path / "b").exists()
-
-
-def test_group_shares_one_schedule(tmp_path: Path) -> None:
-    """Secrets of one provider and interval come due together, so their check is one batch."""
-    secrets = "".join(f"  s{i}: {{provider: fake, ref: r{i}}}\n" for i in range(10))
-    engine, fake = fake_engine(tmp_path, secrets, jitter="0.5")
-    for i in range(10):
-        fake.put(f"r{i}", b"x")
-    engine.sync()
-    assert len({engine.schedule.next_due(u) for u in engine.units.values()}) == 1
-
-
-def test_moving_pin_is_polled_and_follows(tmp_path: Path) -> None:
-    """A pin the provider says moves (a label) is checked each cycle and follows; a fixed pin is not."""
-    secrets = "  p: {provider: fake, ref: r1, version: prev}\n  f: {provider: fake, ref: r1, version: 1}\n"
-    engine, fake = fake_engine(tmp_path, secrets)
-    fake.put("r1", b"one")
-    fake.put("r1", b"two")
-    engine.sync()
-    assert engine.schedule.next_due(unit(engine, "p")) < float("inf")
-    assert engine.schedule.next_due(unit(engine, "f")) == float("inf")
-    fake.put("r1", b"three")
-    fake.fetches.clear()
-    assert engine.cycle(engine.units.values()).changed == ["p"]
-    assert (tmp_path / "p").read_bytes() == b"two" and (tmp_path / "f").read_bytes() == b"one"
-
-
-def test_unexpected_provider_exception_is_unavailable(tmp_path: Path) -> None:
-    """A provider bug (any exception) fails its secrets as unavailable; the bridge goes on."""
-    engine, fake = fake_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
-    fake.put("r1", b"one")
-    engine.sync()
-    fake.failure = KeyError("odd server answer")
-    result = engine.cycle(engine.units.values())
-    assert isinstance(result.failed["a"], Unavailable) and "KeyError" in str(result.failed["a"])
-    assert (tmp_path / "a").read_bytes() == b"one"
-
-
-def test_backoff_survives_long_outages(tmp_path: Path) -> None:
-    """Thousands of failures in a row keep a bounded backoff (no overflow)."""
-    engine, fake = fake_engine(tmp_path, "  a: {provider: fake, ref: r1}\n")
-    fake.failure = Unavailable("down")
-    unit(engine, "a").attempts = 5000
-    now = time.monotonic()
-    engine.cycle(engine.units.values())
-    assert engine.schedule.next_due(unit(engine, "a")) - now <= 2.0  # capped at the 1s interval, plus jitter
-
-
-def test_batch_stops_after_unavailable(tmp_path: Path) -> None:
-    """Once the backend is unavailable, the rest of a batch is not tried (no timeout per secret)."""
-    secrets = "".join(f"  s{i}: {{provider: fake, ref: r{i}}}\n" for i in range(5))
-    engine, fake = fake_engine(tmp_path, secrets)
-    fake.failure = Unavailable("down")
-    result = engine.sync()
-    assert len(result.failed) == 5 and len(fake.fetches) == 1
 
 
 @pytest.fixture
@@ -280,25 +167,6 @@ def test_rotation_changes_all_files_in_one_generation(tmp_path: Path) -> None:
     assert (record.entry, record.provider, record.ref, record.old_version, record.new_version) == (
         "db", "fake", "creds", "1", "2")
     assert record.generation == os.readlink(tmp_path / "..data")
-
-
-def test_missing_key_fails_only_that_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A template naming a key the new value lacks keeps its last good file; the others update."""
-    secrets = """  app.env:
-    template: "P={{ db.pass }}"
-    values: {db: {provider: fake, ref: creds}}
-  user: {provider: fake, ref: creds, key: user}
-"""
-    engine, fake = fake_engine(tmp_path, secrets)
-    fake.put("creds", b'{"user": "u1", "pass": "hunter2-first"}')
-    engine.sync()
-    fake.put("creds", b'{"user": "u2", "other": "hunter2-second"}')
-    result = engine.cycle(engine.units.values())
-    assert result.changed == ["user"] and list(result.failed) == ["app.env"]
-    message = str(result.failed["app.env"])
-    assert "pass" in message and "hunter2" not in message
-    assert (tmp_path / "app.env").read_text() == "P=hunter2-first"
-    assert "hunter2" not in caplog.text
 
 
 def test_files_entry_is_all_or_nothing(tmp_path: Path) -> None:
@@ -414,28 +282,6 @@ def test_last_refresh_metric_per_entry(tmp_path: Path) -> None:
     name = "secrets_bridge_secret_last_refresh_timestamp_seconds{secret=\"c\"}"
     line = next(x for x in text.splitlines() if x.startswith(name))
     assert float(line.split()[-1]) >= before - 1
-
-
-def test_failing_gauge_follows_failure_and_recovery(tmp_path: Path) -> None:
-    """secrets_bridge_secret_failing is 1 while a secret fails and gone once it recovers."""
-    from bridge.observe.metrics import SECRET_ERRORS
-
-    def failing() -> list[tuple[str, str]]:
-        return [(s.labels["secret"], s.labels["code"]) for m in SECRET_ERRORS.collect() for s in m.samples
-                if s.labels["secret"] == "gauge_a"]
-
-    engine, fake = fake_engine(tmp_path, "  gauge_a: {provider: fake, ref: r1}\n")
-    fake.put("r1", b"one")
-    engine.sync()
-    fake.failure = Unavailable("down")
-    engine.cycle(engine.units.values())
-    assert failing() == [("gauge_a", "unavailable")]
-    fake.failure = SecretNotFound("gone")
-    engine.cycle(engine.units.values())
-    assert failing() == [("gauge_a", "not_found")]
-    fake.failure = None
-    engine.cycle(engine.units.values())
-    assert failing() == []
 
 
 @pytest.mark.parametrize("template", [
