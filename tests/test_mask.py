@@ -4,10 +4,8 @@ the child's output, whole, split across writes or at a line end; nothing else is
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -16,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bridge.runtime.mask import MASK, Mask
-from tests.servers import venv_binary
+from tests.harness import Bridge
 
 
 def _through(mask: Mask, pieces: list[bytes]) -> bytes:
@@ -101,12 +99,9 @@ def test_exec_mask_conceals_stdout_and_stderr(tmp_path: Path, out: Path) -> None
                       f"  files: {{type: file, base_dir: {tmp_path / 'src'}}}\n"
                       f"secrets:\n  key.pem: {{provider: files, ref: key.pem}}\n"
                       f"env:\n  API_TOKEN: {{provider: env, ref: SOURCE_TOKEN}}\n")
-    env = {**os.environ, "SOURCE_TOKEN": token}
-    argv = [venv_binary("secrets-bridge"), "--config", str(config), "--log-format", "json", "exec", "--mask",
-            "--", sys.executable, "-c", CHILD, str(out / "key.pem")]
-    proc = subprocess.run(argv, env={k: v for k, v in env.items()}, capture_output=True, timeout=60)
-    stdout, stderr = proc.stdout.decode(), proc.stderr.decode()
-    assert proc.returncode == 0, stderr
+    bridge = Bridge(config, options=("--log-format", "json"), env={"SOURCE_TOKEN": token})
+    proc = bridge("exec", "--mask", "--", sys.executable, "-c", CHILD, str(out / "key.pem"))
+    stdout, stderr = proc.stdout, proc.stderr
     assert token not in stdout + stderr and "AAAA" not in stdout + stderr
     concealed = MASK.decode()
     assert stdout.splitlines() == [f"token: {concealed} in a line", f"split: {concealed} done",
@@ -120,12 +115,10 @@ def test_without_mask_the_child_has_the_terminal_streams(tmp_path: Path, out: Pa
     config.write_text(f"output_dir: {out}\nlisten: null\nproviders:\n  env: {{type: env}}\n"
                       f"env:\n  API_TOKEN: {{provider: env, ref: SOURCE_TOKEN}}\n")
     target = tmp_path / "stdout"
-    with open(target, "wb") as stdout:
-        proc = subprocess.run([venv_binary("secrets-bridge"), "--config", str(config), "exec", "--", "/bin/sh", "-c",
-                               'echo "$API_TOKEN"; readlink /proc/$$/fd/1'],
-                              env={**os.environ, "SOURCE_TOKEN": "visible-token"}, stdout=stdout,
-                              stderr=subprocess.DEVNULL, timeout=60)
-    assert proc.returncode == 0
+    bridge = Bridge(config, env={"SOURCE_TOKEN": "visible-token"})
+    with open(target, "wb") as stdout:  # the bridge's own stdout is this file, not the harness's log
+        bridge.start("exec", "--", "/bin/sh", "-c", 'echo "$API_TOKEN"; readlink /proc/$$/fd/1', stdout=stdout)
+    assert bridge.wait(60) == 0, bridge.output()
     assert target.read_text().splitlines() == ["visible-token", str(target)]
 
 
@@ -141,14 +134,11 @@ def test_exec_mask_conceals_template_fields_and_files_already_there(tmp_path: Pa
                       f"secrets:\n  key: {{provider: files, ref: key}}\n"
                       "env:\n  DATABASE_URL:\n    template: 'postgres://{{ db.user }}:{{ db.password }}@db/app'\n"
                       "    values: {db: {provider: env, ref: SOURCE_DB}}\n")
-    env = {**os.environ, "SOURCE_DB": json.dumps({"user": "app", "password": password, "host": "db.internal"})}
-    bridge = [venv_binary("secrets-bridge"), "--config", str(config)]
-    assert subprocess.run([*bridge, "sync"], env=env, capture_output=True, timeout=60).returncode == 0
+    bridge = Bridge(config, env={"SOURCE_DB": json.dumps({"user": "app", "password": password, "host": "db.internal"})})
+    bridge("sync")
     child = ("import os, urllib.parse; u = urllib.parse.urlsplit(os.environ['DATABASE_URL']); "
              f"print('password', u.password); print('key', open({str(out / 'key')!r}).read()); "
              "print('host db.internal')")
-    proc = subprocess.run([*bridge, "exec", "--mask", "--", sys.executable, "-c", child], env=env,
-                          capture_output=True, timeout=60)
+    proc = bridge("exec", "--mask", "--", sys.executable, "-c", child)
     concealed = MASK.decode()
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.decode().splitlines() == [f"password {concealed}", f"key {concealed}", "host db.internal"]
+    assert proc.stdout.splitlines() == [f"password {concealed}", f"key {concealed}", "host db.internal"]
