@@ -19,22 +19,23 @@ DEFAULTS: dict[str, object] = {"require_tmpfs": "false", "refresh_interval": "1s
 
 
 def config_text(out: Path, secrets: str, *, providers: str = "", instances: Mapping[str, Provider] = {},
-                **settings: object) -> str:
+                sections: str = "", **settings: object) -> str:
     """The config document: `output_dir: out`, the defaults overridden by `settings` (YAML values),
     `providers:` (YAML lines, plus a `{type: env}` placeholder for each of `instances` not in them),
-    then `secrets:` (YAML lines)."""
+    `secrets:` (YAML lines; none if empty), then `sections`, more top-level YAML (`env:` ...)."""
     fields = {"output_dir": out, **DEFAULTS, **settings}
     stand_ins = "".join(f"  {name}: {{type: env}}\n" for name in instances if f"  {name}:" not in providers)
     return ("".join(f"{key}: {value}\n" for key, value in fields.items())
-            + f"providers:\n{providers}{stand_ins}secrets:\n{secrets}")
+            + f"providers:\n{providers}{stand_ins}" + (f"secrets:\n{secrets}" if secrets else "") + sections)
 
 
 def make_engine(out: Path, secrets: str, *, providers: str = "", instances: Mapping[str, Provider] | None = None,
-                engine_args: Mapping[str, Any] | None = None, **settings: object) -> Engine:
+                sections: str = "", engine_args: Mapping[str, Any] | None = None, **settings: object) -> Engine:
     """A started Engine writing to `out` (see `config_text`); `instances`: provider objects by
     name, used as given (beside those the YAML `providers` builds); `engine_args`: more Engine
     arguments (`env=True`, `writer=...`)."""
-    config = parse_config(config_text(out, secrets, providers=providers, instances=instances or {}, **settings))
+    config = parse_config(config_text(out, secrets, providers=providers, instances=instances or {}, sections=sections,
+                                      **settings))
     built = {**config.build_providers(), **instances} if instances and providers else instances
     engine = Engine(config, providers=dict(built) if built else None, **(engine_args or {}))
     engine.start()

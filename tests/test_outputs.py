@@ -15,6 +15,7 @@ from bridge.engine.cycle import Engine
 from bridge.engine.outputs import EnvVar, EveryKey, NamedFiles, PlainFile, TemplateFile, build
 from bridge.errors import ConfigError
 from tests.conftest import OpenBao
+from tests.engines import make_engine
 from tests.test_entries_vault import PathCounter
 
 
@@ -25,12 +26,12 @@ def counted(openbao: OpenBao) -> Iterator[PathCounter]:
     proxy.close()
 
 
-def _config(tmp_path: Path, address: str, token: str, body: str) -> str:
+def _engine(tmp_path: Path, address: str, token: str, body: str) -> Engine:
+    """A started engine with `env: True` on one Vault provider; `body`: its secrets: and env: sections."""
     token_file = tmp_path / "token"
     token_file.write_text(token)
-    return (f"output_dir: {tmp_path / 'out'}\nrequire_tmpfs: false\nrefresh_interval: 1s\njitter: 0\n"
-            f"listen: null\nproviders:\n  vault: {{type: vault, address: '{address}', "
-            f"auth: {{method: token, token_file: '{token_file}'}}}}\n{body}")
+    vault = f"  vault: {{type: vault, address: '{address}', auth: {{method: token, token_file: '{token_file}'}}}}\n"
+    return make_engine(tmp_path / "out", "", providers=vault, sections=body, engine_args={"env": True})
 
 
 def test_each_shape_is_its_kind() -> None:
@@ -67,8 +68,7 @@ env:
     template: "postgres://{{{{ db.username }}}}:{{{{ db.password | urlencode }}}}@db/app"
     values: {{db: {{provider: vault, ref: secret/{ref}}}}}
 """
-    engine = Engine(parse_config(_config(tmp_path, counted.url, openbao.root_token, body)), env=True)
-    engine.start()
+    engine = _engine(tmp_path, counted.url, openbao.root_token, body)
     try:
         result = engine.sync()
         assert not result.failed
@@ -101,8 +101,7 @@ def test_env_value_with_nul_fails_that_variable(openbao: OpenBao, tmp_path: Path
   BAD: {{provider: vault, ref: secret/{ref}, key: bad}}
   GOOD: {{provider: vault, ref: secret/{ref}, key: good}}
 """
-    engine = Engine(parse_config(_config(tmp_path, openbao.address, openbao.root_token, body)), env=True)
-    engine.start()
+    engine = _engine(tmp_path, openbao.address, openbao.root_token, body)
     try:
         result = engine.sync()
         assert list(result.failed) == ["$BAD"] and "NUL byte" in str(result.failed["$BAD"])
