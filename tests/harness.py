@@ -133,12 +133,6 @@ class Bridge:
             return self.log.read_bytes()
         return b""
 
-    def __enter__(self) -> Bridge:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill()
-
 
 def vault_env(openbao: Any) -> dict[str, str]:
     """The environment a bridge needs to reach the session's OpenBao as root."""

@@ -1,4 +1,4 @@
-"""What the reliability tests share: the bridge as a process, reader processes, the leak scan, and
+"""What the reliability tests share (the bridge as a process is tests/harness.py): reader processes, the leak scan, and
 the figures each test measures (merged into one JSON file that the README's "Reliability" section
 quotes; SB_RELIABILITY_FIGURES names it, default /tmp/secrets-bridge-reliability.json)."""
 

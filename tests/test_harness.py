@@ -1,0 +1,60 @@
+"""The one subprocess harness (tests/harness.py) keeps what the tests rely on: every command's
+stdout and stderr in one log, and a stop that kills a bridge outliving its timeout and fails."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Bridge
+from tests.polling import wait_for
+
+
+def _config(tmp_path: Path) -> Path:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a").write_text("value-in-a-file")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"output_dir: {tmp_path / 'out'}\nrequire_tmpfs: false\nlisten: null\n"
+                      f"providers:\n  dev: {{type: file, base_dir: {tmp_path / 'src'}}}\n"
+                      "secrets:\n  a: {provider: dev, ref: a}\n")
+    return config
+
+
+def test_one_log_holds_what_every_command_printed(tmp_path: Path) -> None:
+    """A one-shot command's stdout and stderr, a started command's output and kept text all land in
+    output(); a one-shot exiting with another status than `check` fails the test."""
+    bridge = Bridge(_config(tmp_path))
+    bridge("sync")
+    listed = bridge("ls")
+    assert "a" in listed.stdout.split()
+    bridge.start("exec", "--", "/bin/sh", "-c", "echo child-said-this; echo child-err >&2")
+    assert bridge.wait(30) == 0
+    bridge.keep("a /metrics page")
+    text = bridge.output()
+    assert "sync:" in text and listed.stdout in text
+    assert "child-said-this" in text and "child-err" in text and "a /metrics page" in text
+    with pytest.raises(AssertionError, match="exit 1, not 0"):
+        bridge("inspect", "nope")
+
+
+def test_stop_kills_a_bridge_that_outlives_its_timeout_and_fails(tmp_path: Path) -> None:
+    """`exec` waits for a child ignoring SIGTERM: stop(timeout=1) kills the bridge and fails the test."""
+    bridge = Bridge(_config(tmp_path))
+    bridge.start("exec", "--", "/bin/sh", "-c", "trap '' TERM; echo ignoring $$; while :; do sleep 0.1; done")
+    try:
+        assert wait_for(lambda: "ignoring" in bridge.output(), 20), bridge.output()
+        started = time.monotonic()
+        with pytest.raises(AssertionError, match=f"still running 1s after signal {int(signal.SIGTERM)}"):
+            bridge.stop(timeout=1)
+        assert time.monotonic() - started < 10
+        assert bridge.proc is not None and bridge.proc.poll() is not None  # killed, not left behind
+    finally:
+        bridge.kill()
+        child = int(bridge.output().split("ignoring ")[1].split()[0])
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)  # the bridge's SIGKILL leaves its child behind
