@@ -517,13 +517,12 @@ def test_reader_that_leaves_early(out_dir: Path, tmp_path: Path) -> None:
     entries = "".join(f"  s{i}: {{provider: dev, ref: one}}\n" for i in range(50))
     config = str(_local(tmp_path, out_dir, secrets=entries))
     assert _cli("--config", config, "sync").returncode == 0
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SECRETS_BRIDGE_")}
-    proc = subprocess.Popen([venv_binary("secrets-bridge"), "--config", config, "ls"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    bridge = Bridge(Path(config), log=tmp_path / "ls.log")
+    proc = bridge.start("ls", stdout=subprocess.PIPE)
     assert proc.stdout is not None
     proc.stdout.close()
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode in (0, 1) and "Traceback" not in err and "Exception ignored" not in err, err
+    status, err = bridge.wait(60), bridge.output()
+    assert status in (0, 1) and "Traceback" not in err and "Exception ignored" not in err, err
     assert "internal error" not in err
 
 
@@ -702,14 +701,13 @@ def test_small_memory_limit_says_what_is_wrong(out_dir: Path, tmp_path: Path) ->
     path = tmp_path / "small.yaml"
     path.write_text(config)
     for megabytes in (45, 100, 300):
-        proc = subprocess.Popen([venv_binary("secrets-bridge"), "--config", str(path), "run"],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                preexec_fn=_memory_limit(megabytes))
+        bridge = Bridge(path, log=tmp_path / f"run-{megabytes}.log")
+        proc = bridge.start(preexec_fn=_memory_limit(megabytes))
         try:
-            out, _ = proc.communicate(timeout=3)
+            proc.wait(timeout=3)
         except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGTERM)
-            out, _ = proc.communicate(timeout=20)
+            bridge.stop(timeout=20)
+        out = bridge.output()
         if "failed to map segment" in out:  # too small for the interpreter's own modules
             continue
         assert "internal error" not in out and "Traceback" not in out, (megabytes, out[-2000:])
