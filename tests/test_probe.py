@@ -218,21 +218,6 @@ def test_a_full_tmpfs_is_logged_once_and_fails_readiness(tmp_path: Path, small_t
     assert printed.count("cannot commit") == 1, printed
 
 
-def test_a_star_entry_parses_its_map_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`files: "*"` over 2,000 keys parses the JSON once, not once per key (quadratic before: 5,000 keys
-    took 3.9 s from a source change to the file)."""
-    from bridge.engine.render import top_level_files
-    from bridge.provider import Fetched
-
-    doc = {f"k{i}": {"n": i} if i % 2 else f"v{i}" for i in range(2000)}
-    calls = []
-    real = json.loads
-    monkeypatch.setattr(json, "loads", lambda *a, **k: calls.append(1) or real(*a, **k))
-    files = top_level_files(Fetched(json.dumps(doc).encode(), "1"))
-    assert len(calls) == 1
-    assert files["k2"] == b"v2" and files["k3"] == b'{"n":3}' and len(files) == 2000
-
-
 def test_a_reload_that_removes_a_leased_entry_drops_its_expiry_gauge(openbao, vault_pki, tmp_path: Path,
                                                                         out_dir: Path) -> None:
     """After a reload removes a certificate entry, /metrics no longer has its expiry (a frozen gauge
