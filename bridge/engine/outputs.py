@@ -52,13 +52,17 @@ class Output:
     name: str
     units: dict[str, Unit]
     optional: bool = False
-    #: the files this output makes, when known without a fetch (None for `files: "*"`)
-    expected: frozenset[str] | None = frozenset()
     #: the files it has in the output directory now
     files: set[str] = field(default_factory=set)
     error: ProviderError | None = None
     #: monotonic time the output started failing to render (what it made is stale from then)
     failing_since: float | None = None
+
+    @property
+    def expected(self) -> frozenset[str] | None:
+        """The files this output makes, when known without a fetch (None for `files: "*"`); made
+        when asked, not kept (kept, one set an entry took 20 MiB at 100,000 entries)."""
+        return frozenset()
 
     def ready_to_render(self) -> bool:
         return all(u.fetched is not None for u in self.units.values())
@@ -113,6 +117,10 @@ class FileEntry(Output):
 
     config: SecretConfig = field(kw_only=True)
 
+    @property
+    def expected(self) -> frozenset[str] | None:
+        return frozenset((self.name,))
+
     def spec(self, content: bytes, settings: BridgeConfig) -> FileSpec:
         return FileSpec(content, settings.mode_of(self.config), *settings.owner_of(self.config))
 
@@ -138,6 +146,10 @@ class NamedFiles(FileEntry):
     """`files: {name: key | rule}`: one file per named key of one fetch, each with its own options.
     All or nothing: files cut from one fetch (a certificate and its key) never come from two values."""
 
+    @property
+    def expected(self) -> frozenset[str] | None:
+        return frozenset(f"{self.name}/{f}" for f in self.config.file_rules())
+
     def render(self, settings: BridgeConfig) -> dict[str, FileSpec]:
         fetched, secret = _value(self.units[""]), self.config
         return {
@@ -159,6 +171,10 @@ class NamedFiles(FileEntry):
 @dataclass(eq=False, slots=True)
 class EveryKey(FileEntry):
     """`files: "*"`: one file per top-level key of the fetched JSON map."""
+
+    @property
+    def expected(self) -> frozenset[str] | None:
+        return None
 
     def render(self, settings: BridgeConfig) -> dict[str, FileSpec]:
         specs = {}
@@ -296,19 +312,18 @@ def _extract_file(fetched: Fetched, key: str, encoding: str | None, fmt: str | N
 def _file_entry(name: str, secret: SecretConfig, units: dict[str, Unit]) -> FileEntry:
     """The kind of a `secrets:` entry, from its shape."""
     if secret.template is not None:
-        return TemplateFile(name, units, secret.optional, frozenset((name,)), config=secret,
+        return TemplateFile(name, units, secret.optional, config=secret,
                             template=compile_template(secret.template, set(units)))
     if secret.files == "*":
-        return EveryKey(name, units, secret.optional, None, config=secret)
+        return EveryKey(name, units, secret.optional, config=secret)
     if secret.files is not None:
-        return NamedFiles(name, units, secret.optional, frozenset(f"{name}/{f}" for f in secret.file_rules()),
-                          config=secret)
-    return PlainFile(name, units, secret.optional, frozenset((name,)), config=secret)
+        return NamedFiles(name, units, secret.optional, config=secret)
+    return PlainFile(name, units, secret.optional, config=secret)
 
 
 def _env_var(name: str, env: EnvConfig, units: dict[str, Unit]) -> EnvVar:
     template = compile_template(env.template, set(units)) if env.template is not None else None
-    return EnvVar(ENV_PREFIX + name, units, env.optional, frozenset(), config=env, template=template)
+    return EnvVar(ENV_PREFIX + name, units, env.optional, config=env, template=template)
 
 
 def build(config: Config, providers: dict[str, Provider], *,

@@ -9,7 +9,16 @@ import os
 import stat
 from collections.abc import Collection, Iterable, Mapping
 
-from bridge.writer.generation import DIR_FLAGS, Stamp, by_folder, changed_files, opened, stamp_of, stat_names
+from bridge.writer.generation import (
+    DIR_FLAGS,
+    Stamp,
+    by_folder,
+    changed_files,
+    opened,
+    stamp_of,
+    stat_names,
+    without_ctime,
+)
 
 
 def tampered(dfd: int, gen: str, generation_id: tuple[int, int], own_names: Collection[str],
@@ -38,8 +47,8 @@ def restamped(dfd: int, gen: str, names: Collection[str], stamps: Mapping[str, S
     fresh: dict[str, Stamp] = {}
     with opened(dfd, gen) as gfd:
         for name, st in stat_names(gfd, by_folder(names).items()):
-            if st is not None and stamp_of(st)[:-1] == stamps[name][:-1]:
-                fresh[name] = stamp_of(st)
+            if st is not None and without_ctime(stamp := stamp_of(st)) == without_ctime(stamps[name]):
+                fresh[name] = stamp
     return fresh
 
 

@@ -31,10 +31,15 @@ _TMPFS_MAGIC = 0x01021994
 _RAMFS_MAGIC = 0x858458F6
 
 #: what the writer records of a file it committed, to see later whether something else changed it:
-#: (inode, mode, uid, gid, size, mtime in ns, ctime in ns). The ctime catches an edit whose mtime
-#: was put back (`touch -d`, `cp -p`); it also moves when a hard link to the inode is made or
-#: removed, so the writer records it again after linking its own spares (`Writer._restamp`).
-Stamp = tuple[int, int, int, int, int, int, int]
+#: inode, mode, uid, gid, size, mtime in ns and ctime in ns, packed into one int (80 bytes a file,
+#: where a tuple of the seven took 240) that is equal for two stats exactly when every field is.
+#: The ctime catches an edit whose mtime was put back (`touch -d`, `cp -p`); it also moves when a
+#: hard link to the inode is made or removed, so the writer records it again after linking its own
+#: spares (`Writer._restamp`). The ctime is its lowest bits: `without_ctime` is the rest.
+Stamp = int
+#: a time in ns from a signed 64-bit count of seconds stays below 2**93 either side of 0
+_TIME_BITS = 96
+_TIME_MASK = (1 << _TIME_BITS) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +75,14 @@ def _has_cap_chown() -> bool:
 
 
 def stamp_of(st: os.stat_result) -> Stamp:
-    return (st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    # 32 bits each for mode, uid and gid and 64 for the size, as the kernel keeps them; the inode on
+    # top is unbounded; the times, which may be negative, in two's complement
+    fields = ((((st.st_ino << 32 | st.st_mode) << 32 | st.st_uid) << 32 | st.st_gid) << 64) | st.st_size
+    return ((fields << _TIME_BITS) | (st.st_mtime_ns & _TIME_MASK)) << _TIME_BITS | (st.st_ctime_ns & _TIME_MASK)
+
+
+def without_ctime(stamp: Stamp) -> int:
+    return stamp >> _TIME_BITS
 
 
 def unique_name(prefix: str) -> str:
