@@ -16,6 +16,7 @@ import math
 import os
 import re
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -152,9 +153,20 @@ def _parse_config(text: str, source: str) -> Config:
     data = _top_level(load_yaml(text, source), source)
     _check_environment()
     settings = _validate(lambda: _settings(data), ())
+    _share_fields_sets(settings.secrets.values())
     providers = {name: _provider(name, section) for name, section in settings.providers.items()}
     _check_capabilities(settings, providers)
     return Config(settings, providers)
+
+
+def _share_fields_sets(models: Iterable[BaseModel]) -> None:
+    """Models that set the same fields share one `model_fields_set`: pydantic keeps a set in each
+    (216 bytes an entry, 20 MiB at 100,000 secrets); a frozen model never changes its own, and a
+    copy gets a copy."""
+    shared: dict[frozenset[str], set[str]] = {}
+    for model in models:
+        fields = model.model_fields_set
+        object.__setattr__(model, "__pydantic_fields_set__", shared.setdefault(frozenset(fields), fields))
 
 
 def _top_level(data: Any, source: str) -> dict[str, Any]:
