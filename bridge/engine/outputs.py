@@ -11,7 +11,7 @@ a value, and a render error never carries one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,7 +20,7 @@ from bridge.config.loader import BridgeConfig, Config
 from bridge.config.sections import EnvConfig, SecretConfig
 from bridge.engine.extract import extract
 from bridge.engine.render import parents, top_level_files, value_of
-from bridge.engine.units import Unit
+from bridge.engine.units import OneUnit, Unit
 from bridge.errors import ExtractError, ProviderError
 from bridge.observe.changes import Change
 from bridge.provider import Fetched, Provider, Request
@@ -50,7 +50,7 @@ class Output:
     """One output: the units it reads (by value name; "" for a single source) and what it has made."""
 
     name: str
-    units: dict[str, Unit]
+    units: Mapping[str, Unit]
     optional: bool = False
     #: the files it has in the output directory now
     files: set[str] = field(default_factory=set)
@@ -282,11 +282,11 @@ def _value(unit: Unit) -> Fetched:
     return unit.fetched
 
 
-def _render(template: Template, units: dict[str, Unit]) -> bytes:
+def _render(template: Template, units: Mapping[str, Unit]) -> bytes:
     return render_template(template, {n: value_of(_value(u)) for n, u in units.items()})
 
 
-def _fields_read(template: Template | None, units: dict[str, Unit]) -> list[bytes]:
+def _fields_read(template: Template | None, units: Mapping[str, Unit]) -> list[bytes]:
     """The text fields of the units' JSON maps that the template names (`db.password`)."""
     names: frozenset[str] = getattr(template, "bridge_names", frozenset())
     parts = []
@@ -309,7 +309,7 @@ def _extract_file(fetched: Fetched, key: str, encoding: str | None, fmt: str | N
         raise ExtractError(f"{file}: {exc.message}") from None
 
 
-def _file_entry(name: str, secret: SecretConfig, units: dict[str, Unit]) -> FileEntry:
+def _file_entry(name: str, secret: SecretConfig, units: Mapping[str, Unit]) -> FileEntry:
     """The kind of a `secrets:` entry, from its shape."""
     if secret.template is not None:
         return TemplateFile(name, units, secret.optional, config=secret,
@@ -321,7 +321,7 @@ def _file_entry(name: str, secret: SecretConfig, units: dict[str, Unit]) -> File
     return PlainFile(name, units, secret.optional, config=secret)
 
 
-def _env_var(name: str, env: EnvConfig, units: dict[str, Unit]) -> EnvVar:
+def _env_var(name: str, env: EnvConfig, units: Mapping[str, Unit]) -> EnvVar:
     template = compile_template(env.template, set(units)) if env.template is not None else None
     return EnvVar(ENV_PREFIX + name, units, env.optional, config=env, template=template)
 
@@ -351,7 +351,7 @@ def build(config: Config, providers: dict[str, Provider], *,
             unit.entries.append(key)
             unit.optional = unit.optional and section.optional
             mine[value_name] = unit
-        outputs[key] = make(name, section, mine)
+        outputs[key] = make(name, section, OneUnit(mine[""]) if mine.keys() == {""} else mine)
     return units, outputs
 
 

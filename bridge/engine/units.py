@@ -7,6 +7,7 @@ units are in bridge/engine/outputs.py. This module never fetches, writes or logs
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from bridge.engine.lifetimes import Lease
@@ -40,3 +41,30 @@ class Unit:
     def describe(self) -> str:
         where = self.request.ref + (f"@{self.request.version}" if self.request.version else "")
         return f"{self.provider}:{where}"
+
+
+class OneUnit(Mapping[str, Unit]):
+    """The units of an output that reads one source, `{"": unit}`, in 40 bytes where a dict takes
+    184 (14 MiB at 100,000 secrets)."""
+
+    __slots__ = ("unit",)
+
+    def __init__(self, unit: Unit) -> None:
+        self.unit = unit
+
+    def __getitem__(self, name: str) -> Unit:
+        if name != "":
+            raise KeyError(name)
+        return self.unit
+
+    def __contains__(self, name: object) -> bool:
+        return name == ""
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("",))
+
+    def __len__(self) -> int:
+        return 1
+
+    def __repr__(self) -> str:
+        return repr({"": self.unit})
