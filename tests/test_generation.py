@@ -12,6 +12,7 @@ import pytest
 
 from bridge.errors import WriteError
 from bridge.writer.atomic import FileSpec, Writer, is_memory_backed
+from bridge.writer.generation import stamp_of, without_ctime
 
 
 def test_umask_does_not_narrow_or_widen(tmp_path: Path) -> None:
@@ -63,3 +64,20 @@ def test_folders_readable_under_strict_umask(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(tmp_path / "out").st_mode) == 0o755
     assert stat.S_IMODE(os.stat(tmp_path / "out" / "tls").st_mode) == 0o755
 
+
+
+def test_stamp_tells_every_field_apart_and_ctime_alone(tmp_path: Path) -> None:
+    """A stamp moves with the ctime, the mtime (negative too) and the mode; `without_ctime` with all but the ctime."""
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    os.utime(path, ns=(0, -1_500_000_000))  # before 1970: packed in two's complement
+    first = os.stat(path)
+    os.link(path, tmp_path / "g")  # moves the ctime (unless within the same clock tick) and nothing in a stamp else
+    linked = os.stat(path)
+    assert without_ctime(stamp_of(linked)) == without_ctime(stamp_of(first))
+    assert (stamp_of(linked) == stamp_of(first)) == (linked.st_ctime_ns == first.st_ctime_ns)
+    os.utime(path, ns=(0, -1_500_000_001))
+    moved = stamp_of(os.stat(path))
+    assert without_ctime(moved) != without_ctime(stamp_of(linked))
+    os.chmod(path, 0o400)
+    assert without_ctime(stamp_of(os.stat(path))) != without_ctime(moved)
