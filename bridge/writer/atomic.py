@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -68,9 +69,9 @@ class Writer(HeldDirectory):
         self._committed: dict[str, FileSpec] = {}
         self._stamps: dict[str, Stamp] = {}
         self._generation_id = (0, 0)  # inode and mtime (a name added or removed changes it)
-        self._generation_trusted = False  # made by this process, not found at start
+        self._generation_trusted = False  # made by this process, or found at start holding only files
         self._folders: list[tuple[str, list[str]]] | None = None  # committed names by folder
-        self._spares = Spares(self._step, self._restamp)
+        self._spares = Spares(self._step, self._restamp, GENERATION_GRACE_SECONDS)
         self._path_warned: tuple[int, int] | None = None  # where the path led when we said so
         self._links = Links(self._step, lambda name: self._spares.discard(self._fd(), name))
         self._prune_failing = False
@@ -209,8 +210,8 @@ class Writer(HeldDirectory):
     # (8): what becomes of the replaced generation
 
     def _retire(self, old: str | None, changes: Collection[str]) -> None:
-        """A spare after its grace, when this process wrote it (one found at start may hold
-        anything: it is removed)."""
+        """A spare after its grace, when this process wrote it or it held only regular files when
+        found at start (one holding anything else is removed)."""
         self._spares.committed(changes)
         if old is not None:
             if self._generation_trusted:
@@ -342,7 +343,9 @@ class Writer(HeldDirectory):
     # -- the directory -----------------------------------------------------------------------
 
     def _repair(self) -> None:
-        """Start: keep `..data`'s generation, remove every other `..` name, read what it holds."""
+        """Start: keep `..data`'s generation, remove every other `..` name, read what it holds. The
+        generation found is trusted (recycled as a spare once replaced, as one this process wrote)
+        only when it holds nothing but regular files in 0755 folders of this uid."""
         dfd = self._fd()
         gen = current_generation(dfd)
         if gen is None:
@@ -353,12 +356,15 @@ class Writer(HeldDirectory):
         self._forget()
         self.generation = gen
         if gen is not None:
+            strays: list[str] = []
             with opened(dfd, gen) as gfd:
                 st = os.fstat(gfd)
                 self._generation_id = (st.st_ino, st.st_mtime_ns)
-                for name, spec, stamp in read_tree(gfd):
+                for name, spec, stamp in read_tree(gfd, strays=strays):
                     self._committed[name], self._stamps[name] = spec, stamp
                     self._links.added(name)
+            # holding only what was read, as the writer makes it: it may become a spare once replaced
+            self._generation_trusted = not strays and stat.S_IMODE(st.st_mode) == 0o755 and st.st_uid == os.geteuid()
         self._links.sync(dfd, self._links.tops, full=True)
 
     def _forget(self) -> None:

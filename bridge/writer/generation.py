@@ -270,13 +270,17 @@ def stat_names(gfd: int, folders: Iterable[tuple[str, list[str]]]) -> Iterator[t
                 os.close(ffd)
 
 
-def read_tree(dfd: int, prefix: str = "") -> Iterator[tuple[str, FileSpec, Stamp]]:
-    """Every regular file under `dfd`, with its content and stamp (for the start of a process)."""
+def read_tree(dfd: int, prefix: str = "", strays: list[str] | None = None) -> Iterator[tuple[str, FileSpec, Stamp]]:
+    """Every regular file under `dfd`, with its content and stamp (for the start of a process).
+    `strays` gets every name that is not what the writer makes: anything but a regular file, or a
+    folder not 0755 or not this process's own."""
     for entry in sorted(os.listdir(dfd)):
         st = os.stat(entry, dir_fd=dfd, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
+            if strays is not None and (stat.S_IMODE(st.st_mode) != 0o755 or st.st_uid != os.geteuid()):
+                strays.append(f"{prefix}{entry}/")
             with opened(dfd, entry) as child:
-                yield from read_tree(child, f"{prefix}{entry}/")
+                yield from read_tree(child, f"{prefix}{entry}/", strays)
         elif stat.S_ISREG(st.st_mode):
             fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
             with os.fdopen(fd, "rb") as f:
@@ -284,6 +288,8 @@ def read_tree(dfd: int, prefix: str = "") -> Iterator[tuple[str, FileSpec, Stamp
                 content = f.read()
             spec = FileSpec(content, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
             yield f"{prefix}{entry}", spec, stamp_of(st)
+        elif strays is not None:
+            strays.append(f"{prefix}{entry}")
 
 
 def unlink(dfd: int, name: str) -> None:

@@ -39,8 +39,10 @@ class Spares:
     """Spares ready for the next commit and replaced generations in their grace period."""
 
     def __init__(self, step: Callable[[str], None],
-                 restamp: Callable[[Collection[str] | None], None] = lambda names: None) -> None:
+                 restamp: Callable[[Collection[str] | None], None] = lambda names: None,
+                 grace_seconds: float = 1.0) -> None:
         self._step = step
+        self._grace = grace_seconds  # the last prune's: how long a replaced generation waits for readers
         self._restamp = restamp
         self._spares: dict[str, set[str]] = {}  # spare -> names to relink before it matches
         self._replaced: dict[str, _Replaced] = {}
@@ -55,7 +57,12 @@ class Spares:
 
     def take(self, dfd: int, generation: str | None, committed: Collection[str],
              changes: Collection[str]) -> str | None:
-        """A spare that matches the current generation except for `changes`, or None."""
+        """A spare that matches the current generation except for `changes`, or None. With none
+        ready, a replaced generation past its grace is made one now (its stale names relinked:
+        a cost in what changed since, not in what exists), so a commit that comes before the
+        prune that would have done it links nothing."""
+        if not self._spares and generation is not None:
+            self._recycle_one(dfd, generation, committed)
         while self._spares:
             spare, stale = self._spares.popitem()
             try:
@@ -100,23 +107,36 @@ class Spares:
     def prune(self, dfd: int, generation: str | None, committed: Collection[str],
               grace_seconds: float, *, make_spare: bool = True) -> float | None:
         """Retire replaced generations past their grace (each becomes a spare or is removed) and
-        (with `make_spare`) make a spare if none is ready once the current generation has stood for the
-        grace period (the replaced one becomes a spare by then at a fraction of the cost, and a
-        one-shot sync makes none). Returns the seconds until there is more to do, None if nothing."""
+        (with `make_spare`) keep MAX_SPARES spares, counting the replaced generations that will become
+        one: with nothing for the next commit (after start, or when the one replaced may not be
+        reused) one is linked at once; the second, for a commit that comes within the grace of the
+        last, once the current generation has stood for the grace period (in a stream of changes the
+        replaced ones become spares at a fraction of the cost). A one-shot sync (`make_spare=False`)
+        makes none. Returns the seconds until there is more to do, None if nothing."""
         now = time.monotonic()
+        self._grace = grace_seconds
         try:
             wait = self._retire_replaced(dfd, generation, committed, grace_seconds, now)
             self._relink_spares(dfd, generation, committed)
-            if make_spare and not self._spares and generation is not None:
-                due = max(self._retry_at, self._current_since + grace_seconds) - now
-                if due <= 0:
+            if make_spare and generation is not None:
+                due = self._spare_due(grace_seconds, now)
+                if due is not None and due <= 0:
                     self._build(dfd, generation, committed)
-                else:
-                    wait = due if wait is None else min(wait, due)
+                    due = self._spare_due(grace_seconds, now)  # one link of everything per prune at most
+                if due is not None:
+                    wait = max(due, 0.0) if wait is None else min(wait, max(due, 0.0))
         except OSError:
             self._retry_at = now + _RETRY_SECONDS
             raise
         return wait
+
+    def _spare_due(self, grace_seconds: float, now: float) -> float | None:
+        """Seconds until a spare is to be linked (<= 0: now), None when enough are ready or coming."""
+        coming = sum(not old.tainted for old in self._replaced.values())
+        if len(self._spares) + coming >= MAX_SPARES:
+            return None
+        start = now if not self._spares and not coming else self._current_since + grace_seconds
+        return max(self._retry_at, start) - now
 
     def _retire_replaced(self, dfd: int, generation: str | None, committed: Collection[str],
                          grace_seconds: float, now: float) -> float | None:
@@ -134,6 +154,17 @@ class Spares:
             else:
                 self._recycle(dfd, name, old.stale, generation, committed)
         return wait
+
+    def _recycle_one(self, dfd: int, generation: str, committed: Collection[str]) -> None:
+        """The oldest reusable replaced generation past its grace becomes a spare (a failure only
+        means the commit links its own; one to remove waits for prune: a removal is not cheap)."""
+        now = time.monotonic()
+        for name, old in self._replaced.items():
+            if not old.tainted and now - old.replaced_at >= self._grace:
+                del self._replaced[name]
+                with contextlib.suppress(OSError):
+                    self._recycle(dfd, name, old.stale, generation, committed)
+                return
 
     def _relink_spares(self, dfd: int, generation: str | None, committed: Collection[str]) -> None:
         for spare, stale in list(self._spares.items()):
