@@ -115,14 +115,15 @@ class Writer(HeldDirectory):
              (`_follow_removal`); this commit goes on in the new directory.
          (3) Start the next generation from a spare: a private (0700) directory of hard links to
              the current generation's files, prepared off the commit path by `prune()`. With none
-             ready, make one now and link the unchanged files into it.
+             ready, a replaced generation past its grace becomes one now (its names changed since
+             relinked); with none of those either, make one and link the unchanged files into it.
          (4) Remove the changed names from it: they are links to live inodes, never written through.
          (5) Write each changed file, created with its final mode and owner, never wider.
          (6) Open the directory to readers (0755) and rename it to a new `..<timestamp>` generation.
          (7) Point `..data_tmp` at the new generation and rename it over `..data`: the commit point.
              A failure before this removes the half-made directory; the current generation stays.
          (8) Retire the replaced generation: readers mid-lookup have the grace period, then
-             `prune()` makes it a spare (or removes it).
+             `prune()` or step (3) of a later commit makes it a spare (or `prune()` removes it).
          (9) Record what is committed: each file's spec and stamp (what `check_drift` compares).
         (10) Make the visible link of each new top-level name, remove those of names gone; a link
              that cannot be made yet is made by the next `check_drift`.
