@@ -8,12 +8,14 @@ a symlink: `..data` swapped) forgets everything, as does a lost event (queue ove
 folder that goes, and the sweep every SWEEP_SECONDS (for what inotify cannot see: a volume mounted
 over a folder, a write on another machine of a network filesystem). A file forgotten is stat-ed at
 the next check, as every file is without a watch. So an idle check of 100,000 files costs dictionary
-lookups, not 100,000 stats; and a path whose folders cannot be watched (the inotify limits) is
-simply stat-ed each time. Never reads a file, never logs a path's content.
+lookups, not 100,000 stats; and while inotify refuses (its watch or instance limits) nothing is
+remembered or asked of it again until a sweep's time has passed: a stat per file, as without a
+watch. Never reads a file, never logs a path's content.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -42,7 +44,9 @@ class FileVersions:
         self._names: dict[int, list[str]] = {}  # watch descriptor -> the folder's names (one inode, two paths)
         self._resolved: dict[str, list[str] | None] = {}  # folder -> the names its resolution passes
         self._swept = time.monotonic()
-        self._broken = False  # inotify refused: remember nothing
+        #: when inotify last refused an instance or a watch (its limits): nothing is remembered, and
+        #: nothing asked of it again, until a sweep's time has passed
+        self._refused_at: float | None = None
 
     def refresh(self) -> dict[str, str]:
         """Forget what the events queued since the last call name (everything at a sweep); the
@@ -70,13 +74,13 @@ class FileVersions:
     def watch(self, path: str) -> bool:
         """Watch every folder on `path`'s way (call before the stat whose version is remembered);
         False when that is not possible (the path cannot be resolved, a watch is refused)."""
-        if self._broken:
-            return False
+        if self._refused_at is not None and time.monotonic() - self._refused_at < SWEEP_SECONDS:
+            return False  # not an lstat and a refused watch per file per check: a stat is cheaper
         if self._queue is None:
             try:
                 self._queue = InotifyQueue()
             except OSError:
-                self._broken = True
+                self._refused_at = time.monotonic()
                 return False
         way = self._way(path)
         if way is None:
@@ -130,7 +134,9 @@ class FileVersions:
         assert self._queue is not None
         try:
             wd = self._queue.add(folder)
-        except OSError:
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EMFILE):  # the watch limit, not this folder's doing
+                self._refused_at = time.monotonic()
             return False
         self._folders[folder] = wd
         self._names.setdefault(wd, []).append(folder)

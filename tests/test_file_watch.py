@@ -3,12 +3,14 @@ see is seen, through inotify, whatever way the file was changed or reached."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from bridge.inotify_queue import InotifyQueue
 from bridge.provider import Request
 from providers import _file_watch
 from providers.local import FileProvider, FileSettings
@@ -119,3 +121,26 @@ def test_closed_then_asked_again_still_answers(tmp_path: Path) -> None:
     provider.close()
     (tmp_path / "a").write_bytes(b"other")
     assert _version(provider, "a") != first
+
+
+def test_the_watch_limit_reached_means_stats_not_a_refused_watch_per_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the inotify watch limit reached (ENOSPC), versions are stat-ed and nothing remembered,
+    and no watch is asked for again until a sweep's time has passed (not one per file per check)."""
+    for name in "abc":
+        (tmp_path / name).write_bytes(name.encode())
+    asked: list[str] = []
+
+    def refused(self: InotifyQueue, path: str, mask: int = 0) -> int:
+        asked.append(path)
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(InotifyQueue, "add", refused)
+    provider = _provider(tmp_path)
+    first = {ref: _version(provider, ref) for ref in "abc"}
+    assert len(asked) == 1 and not any(_remembered(provider, ref) for ref in "abc")
+    _same_size_same_mtime(tmp_path / "b", b"B")
+    assert _version(provider, "b") != first["b"] and len(asked) == 1
+    monkeypatch.setattr(_file_watch, "SWEEP_SECONDS", 0.0)
+    _version(provider, "a")
+    assert len(asked) == 2  # asked again after the sweep's time
