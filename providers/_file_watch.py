@@ -64,12 +64,11 @@ class FileVersions:
                 self._forget(os.path.join(folder, name))
         return self._versions
 
-    def remember(self, path: str, version: str, info: os.stat_result) -> bool:
-        """Remember `path`'s version, found by a stat made after `watch(path)` returned True."""
-        if not stat.S_ISREG(info.st_mode):
-            return False
-        self._versions[path] = version
-        return True
+    def remember(self, path: str, version: str, info: os.stat_result) -> None:
+        """Remember `path`'s version (of a regular file), found by a stat made after `watch(path)`
+        returned True."""
+        if stat.S_ISREG(info.st_mode):
+            self._versions[path] = version
 
     def watch(self, path: str) -> bool:
         """Watch every folder on `path`'s way (call before the stat whose version is remembered);
