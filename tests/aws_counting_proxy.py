@@ -17,6 +17,8 @@ import threading
 import urllib.parse
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -166,3 +168,21 @@ class CountingProxy:
             do_GET = do_POST = do_PUT = do_DELETE = _serve
 
         return Handler
+
+
+class ProxiedBackend:
+    """What a conformance backend behind a CountingProxy shares: an outage, and the calls counted."""
+
+    proxy: CountingProxy
+
+    @contextmanager
+    def outage(self) -> Iterator[None]:
+        """The proxy answers every call with 503 ServiceUnavailable while inside."""
+        self.proxy.fail["*"] = (503, "ServiceUnavailable", None)
+        try:
+            yield
+        finally:
+            self.proxy.fail.clear()
+
+    def calls(self) -> int:
+        return sum(self.proxy.counts.values())

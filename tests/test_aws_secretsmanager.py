@@ -10,7 +10,6 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from bridge.errors import AccessDenied, ProviderError, SecretNotFound, Unavailab
 from bridge.observe.metrics import REGISTRY
 from bridge.provider import Fetched, Request
 from providers.aws_secretsmanager import SecretsManagerProvider, SecretsManagerSettings
-from tests.aws_counting_proxy import CountingProxy, start_moto, stop
+from tests.aws_counting_proxy import CountingProxy, ProxiedBackend, start_moto, stop
 from tests.conformance import ProviderConformance
 from tests.engines import make_engine
 from tests.versions import latest
@@ -89,7 +88,7 @@ def make_provider(url: str, region: str = REGION, **fields: Any) -> SecretsManag
     return SecretsManagerProvider("aws", settings)
 
 
-class MotoBackend:
+class MotoBackend(ProxiedBackend):
     """Writes straight to moto; the provider under test goes through the counting proxy."""
 
     text_fields: dict[str, Any] = {}
@@ -116,18 +115,6 @@ class MotoBackend:
 
     def credentials(self) -> list[str]:
         return [ACCESS_KEY_ID, SECRET_ACCESS_KEY, "bridge-external-id-0451"]
-
-    @contextmanager
-    def outage(self) -> Iterator[None]:
-        """The proxy answers every call with 503 ServiceUnavailable while inside."""
-        self.proxy.fail["*"] = (503, "ServiceUnavailable", None)
-        try:
-            yield
-        finally:
-            self.proxy.fail.clear()
-
-    def calls(self) -> int:
-        return sum(self.proxy.counts.values())
 
 
 class TestConformance(ProviderConformance):

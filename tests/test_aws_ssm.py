@@ -27,7 +27,7 @@ from bridge.observe.metrics import REGISTRY
 from bridge.provider import Fetched, Request, provider_class
 from providers.aws_ssm import ParameterStoreProvider, ParameterStoreSettings
 from tests import test_aws_secretsmanager as sm_tests
-from tests.aws_counting_proxy import CountingProxy
+from tests.aws_counting_proxy import CountingProxy, ProxiedBackend
 from tests.conformance import ProviderConformance
 from tests.engines import make_engine
 from tests.harness import Bridge
@@ -66,7 +66,7 @@ def new_name(prefix: str = "t") -> str:
     return f"/{prefix}/{uuid.uuid4().hex}"
 
 
-class MotoBackend:
+class MotoBackend(ProxiedBackend):
     """Writes straight to moto; the provider under test goes through the counting proxy. SSM holds
     text only, so binary data travels as base64 text (`encoding: base64`)."""
 
@@ -88,18 +88,6 @@ class MotoBackend:
 
     def credentials(self) -> list[str]:
         return [ACCESS_KEY_ID, SECRET_ACCESS_KEY]
-
-    @contextmanager
-    def outage(self) -> Iterator[None]:
-        """The proxy answers every call with 503 ServiceUnavailable while inside."""
-        self.proxy.fail["*"] = (503, "ServiceUnavailable", None)
-        try:
-            yield
-        finally:
-            self.proxy.fail.clear()
-
-    def calls(self) -> int:
-        return sum(self.proxy.counts.values())
 
 
 class TestConformance(ProviderConformance):
