@@ -16,6 +16,7 @@ import pytest
 
 from providers.azure_keyvault import KeyVaultProvider
 from tests.azure_fake import FakeKeyVault
+from tests.servers import SharedServer
 
 VAULT_URL = "https://kv-bridge-test.vault.azure.net"
 #: what the AZURE_* environment names: the service principal the default chain finds
@@ -24,26 +25,24 @@ ENV_CLIENT = "env-client"
 MakeProvider = Callable[..., KeyVaultProvider]
 
 
-#: one server per test process, even when several modules import the `fake` fixture (pytest then
-#: holds one session fixture per module): the Key Vault SDK caches each vault URL's challenge, with
-#: its tenant, process-wide, so a second server with another tenant would be refused its tokens.
-_SHARED: dict[str, Any] = {"server": None, "users": 0}
+def _server(ca_dir: Path) -> FakeKeyVault:
+    server = FakeKeyVault()
+    server.write_ca(str(ca_dir / "ca.pem"))
+    server.add_client(ENV_CLIENT)
+    server.enable_managed_identity()
+    return server
+
+
+#: one server per test process, even when several modules import the `fake` fixture: the Key Vault
+#: SDK caches each vault URL's challenge, with its tenant, process-wide, so a second server with
+#: another tenant would be refused its tokens
+_SHARED: SharedServer[FakeKeyVault] = SharedServer()
 
 
 @pytest.fixture(scope="session")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeKeyVault]:
-    if _SHARED["server"] is None:
-        server = FakeKeyVault()
-        server.write_ca(str(tmp_path_factory.mktemp("azure-ca") / "ca.pem"))
-        server.add_client(ENV_CLIENT)
-        server.enable_managed_identity()
-        _SHARED["server"] = server
-    _SHARED["users"] += 1
-    yield _SHARED["server"]
-    _SHARED["users"] -= 1
-    if _SHARED["users"] == 0:
-        _SHARED["server"].close()
-        _SHARED["server"] = None
+    with _SHARED.use(lambda: _server(tmp_path_factory.mktemp("azure-ca"))) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

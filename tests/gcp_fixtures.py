@@ -22,7 +22,7 @@ import certifi
 import pytest
 
 from tests.gcp_fake import FakeSecretManager
-from tests.servers import free_port
+from tests.servers import SharedServer, free_port
 
 if "google.auth.compute_engine._metadata" in sys.modules:  # pragma: no cover - import order guard
     raise RuntimeError("google-auth was imported before tests/gcp_fixtures.py could point it at loopback")
@@ -37,25 +37,22 @@ from providers.gcp_secretmanager import GcpSecretManagerProvider  # noqa: E402 -
 MakeProvider = Callable[..., GcpSecretManagerProvider]
 
 
-#: one server per test process, even when several modules import the `gcp` fixture (pytest then
-#: holds one session fixture per module): its metadata server must listen on METADATA_PORT, which
-#: google-auth read once at import
-_SHARED: dict[str, Any] = {"server": None, "users": 0}
+def _server() -> FakeSecretManager:
+    server = FakeSecretManager(metadata_port=METADATA_PORT)
+    server.add_project(PROJECT)
+    return server
+
+
+#: one server per test process, even when several modules import the `gcp` fixture: its metadata
+#: server must listen on METADATA_PORT, which google-auth read once at import
+_SHARED: SharedServer[FakeSecretManager] = SharedServer()
 
 
 @pytest.fixture(scope="session")
-def gcp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeSecretManager]:
+def gcp() -> Iterator[FakeSecretManager]:
     """The fake Secret Manager, token and metadata server, shared by every module that imports it."""
-    if _SHARED["server"] is None:
-        server = FakeSecretManager(metadata_port=METADATA_PORT)
-        server.add_project(PROJECT)
-        _SHARED["server"] = server
-    _SHARED["users"] += 1
-    yield _SHARED["server"]
-    _SHARED["users"] -= 1
-    if _SHARED["users"] == 0:
-        _SHARED["server"].close()
-        _SHARED["server"] = None
+    with _SHARED.use(_server) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -13,14 +13,44 @@ import tempfile
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 from cryptography import x509
 
 from tests.polling import wait_for
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Closable)
+
+
+class SharedServer(Generic[S]):
+    """One server per test process however many modules hold its session fixture (pytest keeps one
+    per module that imports the fixture): made (by `make`) for the first, closed after the last."""
+
+    def __init__(self) -> None:
+        self._server: S | None = None
+        self._users = 0
+
+    @contextmanager
+    def use(self, make: Callable[[], S]) -> Iterator[S]:
+        if self._server is None:
+            self._server = make()
+        self._users += 1
+        try:
+            yield self._server
+        finally:
+            self._users -= 1
+            if self._users == 0:
+                self._server.close()
+                self._server = None
 
 
 def free_port() -> int:
