@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.serialization import PrivateFormat, pkcs12
 from cryptography.x509.oid import NameOID
 
 from bridge.engine.pkcs12 import MAX_ITERATIONS, TooMuchWork, check_work
+from tests.der import with_mac_iterations
 
 #: the DER INTEGER 65536, the PBKDF2 count the encrypted bundle is made with
 _ROUNDS_65536 = bytes.fromhex("0203010000")
@@ -51,32 +52,6 @@ def _tlv(tag: int, content: bytes) -> bytes:
     return bytes([tag]) + length + content
 
 
-def _children(der: bytes) -> list[bytes]:
-    """The encoded children of the DER SEQUENCE `der` (lengths up to 2 bytes)."""
-    def header(pos: int) -> tuple[int, int]:
-        first = der[pos + 1]
-        if first < 0x80:
-            return pos + 2, first
-        count = first & 0x7F
-        return pos + 2 + count, int.from_bytes(der[pos + 2:pos + 2 + count], "big")
-
-    start, length = header(0)
-    out, pos = [], start
-    while pos < start + length:
-        content, size = header(pos)
-        out.append(der[pos:content + size])
-        pos = content + size
-    return out
-
-
-def _with_mac_iterations(bundle: bytes, iterations: int) -> bytes:
-    """`bundle` with its MacData asking for `iterations` rounds."""
-    version, auth_safe, mac = _children(bundle)
-    digest, salt, _ = _children(mac)
-    count = _tlv(0x02, iterations.to_bytes((iterations.bit_length() + 8) // 8, "big"))
-    return _tlv(0x30, version + auth_safe + _tlv(0x30, digest + salt + count))
-
-
 def test_bundles_cryptography_makes_pass() -> None:
     """A password-less bundle and a PBES2-encrypted one (65536 rounds) ask for no more than allowed."""
     check_work(_plain())
@@ -87,7 +62,7 @@ def test_bundles_cryptography_makes_pass() -> None:
                                                      (2**31 - 1, True)])
 def test_mac_iterations_bounded(iterations: int, refused: bool) -> None:
     """A MAC count of MAX_ITERATIONS passes; one more, or 2^31-1, is TooMuchWork naming the limit."""
-    bundle = _with_mac_iterations(_plain(), iterations)
+    bundle = with_mac_iterations(_plain(), iterations)
     if not refused:
         check_work(bundle)
         return
@@ -135,6 +110,6 @@ def test_unparseable_bytes_are_left_to_the_real_parser(data: bytes) -> None:
 
 def test_trailing_bytes_do_not_hide_a_big_count() -> None:
     """A bundle with an unparseable tail still has its MAC count refused (the walk checks as it goes)."""
-    bundle = _with_mac_iterations(_plain(), 2**31 - 1)
+    bundle = with_mac_iterations(_plain(), 2**31 - 1)
     with pytest.raises(TooMuchWork):
         check_work(bundle + b"\x30\x05")

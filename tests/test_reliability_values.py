@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.der import with_mac_iterations
 from tests.harness import Bridge
 from tests.reliability_kit import Leaks, record, tmpfs_dir
 
@@ -161,32 +162,6 @@ def test_generated_values_sync_exactly(value: bytes) -> None:
 _HOSTILE_SECRET = "hostile-it's-the-value-7f3a"  # an apostrophe: repr() quotes it with double quotes
 
 
-def _tlv(tag: int, content: bytes) -> bytes:
-    size = len(content)
-    if size < 0x80:
-        return bytes([tag, size]) + content
-    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(length)]) + length + content
-
-
-def _children(der: bytes) -> list[bytes]:
-    """The elements inside a definite-length DER SEQUENCE (short test inputs only)."""
-    def header(pos: int) -> tuple[int, int]:
-        first = der[pos + 1]
-        if first < 0x80:
-            return pos + 2, first
-        count = first & 0x7F
-        return pos + 2 + count, int.from_bytes(der[pos + 2:pos + 2 + count], "big")
-
-    start, length = header(0)
-    out, pos = [], start
-    while pos < start + length:
-        content, size = header(pos)
-        out.append(der[pos:content + size])
-        pos = content + size
-    return out
-
-
 def _pkcs12_with_mac_iterations(iterations: int) -> bytes:
     """A password-less PKCS#12 bundle whose MacData asks for `iterations` rounds."""
     import datetime
@@ -204,10 +179,7 @@ def _pkcs12_with_mac_iterations(iterations: int) -> bytes:
             .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
             .sign(key, hashes.SHA256()))
     bundle = pkcs12.serialize_key_and_certificates(b"t", key, cert, None, serialization.NoEncryption())
-    version, auth_safe, mac = _children(bundle)
-    digest, salt, _ = _children(mac)
-    count = _tlv(0x02, iterations.to_bytes((iterations.bit_length() + 8) // 8, "big"))
-    return _tlv(0x30, version + auth_safe + _tlv(0x30, digest + salt + count))
+    return with_mac_iterations(bundle, iterations)
 
 
 _HOSTILE_ENTRIES = {
