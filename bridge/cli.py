@@ -15,7 +15,6 @@ import re
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, fields
 from pathlib import Path
 from typing import NoReturn
 
@@ -298,7 +297,7 @@ def _state_of(config: Config) -> dict[str, dict[str, object]]:
     records = read_state(path)
     if not records:
         raise ConfigError(f"no state in {config.settings.output_dir}: run `secrets-bridge sync` first")
-    return {name: asdict(record) for name, record in records.items()}
+    return {name: record._asdict() for name, record in records.items()}
 
 
 def cmd_ls(config: Config, fmt: str | None = None, quiet: bool = False) -> int:
@@ -342,7 +341,7 @@ def cmd_inspect(config: Config, names: Sequence[str]) -> int:
 
 
 #: the fields of a state record, in order (`ls --format`, `inspect`)
-STATE_FIELDS = tuple(f.name for f in fields(SecretRecord))
+STATE_FIELDS = SecretRecord._fields
 #: `ls --format TEMPLATE`: `{{.Field}}`, as docker's Go templates name a field (nothing else is run)
 _PLACEHOLDER = re.compile(r"\{\{\s*\.([A-Za-z]+)\s*\}\}")
 

@@ -6,19 +6,19 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from bridge.config.fields import STATE_FILE
 from bridge.writer.atomic import Writer
 from bridge.writer.state import SecretRecord, State, parse_state, read_state
 
 
-def _record(name: str, **changes: object) -> SecretRecord:
+def _record(name: str, **changes: Any) -> SecretRecord:
     record = SecretRecord(name=name, entry=name, provider="dev", provider_type="file", ref=f"refs/{name}",
                           key=None, pinned_version=None, version="3", size=12, mode="0444", uid=0, gid=0,
                           updated="2026-12-06T00:00:00+00:00", error=None)
-    return replace(record, **changes)  # type: ignore[arg-type]
+    return record._replace(**changes)
 
 
 def _state(out: Path) -> State:
@@ -46,7 +46,7 @@ def test_records_of_a_wrong_shape_are_left_out() -> None:
     """A record edited into a wrong shape (a number for a text, a bad date, a bool size, a field
     unknown or missing) is left out alone; broken or deeply nested JSON is an empty state, never an
     exception."""
-    good = _record("good").__dict__
+    good = _record("good")._asdict()
     secrets = {"good": good, "uid": {**good, "uid": "0"}, "size": {**good, "size": True},
                "date": {**good, "updated": "yesterday"}, "error": {**good, "error": "text"},
                "unknown": {**good, "colour": "red"}, "missing": {"name": "missing"}, "list": [1, 2]}
