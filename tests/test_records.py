@@ -43,7 +43,7 @@ def test_a_new_file_is_added_with_its_version(tmp_path: Path) -> None:
     assert [(c.file, c.entry, c.provider, c.ref, c.old_version, c.new_version, c.generation, c.action)
             for c in changes] == [("db", "db", "fake", "db/creds", None, "1", "..gen1", "added")]
     assert files.spec("db") == _spec(b"one") and files.version("db") == "1" and files.updated("db") is not None
-    assert db.files == {"db"}
+    assert set(db.files) == {"db"}
 
 
 def test_same_content_new_version_is_no_update_but_moves_the_version(tmp_path: Path) -> None:
@@ -69,7 +69,7 @@ def test_a_file_an_entry_no_longer_makes_is_removed(tmp_path: Path) -> None:
     [change] = files.committed(["bundle/b"], updates, None)
     assert (change.file, change.entry, change.action, change.old_version, change.new_version) == (
         "bundle/b", "bundle", "removed", "1", None)
-    assert bundle.files == {"bundle/a"} and files.spec("bundle/b") is None and "bundle/b" not in files.by_name
+    assert set(bundle.files) == {"bundle/a"} and files.spec("bundle/b") is None and "bundle/b" not in files.by_name
 
 
 def _record(name: str, entry: str, ref: str, version: str, updated: str | None = "2026-01-02T03:04:05+00:00",
@@ -86,7 +86,7 @@ def test_adopt_keeps_versions_of_files_from_the_same_source(tmp_path: Path) -> N
                 {"db": _record("db", "db", "db/creds", "7"), "bundle/a": _record("bundle/a", "bundle", "old/ref", "4")})
     assert files.version("db") == "7" and files.updated("db") == 1767323045.0 and files.spec("db") == _spec(b"one")
     assert files.version("bundle/a") is None and files.spec("bundle/a") == _spec(b"a")
-    assert engine.entries["db"].files == {"db"} and files.pending == {}
+    assert set(engine.entries["db"].files) == {"db"} and files.pending == {}
 
 
 def test_adopt_removes_orphans_naming_where_they_came_from(tmp_path: Path) -> None:

@@ -65,7 +65,7 @@ class ManagedFiles:
                                                      gone=(record.provider, record.ref))
                 continue
             managed = self.by_name[name] = ManagedFile(spec)
-            entry.files.add(name)
+            entry.add_file(name)
             if record is not None and record.source() == source_of(name, entry):
                 managed.version = managed.committed_version = record.version
                 managed.updated = record.updated_epoch()
@@ -82,7 +82,7 @@ class ManagedFiles:
                 updates[name] = spec
             elif name not in self.pending:
                 managed.committed_version = version  # same content, new version id
-        updates.update((f, None) for f in entry.files - specs.keys())
+        updates.update((f, None) for f in entry.files if f not in specs)
         return updates
 
     def committed(self, changed: Iterable[str], pending: Mapping[str, FileSpec | None],
@@ -103,7 +103,7 @@ class ManagedFiles:
                 managed.committed_version = new_version = managed.version
                 self.by_name[name] = managed
             if entry is not None:
-                (entry.files.discard if spec is None else entry.files.add)(name)
+                (entry.drop_file if spec is None else entry.add_file)(name)
             provider, ref = entry.source() if entry is not None else (managed.gone or ("", ""))
             changes.append(Change(name, entry.name if entry else name, provider, ref, old_version,
                                   new_version, generation, action))
@@ -148,7 +148,7 @@ class StateRecords:
     def update(self, entries: Iterable[Output], files: ManagedFiles) -> None:
         """Rebuild the records of `entries` (the files each has, or its name while it has none)."""
         for entry in entries:
-            names = sorted(entry.files | (entry.expected or set())) or [entry.name]
+            names = sorted({*entry.files, *(entry.expected or ())}) or [entry.name]
             provider, ref = entry.source()
             if provider not in self._types:
                 self._types[provider] = ",".join(self.settings.providers[p]["type"] for p in provider.split(","))
