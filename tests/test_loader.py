@@ -47,6 +47,8 @@ from tests.config_strategies import config_documents, environments, to_yaml
     ("  a: {provider: dev, ref: a, refresh_interval: soon}", "secrets.a.refresh_interval: invalid duration"),
     ("  a: {provider: dev}", "secrets.a.ref: required field missing"),
     ("  a: {provider: dev, ref: a, encoding: hex}", "secrets.a.encoding"),
+    ("  a: 5", "secrets.a: expected a mapping of fields"),
+    ("  a: [dev, a]", "secrets.a: expected a mapping of fields"),
 ])
 def test_errors_name_the_field(entry, message) -> None:
     """Each mistake is one ConfigError line naming the field path."""

@@ -73,13 +73,13 @@ def test_exec_section() -> None:
 def test_secret_entry_shapes(entry: dict[str, object], message: str) -> None:
     """An entry is plain, `files:` or `template:`; a mix of their fields is refused saying which."""
     with pytest.raises(ValueError, match=message):
-        SecretConfig.model_validate(entry)
+        SecretConfig(**entry)
 
 
 def test_files_take_the_entry_defaults() -> None:
     """Each file of a `files:` entry takes the entry's encoding and format unless it sets its own."""
-    entry = SecretConfig.model_validate({"provider": "p", "ref": "r", "encoding": "base64", "format": "pem",
-                                         "files": {"a": "ka", "b": {"key": "kb", "encoding": None, "mode": "0400"}}})
+    entry = SecretConfig(**{"provider": "p", "ref": "r", "encoding": "base64", "format": "pem",
+                            "files": {"a": "ka", "b": {"key": "kb", "encoding": None, "mode": "0400"}}})
     rules = entry.file_rules()
     assert (rules["a"].key, rules["a"].encoding, rules["a"].format) == ("ka", "base64", "pem")
     assert (rules["b"].key, rules["b"].encoding, rules["b"].mode) == ("kb", "base64", 0o400)
@@ -89,8 +89,8 @@ def test_files_take_the_entry_defaults() -> None:
 def test_env_entry_needs_a_source() -> None:
     """An `env:` variable is one value (provider and ref) or a template; a template's sources are its values."""
     with pytest.raises(ValueError, match="give provider and ref"):
-        EnvConfig.model_validate({"provider": "p"})
-    templated = EnvConfig.model_validate({"template": "{{ a }}{{ b }}", "values": {
+        EnvConfig(**{"provider": "p"})
+    templated = EnvConfig(**{"template": "{{ a }}{{ b }}", "values": {
         "a": {"provider": "p", "ref": "r1"}, "b": {"provider": "q", "ref": "r2", "version": "3"}}})
     assert {name: (s.provider, s.ref, s.version) for name, s in templated.sources().items()} == {
         "a": ("p", "r1", None), "b": ("q", "r2", "3")}
