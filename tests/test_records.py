@@ -151,6 +151,26 @@ def test_removed_files_leave_the_state(tmp_path: Path) -> None:
     assert sorted(read_state(writer.output_dir / STATE_FILE)) == ["bundle/a"]
 
 
+def test_an_entry_recorded_by_name_keeps_one_record_as_its_files_come_and_go(tmp_path: Path) -> None:
+    """An entry recorded under its name while it has nothing loses that record once it has files,
+    and gets it back when they are gone: never both, never neither."""
+    engine = _engine(tmp_path)
+    files, bundle = ManagedFiles(engine._owner), engine.entries["bundle"]
+    records, writer = _records(tmp_path, engine)
+    records.update([bundle], files)
+    records.save()
+    assert sorted(read_state(writer.output_dir / STATE_FILE)) == ["bundle"]
+    first = files.rendered(bundle, {"bundle/a": _spec(b"a")}, "1")
+    files.committed(sorted(first), first, None)
+    records.update([bundle], files)
+    records.save()
+    assert sorted(read_state(writer.output_dir / STATE_FILE)) == ["bundle/a"]
+    files.committed(["bundle/a"], files.rendered(bundle, {}, "2"), None)
+    records.update([bundle], files)
+    records.save()
+    assert sorted(read_state(writer.output_dir / STATE_FILE)) == ["bundle"]
+
+
 class _FullWriter(Writer):
     """A writer whose state file cannot be written while `full` is set."""
 

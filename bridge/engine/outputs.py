@@ -365,7 +365,7 @@ def build(config: Config, providers: dict[str, Provider], *,
                 fixed = source.version is not None and not providers[source.provider].moves(source.version)
                 unit = units[(source.provider, request)] = Unit(source.provider, request, interval, fixed)
             unit.interval = min(unit.interval, interval)
-            unit.entries.append(key)
+            unit.entries += (key,)
             unit.optional = unit.optional and section.optional
             mine[value_name] = unit
         outputs[key] = make(name, section, OneUnit(mine[""]) if mine.keys() == {""} else mine)

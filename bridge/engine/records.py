@@ -142,7 +142,9 @@ class StateRecords:
         self.state = state
         self.settings = settings
         self._types: dict[str, str] = {}  # provider (comma-joined for several) -> its type(s)
-        self._recorded: dict[str, list[str]] = {}  # the files of each entry in the state file
+        #: the files of each entry in the state file, when not just the one named for the entry
+        #: (that one kept for 100,000 plain entries was 10 MiB)
+        self._recorded: dict[str, list[str]] = {}
         self._failing = False
 
     def update(self, entries: Iterable[Output], files: ManagedFiles) -> None:
@@ -157,8 +159,12 @@ class StateRecords:
                 None if error is None else {"code": error.code, "message": str(error)})
             shared = (entry.name, provider, self._types[provider], ref, failure)
             records = [self._record(name, entry, files.by_name.get(name), shared) for name in names]
-            self.state.update(records, removed=set(self._recorded.get(entry.name, ())) - set(names))
-            self._recorded[entry.name] = names
+            recorded = self._recorded.get(entry.name, (entry.name,))
+            self.state.update(records, removed=set(recorded) - set(names))
+            if names == [entry.name]:
+                self._recorded.pop(entry.name, None)
+            else:
+                self._recorded[entry.name] = names
 
     def save(self) -> bool:
         """Write the state file; False when that failed (logged once until it works again)."""

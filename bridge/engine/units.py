@@ -26,7 +26,8 @@ class Unit:
     interval: float
     #: pinned to a version that never moves: not polled once fetched
     fixed: bool
-    entries: list[str] = field(default_factory=list)
+    #: the outputs that read it, by name (a tuple: nearly always one)
+    entries: tuple[str, ...] = ()
     optional: bool = True
     fetched: Fetched | None = field(default=None, repr=False)
     version: str | None = None
