@@ -55,6 +55,16 @@ def test_records_of_a_wrong_shape_are_left_out() -> None:
         assert parse_state(broken) == {}
 
 
+def test_a_state_file_that_is_not_utf8_loads_as_empty(tmp_path: Path) -> None:
+    """A state file someone wrote bytes into that are not UTF-8 is no state at the start, not an error."""
+    state = _state(tmp_path)
+    state.update([_record("a")])
+    state.save()
+    assert list(state.load()) == ["a"]
+    (tmp_path / STATE_FILE).write_bytes(b'{"secrets": {"\xff": 1}}')
+    assert state.load() == {} and read_state(tmp_path / STATE_FILE) == {}
+
+
 def test_a_state_file_that_is_not_a_regular_file_reads_as_empty(tmp_path: Path) -> None:
     """`ls` reading a FIFO or a folder planted as the state file gets no records, without blocking."""
     os.mkfifo(tmp_path / "fifo")

@@ -77,7 +77,11 @@ class State:
         except WriteError as exc:
             log.warning("the state file is unreadable (%s); starting without it", exc)
             return {}
-        return {} if data is None else parse_state(data)
+        if data is None:
+            return {}
+        text = _text(data)
+        del data  # a state file of 100,000 records is 26 MB: never held as bytes and text at once
+        return parse_state(text)
 
     def update(self, records: Iterable[SecretRecord], removed: Iterable[str] = ()) -> None:
         """Take new records (by file name) and drop those of `removed`; written at the next save."""
@@ -111,19 +115,25 @@ def read_state(path: Path) -> dict[str, SecretRecord]:
         return {}
 
 
-def parse_state(data: bytes) -> dict[str, SecretRecord]:
+def parse_state(data: bytes | str) -> dict[str, SecretRecord]:
     """The records of a state file; a record someone edited into a wrong shape is left out (a start
     must never fail on it: the state is only what `ls` shows and what a restart keeps). Each record
-    becomes a `SecretRecord` as it is decoded, never a dict first, and equal texts (an entry named
-    as its file, a provider, a time) are one string: 100,000 records of 14 fields held as dicts were
-    the largest thing a start ever held, and that memory stayed with the process."""
-    texts: dict[str, str] = {}
+    becomes a `SecretRecord` as it is decoded, never a dict first, and the texts many records share
+    (an entry named as its file, a provider, a mode, a time) are one string each: 100,000 records
+    held as dicts were the largest thing a start ever held, and that memory stayed with the process."""
+    shared: dict[str, str] = {}
 
     def record_or_dict(pairs: list[tuple[str, Any]]) -> SecretRecord | dict[str, Any]:
         fields = dict(pairs)
         if fields.keys() != _RECORD_FIELDS:
             return fields  # not a record (a map, an error), or a record with a field missing or unknown
-        return SecretRecord._make(texts.setdefault(v, v) if type(v) is str else v for v in map(fields.get, _ORDER))
+        for name in _SHARED:
+            value = fields[name]
+            if type(value) is str:
+                fields[name] = shared.setdefault(value, value)
+        if fields["entry"] == fields["name"]:
+            fields["entry"] = fields["name"]
+        return SecretRecord(**fields)
 
     try:
         secrets = json.loads(data, object_pairs_hook=record_or_dict)["secrets"]
@@ -133,8 +143,17 @@ def parse_state(data: bytes) -> dict[str, SecretRecord]:
     return {name: record for name, record in items if isinstance(record, SecretRecord) and _well_formed(record)}
 
 
-_ORDER = SecretRecord._fields
-_RECORD_FIELDS = frozenset(_ORDER)
+def _text(data: bytes) -> str:
+    """A state file's text ("" for one that is not UTF-8: no records)."""
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return ""
+
+
+_RECORD_FIELDS = frozenset(SecretRecord._fields)
+#: the fields whose texts few records tell apart
+_SHARED = ("provider", "provider_type", "mode", "updated")
 
 
 def _well_formed(record: SecretRecord) -> bool:
