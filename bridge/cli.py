@@ -4,7 +4,7 @@ The README's command table and `--help` state the same exit statuses; keep them 
 
 from __future__ import annotations
 
-import bridge.startup  # noqa: F401 - first: holds SIGHUP during the imports below  # isort: skip
+import bridge.startup  # first: holds SIGHUP during the imports below  # isort: skip
 import argparse
 import contextlib
 import gc
@@ -106,6 +106,7 @@ THREAD_STACK_BYTES = 1 << 20
 
 def _main(argv: Sequence[str] | None) -> int:
     threading.stack_size(THREAD_STACK_BYTES)
+    bridge.startup.return_large_frees()
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "exec":
