@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge.config.fields import (
     MAX_COMPONENT,
@@ -216,3 +218,13 @@ def test_http_url_is_checked_at_config_time(url: str) -> None:
         parse_config(text)
     assert "passwd" not in str(caught.value) and "\n" not in str(caught.value)
 
+
+
+@given(st.one_of(st.text(alphabet="ab_.-/ \x00\u202e9", max_size=12),
+                 st.text(alphabet="a", min_size=230, max_size=250)))
+def test_the_plain_name_shortcut_accepts_nothing_the_checks_refuse(name: str) -> None:
+    """check_target's shortcut for the usual name (`db_password`) lets through only names the full
+    text and part checks accept too."""
+    from bridge.config.fields import _PLAIN, _parts_problem, _text_problem
+    if _PLAIN.fullmatch(name):
+        assert _text_problem(name) is None and _parts_problem(name.split("/")) is None

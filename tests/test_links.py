@@ -24,6 +24,24 @@ def test_planted_symlink_is_not_followed(tmp_path: Path) -> None:
     assert os.readlink(out / "db") == "..data/db"
 
 
+def test_a_first_commit_of_many_names_links_each_whatever_was_there(tmp_path: Path) -> None:
+    """A first commit of more names than one listing is worth (the many-names path): names with
+    nothing there are linked, a planted symlink and a planted file are replaced, and a link already
+    right is kept; no planted target is written."""
+    out, victim = tmp_path / "out", tmp_path / "victim"
+    out.mkdir()
+    victim.write_text("untouched")
+    (out / "n3").symlink_to(victim)
+    (out / "n5").write_text("planted")
+    (out / "n7").symlink_to(f"{DATA_LINK}/n7")
+    w = Writer(out, require_tmpfs=False)
+    w.prepare()
+    w.commit({f"n{i}": FileSpec(b"%d" % i) for i in range(200)})
+    assert victim.read_text() == "untouched"
+    for i in range(200):
+        assert os.readlink(out / f"n{i}") == f"{DATA_LINK}/n{i}" and (out / f"n{i}").read_bytes() == b"%d" % i
+
+
 def test_idle_check_trusts_an_unchanged_directory_and_still_sees_a_change(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Once a full pass found the links right, a check reads none while the output directory's

@@ -242,12 +242,17 @@ def check_target(name: str, loc: tuple[str, ...] | None = None, output_dir: Path
     and short enough for the filesystem (with `output_dir`, also within PATH_MAX). Errors name `loc`
     (default `secrets.NAME`). The engine calls it too for file names that arrive at run time
     (`files: "*"`)."""
-    problem = _text_problem(name) or _parts_problem(name.split("/"))
+    # the usual name (`db_password`, `tls.crt`) matches _PLAIN: nothing the two checks ask can fail
+    problem = None if _PLAIN.fullmatch(name) else _text_problem(name) or _parts_problem(name.split("/"))
     if problem is None and output_dir is not None and (
             len(os.fsencode(output_dir)) + _GENERATION_PART + len(name.encode()) > MAX_PATH):
         problem = f"output_dir and target together pass PATH_MAX ({MAX_PATH} bytes)"
     if problem is not None:
         raise FieldError(loc or ("secrets", name), problem)
+
+
+#: one part of letters, digits, `_`, `.`, `-`, not beginning with a dot, within MAX_COMPONENT bytes
+_PLAIN = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{MAX_COMPONENT - 1}}}")
 
 
 def _text_problem(name: str) -> str | None:

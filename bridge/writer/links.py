@@ -8,7 +8,6 @@ directory while its mtime stays as it was when a full pass last found all well.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
@@ -25,6 +24,10 @@ _ASIDE = "..aside_"
 #: a directory's mtime comes from the kernel's tick-based clock (1-10 ms steps): once the clock is
 #: this far past it, any later change to the directory gives it a different mtime
 _COARSE_CLOCK_NS = 50_000_000
+
+
+#: from this many names, `sync` lists the directory once instead of a readlink per absent name
+_LIST_FROM = 64
 
 
 class Links:
@@ -69,22 +72,26 @@ class Links:
         that holds none; full (a directory read): also remove every other link of ours. Returns the
         names re-made."""
         remade = []
-        for top in list(tops):
+        tops = list(tops)
+        # many names (the first commit into an empty directory): one listing says which are absent,
+        # rather than a failed readlink each
+        present = set(os.listdir(dfd)) if len(tops) > _LIST_FROM else None
+        for top in tops:
             target = f"{DATA_LINK}/{top}"
             if top not in self.tops:
                 if is_our_link(dfd, top):
                     unlink(dfd, top)
                 self._made.discard(top)
                 continue
+            if present is not None and top not in present and self._make(dfd, target, top):
+                remade.append(top)
+                continue
             try:
                 if os.readlink(top, dir_fd=dfd) == target:  # one syscall for a link that is right
                     self._made.add(top)
                     continue
             except FileNotFoundError:  # nothing there: make it in place (EEXIST if that changed)
-                with contextlib.suppress(FileExistsError):
-                    os.symlink(target, top, dir_fd=dfd)
-                    self._step("link_made")
-                    self._made.add(top)
+                if self._make(dfd, target, top):
                     remade.append(top)
                     continue
             except OSError as exc:
@@ -104,6 +111,16 @@ class Links:
                 if name not in self.tops and not name.startswith("..") and is_our_link(dfd, name):
                     unlink(dfd, name)
         return sorted(remade)
+
+    def _make(self, dfd: int, target: str, top: str) -> bool:
+        """Make the link `top` -> `target` where nothing is; False when something is there now."""
+        try:
+            os.symlink(target, top, dir_fd=dfd)
+        except FileExistsError:
+            return False
+        self._step("link_made")
+        self._made.add(top)
+        return True
 
     def rename_over(self, dfd: int, tmp: str, name: str) -> None:
         """rename(2) `tmp` over `name`; a folder planted at `name` is moved aside first."""
