@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge.errors import WriteError
 from bridge.observe.changes import Change
@@ -154,3 +156,12 @@ def test_held_lines_are_written_together_in_order(capsys: pytest.CaptureFixture[
         for handler in set(root.handlers) - set(before):
             root.removeHandler(handler)
         logging.getLogger("secrets_bridge").setLevel(level)
+
+
+@given(st.floats(min_value=0, max_value=4e9) | st.integers(0, 4 * 10**9).map(lambda s: s + 0.9999995))
+def test_log_times_are_datetimes_own_rounding(epoch: float) -> None:
+    """A log line's time, made once per millisecond, is what datetime itself makes of the record's time."""
+    from datetime import UTC, datetime
+
+    from bridge.observe.logs import _utc
+    assert _utc(epoch) == datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

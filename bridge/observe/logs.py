@@ -10,8 +10,11 @@ follows a symlink and never stops the bridge: a failure is logged once, and once
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import json
 import logging
+import math
 import os
 import stat
 import sys
@@ -29,14 +32,25 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: (each provider's own SDK loggers are quieted when the provider is loaded: its `sdk_loggers`)
 QUIET_LOGGERS = ("urllib3",)
 
-#: attributes every LogRecord has; anything else on a record came in through `extra=`
+#: attributes every LogRecord has; anything else on a record came in through `extra=`, after them
 _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_SET_BY_INIT = len(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
 
 audit_log = logging.getLogger(AUDIT_LOGGER)
 
 
 def _utc(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # to the microsecond first, as datetime.fromtimestamp rounds (the whole seconds apart, then the rest)
+    fraction, seconds = math.modf(epoch)
+    return _utc_ms(int(seconds) * 1000 + round(fraction * 1_000_000) // 1000)
+
+
+@functools.lru_cache(maxsize=8)
+def _utc_ms(ms: int) -> str:
+    """The time of a millisecond, made once for the burst of lines logged within it."""
+    seconds, rest = divmod(ms, 1000)
+    moment = datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest * 1000)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 #: one encoder for every line (json.dumps with `default` makes a new one per call)
@@ -53,7 +67,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key, value in record.__dict__.items():
+        # the extras come after what LogRecord's __init__ set: a 100,000-file commit logs as many events
+        for key, value in itertools.islice(record.__dict__.items(), _SET_BY_INIT, None):
             if key not in _RECORD_FIELDS and key not in doc and not key.startswith("_"):
                 doc[key] = value
         if record.exc_info:
