@@ -58,3 +58,20 @@ def test_stop_kills_a_bridge_that_outlives_its_timeout_and_fails(tmp_path: Path)
         child = int(bridge.output().split("ignoring ")[1].split()[0])
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)  # the bridge's SIGKILL leaves its child behind
+
+
+def test_the_leak_scan_finds_each_value_whole_and_only_whole() -> None:
+    """The reliability tests' scan (one Aho-Corasick pass per text) reports a value that occurs whole
+    in any text, bytes of any kind included, and not one that occurs only cut short."""
+    from tests.reliability_kit import Leaks
+
+    leaks = Leaks()
+    values = [f"value-{i:05d}-{'x' * 8}" for i in range(1000)]
+    leaks.secret(*values, b"\xff\x00binary\xfe-value", "short")  # under 8 bytes: not a value
+    leaks.text("log", f"...{values[10][:-1]} and {values[20]}!".encode())
+    leaks.text("state", b"{\xff\x00binary\xfe-value}short")
+    leaks.text("clean", values[30][:-1].encode())
+    assert leaks.finder()(leaks.texts["log"]) == {values[20].encode()}
+    with pytest.raises(AssertionError, match="secret values in output") as info:
+        leaks.check("harness_selftest")
+    assert "('log'" in str(info.value) and "('state'" in str(info.value) and "clean" not in str(info.value)
