@@ -71,46 +71,49 @@ class Links:
         """Point each of `tops` that holds committed names at ..data/top and remove the link of each
         that holds none; full (a directory read): also remove every other link of ours. Returns the
         names re-made."""
-        remade = []
         tops = list(tops)
         # many names (the first commit into an empty directory): one listing says which are absent,
         # rather than a failed readlink each
         present = set(os.listdir(dfd)) if len(tops) > _LIST_FROM else None
+        remade = []
         for top in tops:
-            target = f"{DATA_LINK}/{top}"
             if top not in self.tops:
                 if is_our_link(dfd, top):
                     unlink(dfd, top)
                 self._made.discard(top)
-                continue
-            if present is not None and top not in present and self._make(dfd, target, top):
+            elif self._point(dfd, top, absent=present is not None and top not in present):
                 remade.append(top)
-                continue
-            try:
-                if os.readlink(top, dir_fd=dfd) == target:  # one syscall for a link that is right
-                    self._made.add(top)
-                    continue
-            except FileNotFoundError:  # nothing there: make it in place (EEXIST if that changed)
-                if self._make(dfd, target, top):
-                    remade.append(top)
-                    continue
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:  # EINVAL: there, but not a link
-                    raise
-            st = os.stat(top, dir_fd=dfd, follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode) and top not in self._made:
-                raise WriteError(f"{top} in the output directory is a folder the bridge did not make; remove it")
-            unlink(dfd, _LINK_TMP)
-            os.symlink(target, _LINK_TMP, dir_fd=dfd)
-            self._step("link_tmp_made")
-            self.rename_over(dfd, _LINK_TMP, top)  # replaces a planted file, link or folder
-            self._made.add(top)
-            remade.append(top)
         if full:
             for name in os.listdir(dfd):
                 if name not in self.tops and not name.startswith("..") and is_our_link(dfd, name):
                     unlink(dfd, name)
         return sorted(remade)
+
+    def _point(self, dfd: int, top: str, *, absent: bool) -> bool:
+        """Point the link `top` at ..data/top (`absent`: a listing found nothing there); True when
+        it had to be made or replaced, False when it was right."""
+        target = f"{DATA_LINK}/{top}"
+        if absent and self._make(dfd, target, top):
+            return True
+        try:
+            if os.readlink(top, dir_fd=dfd) == target:  # one syscall for a link that is right
+                self._made.add(top)
+                return False
+        except FileNotFoundError:  # nothing there: make it in place (EEXIST if that changed)
+            if self._make(dfd, target, top):
+                return True
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: there, but not a link
+                raise
+        st = os.stat(top, dir_fd=dfd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode) and top not in self._made:
+            raise WriteError(f"{top} in the output directory is a folder the bridge did not make; remove it")
+        unlink(dfd, _LINK_TMP)
+        os.symlink(target, _LINK_TMP, dir_fd=dfd)
+        self._step("link_tmp_made")
+        self.rename_over(dfd, _LINK_TMP, top)  # replaces a planted file, link or folder
+        self._made.add(top)
+        return True
 
     def _make(self, dfd: int, target: str, top: str) -> bool:
         """Make the link `top` -> `target` where nothing is; False when something is there now."""
