@@ -219,7 +219,6 @@ def test_http_url_is_checked_at_config_time(url: str) -> None:
     assert "passwd" not in str(caught.value) and "\n" not in str(caught.value)
 
 
-
 @given(st.one_of(st.text(alphabet="ab_.-/ \x00\u202e9", max_size=12),
                  st.text(alphabet="a", min_size=230, max_size=250)))
 def test_the_plain_name_shortcut_accepts_nothing_the_checks_refuse(name: str) -> None:
