@@ -9,6 +9,7 @@ timeout apply to both. Never logs or keeps a credential; errors are translated b
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -17,6 +18,8 @@ from google.auth.transport.requests import AuthorizedSession
 from google.auth.transport.requests import Request as AuthRequest
 from requests import PreparedRequest, Response
 from requests.adapters import HTTPAdapter
+
+from bridge.provider_rules import read_credential
 
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials
@@ -88,8 +91,50 @@ def _credentials(settings: GcpSecretManagerSettings, auth_request: AuthRequest, 
     if anonymous:
         return AnonymousCredentials(), None  # type: ignore[no-untyped-call]
     if settings.credentials_file is not None:
-        credentials, project = google.auth.load_credentials_from_file(  # type: ignore[no-untyped-call]
-            str(settings.credentials_file), scopes=[SCOPE], request=auth_request)
+        credentials, project = _from_file(str(settings.credentials_file), auth_request)
     else:
         credentials, project = google.auth.default(scopes=[SCOPE], request=auth_request)
     return credentials, project
+
+
+def _from_file(path: str, auth_request: AuthRequest) -> tuple[Credentials, str | None]:
+    """`credentials_file` by its `type`, each with its own loader (google-auth deprecates the one
+    that loads any type: a file of an unexpected type may send the token exchange anywhere): a
+    service-account key, or an `external_account` file (workload identity federation: AWS, an
+    executable or a file/URL subject token, told apart as google-auth's own default does). Any other
+    type is refused (DefaultCredentialsError, an AccessDenied naming the setting)."""
+    from google.auth import exceptions
+
+    try:
+        info = json.loads(read_credential(path, "credentials_file"))
+    except ValueError:
+        raise exceptions.DefaultCredentialsError("credentials_file is not JSON") from None  # type: ignore[no-untyped-call]
+    kind = info.get("type") if isinstance(info, dict) else None
+    try:
+        if kind == "service_account":
+            from google.oauth2 import service_account
+
+            key = service_account.Credentials.from_service_account_info(info, scopes=[SCOPE])  # type: ignore[no-untyped-call]
+            return key, info.get("project_id")
+        if kind == "external_account":
+            federated = _external_account(info)
+            return federated, federated.get_project_id(request=auth_request)
+    except ValueError:  # a field missing or malformed (its text may quote the file: not kept)
+        raise exceptions.DefaultCredentialsError(f"credentials_file is not a valid {kind} file") from None  # type: ignore[no-untyped-call]
+    raise exceptions.DefaultCredentialsError(  # type: ignore[no-untyped-call]
+        "credentials_file must be a service_account key or an external_account file")
+
+
+def _external_account(info: dict[str, Any]) -> Any:
+    source = info.get("credential_source")
+    if info.get("subject_token_type") == "urn:ietf:params:aws:token-type:aws4_request":
+        from google.auth import aws
+
+        return aws.Credentials.from_info(info, scopes=[SCOPE])  # type: ignore[no-untyped-call]
+    if isinstance(source, dict) and source.get("executable") is not None:
+        from google.auth import pluggable
+
+        return pluggable.Credentials.from_info(info, scopes=[SCOPE])  # type: ignore[no-untyped-call]
+    from google.auth import identity_pool
+
+    return identity_pool.Credentials.from_info(info, scopes=[SCOPE])  # type: ignore[no-untyped-call]

@@ -67,6 +67,28 @@ def test_unknown_service_account_key_is_access_denied_without_the_key(
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
+@pytest.mark.parametrize(("content", "what"), [
+    ({"type": "authorized_user", "client_id": "c", "client_secret": "s-3f9a0c", "refresh_token": "r-71be2d"},
+     "a type other than the two documented"),
+    ({"type": "service_account", "client_email": "x@example.iam"}, "a key with its fields missing"),
+    ("not json at all s-3f9a0c", "text that is not JSON"),
+])
+def test_credentials_file_of_another_type_is_refused(
+    make_provider: MakeProvider, backend: SecretManagerBackend, tmp_path: Path,
+    content: object, what: str,
+) -> None:
+    """credentials_file loads only a service-account key or an external_account file, each with its
+    own loader (never google-auth's load-any-type one); anything else is AccessDenied naming the
+    setting, with nothing of the file in the message."""
+    path = tmp_path / "creds.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    ref = backend.new_ref()
+    backend.put(ref, "x")
+    with pytest.raises(AccessDenied, match="no usable Google credentials") as info:
+        make_provider(credentials_file=str(path)).fetch(Request(ref))
+    assert "s-3f9a0c" not in str(info.value) + repr(info.value) and "r-71be2d" not in str(info.value), what
+
+
 def test_revoked_token_is_replaced_once(
     provider: GcpSecretManagerProvider, backend: SecretManagerBackend, gcp: FakeSecretManager
 ) -> None:
