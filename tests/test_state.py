@@ -65,6 +65,39 @@ def test_a_state_file_that_is_not_utf8_loads_as_empty(tmp_path: Path) -> None:
     assert state.load() == {} and read_state(tmp_path / STATE_FILE) == {}
 
 
+def test_a_state_file_with_a_byte_order_mark_or_in_utf16_keeps_its_records(tmp_path: Path) -> None:
+    """A state file an editor saved with a BOM, or as UTF-16, is read as json would read it, by the
+    start (`State.load`) and by `ls` (`read_state`) alike."""
+    state = _state(tmp_path)
+    state.update([_record("a"), _record("b")])
+    state.save()
+    text = (tmp_path / STATE_FILE).read_text()
+    for data in (b"\xef\xbb\xbf" + text.encode(), text.encode("utf-16")):
+        (tmp_path / STATE_FILE).write_bytes(data)
+        assert list(state.load()) == ["a", "b"] and list(read_state(tmp_path / STATE_FILE)) == ["a", "b"]
+
+
+def test_only_the_records_under_secrets_are_records() -> None:
+    """Files named exactly as a record's 14 fields are still 14 records (their map is not taken for a
+    record), and a record whose error is not text values is left out alone."""
+    records = {f: _record(f)._asdict() for f in SecretRecord._fields}
+    assert sorted(parse_state(json.dumps({"secrets": records}).encode())) == sorted(SecretRecord._fields)
+    odd_error = {**_record("odd")._asdict(), "error": _record("inner")._asdict()}
+    nested = {**_record("nested")._asdict(), "error": {"code": {"deep": "x"}, "message": "m"}}
+    secrets = {"good": _record("good")._asdict(), "odd": odd_error, "nested": nested}
+    assert list(parse_state(json.dumps({"secrets": secrets}).encode())) == ["good"]
+
+
+def test_records_the_bridge_could_not_write_back_are_left_out() -> None:
+    """A time past what a datetime holds once in UTC (year 10000 by its offset) and a name with a lone
+    surrogate (which no terminal or log can print) are wrong shapes: left out, never a crash later."""
+    secrets = {"good": _record("good")._asdict(),
+               "late": _record("late", updated="9999-12-31T23:59:59-23:59")._asdict(),
+               "\ud800": _record("\ud800")._asdict(),
+               "ref": _record("ref", ref="a\udfffb")._asdict()}
+    assert list(parse_state(json.dumps({"secrets": secrets}).encode())) == ["good"]
+
+
 def test_a_state_file_that_is_not_a_regular_file_reads_as_empty(tmp_path: Path) -> None:
     """`ls` reading a FIFO or a folder planted as the state file gets no records, without blocking."""
     os.mkfifo(tmp_path / "fifo")

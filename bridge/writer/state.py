@@ -137,6 +137,8 @@ def parse_state(data: bytes | str) -> dict[str, SecretRecord]:
 
     try:
         secrets = json.loads(data, object_pairs_hook=record_or_dict)["secrets"]
+        if isinstance(secrets, SecretRecord):  # files named exactly as a record's fields: a map after all
+            secrets = secrets._asdict()
         items = secrets.items()
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return {}
@@ -144,10 +146,11 @@ def parse_state(data: bytes | str) -> dict[str, SecretRecord]:
 
 
 def _text(data: bytes) -> str:
-    """A state file's text ("" for one that is not UTF-8: no records)."""
+    """A state file's text, in the encoding json itself would detect (a byte-order mark, UTF-16);
+    "" for bytes that are none (no records)."""
     try:
-        return data.decode()
-    except UnicodeDecodeError:
+        return data.decode(json.detect_encoding(data), "surrogatepass")
+    except (UnicodeDecodeError, LookupError):
         return ""
 
 
@@ -157,14 +160,23 @@ _SHARED = ("provider", "provider_type", "mode", "updated")
 
 
 def _well_formed(record: SecretRecord) -> bool:
+    """Each field of the type the bridge writes: texts that print (no lone surrogate), an error of
+    text values, a time a datetime can hold (one the bridge can write back)."""
     texts = (record.name, record.entry, record.provider, record.provider_type, record.ref, record.mode)
     optional = (record.key, record.pinned_version, record.version, record.updated)
+    error = record.error
     if not (all(isinstance(t, str) for t in texts) and all(t is None or isinstance(t, str) for t in optional)
             and (record.size is None or type(record.size) is int) and type(record.uid) is int
-            and type(record.gid) is int and (record.error is None or isinstance(record.error, dict))):
+            and type(record.gid) is int and (error is None or (
+                type(error) is dict and all(v is None or isinstance(v, str) for v in error.values())))):
         return False
     try:
-        record.updated_epoch()
-    except (ValueError, OverflowError):
+        for text in (*texts, *optional, *(error or {}).values()):
+            if text is not None and not text.isascii():
+                text.encode()
+        epoch = record.updated_epoch()
+        if epoch is not None:
+            _iso(epoch)
+    except (ValueError, OverflowError, OSError):  # UnicodeEncodeError is a ValueError
         return False
     return True
