@@ -42,6 +42,22 @@ def test_a_first_commit_of_many_names_links_each_whatever_was_there(tmp_path: Pa
         assert os.readlink(out / f"n{i}") == f"{DATA_LINK}/n{i}" and (out / f"n{i}").read_bytes() == b"%d" % i
 
 
+@pytest.mark.parametrize("names", [3, 100])  # one readlink a name, and one listing for many
+def test_a_folder_planted_at_one_name_leaves_every_other_name_linked(tmp_path: Path, names: int) -> None:
+    """A folder someone planted at one secret's name is refused (the commit says so, once), and every
+    other name is still linked; the planted folder's content is never touched."""
+    out = tmp_path / "out"
+    (out / "n1").mkdir(parents=True)
+    (out / "n1" / "theirs").write_text("kept")
+    w = Writer(out, require_tmpfs=False)
+    w.prepare()
+    w.commit({f"n{i}": FileSpec(b"%d" % i) for i in range(names)})
+    assert (out / "n1" / "theirs").read_text() == "kept" and not (out / "n1").is_symlink()
+    for i in range(names):
+        if i != 1:
+            assert os.readlink(out / f"n{i}") == f"{DATA_LINK}/n{i}" and (out / f"n{i}").read_bytes() == b"%d" % i
+
+
 def test_idle_check_trusts_an_unchanged_directory_and_still_sees_a_change(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Once a full pass found the links right, a check reads none while the output directory's

@@ -76,18 +76,28 @@ class Links:
         # rather than a failed readlink each
         present = set(os.listdir(dfd)) if len(tops) > _LIST_FROM else None
         remade = []
+        failed: OSError | WriteError | None = None
         for top in tops:
-            if top not in self.tops:
-                if is_our_link(dfd, top):
-                    unlink(dfd, top)
-                self._made.discard(top)
-            elif self._point(dfd, top, absent=present is not None and top not in present):
-                remade.append(top)
+            try:
+                if top not in self.tops:
+                    self._drop(dfd, top)
+                elif self._point(dfd, top, absent=present is not None and top not in present):
+                    remade.append(top)
+            except (OSError, WriteError) as exc:  # a folder planted at one name: the others still linked
+                failed = failed or exc
+        if failed is not None:
+            raise failed
         if full:
             for name in os.listdir(dfd):
                 if name not in self.tops and not name.startswith("..") and is_our_link(dfd, name):
                     unlink(dfd, name)
         return sorted(remade)
+
+    def _drop(self, dfd: int, top: str) -> None:
+        """Remove the link `top` (if it is ours): no committed name lives under it any more."""
+        if is_our_link(dfd, top):
+            unlink(dfd, top)
+        self._made.discard(top)
 
     def _point(self, dfd: int, top: str, *, absent: bool) -> bool:
         """Point the link `top` at ..data/top (`absent`: a listing found nothing there); True when
