@@ -164,19 +164,30 @@ def _well_formed(record: SecretRecord) -> bool:
     text values, a time a datetime can hold (one the bridge can write back)."""
     texts = (record.name, record.entry, record.provider, record.provider_type, record.ref, record.mode)
     optional = (record.key, record.pinned_version, record.version, record.updated)
-    error = record.error
-    if not (all(isinstance(t, str) for t in texts) and all(t is None or isinstance(t, str) for t in optional)
-            and (record.size is None or type(record.size) is int) and type(record.uid) is int
-            and type(record.gid) is int and (error is None or (
-                type(error) is dict and all(v is None or isinstance(v, str) for v in error.values())))):
+    if record.error is not None and type(record.error) is not dict:
         return False
+    error = tuple(record.error.values()) if record.error is not None else ()
+    numbers_right = (record.size is None or type(record.size) is int) and type(record.uid) is type(record.gid) is int
+    return (numbers_right and all(isinstance(t, str) for t in texts)
+            and all(t is None or isinstance(t, str) for t in (*optional, *error))
+            and _printable(*texts, *optional, *error) and _writable_time(record))
+
+
+def _printable(*texts: str | None) -> bool:
+    """No lone surrogate (which no terminal or log line can print) in any of `texts`."""
     try:
-        for text in (*texts, *optional, *(error or {}).values()):
+        for text in texts:
             if text is not None and not text.isascii():
                 text.encode()
-        epoch = record.updated_epoch()
-        if epoch is not None:
-            _iso(epoch)
-    except (ValueError, OverflowError, OSError):  # UnicodeEncodeError is a ValueError
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _writable_time(record: SecretRecord) -> bool:
+    """`updated` read back and written again in UTC (year 10000 by its offset is not)."""
+    try:
+        _iso(record.updated_epoch())
+    except (ValueError, OverflowError, OSError):
         return False
     return True
