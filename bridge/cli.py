@@ -48,8 +48,9 @@ COMMANDS = (
      "exit status: 0 clean shutdown (SIGTERM/SIGINT); 1 cannot start; 2 config error"),
     ("sync", "one pass, then exit (init containers)",
      "Fetch every secret once, write them in one atomic commit, and exit.",
-     "exit status: 0 every required secret written; 1 any failed (the rest are still written) "
-     "or the output directory cannot be used; 2 config error"),
+     "exit status: 0 every required secret written; 1 any failed (the rest are still written), "
+     "one has no visible link (a folder planted at its name) or the output directory cannot be used; "
+     "2 config error"),
     ("check", "validate, authenticate and resolve every version; writes nothing",
      "Fetch every secret as sync would and apply key, encoding and format, but write nothing; print "
      "each resolved version or error, never a value.",
@@ -269,6 +270,10 @@ def cmd_sync(config: Config) -> int:
         log.error("%s", result.summary(engine.outputs))
         raise result.write_error
     (log.warning if required else log.info)("%s", result.summary(engine.outputs))
+    if engine.writer.links.unlinked is not None:  # written, but not where the application looks
+        log.error("sync: a secret has no visible link in %s: %s", config.settings.output_dir,
+                  engine.writer.links.unlinked)
+        return 1
     return 1 if required else 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -713,3 +714,20 @@ def test_small_memory_limit_says_what_is_wrong(out_dir: Path, tmp_path: Path) ->
         assert "internal error" not in out and "Traceback" not in out, (megabytes, out[-2000:])
         if proc.returncode != 0:
             assert "the memory limit (ulimit -v" in out, (megabytes, out[-2000:])
+
+
+def test_sync_fails_while_a_folder_sits_at_a_secrets_name(tmp_path: Path, out_dir: Path) -> None:
+    """A folder someone planted at a secret's name: `sync` writes every secret and links the others,
+    but exits 1 saying which name has no visible link; once the folder is gone, `sync` links it, 0."""
+    config = _local(tmp_path, out_dir, secrets="  a: {provider: dev, ref: one}\n  b: {provider: dev, ref: two}\n")
+    (out_dir / "b").mkdir(parents=True)
+    (out_dir / "b" / "theirs").write_text("kept")
+    bridge = Bridge(config)
+    failed = bridge("sync", check=1)
+    assert "sync: a secret has no visible link" in failed.stderr
+    assert "b in the output directory is a folder" in failed.stderr
+    assert "Traceback" not in failed.stderr and (out_dir / "a").read_text() == "value-one"
+    assert (out_dir / "b" / "theirs").read_text() == "kept"
+    shutil.rmtree(out_dir / "b")
+    bridge("sync", check=0)
+    assert (out_dir / "b").read_text() == "value-two"

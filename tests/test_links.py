@@ -4,6 +4,7 @@ followed; an idle check trusts an unchanged directory and still sees a deleted l
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,12 @@ def test_a_folder_planted_at_one_name_leaves_every_other_name_linked(tmp_path: P
     for i in range(names):
         if i != 1:
             assert os.readlink(out / f"n{i}") == f"{DATA_LINK}/n{i}" and (out / f"n{i}").read_bytes() == b"%d" % i
+    assert w.links.unlinked is not None and "n1 in the output directory is a folder" in w.links.unlinked
+    w.commit({"n0": FileSpec(b"again")})  # a pass over other names says nothing of n1
+    assert w.links.unlinked is not None
+    shutil.rmtree(out / "n1")
+    w.check_drift()  # a pass over every name: the link made, nothing owed
+    assert w.links.unlinked is None and (out / "n1").read_bytes() == b"1"
 
 
 def test_idle_check_trusts_an_unchanged_directory_and_still_sees_a_change(

@@ -73,7 +73,7 @@ class Writer(HeldDirectory):
         self._folders: list[tuple[str, list[str]]] | None = None  # committed names by folder
         self._spares = Spares(self._step, self._restamp, GENERATION_GRACE_SECONDS)
         self._path_warned: tuple[int, int] | None = None  # where the path led when we said so
-        self._links = Links(self._step, lambda name: self._spares.discard(self._fd(), name))
+        self.links = Links(self._step, lambda name: self._spares.discard(self._fd(), name))
         self._prune_failing = False
 
     # -- start and stop ----------------------------------------------------------------------
@@ -177,7 +177,7 @@ class Writer(HeldDirectory):
         self._generation_id, self._generation_trusted = (st.st_ino, st.st_mtime_ns), True
         self._record(changes, stamps)  # (9)
         try:  # (10)
-            self._links.sync(dfd, {name.split("/", 1)[0] for name in changes})
+            self.links.sync(dfd, {name.split("/", 1)[0] for name in changes})
             self._step("links_synced")
         except (OSError, WriteError) as exc:  # committed all the same; check_drift() makes them
             log.warning("%s: committed, but a visible link could not be made yet: %s", self.output_dir, exc)
@@ -237,18 +237,18 @@ class Writer(HeldDirectory):
         """Every committed file written anew in an empty directory, the links of every name made;
         nothing of the old generation or the spares is carried over."""
         self._publish(dict(self._committed), start=self._start_empty, retire=self._retire_everything)
-        self._links.sync(self._fd(), self._links.tops, full=True)
+        self.links.sync(self._fd(), self.links.tops, full=True)
 
     def _record(self, changes: Mapping[str, FileSpec | None], stamps: Mapping[str, Stamp]) -> None:
         for name, spec in changes.items():
             if spec is None:
                 if self._committed.pop(name, None) is not None:
                     del self._stamps[name]
-                    self._links.removed(name)
+                    self.links.removed(name)
                     self._folders = None
                 continue
             if name not in self._committed:
-                self._links.added(name)
+                self.links.added(name)
                 self._folders = None
             self._committed[name] = spec
             self._stamps[name] = stamps[name]
@@ -259,7 +259,7 @@ class Writer(HeldDirectory):
         unlink(dfd, DATA_TMP)
         os.symlink(gen, DATA_TMP, dir_fd=dfd)
         self._step("data_tmp_linked")
-        self._links.rename_over(dfd, DATA_TMP, DATA_LINK)
+        self.links.rename_over(dfd, DATA_TMP, DATA_LINK)
 
     def prune(self, grace_seconds: float = GENERATION_GRACE_SECONDS, *, make_spare: bool = True) -> float | None:
         """Retire generations replaced more than `grace_seconds` ago and (with `make_spare`) make sure a
@@ -308,7 +308,7 @@ class Writer(HeldDirectory):
                 repaired += bad
             elif not data_ok:
                 self._swap(self.generation)
-            repaired += self._links.check(self._fd())
+            repaired += self.links.check(self._fd())
             return sorted(set(repaired))
 
     def _warn_if_path_moved(self) -> None:
@@ -338,7 +338,7 @@ class Writer(HeldDirectory):
     def _tampered(self, gen: str) -> list[str] | None:
         if self._folders is None:
             self._folders = list(by_folder(self._committed).items())
-        return tampered(self._fd(), gen, self._generation_id, self._links.tops.keys(), self._folders,
+        return tampered(self._fd(), gen, self._generation_id, self.links.tops.keys(), self._folders,
                         self._stamps)
 
     # -- the directory -----------------------------------------------------------------------
@@ -363,34 +363,34 @@ class Writer(HeldDirectory):
                 self._generation_id = (st.st_ino, st.st_mtime_ns)
                 for name, spec, stamp in read_tree(gfd, strays=strays):
                     self._committed[name], self._stamps[name] = spec, stamp
-                    self._links.added(name)
+                    self.links.added(name)
             # holding only what was read, as the writer makes it: it may become a spare once replaced
             self._generation_trusted = not strays and stat.S_IMODE(st.st_mode) == 0o755 and st.st_uid == os.geteuid()
-        self._links.sync(dfd, self._links.tops, full=True)
+        self.links.sync(dfd, self.links.tops, full=True)
 
     def _forget(self) -> None:
         self._committed, self._stamps = {}, {}
         self._folders, self.generation, self._generation_trusted = None, None, False
         self._spares.forget()
-        self._links.forget()
+        self.links.forget()
 
     def _file_count(self) -> int:
         return len(self._committed)
 
     def _forget_directory(self) -> None:
         self._spares.forget()
-        self._links.forget()
+        self.links.forget()
         for name in self._committed:
-            self._links.added(name)
+            self.links.added(name)
         self.generation = None
 
     def clear(self) -> None:
         """Remove every file the writer made (Docker removes secrets when a task stops)."""
         with self._errors("clear"):
             dfd = self._fd()
-            tops = list(self._links.tops)
+            tops = list(self.links.tops)
             self._forget()
-            self._links.sync(dfd, tops, full=True)
+            self.links.sync(dfd, tops, full=True)
             for name in os.listdir(dfd):
                 if name.startswith(".."):
                     remove(dfd, name)

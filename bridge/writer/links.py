@@ -39,9 +39,11 @@ class Links:
         self.tops: dict[str, int] = {}  # how many committed names live under each top-level name
         self._made: set[str] = set()
         self._verified_mtime = -1
+        #: why a committed name has no visible link, until a pass over every name makes them all
+        self.unlinked: str | None = None
 
     def forget(self) -> None:
-        self.tops, self._made, self._verified_mtime = {}, set(), -1
+        self.tops, self._made, self._verified_mtime, self.unlinked = {}, set(), -1, None
 
     def added(self, name: str) -> None:
         top = name.split("/", 1)[0]
@@ -85,13 +87,21 @@ class Links:
                     remade.append(top)
             except (OSError, WriteError) as exc:  # a folder planted at one name: the others still linked
                 failed = failed or exc
-        if failed is not None:
-            raise failed
+        self._settle(failed, tops)
         if full:
             for name in os.listdir(dfd):
                 if name not in self.tops and not name.startswith("..") and is_our_link(dfd, name):
                     unlink(dfd, name)
         return sorted(remade)
+
+    def _settle(self, failed: OSError | WriteError | None, tops: list[str]) -> None:
+        """Raise the first refusal of a pass, remembered in `unlinked` until a pass over every name
+        makes them all."""
+        if failed is not None:
+            self.unlinked = str(failed)
+            raise failed
+        if self.unlinked is not None and self.tops.keys() <= set(tops):
+            self.unlinked = None
 
     def _drop(self, dfd: int, top: str) -> None:
         """Remove the link `top` (if it is ours): no committed name lives under it any more."""
