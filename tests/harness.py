@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: libfaketime, for a bridge whose wall clock is off (`Bridge(clock="+2h")`)
 FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+#: the `sitecustomize` that gives a bridge under libfaketime a `time.sleep` that works (see its docstring)
+FAKETIME_SITE = Path(__file__).parent / "faketime_site"
 
 #: The bridge as another uid:gid (`Bridge.start(..., as_uid=N)`). The switch happens inside Python after every
 #: module the run needs is loaded, as the interpreter may live where only root can read.
@@ -60,7 +62,7 @@ class Bridge:
             if not os.path.exists(FAKETIME):
                 pytest.skip("libfaketime is not installed (apt-get install faketime)")
             self.env.update(LD_PRELOAD=FAKETIME, FAKETIME=clock, FAKETIME_DONT_FAKE_MONOTONIC="1",
-                            FAKETIME_NO_CACHE="1")
+                            FAKETIME_NO_CACHE="1", PYTHONPATH=f"{FAKETIME_SITE}{os.pathsep}{ROOT}")
         self.options = list(options)
         self.log = log or config.with_name(f"{config.stem}-{uuid.uuid4().hex[:6]}.log")
         self.proc: subprocess.Popen[bytes] | None = None

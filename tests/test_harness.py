@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -75,3 +77,21 @@ def test_the_leak_scan_finds_each_value_whole_and_only_whole() -> None:
     with pytest.raises(AssertionError, match="secret values in output") as info:
         leaks.check("harness_selftest")
     assert "('log'" in str(info.value) and "('state'" in str(info.value) and "clean" not in str(info.value)
+
+
+def test_a_bridge_under_a_skewed_clock_can_sleep(tmp_path: Path) -> None:
+    """Under the harness's libfaketime (wall clock off, monotonic kept) `time.sleep` works, as on a
+    host whose clock is off (bare libfaketime fails it with EINVAL: tests/faketime_site), and the
+    wall clock is still the skewed one."""
+    from tests.harness import FAKETIME
+
+    if not os.path.exists(FAKETIME):
+        pytest.skip("libfaketime is not installed (apt-get install faketime)")
+    config = tmp_path / "c.yaml"
+    config.write_text("secrets: {}\n")
+    env = Bridge(config, clock="-1h").env
+    probe = "import time; a = time.monotonic(); time.sleep(0.05); print(time.monotonic() - a, time.time())"
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    slept, wall = map(float, done.stdout.split())
+    assert 0.04 < slept < 5 and wall < time.time() - 3000
