@@ -218,6 +218,27 @@ def test_a_full_tmpfs_is_logged_once_and_fails_readiness(tmp_path: Path, small_t
     assert printed.count("cannot commit") == 1, printed
 
 
+def test_a_folder_planted_at_a_secrets_name_fails_readiness_until_it_is_gone(tmp_path: Path, out_dir: Path) -> None:
+    """A folder someone made at a secret's name before the bridge linked it: the secret is written,
+    but /readyz is 503 naming it (the bridge never replaces a folder it did not make), until the
+    folder is removed and the drift sweep makes the link."""
+    port = free_port()
+    config = _config(tmp_path, out_dir, "  v: {provider: dev, ref: v}\n  w: {provider: dev, ref: w}\n",
+                     {"v": "zero", "w": "one"})
+    config.write_text(config.read_text().replace("listen: null", f"listen: '127.0.0.1:{port}'\n"
+                                                 "refresh_interval: 100ms"))
+    (out_dir / "w").mkdir(parents=True)
+    bridge = _run(config)
+    try:
+        assert wait_for(lambda: (out_dir / "v").exists() and _readyz(port)[0] == 503, 15, step=0.2), _readyz(port)
+        assert "unlinked: w in the output directory is a folder" in _readyz(port)[1]
+        (out_dir / "w").rmdir()
+        assert wait_for(lambda: _readyz(port)[0] == 200, 15, step=0.2), _readyz(port)
+        assert (out_dir / "w").read_text() == "one"
+    finally:
+        _stop(bridge)
+
+
 def test_a_reload_that_removes_a_leased_entry_drops_its_expiry_gauge(openbao, vault_pki, tmp_path: Path,
                                                                         out_dir: Path) -> None:
     """After a reload removes a certificate entry, /metrics no longer has its expiry (a frozen gauge

@@ -189,8 +189,12 @@ class Engine:
             stale.append(f"commits to {self.settings.output_dir}")
         return stale
 
+    def unlinked(self) -> str | None:
+        """Why a secret has no visible link (a folder planted at its name), or None."""
+        return self.writer.links.unlinked
+
     def ready(self) -> bool:
-        return not self.missing_required() and not self.stale()
+        return not self.missing_required() and not self.stale() and self.unlinked() is None
 
     # -- one cycle -------------------------------------------------------------------------
 

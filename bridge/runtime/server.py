@@ -1,5 +1,6 @@
 """The HTTP endpoints of `run`: /healthz (the loop is alive), /readyz (every required secret
-written and none stale), /metrics (Prometheus). Responses name secrets, never values.
+written, none stale, each at its visible name), /metrics (Prometheus). Responses name secrets,
+never values.
 
 One thread serves every connection with a selector, so idle or slow clients cost a file descriptor,
 never a thread: at most `MAX_CONNECTIONS` are open (a new one closes the oldest), and each has
@@ -205,11 +206,12 @@ class HealthServer:
             ok = age < HEALTHY_WITHIN_SECONDS
             return (200, b"ok\n", _TEXT) if ok else (503, f"loop stalled for {age:.0f}s\n".encode(), _TEXT)
         if path == "/readyz":
-            missing, stale = engine.missing_required(), engine.stale()
-            if not missing and not stale:
+            missing, stale, unlinked = engine.missing_required(), engine.stale(), engine.unlinked()
+            if not missing and not stale and unlinked is None:
                 return 200, b"ok\n", _TEXT
             lines = [f"missing: {', '.join(missing)}"] if missing else []
             lines += [f"stale: {', '.join(stale)}"] if stale else []
+            lines += [f"unlinked: {unlinked}"] if unlinked is not None else []
             return 503, ("\n".join(lines) + "\n").encode(), _TEXT
         if path == "/metrics":
             return 200, generate_latest(registry()), CONTENT_TYPE_LATEST
