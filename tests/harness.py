@@ -27,6 +27,15 @@ FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 #: the `sitecustomize` that gives a bridge under libfaketime a `time.sleep` that works (see its docstring)
 FAKETIME_SITE = Path(__file__).parent / "faketime_site"
 
+def skip_unless_others_reach_the_checkout(uid: int) -> None:
+    """Skip a test that runs the bridge as `uid` when that uid cannot reach this checkout (a folder
+    on its way not searchable by others, as `mktemp -d` makes it): after switching uid the bridge
+    still imports parts of itself, and reads its config, from there."""
+    blocked = next((p for p in (ROOT, *ROOT.parents) if not os.stat(p).st_mode & 0o001), None)
+    if blocked is not None:
+        pytest.skip(f"uid {uid} cannot reach the checkout: {blocked} is not searchable by others")
+
+
 #: The bridge as another uid:gid (`Bridge.start(..., as_uid=N)`). The switch happens inside Python after every
 #: module the run needs is loaded, as the interpreter may live where only root can read.
 _AS_USER = """
@@ -87,6 +96,7 @@ class Bridge:
         preexec_fn ...; a `stdout` given here is the caller's, not kept)."""
         command = self.command(*(args or ("run",)))
         if as_uid is not None:
+            skip_unless_others_reach_the_checkout(as_uid)
             command = [sys.executable, "-c", _AS_USER, str(as_uid), *command[1:]]
         with open(self.log, "ab") as log:
             popen.setdefault("stdout", log)

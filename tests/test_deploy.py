@@ -23,6 +23,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from bridge.config.loader import parse_config
+from tests.harness import skip_unless_others_reach_the_checkout
 from tests.polling import wait_for
 from tests.servers import free_port, venv_binary, wait_http
 
@@ -176,6 +177,7 @@ sys.exit(bridge.cli.main(sys.argv[2:]))
 
 def _bridge_argv(command: str) -> list[str]:
     """The Compose bridge's command as uid 10001 (its last word replaced by `command`), with the shipped config."""
+    skip_unless_others_reach_the_checkout(IMAGE_UID)
     args = [a.replace("/etc/secrets-bridge/secrets-bridge.yaml", str(ROOT / "deploy" / "secrets-bridge.yaml"))
             for a in _compose()["services"]["bridge"]["command"]]
     return [sys.executable, "-c", _AS_IMAGE_USER, str(IMAGE_UID), *args[:-1], command]
@@ -357,6 +359,7 @@ def test_base_pod_app_reads_through_fs_group() -> None:
         env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1",
                "SECRETS_BRIDGE_OUTPUT_DIR": str(emptydir), **{e["name"]: e["value"] for e in bridge["env"]}}
         uid = bridge["securityContext"]["runAsUser"]
+        skip_unless_others_reach_the_checkout(uid)
         proc = _run(sys.executable, "-c", _AS_IMAGE_USER, str(uid), *args[:-1], "sync", env=env)
         assert proc.returncode == 0, proc.stderr
         target = str(emptydir / "db_password")
